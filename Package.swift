@@ -1,0 +1,68 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "ckstore",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "CKStore", targets: ["CKStore"]),
+        .library(name: "CKStoreTestSupport", targets: ["CKStoreTestSupport"]),
+        .executable(name: "ckstore", targets: ["ckstore"]),
+        .executable(name: "ckstore-gen", targets: ["ckstore-gen"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", exact: "4.5.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .target(
+            name: "CKStore",
+            dependencies: [
+                "CSQLite",
+                "CZstd",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ckstore",
+            dependencies: [
+                "CKStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "CKStoreTestSupport",
+            dependencies: ["CKStore"],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ckstore-gen",
+            dependencies: [
+                "CKStoreTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "CKStoreTests",
+            dependencies: ["CKStore", "CKStoreTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "CKStoreCLITests",
+            dependencies: ["CKStore", "CKStoreTestSupport", "ckstore", "ckstore-gen"],
+            swiftSettings: strictSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,182 @@
+import CSQLite
+
+/// Owns one `sqlite3*` connection; closes it in `deinit`. Not Sendable: one owner at a time.
+///
+/// Every `sqlite3_*` call of the catalogue goes through this type and ``SQLiteStatement``, which turn
+/// result codes into ``CKStoreError``s carrying SQLite's own message.
+final class SQLiteDatabase {
+    private let handle: OpaquePointer
+    let path: String
+
+    init(path: String) throws {
+        var db: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let code = sqlite3_open_v2(path, &db, flags, nil)
+        guard code == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            if let db { sqlite3_close_v2(db) }
+            throw CKStoreError(.catalogue, "cannot open the catalogue \(path): \(message)")
+        }
+        self.handle = db
+        self.path = path
+        sqlite3_busy_timeout(db, 60_000)
+        sqlite3_extended_result_codes(db, 1)
+        _ = ckstore_sqlite_db_config_int(db, SQLITE_DBCONFIG_DEFENSIVE, 1)
+    }
+
+    deinit {
+        sqlite3_close_v2(handle)
+    }
+
+    /// Runs one or more statements that return no rows.
+    func execute(_ sql: String) throws {
+        var errorMessage: UnsafeMutablePointer<CChar>?
+        let code = sqlite3_exec(handle, sql, nil, nil, &errorMessage)
+        if code != SQLITE_OK {
+            let message = errorMessage.map { String(cString: $0) } ?? lastErrorMessage
+            sqlite3_free(errorMessage)
+            throw error(code, message, sql: sql)
+        }
+    }
+
+    /// Prepares a statement.
+    func prepare(_ sql: String) throws -> SQLiteStatement {
+        var statement: OpaquePointer?
+        let code = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
+        guard code == SQLITE_OK, let statement else {
+            throw error(code, lastErrorMessage, sql: sql)
+        }
+        return SQLiteStatement(handle: statement, database: self, sql: sql)
+    }
+
+    /// Runs `body` in a transaction started with `mode` (`IMMEDIATE` takes the write lock at once);
+    /// commits when it returns, rolls back when it throws.
+    func transaction<T>(_ mode: String = "IMMEDIATE", _ body: () throws -> T) throws -> T {
+        try execute("BEGIN \(mode)")
+        do {
+            let value = try body()
+            try execute("COMMIT")
+            return value
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    var lastErrorMessage: String { String(cString: sqlite3_errmsg(handle)) }
+    var changes: Int { Int(sqlite3_changes(handle)) }
+
+    func error(_ code: Int32, _ message: String, sql: String? = nil) -> CKStoreError {
+        let primary = code & 0xff
+        if primary == SQLITE_FULL {
+            return CKStoreError(.noSpace, "catalogue \(path): disk is full: \(message)")
+        }
+        if primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB {
+            return CKStoreError(.damaged, "catalogue \(path) is damaged (\(message)); run `ckstore repair` to rebuild it from the packs")
+        }
+        if primary == SQLITE_BUSY {
+            return CKStoreError(.catalogue, "catalogue \(path) is busy: another ckstore process holds it (\(message))")
+        }
+        return CKStoreError(.catalogue, "catalogue \(path): \(message)" + (sql.map { " [\($0.prefix(80))]" } ?? ""))
+    }
+}
+
+/// Owns one prepared statement; finalizes it in `deinit`.
+final class SQLiteStatement {
+    private let handle: OpaquePointer
+    private unowned let database: SQLiteDatabase
+    let sql: String
+
+    fileprivate init(handle: OpaquePointer, database: SQLiteDatabase, sql: String) {
+        self.handle = handle
+        self.database = database
+        self.sql = sql
+    }
+
+    deinit { sqlite3_finalize(handle) }
+
+    /// A value to bind.
+    enum Value {
+        case null
+        case integer(Int64)
+        case real(Double)
+        case text(String)
+        case blob([UInt8])
+    }
+
+    /// Resets the statement and binds `values` to its parameters in order.
+    @discardableResult
+    func bind(_ values: [Value]) throws -> SQLiteStatement {
+        sqlite3_reset(handle)
+        sqlite3_clear_bindings(handle)
+        for (offset, value) in values.enumerated() {
+            let index = Int32(offset + 1)
+            let code: Int32
+            switch value {
+            case .null: code = sqlite3_bind_null(handle, index)
+            case .integer(let number): code = sqlite3_bind_int64(handle, index, number)
+            case .real(let number): code = sqlite3_bind_double(handle, index, number)
+            case .text(let text): code = sqlite3_bind_text(handle, index, text, -1, ckstore_sqlite_transient())
+            case .blob(let bytes):
+                code = bytes.withUnsafeBytes { sqlite3_bind_blob(handle, index, $0.baseAddress, Int32($0.count), ckstore_sqlite_transient()) }
+            }
+            guard code == SQLITE_OK else { throw database.error(code, database.lastErrorMessage, sql: sql) }
+        }
+        return self
+    }
+
+    /// Steps once; true when a row is available.
+    func step() throws -> Bool {
+        let code = sqlite3_step(handle)
+        switch code {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        default: throw database.error(code, database.lastErrorMessage, sql: sql)
+        }
+    }
+
+    /// Runs a statement that returns no rows.
+    func run(_ values: [Value] = []) throws {
+        try bind(values)
+        while try step() {}
+        sqlite3_reset(handle)
+    }
+
+    /// Runs a query and maps each row.
+    func rows<T>(_ values: [Value] = [], _ map: (SQLiteStatement) throws -> T) throws -> [T] {
+        try bind(values)
+        var out = [T]()
+        while try step() { out.append(try map(self)) }
+        sqlite3_reset(handle)
+        return out
+    }
+
+    /// Runs a query and maps its first row, if any.
+    func firstRow<T>(_ values: [Value] = [], _ map: (SQLiteStatement) throws -> T) throws -> T? {
+        try bind(values)
+        defer { sqlite3_reset(handle) }
+        return try step() ? map(self) : nil
+    }
+
+    func isNull(_ column: Int32) -> Bool { sqlite3_column_type(handle, column) == SQLITE_NULL }
+    func int(_ column: Int32) -> Int64 { sqlite3_column_int64(handle, column) }
+    func double(_ column: Int32) -> Double { sqlite3_column_double(handle, column) }
+
+    func text(_ column: Int32) -> String {
+        guard let pointer = sqlite3_column_text(handle, column) else { return "" }
+        return String(cString: pointer)
+    }
+
+    func blob(_ column: Int32) -> [UInt8] {
+        let count = Int(sqlite3_column_bytes(handle, column))
+        guard count > 0, let pointer = sqlite3_column_blob(handle, column) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+
+    func digest(_ column: Int32) throws -> ChunkDigest {
+        guard let digest = ChunkDigest(bytes: blob(column)) else {
+            throw CKStoreError(.damaged, "catalogue holds a digest that is not 32 bytes long; run `ckstore repair`")
+        }
+        return digest
+    }
+}

@@ -1,0 +1,118 @@
+/// The one error type of ckstore: what happened, to which file, tensor, checkpoint or chunk, and why.
+///
+/// Modelled on swift-nio's `FileSystemError`: a ``Code`` that can grow without breaking callers, a message
+/// written for the person at the terminal, the underlying cause (an errno, a SQLite or zstd code) and the
+/// source location that raised it.
+public struct CKStoreError: Error, Sendable, CustomStringConvertible {
+    /// The kind of failure.
+    public var code: Code
+    /// A message that names what is concerned and, where possible, what to do.
+    public var message: String
+    /// The lower-level error that caused this one, if any.
+    public var cause: (any Error & Sendable)?
+    /// Where in ckstore the error was raised.
+    public var location: SourceLocation
+
+    /// Creates an error.
+    public init(
+        _ code: Code,
+        _ message: String,
+        cause: (any Error & Sendable)? = nil,
+        file: String = #fileID,
+        line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+        self.location = SourceLocation(file: file, line: line)
+    }
+
+    public var description: String {
+        if let cause {
+            return "\(message) (\(cause))"
+        }
+        return message
+    }
+
+    /// A source location in ckstore's code.
+    public struct SourceLocation: Sendable, Hashable {
+        public var file: String
+        public var line: Int
+    }
+
+    /// The kind of a ``CKStoreError``; a struct around a private enum so that kinds can be added.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Wrapped: Hashable, Sendable {
+            case invalidArgument
+            case notFound
+            case ambiguousReference
+            case alreadyExists
+            case malformedFile
+            case ioFailure
+            case noSpace
+            case damaged
+            case catalogue
+            case unsupportedSchema
+            case compression
+            case unsafePath
+            case conflict
+        }
+
+        private var wrapped: Wrapped
+        private init(_ wrapped: Wrapped) { self.wrapped = wrapped }
+
+        /// The caller passed something ckstore cannot use (a bad flag value, a malformed reference).
+        public static let invalidArgument = Code(.invalidArgument)
+        /// A checkpoint, run, file or tensor that was asked for does not exist.
+        public static let notFound = Code(.notFound)
+        /// A reference matches more than one checkpoint.
+        public static let ambiguousReference = Code(.ambiguousReference)
+        /// Something that must not exist yet exists (a non-empty restore target).
+        public static let alreadyExists = Code(.alreadyExists)
+        /// An input file is not what its name says (a damaged safetensors file, a bad zip).
+        public static let malformedFile = Code(.malformedFile)
+        /// A system call failed.
+        public static let ioFailure = Code(.ioFailure)
+        /// The disk is full.
+        public static let noSpace = Code(.noSpace)
+        /// Stored data failed a checksum or digest check, or is missing.
+        public static let damaged = Code(.damaged)
+        /// The SQLite catalogue reported an error.
+        public static let catalogue = Code(.catalogue)
+        /// The catalogue was written by a newer ckstore.
+        public static let unsupportedSchema = Code(.unsupportedSchema)
+        /// zstd failed to compress or decompress.
+        public static let compression = Code(.compression)
+        /// A path would leave the folder it must stay in.
+        public static let unsafePath = Code(.unsafePath)
+        /// The request contradicts what is stored (same run and step, different content).
+        public static let conflict = Code(.conflict)
+
+        public var description: String { String(describing: wrapped) }
+    }
+}
+
+/// An `errno` value, wrapped so that it prints by name.
+public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public var description: String {
+        guard let text = strerror(rawValue) else { return "errno \(rawValue)" }
+        return String(cString: text)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension CKStoreError {
+    /// `error` as a ``CKStoreError``: itself if it is one, else wrapped as an I/O failure.
+    static func wrap(_ error: any Error) -> CKStoreError {
+        if let error = error as? CKStoreError { return error }
+        return CKStoreError(.ioFailure, "\(error)", cause: error as (any Error & Sendable))
+    }
+}

@@ -1,0 +1,71 @@
+/// A file cut into regions that are chunked differently: tensor bytes in aligned fixed-size chunks,
+/// everything else by content.
+struct FileLayout: Sendable {
+    /// A byte range of the file and how to chunk it.
+    struct Region: Sendable {
+        enum Kind: Sendable {
+            /// Format bookkeeping (a safetensors header, zip headers, a pickle): content-defined chunks.
+            case opaque
+            /// A tensor or torch storage: fixed-size chunks aligned to its start.
+            case tensor(name: String, dtype: DType?, shape: [Int]?)
+        }
+
+        var kind: Kind
+        var begin: Int64
+        var end: Int64
+        var length: Int64 { end - begin }
+    }
+
+    var format: FileFormat
+    var regions: [Region]
+
+    /// One opaque region covering the whole file.
+    static func opaque(size: Int64) -> FileLayout {
+        FileLayout(format: .opaque, regions: size > 0 ? [Region(kind: .opaque, begin: 0, end: size)] : [])
+    }
+
+    /// Fills the gaps between `tensors` (sorted, non-overlapping, inside `0..<size`) with opaque regions.
+    static func covering(format: FileFormat, size: Int64, tensors: [Region]) -> FileLayout {
+        var regions = [Region]()
+        var position: Int64 = 0
+        for tensor in tensors {
+            if tensor.begin > position {
+                regions.append(Region(kind: .opaque, begin: position, end: tensor.begin))
+            }
+            regions.append(tensor)
+            position = tensor.end
+        }
+        if position < size {
+            regions.append(Region(kind: .opaque, begin: position, end: size))
+        }
+        return FileLayout(format: format, regions: regions)
+    }
+}
+
+/// Reads a file's layout by its kind; a file that does not parse is opaque (invariant I-3).
+enum FormatDetector {
+    /// The layout of `file`, and a warning when a tensor-aware file had to be stored as opaque.
+    static func layout(of file: SharedFile, path: String, size: Int64) -> (FileLayout, warning: String?) {
+        let lowered = path.lowercased()
+        if lowered.hasSuffix(".safetensors") {
+            do {
+                let parsed = try SafetensorsFile.parse(file, size: size, name: path)
+                return (parsed.layout, nil)
+            } catch {
+                return (.opaque(size: size), "\(path): not a valid safetensors file, stored as opaque: \(CKStoreError.wrap(error).message)")
+            }
+        }
+        if [".pt", ".bin", ".pth", ".ckpt"].contains(where: { lowered.hasSuffix($0) }) {
+            guard size >= 4, let magic = try? file.read(count: 4, at: 0), magic == [0x50, 0x4b, 0x03, 0x04] else {
+                // torch.save's legacy format (a bare pickle stream) and other non-zip files: opaque by design.
+                return (.opaque(size: size), nil)
+            }
+            do {
+                return (try TorchZipFile.parse(file, size: size, name: path).layout, nil)
+            } catch {
+                return (.opaque(size: size), "\(path): not a valid torch.save zip archive, stored as opaque: \(CKStoreError.wrap(error).message)")
+            }
+        }
+        return (.opaque(size: size), nil)
+    }
+}

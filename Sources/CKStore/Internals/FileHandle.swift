@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Owns one open file descriptor and closes it in `deinit`.
+///
+/// Every read and write goes through the syscall layer and turns failures into ``CKStoreError``s that
+/// name the file. Not `Sendable`: one owner at a time. Positioned reads and writes do not move a shared
+/// offset, so `SharedFile` (below) may hand the descriptor to several tasks.
+final class FileHandle {
+    let descriptor: Int32
+    let path: String
+
+    private init(descriptor: Int32, path: String) {
+        self.descriptor = descriptor
+        self.path = path
+    }
+
+    deinit {
+        _ = system_close(descriptor)
+    }
+
+    /// Opens an existing file for reading.
+    static func openForReading(_ path: String) throws -> FileHandle {
+        try open(path, O_RDONLY, action: "open")
+    }
+
+    /// Creates a new file for writing; fails if it exists.
+    static func createNew(_ path: String, mode: mode_t = 0o644) throws -> FileHandle {
+        try open(path, O_RDWR | O_CREAT | O_EXCL, mode: mode, action: "create")
+    }
+
+    /// Opens a file read-write, creating it if missing.
+    static func openOrCreate(_ path: String, mode: mode_t = 0o644) throws -> FileHandle {
+        try open(path, O_RDWR | O_CREAT, mode: mode, action: "open")
+    }
+
+    /// Opens a directory so that it can be fsynced.
+    static func openDirectory(_ path: String) throws -> FileHandle {
+        try open(path, O_RDONLY | O_DIRECTORY, action: "open folder")
+    }
+
+    private static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644, action: String) throws -> FileHandle {
+        switch system_open(path, flags, mode) {
+        case .success(let fd): return FileHandle(descriptor: fd, path: path)
+        case .failure(let error): throw CKStoreError.io("cannot \(action) \(path)", error)
+        }
+    }
+
+    /// The file's current size in bytes.
+    func size() throws -> Int64 {
+        switch system_fstat(descriptor, path: path) {
+        case .success(let info): return Int64(info.st_size)
+        case .failure(let error): throw CKStoreError.io("cannot stat \(path)", error)
+        }
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset`; a file that ends first is reported as truncated.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
+        var done = 0
+        while done < buffer.count {
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
+            switch system_pread(descriptor, slice, offset + Int64(done), path: path) {
+            case .success(0):
+                throw CKStoreError(
+                    .damaged,
+                    "\(path): file ends at \(offset + Int64(done)) bytes, \(buffer.count - done) bytes short of what was expected (read of \(buffer.count) bytes at offset \(offset))"
+                )
+            case .success(let count): done += count
+            case .failure(let error): throw CKStoreError.io("cannot read \(path) at offset \(offset)", error)
+            }
+        }
+    }
+
+    /// Reads `count` bytes at `offset` into a new array.
+    func read(count: Int, at offset: Int64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { (buffer) throws in
+            try read(into: buffer, at: offset)
+        }
+        return bytes
+    }
+
+    /// Writes all of `buffer` at `offset`, continuing after short writes.
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws {
+        var done = 0
+        while done < buffer.count {
+            let slice = UnsafeRawBufferPointer(rebasing: buffer[done...])
+            switch system_pwrite(descriptor, slice, offset + Int64(done), path: path) {
+            case .success(let count): done += count
+            case .failure(let error): throw CKStoreError.io("cannot write \(path) at offset \(offset + Int64(done))", error)
+            }
+        }
+    }
+
+    func write(_ bytes: [UInt8], at offset: Int64) throws {
+        try bytes.withUnsafeBytes { (buffer) throws in try write(buffer, at: offset) }
+    }
+
+    /// Flushes the file's data and metadata to stable storage.
+    func sync() throws {
+        if case .failure(let error) = system_fsync(descriptor, path: path) {
+            throw CKStoreError.io("cannot fsync \(path)", error)
+        }
+    }
+
+    func truncate(to length: Int64) throws {
+        if case .failure(let error) = system_ftruncate(descriptor, length, path: path) {
+            throw CKStoreError.io("cannot truncate \(path)", error)
+        }
+    }
+}
+
+/// A read-only file shared by concurrent positioned reads.
+///
+/// `pread` does not touch the descriptor's offset, so reads from several tasks at once are safe; the
+/// descriptor itself is immutable after init and closed when the last reference goes.
+final class SharedFile: @unchecked Sendable {
+    // Immutable after init; only positioned reads are issued, so no lock is needed.
+    private let handle: FileHandle
+    var path: String { handle.path }
+
+    init(path: String) throws {
+        handle = try FileHandle.openForReading(path)
+    }
+
+    func size() throws -> Int64 { try handle.size() }
+
+    func read(count: Int, at offset: Int64) throws -> [UInt8] {
+        try handle.read(count: count, at: offset)
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
+        try handle.read(into: buffer, at: offset)
+    }
+}
+
+/// A file being written by concurrent positioned writes (a restore's temporary file).
+final class SharedOutputFile: @unchecked Sendable {
+    // Immutable after init; positioned writes to disjoint ranges need no lock.
+    private let handle: FileHandle
+    var path: String { handle.path }
+
+    init(creating path: String, mode: mode_t) throws {
+        handle = try FileHandle.createNew(path, mode: mode)
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws {
+        try handle.write(buffer, at: offset)
+    }
+
+    func truncate(to length: Int64) throws { try handle.truncate(to: length) }
+    func sync() throws { try handle.sync() }
+}
+
+extension CKStoreError {
+    /// An I/O failure; ENOSPC becomes ``Code/noSpace`` with a message that says the disk is full.
+    static func io(_ what: String, _ error: Errno) -> CKStoreError {
+        if error.rawValue == ENOSPC {
+            return CKStoreError(.noSpace, "\(what): no space left on device; free some space and try again", cause: error)
+        }
+        if error.rawValue == ENOENT {
+            return CKStoreError(.notFound, "\(what): no such file or folder", cause: error)
+        }
+        return CKStoreError(.ioFailure, "\(what): \(error)", cause: error)
+    }
+}

@@ -1,0 +1,79 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+
+/// Folder and path operations used by the store, routed through the syscall layer.
+enum FileSystem {
+    /// Creates `path` and any missing parents.
+    static func createDirectory(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            switch system_mkdir(current) {
+            case .success: continue
+            case .failure(let error) where error.rawValue == EEXIST:
+                guard isDirectory(current) else {
+                    throw CKStoreError(.alreadyExists, "\(current) exists and is not a folder")
+                }
+            case .failure(let error): throw CKStoreError.io("cannot create folder \(current)", error)
+            }
+        }
+    }
+
+    /// fsyncs a folder so that renames and creations inside it are durable.
+    static func syncDirectory(_ path: String) throws {
+        try FileHandle.openDirectory(path).sync()
+    }
+
+    /// Renames atomically.
+    static func rename(_ from: String, _ to: String) throws {
+        if case .failure(let error) = system_rename(from, to) {
+            throw CKStoreError.io("cannot rename \(from) to \(to)", error)
+        }
+    }
+
+    /// Removes a file; a file that is already gone is not an error.
+    static func removeFile(_ path: String) throws {
+        switch system_unlink(path) {
+        case .success: return
+        case .failure(let error) where error.rawValue == ENOENT: return
+        case .failure(let error): throw CKStoreError.io("cannot remove \(path)", error)
+        }
+    }
+
+    static func exists(_ path: String) -> Bool {
+        if case .success = system_lstat(path) { return true }
+        return false
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// The names in a folder, sorted; `.` and `..` left out.
+    static func contents(of path: String) throws -> [String] {
+        do {
+            return try FileManager.default.contentsOfDirectory(atPath: path).sorted()
+        } catch {
+            throw CKStoreError(.ioFailure, "cannot list folder \(path): \(error.localizedDescription)")
+        }
+    }
+
+    /// Removes a folder tree (used for temporary restore folders only).
+    static func removeTree(_ path: String) {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    /// The absolute, symlink-free form of `path`.
+    static func canonicalPath(_ path: String) -> String {
+        guard let resolved = realpath(path, nil) else {
+            return URL(fileURLWithPath: path).standardizedFileURL.path
+        }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}

@@ -1,0 +1,167 @@
+// Every POSIX call ckstore makes goes through this file, as in swift-system's Internals/Syscalls.swift:
+// one place converts `-1/errno` (retrying on EINTR) and one place lets tests inject faults.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// The system calls that fault injection can target.
+package enum SyscallOperation: String, Sendable, CaseIterable {
+    case open, pread, pwrite, fsync, rename, unlink, mkdir, ftruncate, flock, fstat, close, readlink
+}
+
+/// A fault injection seam for tests: a rule decides, per call, whether to fail it with an errno
+/// (or to make a write short) instead of calling the system.
+package final class FaultInjector: Sendable {
+    /// What an injected fault does to the call.
+    package enum Fault: Sendable {
+        /// Fail the call with this errno.
+        case fail(Int32)
+        /// For `pwrite`: write only this many bytes (a short write).
+        case shortWrite(Int)
+    }
+
+    /// A rule sees the operation, the path or descriptor's path if known, and the number of earlier
+    /// calls of that operation since the rule was installed.
+    package typealias Rule = @Sendable (_ operation: SyscallOperation, _ path: String?, _ callIndex: Int) -> Fault?
+
+    // The rule and the per-operation call counts, protected by this mutex.
+    private let state = Mutex<(rule: Rule?, counts: [SyscallOperation: Int])>((nil, [:]))
+
+    package static let shared = FaultInjector()
+
+    /// Installs `rule` for the duration of `body`, then removes it.
+    package func with<T>(_ rule: @escaping Rule, _ body: () async throws -> T) async rethrows -> T {
+        state.withLock { $0 = (rule, [:]) }
+        defer { state.withLock { $0 = (nil, [:]) } }
+        return try await body()
+    }
+
+    /// The number of calls of each operation seen since the current rule was installed.
+    package func count(of operation: SyscallOperation) -> Int {
+        state.withLock { $0.counts[operation] ?? 0 }
+    }
+
+    func fault(_ operation: SyscallOperation, _ path: String?) -> Fault? {
+        state.withLock { state in
+            guard let rule = state.rule else { return nil }
+            let index = state.counts[operation] ?? 0
+            state.counts[operation] = index + 1
+            return rule(operation, path, index)
+        }
+    }
+}
+
+/// Runs `body` until it does not fail with EINTR; converts -1 into a thrown ``Errno``.
+@inline(__always)
+func valueOrErrno<I: FixedWidthInteger>(
+    _ operation: SyscallOperation,
+    _ path: String?,
+    retryOnInterrupt: Bool = true,
+    _ body: () -> I
+) -> Result<I, Errno> {
+    if case .fail(let code) = FaultInjector.shared.fault(operation, path) {
+        return .failure(Errno(rawValue: code))
+    }
+    while true {
+        let result = body()
+        if result == -1 {
+            let code = errno
+            if retryOnInterrupt && code == EINTR { continue }
+            return .failure(Errno(rawValue: code))
+        }
+        return .success(result)
+    }
+}
+
+func system_open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o644) -> Result<Int32, Errno> {
+    valueOrErrno(.open, path) { open(path, flags | O_CLOEXEC, mode) }
+}
+
+func system_close(_ fd: Int32) -> Result<Int32, Errno> {
+    // close must not be retried on EINTR: the descriptor is gone either way on Linux.
+    valueOrErrno(.close, nil, retryOnInterrupt: false) { close(fd) }
+}
+
+func system_pread(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ offset: Int64, path: String?) -> Result<Int, Errno> {
+    valueOrErrno(.pread, path) { pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
+}
+
+func system_pwrite(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ offset: Int64, path: String?) -> Result<Int, Errno> {
+    switch FaultInjector.shared.fault(.pwrite, path) {
+    case .fail(let code):
+        return .failure(Errno(rawValue: code))
+    case .shortWrite(let count):
+        let limited = UnsafeRawBufferPointer(rebasing: buffer.prefix(max(0, min(count, buffer.count))))
+        return valueOrErrnoNoInjection { pwrite(fd, limited.baseAddress, limited.count, off_t(offset)) }
+    case nil:
+        return valueOrErrnoNoInjection { pwrite(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
+    }
+}
+
+private func valueOrErrnoNoInjection<I: FixedWidthInteger>(_ body: () -> I) -> Result<I, Errno> {
+    while true {
+        let result = body()
+        if result == -1 {
+            if errno == EINTR { continue }
+            return .failure(Errno(rawValue: errno))
+        }
+        return .success(result)
+    }
+}
+
+func system_fsync(_ fd: Int32, path: String?) -> Result<Int32, Errno> {
+    valueOrErrno(.fsync, path) { fsync(fd) }
+}
+
+func system_ftruncate(_ fd: Int32, _ length: Int64, path: String?) -> Result<Int32, Errno> {
+    valueOrErrno(.ftruncate, path) { ftruncate(fd, off_t(length)) }
+}
+
+func system_rename(_ from: String, _ to: String) -> Result<Int32, Errno> {
+    valueOrErrno(.rename, to) { rename(from, to) }
+}
+
+func system_unlink(_ path: String) -> Result<Int32, Errno> {
+    valueOrErrno(.unlink, path) { unlink(path) }
+}
+
+func system_mkdir(_ path: String, _ mode: mode_t = 0o755) -> Result<Int32, Errno> {
+    valueOrErrno(.mkdir, path) { mkdir(path, mode) }
+}
+
+func system_flock(_ fd: Int32, _ operation: Int32, path: String?) -> Result<Int32, Errno> {
+    valueOrErrno(.flock, path) { flock(fd, operation) }
+}
+
+func system_fstat(_ fd: Int32, path: String?) -> Result<stat, Errno> {
+    var info = stat()
+    return valueOrErrno(.fstat, path) { fstat(fd, &info) }.map { _ in info }
+}
+
+func system_lstat(_ path: String) -> Result<stat, Errno> {
+    var info = stat()
+    return valueOrErrno(.fstat, path) { lstat(path, &info) }.map { _ in info }
+}
+
+func system_readlink(_ path: String) -> Result<String, Errno> {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let count = buffer.withUnsafeMutableBufferPointer { pointer -> Result<Int, Errno> in
+        guard let base = pointer.baseAddress else { return .failure(Errno(rawValue: EINVAL)) }
+        return valueOrErrno(.readlink, path) { readlink(path, base, pointer.count - 1) }
+    }
+    return count.map { length in
+        String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+func system_chmod(_ path: String, _ mode: mode_t) -> Result<Int32, Errno> {
+    valueOrErrno(.fstat, path) { chmod(path, mode) }
+}
+
+func system_symlink(_ target: String, _ path: String) -> Result<Int32, Errno> {
+    valueOrErrno(.open, path) { symlink(target, path) }
+}

@@ -1,0 +1,144 @@
+public import Foundation
+
+/// A checkpoint's full description: every file and, inside tensor-aware files, every tensor, each as an
+/// ordered list of chunks; plus run, step, metrics and the rest of the metadata.
+///
+/// Stored as canonical JSON (sorted keys, no insignificant whitespace) in a manifest frame; the
+/// checkpoint's id is the SHA-256 of those bytes.
+public struct Manifest: Codable, Sendable, Equatable {
+    /// The manifest format this ckstore writes.
+    public static let currentFormat = 1
+
+    public var format: Int
+    public var run: String
+    public var step: Int64
+    public var epoch: Double?
+    /// Seconds since 1970, UTC.
+    public var createdAt: Double
+    public var metrics: [String: Double]
+    public var tags: [String]
+    public var metadata: [String: String]
+    public var parent: CheckpointID?
+    /// The model's configuration (`config.json`), when the checkpoint has one.
+    public var modelConfig: JSONValue?
+    /// The trainer's state (`trainer_state.json`), when the checkpoint has one.
+    public var trainerState: JSONValue?
+    public var files: [FileEntry]
+
+    enum CodingKeys: String, CodingKey {
+        case format, run, step, epoch, metrics, tags, metadata, parent, files
+        case createdAt = "created_at"
+        case modelConfig = "model_config"
+        case trainerState = "trainer_state"
+    }
+
+    /// The time the checkpoint was created.
+    public var createdDate: Date { Date(timeIntervalSince1970: createdAt) }
+
+    /// The sum of the files' sizes.
+    public var logicalBytes: Int64 { files.reduce(0) { $0 + $1.size } }
+
+    /// Every chunk reference, in file order, repeats included.
+    public var chunkCount: Int { files.reduce(0) { $0 + $1.chunks.count } }
+
+    public var tensorCount: Int { files.reduce(0) { $0 + ($1.tensors?.count ?? 0) } }
+
+    /// The canonical bytes: JSON with sorted keys and no extra whitespace.
+    public func canonicalJSON() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        do {
+            return Array(try encoder.encode(self))
+        } catch {
+            throw CKStoreError(.invalidArgument, "cannot encode the manifest of \(run)@\(step): \(error)")
+        }
+    }
+
+    /// Parses manifest bytes.
+    public static func decode(_ bytes: [UInt8], id: CheckpointID) throws -> Manifest {
+        do {
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(bytes))
+            guard manifest.format <= currentFormat else {
+                throw CKStoreError(.unsupportedSchema, "checkpoint \(id.short): manifest format \(manifest.format) is newer than this ckstore understands (\(currentFormat))")
+            }
+            return manifest
+        } catch let error as CKStoreError {
+            throw error
+        } catch {
+            throw CKStoreError(.damaged, "checkpoint \(id.short): manifest cannot be parsed: \(error)")
+        }
+    }
+
+    /// The digest that identifies the content regardless of when it was put: the canonical JSON without
+    /// the creation time and parent. Two puts of the same folder under the same run and step share it.
+    public func contentDigest() throws -> ChunkDigest {
+        var copy = self
+        copy.createdAt = 0
+        copy.parent = nil
+        return SHA256Hasher.digest(try copy.canonicalJSON())
+    }
+}
+
+/// One file of a checkpoint.
+public struct FileEntry: Codable, Sendable, Equatable {
+    /// The path relative to the checkpoint folder, `/`-separated.
+    public var path: String
+    /// Permission bits.
+    public var mode: UInt32
+    public var size: Int64
+    /// SHA-256 of the whole file.
+    public var sha256: ChunkDigest
+    public var format: FileFormat
+    /// For a symbolic link: its target, relative to the link's folder.
+    public var linkTarget: String?
+    /// The file's bytes, in order.
+    public var chunks: [ChunkRef]
+    /// Tensors (safetensors) or storages (torch zip), each a byte range aligned to its chunks.
+    public var tensors: [TensorEntry]?
+
+    enum CodingKeys: String, CodingKey {
+        case path, mode, size, sha256, format, chunks, tensors
+        case linkTarget = "link_target"
+    }
+}
+
+/// How ckstore understood a file.
+public enum FileFormat: String, Codable, Sendable {
+    case safetensors
+    case torchZip = "torch-zip"
+    case opaque
+    case symlink
+}
+
+/// One chunk of a file.
+public struct ChunkRef: Codable, Sendable, Equatable {
+    public var digest: ChunkDigest
+    public var length: Int
+
+    enum CodingKeys: String, CodingKey {
+        case digest = "d"
+        case length = "n"
+    }
+}
+
+/// A tensor (or a torch storage) inside a file.
+public struct TensorEntry: Codable, Sendable, Equatable {
+    public var name: String
+    /// The safetensors dtype; nil for torch storages, whose element type lives in the pickle.
+    public var dtype: DType?
+    public var shape: [Int]?
+    /// The tensor's bytes within the file: `[begin, end)`.
+    public var begin: Int64
+    public var end: Int64
+    /// The tensor's chunks are `chunks[firstChunk ..< firstChunk + chunkCount]` of its file.
+    public var firstChunk: Int
+    public var chunkCount: Int
+
+    enum CodingKeys: String, CodingKey {
+        case name, dtype, shape, begin, end
+        case firstChunk = "first_chunk"
+        case chunkCount = "chunk_count"
+    }
+
+    public var byteCount: Int64 { end - begin }
+}

@@ -1,0 +1,83 @@
+/// Appends frames to a new pack under `tmp/` and seals it into `packs/` (commit protocol step 2).
+///
+/// Not Sendable: owned by the put that writes it. The pack is invisible to readers until ``seal()``
+/// renames it, and unreferenced by the catalogue until the put's transaction commits; a crash before then
+/// leaves an orphan in `tmp/` or `packs/` that garbage collection removes.
+final class PackWriter {
+    /// A frame as written: where it is and what it holds.
+    struct WrittenFrame: Sendable {
+        var offset: Int64
+        var header: FrameHeader
+    }
+
+    let id: PackID
+    private let layout: StoreLayout
+    private let file: FileHandle
+    private(set) var size: Int64
+    private(set) var frames: [WrittenFrame] = []
+    private var sealed = false
+
+    init(layout: StoreLayout) throws {
+        self.layout = layout
+        self.id = PackID.random()
+        self.file = try FileHandle.createNew(layout.temporaryPackPath(id))
+        let header = PackFormat.fileHeader()
+        try file.write(header, at: 0)
+        self.size = Int64(header.count)
+    }
+
+    deinit {
+        // A writer dropped without sealing (a failed put) removes its temporary file.
+        if !sealed { try? FileSystem.removeFile(file.path) }
+    }
+
+    /// Appends one frame; returns its offset.
+    @discardableResult
+    func append(_ chunk: EncodedChunk, kind: FrameKind = .chunk) throws -> WrittenFrame {
+        let header = FrameHeader(kind: kind, chunk: chunk)
+        let offset = size
+        try file.write(header.serialized(), at: offset)
+        try file.write(chunk.payload, at: offset + Int64(PackFormat.frameHeaderSize))
+        size = offset + Int64(PackFormat.frameHeaderSize + chunk.payload.count)
+        let frame = WrittenFrame(offset: offset, header: header)
+        frames.append(frame)
+        return frame
+    }
+
+    /// Writes the trailer, fsyncs, renames into `packs/` and fsyncs the folder.
+    func seal() throws -> SealedPack {
+        var trailer = [UInt8]()
+        trailer.reserveCapacity(frames.count * PackFormat.trailerEntrySize)
+        for frame in frames {
+            trailer.appendLittleEndian(UInt64(frame.offset))
+            trailer += frame.header.serialized()
+        }
+        let trailerOffset = size
+        var footer = [UInt8]()
+        footer.appendLittleEndian(UInt64(trailerOffset))
+        footer.appendLittleEndian(UInt64(frames.count))
+        footer.appendLittleEndian(XXH64.hash(trailer))
+        footer.appendLittleEndian(UInt64(0))
+        footer += PackFormat.footerMagic
+        try file.write(trailer + footer, at: trailerOffset)
+        size = trailerOffset + Int64(trailer.count + footer.count)
+        try file.sync()
+        let destination = layout.packPath(id)
+        let folder = layout.packFolder(id)
+        if !FileSystem.isDirectory(folder) {
+            try FileSystem.createDirectory(folder)
+            try FileSystem.syncDirectory(layout.packsRoot)
+        }
+        try FileSystem.rename(file.path, destination)
+        sealed = true
+        try FileSystem.syncDirectory(folder)
+        return SealedPack(id: id, size: size, frames: frames)
+    }
+}
+
+/// A pack that is durable in `packs/`.
+struct SealedPack: Sendable {
+    var id: PackID
+    var size: Int64
+    var frames: [PackWriter.WrittenFrame]
+}

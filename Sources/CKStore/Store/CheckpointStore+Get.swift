@@ -1,0 +1,260 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension CheckpointStore {
+    /// Restores a checkpoint (or some of its files or tensors) into a folder.
+    ///
+    /// Every chunk is checked against its SHA-256 and every whole file against the manifest's. Files are
+    /// written into a staging folder inside `destination` and renamed into place only when all of them
+    /// verified, so a failed restore leaves no partial output. Paths come from the manifest and are checked:
+    /// nothing is written outside `destination` (I-7).
+    ///
+    /// ```swift
+    /// let id = try store.resolve(.latest(run: "gpt2-finetune"))
+    /// _ = try await store.restore(id, to: "resume/")
+    /// ```
+    ///
+    /// - Throws: ``CKStoreError``: `alreadyExists` when `destination` is not empty (unless
+    ///   `options.force`), `notFound` for a file or tensor pattern that matches nothing, `damaged` with
+    ///   the file and chunk named when stored data fails a check, `unsafePath` for a manifest path that
+    ///   would leave `destination`.
+    public func restore(_ id: CheckpointID, to destination: String, options: RestoreOptions = RestoreOptions()) async throws -> RestoreResult {
+        do {
+            return try await restoreChecked(id, to: destination, options: options)
+        } catch let error as CKStoreError {
+            throw error
+        } catch {
+            throw CKStoreError(.ioFailure, "restore of \(id.short) failed: \(error)")
+        }
+    }
+
+    /// One file to write: where, and from which chunks (with the bytes to put first, for a tensor subset).
+    private struct Output {
+        var path: String
+        var mode: UInt32
+        var prefix: [UInt8]
+        var chunks: [ChunkRef]
+        /// The whole file's digest, when the output is the whole file.
+        var expectedDigest: ChunkDigest?
+        var size: Int64
+    }
+
+    private func restoreChecked(_ id: CheckpointID, to destination: String, options: RestoreOptions) async throws -> RestoreResult {
+        let started = ContinuousClock.now
+        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+        let manifest = try self.manifest(of: id)
+        for file in manifest.files {
+            guard RelativePath.isSafe(file.path) else {
+                throw CKStoreError(.unsafePath, "checkpoint \(id.short): manifest names the path \(file.path.debugDescription), which would leave the target folder; refused")
+            }
+            if let target = file.linkTarget {
+                let folder = file.path.split(separator: "/").dropLast().joined(separator: "/")
+                guard !target.hasPrefix("/"), RelativePath.normalize(folder.isEmpty ? target : folder + "/" + target) != nil else {
+                    throw CKStoreError(.unsafePath, "checkpoint \(id.short): symbolic link \(file.path) points to \(target), outside the target folder; refused")
+                }
+            }
+        }
+
+        let (outputs, links) = try plan(manifest, id: id, options: options)
+        let created = try prepareDestination(destination, force: options.force)
+        let staging = destination + "/.ckstore-restore-" + PackID.random().hex.prefix(12)
+        var succeeded = false
+        defer {
+            FileSystem.removeTree(staging)
+            if !succeeded && created { FileSystem.removeTree(destination) }
+        }
+        try FileSystem.createDirectory(staging)
+
+        let readers = PackReaderCache(layout: layout)
+        var bytes: Int64 = 0
+        for output in outputs {
+            try await write(output, into: staging, readers: readers, checkpoint: id, window: max(2, options.maxChunksInFlight))
+            bytes += output.size
+        }
+        for link in links {
+            let path = staging + "/" + link.path
+            try FileSystem.createDirectory(parentFolder(of: path))
+            if case .failure(let error) = system_symlink(link.linkTarget ?? "", path) {
+                throw CKStoreError.io("cannot create symbolic link \(link.path)", error)
+            }
+        }
+        // Everything verified: move into place.
+        let names = outputs.map(\.path) + links.map(\.path)
+        for name in names {
+            try moveIntoPlace(name, from: staging, to: destination)
+        }
+        succeeded = true
+        return RestoreResult(id: id, files: names, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
+    }
+
+    /// Decides which files (or tensor subsets) to write.
+    private func plan(_ manifest: Manifest, id: CheckpointID, options: RestoreOptions) throws -> ([Output], [FileEntry]) {
+        var selected = manifest.files
+        if !options.files.isEmpty {
+            var byPath = [String: FileEntry]()
+            for file in manifest.files { byPath[file.path] = file }
+            selected = []
+            for path in options.files {
+                let normalized = RelativePath.normalize(path) ?? path
+                guard let file = byPath[normalized] else {
+                    throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no file \(path); its files: \(manifest.files.map(\.path).joined(separator: ", "))")
+                }
+                selected.append(file)
+            }
+        }
+        var outputs = [Output]()
+        let links = options.tensors.isEmpty ? selected.filter { $0.format == .symlink } : []
+        if options.tensors.isEmpty {
+            for file in selected where file.format != .symlink {
+                outputs.append(Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, expectedDigest: file.sha256, size: file.size))
+            }
+            return (outputs, links)
+        }
+        var matchedPatterns = Set<String>()
+        for file in selected where file.format == .safetensors {
+            let tensors = (file.tensors ?? []).filter { tensor in
+                let hits = options.tensors.filter { fnmatch($0, tensor.name, 0) == 0 }
+                matchedPatterns.formUnion(hits)
+                return !hits.isEmpty
+            }
+            guard !tensors.isEmpty else { continue }
+            let metadata = try originalMetadata(of: file, id: id)
+            var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
+            var chunks = [ChunkRef]()
+            for tensor in tensors {
+                guard let dtype = tensor.dtype, let shape = tensor.shape else { continue }
+                described.append((tensor.name, dtype, shape, tensor.byteCount))
+                chunks += file.chunks[tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)]
+            }
+            let header = SafetensorsFile.header(tensors: described, metadata: metadata)
+            let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
+            outputs.append(Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, expectedDigest: nil, size: size))
+        }
+        let unmatched = options.tensors.filter { !matchedPatterns.contains($0) }
+        guard unmatched.isEmpty else {
+            throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no safetensors tensor matching \(unmatched.joined(separator: ", "))")
+        }
+        return (outputs, [])
+    }
+
+    /// The `__metadata__` of a stored safetensors file, read from its header chunk(s).
+    private func originalMetadata(of file: FileEntry, id: CheckpointID) throws -> [String: String]? {
+        let readers = PackReaderCache(layout: layout)
+        let headerEnd = file.tensors?.map(\.begin).min() ?? file.size
+        var header = [UInt8]()
+        for chunk in file.chunks where Int64(header.count) < headerEnd {
+            header += try readChunk(chunk.digest, readers: readers, what: "\(file.path) in checkpoint \(id.short)")
+        }
+        guard header.count >= 8 else { return nil }
+        let length = Int(header.loadLittleEndian(UInt64.self, at: 0))
+        guard 8 + length <= header.count else { return nil }
+        return try? SafetensorsFile.parse(header: Array(header[8..<(8 + length)]), size: file.size, name: file.path).metadata
+    }
+
+    /// Creates `destination` if missing (returns true), or checks that it is empty unless `force`.
+    private func prepareDestination(_ destination: String, force: Bool) throws -> Bool {
+        if FileSystem.exists(destination) {
+            guard FileSystem.isDirectory(destination) else {
+                throw CKStoreError(.alreadyExists, "\(destination) exists and is not a folder")
+            }
+            let contents = try FileSystem.contents(of: destination).filter { !$0.hasPrefix(".ckstore-restore-") }
+            guard contents.isEmpty || force else {
+                throw CKStoreError(.alreadyExists, "\(destination) is not empty; restore into an empty folder or pass --force to replace files in it")
+            }
+            return false
+        }
+        try FileSystem.createDirectory(destination)
+        return true
+    }
+
+    /// Reads, decodes and checks the chunks of one output in parallel, writing them in order while
+    /// hashing the whole file; at most `window` chunks are in flight.
+    private func write(_ output: Output, into staging: String, readers: PackReaderCache, checkpoint: CheckpointID, window: Int) async throws {
+        let path = staging + "/" + output.path
+        try FileSystem.createDirectory(parentFolder(of: path))
+        let file = try FileHandle.createNew(path)
+        var hasher = SHA256Hasher()
+        var position: Int64 = 0
+        if !output.prefix.isEmpty {
+            try file.write(output.prefix, at: 0)
+            position = Int64(output.prefix.count)
+        }
+        let locations = try withCatalogue { (catalogue) throws -> [Catalogue.ChunkLocation] in
+            try output.chunks.map { (chunk) throws in
+                guard let location = try catalogue.location(of: chunk.digest) else {
+                    throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
+                }
+                return location
+            }
+        }
+        let what = "checkpoint \(checkpoint.short): \(output.path)"
+        try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+            var next = 0
+            var ready = [Int: [UInt8]]()
+            var consumed = 0
+            while consumed < locations.count {
+                while next < locations.count && next < consumed + window {
+                    let index = next, location = locations[index]
+                    group.addTask {
+                        try Task.checkCancellation()
+                        return (index, try self.readChunk(at: location, readers: readers, what: what))
+                    }
+                    next += 1
+                }
+                guard let (index, bytes) = try await group.next() else { break }
+                ready[index] = bytes
+                while let bytes = ready.removeValue(forKey: consumed) {
+                    guard bytes.count == output.chunks[consumed].length else {
+                        throw CKStoreError(.damaged, "\(what): chunk \(consumed) has \(bytes.count) bytes, the manifest says \(output.chunks[consumed].length)")
+                    }
+                    try bytes.withUnsafeBytes { (buffer) throws in
+                        hasher.update(buffer)
+                        try file.write(buffer, at: position)
+                    }
+                    position += Int64(bytes.count)
+                    consumed += 1
+                }
+            }
+        }
+        guard position == output.size else {
+            throw CKStoreError(.damaged, "\(what): restored \(position) bytes, the manifest says \(output.size)")
+        }
+        if let expected = output.expectedDigest, hasher.finalize() != expected {
+            throw CKStoreError(.damaged, "\(what): the restored file's SHA-256 differs from the manifest's")
+        }
+        if case .failure(let error) = system_chmod(path, mode_t(output.mode)) {
+            throw CKStoreError.io("cannot set the mode of \(output.path)", error)
+        }
+    }
+
+    /// Renames `staging/name` to `destination/name`, creating real folders on the way and refusing to
+    /// pass through a symbolic link that a `--force` target already had.
+    private func moveIntoPlace(_ name: String, from staging: String, to destination: String) throws {
+        var folder = destination
+        for component in name.split(separator: "/").dropLast() {
+            folder += "/" + component
+            switch system_lstat(folder) {
+            case .success(let info):
+                guard info.st_mode & S_IFMT == S_IFDIR else {
+                    throw CKStoreError(.unsafePath, "\(folder) exists and is not a folder (a file or symbolic link); cannot restore \(name) there")
+                }
+            case .failure:
+                try FileSystem.createDirectory(folder)
+            }
+        }
+        let target = destination + "/" + name
+        if case .success(let info) = system_lstat(target), info.st_mode & S_IFMT == S_IFDIR {
+            throw CKStoreError(.alreadyExists, "\(target) is a folder; cannot replace it with a file")
+        }
+        try FileSystem.rename(staging + "/" + name, target)
+    }
+
+    private func parentFolder(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return String(path[..<slash])
+    }
+}

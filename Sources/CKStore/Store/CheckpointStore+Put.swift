@@ -1,0 +1,322 @@
+import Foundation
+import Synchronization
+
+extension CheckpointStore {
+    /// Stores a checkpoint folder as a new checkpoint.
+    ///
+    /// Follows the commit protocol of DESIGN.md: chunks are hashed and compressed in parallel with a
+    /// bound on bytes in flight; new frames go to packs under `tmp/`, which are fsynced and renamed into
+    /// `packs/`; then one `BEGIN IMMEDIATE` transaction re-checks the reused chunks and records the
+    /// checkpoint. The checkpoint is visible only once that transaction commits (I-5). A put that fails
+    /// leaves the catalogue as it was; at worst an orphan pack remains for gc.
+    ///
+    /// ```swift
+    /// var options = PutOptions(run: "gpt2-finetune", step: 500)
+    /// options.metrics["loss"] = 2.31
+    /// let result = try await store.put(directory: "out/checkpoint-500", options: options)
+    /// print(result.id, result.storedBytesAdded)
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - directory: the checkpoint folder as the trainer wrote it.
+    ///   - options: run, step, metrics and how to store.
+    /// - Returns: the new checkpoint's id and what the put cost.
+    /// - Throws: ``CKStoreError`` naming the file concerned; `conflict` when the run already has a
+    ///   different checkpoint at this step.
+    public func put(directory: String, options: PutOptions) async throws -> PutResult {
+        do {
+            return try await putChecked(directory: directory, options: options)
+        } catch let error as CKStoreError {
+            throw error
+        } catch is CancellationError {
+            throw CKStoreError(.ioFailure, "put of \(directory) was cancelled; nothing was committed")
+        } catch {
+            throw CKStoreError(.ioFailure, "put of \(directory) failed: \(error)")
+        }
+    }
+
+    private func putChecked(directory: String, options: PutOptions) async throws -> PutResult {
+        let started = ContinuousClock.now
+        try Self.validateRunName(options.run)
+        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+
+        var scanner = DirectoryScanner(root: directory)
+        scanner.followExternalLinks = options.followSymlinks
+        scanner.excluded = FileSystem.canonicalPath(path)
+        let entries = try scanner.scan()
+
+        let trainerState = try entries.first { $0.relativePath == "trainer_state.json" && $0.kind == .regular }
+            .flatMap { entry throws in TrainerState(bytes: try Self.readSmallFile(entry.sourcePath)) }
+        let modelConfig = try entries.first { $0.relativePath == "config.json" && $0.kind == .regular }
+            .flatMap { entry throws in try? JSONDecoder().decode(JSONValue.self, from: Data(try Self.readSmallFile(entry.sourcePath))) }
+        guard let step = options.step ?? trainerState?.globalStep ?? Self.stepFromFolderName(directory) else {
+            throw CKStoreError(.invalidArgument, "no step for \(directory): give --step N (there is no trainer_state.json with global_step, and the folder is not named checkpoint-N)")
+        }
+        guard step >= 0 else { throw CKStoreError(.invalidArgument, "step \(step) is negative") }
+
+        let session = try PutSession(store: self, options: options)
+        var files = [FileEntry]()
+        var warnings = [String]()
+        for entry in entries {
+            switch entry.kind {
+            case .symlink(let target):
+                files.append(FileEntry(path: entry.relativePath, mode: entry.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
+                                       format: .symlink, linkTarget: target, chunks: [], tensors: nil))
+            case .regular:
+                let (file, warning) = try await session.store(entry)
+                files.append(file)
+                if let warning { warnings.append(warning) }
+            }
+        }
+
+        var metrics = trainerState?.metrics ?? [:]
+        metrics.merge(options.metrics) { _, new in new }
+        var manifest = Manifest(
+            format: Manifest.currentFormat, run: options.run, step: step, epoch: options.epoch ?? trainerState?.epoch,
+            createdAt: Date().timeIntervalSince1970, metrics: metrics, tags: Array(Set(options.tags)).sorted(),
+            metadata: options.metadata, parent: nil, modelConfig: modelConfig, trainerState: trainerState?.json, files: files
+        )
+        manifest.parent = try withCatalogue { (catalogue) throws in try catalogue.parent(run: options.run, before: step) }
+        let contentDigest = try manifest.contentDigest()
+
+        func existing(in catalogue: Catalogue) throws -> CheckpointID? {
+            guard let found = try catalogue.checkpoint(run: options.run, step: step) else { return nil }
+            guard found.content == contentDigest else {
+                throw CKStoreError(.conflict, "run \(options.run) already has a different checkpoint at step \(step) (\(found.id.short)); put under another step or remove that checkpoint first")
+            }
+            return found.id
+        }
+        let seconds = { (ContinuousClock.now - started) / .seconds(1) }
+        if let id = try withCatalogue({ catalogue in try existing(in: catalogue) }) {
+            return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: 0,
+                             chunksTotal: manifest.chunkCount, chunksNew: 0, seconds: seconds(), alreadyStored: true, warnings: warnings)
+        }
+
+        let manifestBytes = try manifest.canonicalJSON()
+        let id = CheckpointID(SHA256Hasher.digest(manifestBytes))
+        var uses = [ChunkDigest: Int]()
+        for file in files { for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 } }
+        uses[id.digest, default: 0] += 1
+        try session.appendManifest(manifestBytes, digest: id.digest)
+
+        let stored = try session.commit { (catalogue, added) throws in
+            if let id = try existing(in: catalogue) { return (id: id, alreadyStored: true) }
+            try catalogue.insert(
+                Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses),
+                now: Date().timeIntervalSince1970
+            )
+            return (id: id, alreadyStored: false)
+        }
+        return PutResult(
+            id: stored.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes,
+            storedBytesAdded: stored.alreadyStored ? 0 : session.bytesAdded, chunksTotal: manifest.chunkCount,
+            chunksNew: stored.alreadyStored ? 0 : session.newChunkCount, seconds: seconds(), alreadyStored: stored.alreadyStored, warnings: warnings
+        )
+    }
+
+    static func validateRunName(_ name: String) throws {
+        guard !name.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw CKStoreError(.invalidArgument, "the run name is empty")
+        }
+        guard !name.contains("@"), !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw CKStoreError(.invalidArgument, "run name \(name) may not contain @ or control characters (RUN@STEP references would be ambiguous)")
+        }
+    }
+
+    /// `checkpoint-500` → 500, as Hugging Face's Trainer names its folders.
+    static func stepFromFolderName(_ directory: String) -> Int64? {
+        let name = directory.split(separator: "/").last.map(String.init) ?? directory
+        guard name.hasPrefix("checkpoint-") else { return nil }
+        return Int64(name.dropFirst("checkpoint-".count))
+    }
+
+    static func readSmallFile(_ path: String) throws -> [UInt8] {
+        let file = try FileHandle.openForReading(path)
+        let size = try file.size()
+        guard size <= 64 << 20 else { return [] }
+        return try file.read(count: Int(size), at: 0)
+    }
+}
+
+/// The state of one put: its pack writers, the chunks it stored and the chunks it reused.
+///
+/// Not Sendable: owned by the put's coordinating task. Worker tasks get only Sendable values (the bytes
+/// of one chunk, the store, the codec) and return their results to the coordinator.
+final class PutSession {
+    private let store: CheckpointStore
+    private let codec: FrameCodec
+    private let maxInFlight: Int
+    /// Digests this put has claimed for writing, shared with the workers (see ``ChunkClaims``).
+    private let claims = ChunkClaims()
+    private var writer: PackWriter?
+    private var sealed = [SealedPack]()
+    /// Chunks found in the store, with where to read them again if a concurrent gc removes them first.
+    private var reused = [ChunkDigest: (path: String, offset: Int64, length: Int)]()
+    private(set) var newChunkCount = 0
+    private(set) var bytesAdded: Int64 = 0
+
+    init(store: CheckpointStore, options: PutOptions) throws {
+        self.store = store
+        self.codec = FrameCodec(level: options.compressionLevel, contexts: store.contexts)
+        self.maxInFlight = max(2, options.maxChunksInFlight)
+    }
+
+    /// What a worker did with one chunk.
+    private struct ChunkResult: Sendable {
+        var index: Int
+        var offset: Int64
+        var digest: ChunkDigest
+        var length: Int
+        var encoded: EncodedChunk?
+        var foundInStore: Bool
+    }
+
+    /// Stores one regular file: reads it in order, hashes and encodes its chunks in parallel, and appends
+    /// new frames to the current pack. Returns its manifest entry.
+    func store(_ entry: DirectoryScanner.Entry) async throws -> (FileEntry, warning: String?) {
+        let file = try SharedFile(path: entry.sourcePath)
+        let size = try file.size()
+        let (layout, warning) = FormatDetector.layout(of: file, path: entry.relativePath, size: size)
+        var cursor = FileCursor(file: file, path: entry.relativePath, layout: layout, size: size)
+        var chunks = [ChunkRef?]()
+
+        let store = self.store, codec = self.codec, claims = self.claims
+        try await withThrowingTaskGroup(of: ChunkResult.self) { group in
+            var inFlight = 0
+            var exhausted = false
+            while true {
+                while !exhausted && inFlight < maxInFlight {
+                    guard let (offset, bytes) = try cursor.next() else {
+                        exhausted = true
+                        break
+                    }
+                    let index = chunks.count
+                    chunks.append(nil)
+                    inFlight += 1
+                    group.addTask {
+                        try Task.checkCancellation()
+                        let digest = SHA256Hasher.digest(bytes)
+                        if claims.isClaimed(digest) {
+                            return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
+                        }
+                        if try store.withCatalogue({ (catalogue) throws in try catalogue.containsChunk(digest) }) {
+                            return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: true)
+                        }
+                        guard claims.claim(digest) else {
+                            return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
+                        }
+                        let encoded = try codec.encode(bytes, digest: digest)
+                        return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: encoded, foundInStore: false)
+                    }
+                }
+                guard let result = try await group.next() else { break }
+                inFlight -= 1
+                chunks[result.index] = ChunkRef(digest: result.digest, length: result.length)
+                if let encoded = result.encoded {
+                    try append(encoded, kind: .chunk)
+                    newChunkCount += 1
+                } else if result.foundInStore {
+                    reused[result.digest] = (entry.sourcePath, result.offset, result.length)
+                }
+            }
+        }
+
+        let tensorChunks = cursor.tensorChunks
+        let digest = try cursor.finish()
+        var tensors = [TensorEntry]()
+        for (index, region) in layout.regions.enumerated() {
+            guard case .tensor(let name, let dtype, let shape) = region.kind, let range = tensorChunks[index] else { continue }
+            tensors.append(TensorEntry(name: name, dtype: dtype, shape: shape, begin: region.begin, end: region.end, firstChunk: range.lowerBound, chunkCount: range.count))
+        }
+        if case .safetensors = layout.format, let parsed = try? SafetensorsFile.parse(file, size: size, name: entry.relativePath) {
+            // Empty tensors have no bytes and so no region; they still belong in the manifest.
+            for tensor in parsed.tensors where tensor.dataBegin == tensor.dataEnd {
+                let at = parsed.dataStart + tensor.dataBegin
+                let first = tensors.firstIndex { $0.begin >= at }.map { tensors[$0].firstChunk } ?? (chunks.count)
+                tensors.append(TensorEntry(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape, begin: at, end: at, firstChunk: first, chunkCount: 0))
+            }
+            tensors.sort { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
+        }
+        let entryOut = FileEntry(
+            path: entry.relativePath, mode: entry.mode, size: size, sha256: digest, format: layout.format,
+            linkTarget: nil, chunks: chunks.map { $0! }, tensors: layout.format == .opaque ? nil : tensors
+        )
+        return (entryOut, warning)
+    }
+
+    private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
+        let current = try writer ?? PackWriter(layout: store.layout)
+        writer = current
+        try current.append(chunk, kind: kind)
+        if current.size >= PackFormat.targetSize {
+            sealed.append(try current.seal())
+            writer = nil
+        }
+    }
+
+    /// Appends the manifest frame (compressed: manifests are repetitive JSON).
+    func appendManifest(_ bytes: [UInt8], digest: ChunkDigest) throws {
+        let encoded = try codec.encode(bytes, digest: digest)
+        try append(encoded, kind: .manifest)
+    }
+
+    /// Seals the open pack and records everything in one write transaction (commit protocol step 3).
+    ///
+    /// Inside the transaction every reused chunk is checked again; if a concurrent gc removed one, the
+    /// transaction is rolled back, the missing chunks are written again from the input files into a new
+    /// pack, and the commit is retried.
+    func commit<T: Sendable>(_ record: (Catalogue, _ bytesAdded: Int64) throws -> T) throws -> T {
+        if let writer {
+            sealed.append(try writer.seal())
+            self.writer = nil
+        }
+        for attempt in 1...5 {
+            var missing = [ChunkDigest]()
+            let outcome: T? = try store.withCatalogue { (catalogue) throws -> T? in
+                try catalogue.database.transaction { () throws -> T? in
+                    for (digest, _) in reused where try !catalogue.containsChunk(digest) {
+                        missing.append(digest)
+                    }
+                    if !missing.isEmpty { return nil }
+                    var added: Int64 = 0
+                    let now = Date().timeIntervalSince1970
+                    for pack in sealed {
+                        added += try catalogue.insert(pack: pack, now: now)
+                    }
+                    bytesAdded = added
+                    return try record(catalogue, added)
+                }
+            }
+            if let outcome { return outcome }
+            guard attempt < 5 else { break }
+            // A concurrent gc removed chunks this put reused: write them again and retry.
+            for digest in missing {
+                guard let source = reused.removeValue(forKey: digest) else { continue }
+                let bytes = try FileHandle.openForReading(source.path).read(count: source.length, at: source.offset)
+                guard SHA256Hasher.digest(bytes) == digest else {
+                    throw CKStoreError(.conflict, "\(source.path) changed while it was being stored; put it again once the trainer has finished writing")
+                }
+                try append(try codec.encode(bytes, digest: digest), kind: .chunk)
+                newChunkCount += 1
+            }
+            if let writer {
+                sealed.append(try writer.seal())
+                self.writer = nil
+            }
+        }
+        throw CKStoreError(.conflict, "could not commit: chunks kept vanishing under a concurrent garbage collection; try the put again")
+    }
+}
+
+/// The digests a put has decided to write, shared by its workers so that two chunks with the same
+/// content are encoded and written once.
+final class ChunkClaims: Sendable {
+    // Claimed digests, protected by this mutex.
+    private let claimed = Mutex<Set<ChunkDigest>>([])
+
+    func isClaimed(_ digest: ChunkDigest) -> Bool { claimed.withLock { $0.contains(digest) } }
+
+    /// Claims `digest`; false when another worker claimed it first.
+    func claim(_ digest: ChunkDigest) -> Bool { claimed.withLock { $0.insert(digest).inserted } }
+}

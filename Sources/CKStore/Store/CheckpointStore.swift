@@ -1,0 +1,146 @@
+public import Foundation
+import Synchronization
+
+/// A checkpoint store: one folder holding packs of deduplicated, compressed chunks and the SQLite
+/// catalogue that indexes them.
+///
+/// ```swift
+/// let store = try CheckpointStore.open(at: "/data/ckstore", create: true)
+/// let result = try await store.put(directory: "out/checkpoint-500", options: PutOptions(run: "gpt2-finetune"))
+/// try await store.restore(.latest(run: "gpt2-finetune"), to: "resume/")
+/// ```
+///
+/// Safe to share between tasks: the catalogue connection is behind a mutex, and pack files are written by
+/// one put at a time per writer and read with positioned reads.
+public final class CheckpointStore: Sendable {
+    /// The store's folder.
+    public let path: String
+    let layout: StoreLayout
+    private let catalogue: LockedCatalogue
+    let contexts = ZstdContextPool()
+
+    private init(layout: StoreLayout, catalogue: Catalogue) {
+        self.path = layout.root
+        self.layout = layout
+        self.catalogue = LockedCatalogue(catalogue)
+    }
+
+    /// Opens the store at `path`.
+    ///
+    /// - Parameters:
+    ///   - path: the store's folder.
+    ///   - create: create the store when it does not exist.
+    /// - Throws: ``CKStoreError`` with code `notFound` when there is no store and `create` is false,
+    ///   `unsupportedSchema` when a newer ckstore wrote it, `damaged` when the catalogue is corrupt.
+    public static func open(at path: String, create: Bool = false) throws -> CheckpointStore {
+        let layout = StoreLayout(root: path)
+        let exists = FileSystem.exists(layout.cataloguePath)
+        if !exists {
+            guard create else {
+                if FileSystem.isDirectory(layout.packsRoot) {
+                    throw CKStoreError(.damaged, "store \(path) has packs but no catalogue (ckstore.db); run `ckstore repair` to rebuild it")
+                }
+                throw CKStoreError(.notFound, "no ckstore store at \(path); create one with `ckstore init` (or give --store / CKSTORE_PATH)")
+            }
+            if FileSystem.exists(path) && !FileSystem.isDirectory(path) {
+                throw CKStoreError(.alreadyExists, "cannot create a store at \(path): it exists and is not a folder")
+            }
+            try FileSystem.createDirectory(path)
+            try FileSystem.createDirectory(layout.packsRoot)
+            try FileSystem.createDirectory(layout.temporaryRoot)
+            _ = try FileHandle.openOrCreate(layout.lockPath)
+        }
+        let catalogue = try Catalogue(path: layout.cataloguePath)
+        if !exists {
+            try FileSystem.syncDirectory(path)
+        }
+        return CheckpointStore(layout: layout, catalogue: catalogue)
+    }
+
+    /// Runs `body` with exclusive use of the catalogue connection.
+    func withCatalogue<T: Sendable>(_ body: (Catalogue) throws -> T) throws -> T {
+        try catalogue.with(body)
+    }
+
+    /// Resolves a reference to one checkpoint id.
+    public func resolve(_ reference: CheckpointReference) throws -> CheckpointID {
+        try withCatalogue { (catalogue) throws in try catalogue.resolve(reference) }
+    }
+
+    /// The checkpoints of one run, or of every run, ordered by run and step.
+    public func list(run: String? = nil) throws -> [CheckpointSummary] {
+        try withCatalogue { (catalogue) throws in
+            if let run {
+                return try catalogue.summaries(where: "r.name = ?", [.text(run)])
+            }
+            return try catalogue.summaries()
+        }
+    }
+
+    /// The catalogue's summary of one checkpoint.
+    public func summary(of id: CheckpointID) throws -> CheckpointSummary {
+        guard let summary = try withCatalogue({ (catalogue) throws in try catalogue.summary(of: id) }) else {
+            throw CKStoreError(.notFound, "no checkpoint \(id.short)")
+        }
+        return summary
+    }
+
+    /// Reads, checks and parses a checkpoint's manifest.
+    public func manifest(of id: CheckpointID) throws -> Manifest {
+        let reader = PackReaderCache(layout: layout)
+        let bytes = try readChunk(id.digest, readers: reader, what: "manifest of checkpoint \(id.short)")
+        return try Manifest.decode(bytes, id: id)
+    }
+
+    /// Reads one chunk: locate it, read its frame, decode it and check its digest.
+    func readChunk(_ digest: ChunkDigest, readers: PackReaderCache, what: @autoclosure () -> String) throws -> [UInt8] {
+        guard let location = try withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else {
+            throw CKStoreError(.damaged, "\(what()): chunk \(digest) is not in the store")
+        }
+        return try readChunk(at: location, readers: readers, what: what())
+    }
+
+    func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, what: @autoclosure () -> String) throws -> [UInt8] {
+        do {
+            let reader = try readers.reader(for: location.pack)
+            let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest)
+            let codec = FrameCodec(level: .default, contexts: contexts)
+            let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+            guard SHA256Hasher.digest(bytes) == location.digest else {
+                throw CKStoreError(.damaged, "chunk \(location.digest) decodes to bytes with a different SHA-256")
+            }
+            return bytes
+        } catch {
+            throw CKStoreError(.damaged, "\(what()): \(CKStoreError.wrap(error).message)", cause: CKStoreError.wrap(error))
+        }
+    }
+}
+
+/// The catalogue connection and the lock that serializes its use.
+final class LockedCatalogue: @unchecked Sendable {
+    // `catalogue` is only touched while `lock` is held; each call holds it only for its SQL.
+    private let lock = Mutex<Void>(())
+    private let catalogue: Catalogue
+
+    init(_ catalogue: Catalogue) { self.catalogue = catalogue }
+
+    func with<T: Sendable>(_ body: (Catalogue) throws -> T) throws -> T {
+        try lock.withLock { _ in try body(catalogue) }
+    }
+}
+
+/// Opens each pack once per operation and shares the reader between tasks.
+final class PackReaderCache: Sendable {
+    private let layout: StoreLayout
+    // Open readers by pack, protected by this mutex.
+    private let readers = Mutex<[PackID: PackReader]>([:])
+
+    init(layout: StoreLayout) { self.layout = layout }
+
+    func reader(for id: PackID) throws -> PackReader {
+        if let reader = readers.withLock({ $0[id] }) { return reader }
+        let reader = try PackReader(id: id, path: layout.packPath(id))
+        readers.withLock { $0[id] = reader }
+        return reader
+    }
+}

@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Lists the files of a checkpoint folder in a stable order, deciding what to do with symbolic links.
+struct DirectoryScanner {
+    /// One entry to store.
+    struct Entry: Sendable {
+        enum Kind: Sendable, Equatable {
+            case regular
+            /// A link stored as a link: its target is relative and stays inside the folder.
+            case symlink(target: String)
+        }
+
+        /// Path relative to the folder, `/`-separated.
+        var relativePath: String
+        /// Path to read the bytes from (the link's target when a link is followed).
+        var sourcePath: String
+        var kind: Kind
+        var mode: UInt32
+        var size: Int64
+    }
+
+    let root: String
+    /// Store links that point outside the folder as the files they point to, instead of refusing them.
+    var followExternalLinks = false
+    /// A path to leave out (the store itself, when it lives inside the folder).
+    var excluded: String?
+
+    func scan() throws -> [Entry] {
+        guard FileSystem.isDirectory(root) else {
+            if FileSystem.exists(root) {
+                throw CKStoreError(.invalidArgument, "\(root) is not a folder; put takes a checkpoint folder")
+            }
+            throw CKStoreError(.notFound, "\(root): no such folder")
+        }
+        var entries = [Entry]()
+        try walk(relative: "", into: &entries)
+        return entries
+    }
+
+    private func walk(relative: String, into entries: inout [Entry]) throws {
+        let folder = relative.isEmpty ? root : root + "/" + relative
+        for name in try FileSystem.contents(of: folder) {
+            let relativePath = relative.isEmpty ? name : relative + "/" + name
+            let absolute = root + "/" + relativePath
+            if let excluded, FileSystem.canonicalPath(absolute) == excluded { continue }
+            let info: stat
+            switch system_lstat(absolute) {
+            case .success(let value): info = value
+            case .failure(let error): throw CKStoreError.io("cannot read \(absolute)", error)
+            }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                try walk(relative: relativePath, into: &entries)
+            case S_IFREG:
+                entries.append(Entry(relativePath: relativePath, sourcePath: absolute, kind: .regular, mode: UInt32(info.st_mode & 0o7777), size: Int64(info.st_size)))
+            case S_IFLNK:
+                entries.append(try link(relativePath: relativePath, absolute: absolute))
+            default:
+                throw CKStoreError(.invalidArgument, "\(absolute) is not a regular file, folder or symbolic link (a device, socket or FIFO); ckstore does not store those")
+            }
+        }
+    }
+
+    private func link(relativePath: String, absolute: String) throws -> Entry {
+        let target: String
+        switch system_readlink(absolute) {
+        case .success(let value): target = value
+        case .failure(let error): throw CKStoreError.io("cannot read symbolic link \(absolute)", error)
+        }
+        let linkFolder = relativePath.split(separator: "/").dropLast().joined(separator: "/")
+        if !target.hasPrefix("/"), RelativePath.normalize(linkFolder.isEmpty ? target : linkFolder + "/" + target) != nil {
+            // Relative and lexically inside the folder: keep it as a link.
+            return Entry(relativePath: relativePath, sourcePath: absolute, kind: .symlink(target: target), mode: 0o777, size: 0)
+        }
+        let resolved = FileSystem.canonicalPath(absolute)
+        let canonicalRoot = FileSystem.canonicalPath(root)
+        let inside = resolved.hasPrefix(canonicalRoot + "/")
+        guard inside || followExternalLinks else {
+            throw CKStoreError(
+                .unsafePath,
+                "\(absolute) is a symbolic link to \(target), outside \(root); refused (use --follow-symlinks to store the file it points to)"
+            )
+        }
+        guard FileSystem.exists(resolved), !FileSystem.isDirectory(resolved) else {
+            throw CKStoreError(.unsafePath, "\(absolute) is a symbolic link to \(target), which is missing or a folder; ckstore stores it only when it points to a file")
+        }
+        var info = stat()
+        guard stat(resolved, &info) == 0 else { throw CKStoreError(.ioFailure, "cannot read \(resolved), the target of \(absolute)") }
+        return Entry(relativePath: relativePath, sourcePath: resolved, kind: .regular, mode: UInt32(info.st_mode & 0o7777), size: Int64(info.st_size))
+    }
+}
+
+/// Checks of paths that come from manifests (invariant I-7: nothing is written outside the target).
+public enum RelativePath {
+    /// The normalized form of a `/`-separated relative path, or nil if it is absolute, empty, contains a
+    /// NUL, or climbs above its root with `..`.
+    public static func normalize(_ path: String) -> String? {
+        guard !path.isEmpty, !path.hasPrefix("/"), !path.contains("\0") else { return nil }
+        var parts = [Substring]()
+        for part in path.split(separator: "/", omittingEmptySubsequences: true) {
+            switch part {
+            case ".": continue
+            case "..":
+                guard !parts.isEmpty else { return nil }
+                parts.removeLast()
+            default: parts.append(part)
+            }
+        }
+        return parts.isEmpty ? nil : parts.joined(separator: "/")
+    }
+
+    /// True when `path` is already normal: relative, no `.`/`..`/empty components. Manifests only hold these.
+    public static func isSafe(_ path: String) -> Bool {
+        guard !path.isEmpty, !path.hasPrefix("/"), !path.contains("\0") else { return false }
+        return path.split(separator: "/", omittingEmptySubsequences: false).allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
+    }
+}

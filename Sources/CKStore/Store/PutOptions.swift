@@ -1,0 +1,55 @@
+/// What to record with a checkpoint and how to store it.
+public struct PutOptions: Sendable {
+    /// The run the checkpoint belongs to.
+    public var run: String
+    /// The training step; when nil, taken from `trainer_state.json` (`global_step`) or a
+    /// `checkpoint-N` folder name.
+    public var step: Int64?
+    /// The epoch; when nil, taken from `trainer_state.json` if present.
+    public var epoch: Double?
+    /// Metrics such as `loss`; they override the last logged values from `trainer_state.json`.
+    public var metrics: [String: Double] = [:]
+    public var tags: [String] = []
+    /// Free-form metadata.
+    public var metadata: [String: String] = [:]
+    public var compressionLevel: CompressionLevel = .default
+    /// Store links that point outside the folder as the files they point to, instead of refusing.
+    public var followSymlinks = false
+    /// How many chunks may be read, hashed or compressed at once; bounds memory at about twice this many MiB.
+    public var maxChunksInFlight = 8
+
+    public init(run: String, step: Int64? = nil, epoch: Double? = nil) {
+        self.run = run
+        self.step = step
+        self.epoch = epoch
+    }
+}
+
+/// What a put did.
+public struct PutResult: Sendable, Codable, Equatable {
+    public var id: CheckpointID
+    public var run: String
+    public var step: Int64
+    /// The input's size: the sum of its files.
+    public var logicalBytes: Int64
+    /// Bytes this put added to the store (frames, headers included).
+    public var storedBytesAdded: Int64
+    /// Chunk references in the manifest, repeats included.
+    public var chunksTotal: Int
+    /// Chunks this put stored for the first time.
+    public var chunksNew: Int
+    public var seconds: Double
+    /// True when the same content was already stored under this run and step, so nothing was written.
+    public var alreadyStored: Bool
+    /// Files stored as opaque because they did not parse as their name says.
+    public var warnings: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case id, run, step, seconds, warnings
+        case logicalBytes = "logical_bytes"
+        case storedBytesAdded = "stored_bytes_added"
+        case chunksTotal = "chunks_total"
+        case chunksNew = "chunks_new"
+        case alreadyStored = "already_stored"
+    }
+}

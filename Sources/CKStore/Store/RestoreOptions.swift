@@ -1,0 +1,27 @@
+/// What to restore and how.
+public struct RestoreOptions: Sendable {
+    /// Restore only these files (paths as in the manifest); empty restores every file.
+    public var files: [String] = []
+    /// Write, for each safetensors file holding matching tensors, a safetensors file with only the
+    /// tensors whose names match one of these glob patterns (`*`, `?`, `[…]`).
+    public var tensors: [String] = []
+    /// Restore into a folder that is not empty, replacing files with the same paths.
+    public var force = false
+    /// How many chunks may be read and decoded at once.
+    public var maxChunksInFlight = 8
+
+    public init(files: [String] = [], tensors: [String] = [], force: Bool = false) {
+        self.files = files
+        self.tensors = tensors
+        self.force = force
+    }
+}
+
+/// What a restore wrote.
+public struct RestoreResult: Sendable, Codable, Equatable {
+    public var id: CheckpointID
+    /// The paths written, relative to the destination.
+    public var files: [String]
+    public var bytes: Int64
+    public var seconds: Double
+}

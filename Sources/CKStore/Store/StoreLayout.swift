@@ -1,0 +1,14 @@
+/// Where things live inside a store folder (DESIGN.md, "On disk").
+struct StoreLayout: Sendable {
+    /// The store's root folder.
+    let root: String
+
+    var cataloguePath: String { root + "/ckstore.db" }
+    var packsRoot: String { root + "/packs" }
+    var temporaryRoot: String { root + "/tmp" }
+    var lockPath: String { root + "/lock" }
+
+    func packFolder(_ id: PackID) -> String { packsRoot + "/" + id.hex.prefix(2) }
+    func packPath(_ id: PackID) -> String { root + "/" + id.relativePath }
+    func temporaryPackPath(_ id: PackID) -> String { temporaryRoot + "/" + id.hex + ".pack" }
+}

@@ -1,0 +1,150 @@
+import ArgumentParser
+import CKStore
+import Foundation
+
+struct Init: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create an empty store.")
+
+    @OptionGroup var store: StoreOptions
+
+    func run() async throws {
+        let path = store.path
+        _ = try CheckpointStore.open(at: path, create: true)
+        print("store ready at \(path)")
+    }
+}
+
+struct Put: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Store a checkpoint folder; prints the new checkpoint's id.",
+        discussion: """
+            Step, epoch and metrics default to what trainer_state.json (Hugging Face Trainer) says, and the
+            step to N for a folder named checkpoint-N. Putting the same content again under the same run and
+            step stores nothing and prints the same id.
+            """
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint folder.") var directory: String
+    @Option(help: "The run this checkpoint belongs to.") var run: String
+    @Option(help: "The training step.") var step: Int64?
+    @Option(help: "The epoch.") var epoch: Double?
+    @Option(name: .customLong("metric"), help: "A metric, KEY=VALUE (repeatable).") var metrics: [String] = []
+    @Option(name: .customLong("tag"), help: "A tag (repeatable).") var tags: [String] = []
+    @Option(name: .customLong("meta"), help: "Free-form metadata, KEY=VALUE (repeatable).") var meta: [String] = []
+    @Option(help: "zstd compression level (1-19).") var level: Int?
+    @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
+    @Flag(help: "Print a JSON object instead of the id.") var json = false
+
+    func validate() throws {
+        for pair in metrics {
+            guard let (_, value) = Self.split(pair), Double(value) != nil else {
+                throw ValidationError("--metric takes KEY=NUMBER, not \(pair)")
+            }
+        }
+        for pair in meta where Self.split(pair) == nil {
+            throw ValidationError("--meta takes KEY=VALUE, not \(pair)")
+        }
+        if let level, CompressionLevel(level) == nil {
+            throw ValidationError("--level takes a zstd level from 1 to 19, not \(level)")
+        }
+    }
+
+    static func split(_ pair: String) -> (String, String)? {
+        guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else { return nil }
+        return (String(pair[..<equals]), String(pair[pair.index(after: equals)...]))
+    }
+
+    func run() async throws {
+        let checkpointStore = try store.open(create: true)
+        var options = PutOptions(run: run, step: step, epoch: epoch)
+        for pair in metrics { if let (key, value) = Self.split(pair) { options.metrics[key] = Double(value) } }
+        for pair in meta { if let (key, value) = Self.split(pair) { options.metadata[key] = value } }
+        options.tags = tags
+        options.followSymlinks = followSymlinks
+        if let level, let compression = CompressionLevel(level) { options.compressionLevel = compression }
+        let result = try await checkpointStore.put(directory: directory, options: options)
+        for warning in result.warnings { Terminal.warning(warning) }
+        if json {
+            try JSONOutput.print(result)
+            return
+        }
+        print(result.id.hex)
+        let summary = result.alreadyStored
+            ? "\(run)@\(result.step): already stored, nothing written"
+            : "\(run)@\(result.step): \(ByteCount(result.logicalBytes)) in, \(ByteCount(result.storedBytesAdded)) added, \(result.chunksNew) of \(result.chunksTotal) chunks new, \(String(format: "%.2f", result.seconds)) s"
+        Terminal.standardError(summary)
+    }
+}
+
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Restore a checkpoint into a folder, verifying every byte.",
+        discussion: "REF is an id (or a unique prefix of at least 8 hex characters), RUN@STEP or RUN@latest."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint.") var reference: String
+    @Argument(help: "The folder to restore into (created; must be empty unless --force).") var destination: String
+    @Option(name: .customLong("file"), help: "Restore only this file (repeatable).") var files: [String] = []
+    @Option(name: .customLong("tensor"), help: "Write a safetensors file with only the tensors matching this glob (repeatable).") var tensors: [String] = []
+    @Flag(help: "Restore into a non-empty folder, replacing files with the same names.") var force = false
+    @Flag(help: "Print a JSON object describing what was written.") var json = false
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let id = try checkpointStore.resolve(CheckpointReference(parsing: reference))
+        let result = try await checkpointStore.restore(id, to: destination, options: RestoreOptions(files: files, tensors: tensors, force: force))
+        if json {
+            try JSONOutput.print(result)
+        } else {
+            Terminal.standardError("restored \(id.short): \(result.files.count) files, \(ByteCount(result.bytes)) into \(destination)")
+        }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List checkpoints.")
+
+    @OptionGroup var store: StoreOptions
+    @Option(help: "Only this run.") var run: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let checkpoints = try store.open().list(run: run)
+        if json {
+            try JSONOutput.print(checkpoints)
+            return
+        }
+        if checkpoints.isEmpty {
+            Terminal.standardError(run.map { "no checkpoints in run \($0)" } ?? "no checkpoints")
+            return
+        }
+        let rows = checkpoints.map {
+            [$0.id.short, $0.run, String($0.step), Format.date($0.createdAt), ByteCount($0.logicalBytes).description,
+             Format.metrics($0.metrics), $0.tags.joined(separator: ",")]
+        }
+        print(Format.table(["ID", "RUN", "STEP", "CREATED", "SIZE", "METRICS", "TAGS"], rows))
+    }
+}
+
+struct Show: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Describe one checkpoint: its metadata, files and tensors.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint (id prefix, RUN@STEP or RUN@latest).") var reference: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let id = try checkpointStore.resolve(CheckpointReference(parsing: reference))
+        let manifest = try checkpointStore.manifest(of: id)
+        let summary = try checkpointStore.summary(of: id)
+        let report = ShowReport(id: id, manifest: manifest, summary: summary)
+        if json {
+            try JSONOutput.print(report)
+        } else {
+            print(report.text)
+        }
+    }
+}

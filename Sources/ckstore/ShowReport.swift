@@ -1,0 +1,96 @@
+import CKStore
+
+/// What `ckstore show` prints: the manifest summarized (no chunk lists).
+struct ShowReport: Encodable {
+    struct Tensor: Encodable {
+        var name: String
+        var dtype: String?
+        var shape: [Int]?
+        var bytes: Int64
+        var chunks: Int
+    }
+
+    struct File: Encodable {
+        var path: String
+        var format: String
+        var size: Int64
+        var mode: String
+        var sha256: String
+        var chunks: Int
+        var linkTarget: String?
+        var tensors: [Tensor]?
+
+        enum CodingKeys: String, CodingKey {
+            case path, format, size, mode, sha256, chunks, tensors
+            case linkTarget = "link_target"
+        }
+    }
+
+    var id: String
+    var run: String
+    var step: Int64
+    var epoch: Double?
+    var createdAt: String
+    var parent: String?
+    var metrics: [String: Double]
+    var tags: [String]
+    var metadata: [String: String]
+    var logicalBytes: Int64
+    var storedBytesAdded: Int64
+    var chunkCount: Int
+    var files: [File]
+    var modelConfig: JSONValue?
+
+    enum CodingKeys: String, CodingKey {
+        case id, run, step, epoch, parent, metrics, tags, metadata, files
+        case createdAt = "created_at"
+        case logicalBytes = "logical_bytes"
+        case storedBytesAdded = "stored_bytes_added"
+        case chunkCount = "chunk_count"
+        case modelConfig = "model_config"
+    }
+
+    init(id: CheckpointID, manifest: Manifest, summary: CheckpointSummary) {
+        self.id = id.hex
+        run = manifest.run
+        step = manifest.step
+        epoch = manifest.epoch
+        createdAt = Format.isoDate(manifest.createdAt)
+        parent = manifest.parent?.hex
+        metrics = summary.metrics
+        tags = summary.tags
+        metadata = manifest.metadata
+        logicalBytes = manifest.logicalBytes
+        storedBytesAdded = summary.storedBytesAdded
+        chunkCount = manifest.chunkCount
+        modelConfig = manifest.modelConfig
+        files = manifest.files.map { file in
+            File(
+                path: file.path, format: file.format.rawValue, size: file.size, mode: String(file.mode, radix: 8),
+                sha256: file.sha256.hex, chunks: file.chunks.count, linkTarget: file.linkTarget,
+                tensors: file.tensors?.map { Tensor(name: $0.name, dtype: $0.dtype?.name, shape: $0.shape, bytes: $0.byteCount, chunks: $0.chunkCount) }
+            )
+        }
+    }
+
+    var text: String {
+        var lines = [
+            "checkpoint \(id)",
+            "run        \(run)",
+            "step       \(step)" + (epoch.map { "   epoch \(Format.metric($0))" } ?? ""),
+            "created    \(createdAt)",
+            "parent     \(parent.map { String($0.prefix(12)) } ?? "none")",
+        ]
+        if !metrics.isEmpty { lines.append("metrics    \(Format.metrics(metrics))") }
+        if !tags.isEmpty { lines.append("tags       \(tags.joined(separator: ", "))") }
+        for (key, value) in metadata.sorted(by: { $0.key < $1.key }) { lines.append("meta       \(key)=\(value)") }
+        if modelConfig != nil { lines.append("model      config.json recorded") }
+        lines.append("size       \(ByteCount(logicalBytes)) in \(files.count) files, \(chunkCount) chunks; this put added \(ByteCount(storedBytesAdded))")
+        lines.append("")
+        let rows = files.map { file in
+            [file.path, file.format, ByteCount(file.size).description, file.tensors.map { "\($0.count)" } ?? "-", String(file.chunks)]
+        }
+        lines.append(Format.table(["FILE", "FORMAT", "SIZE", "TENSORS", "CHUNKS"], rows))
+        return lines.joined(separator: "\n")
+    }
+}
