@@ -13,8 +13,11 @@ package enum SyscallOperation: String, Sendable, CaseIterable {
     case open, pread, pwrite, fsync, rename, unlink, mkdir, ftruncate, flock, fstat, close, readlink
 }
 
-/// A fault injection seam for tests: a rule decides, per call, whether to fail it with an errno
-/// (or to make a write short) instead of calling the system.
+/// A fault injection seam for tests: rules decide, per call, whether to fail it with an errno (or to make
+/// a write short) instead of calling the system.
+///
+/// Each rule is scoped to a path prefix (a test's temporary folder), so tests that run in parallel inject
+/// faults only into their own files.
 package final class FaultInjector: Sendable {
     /// What an injected fault does to the call.
     package enum Fault: Sendable {
@@ -24,33 +27,48 @@ package final class FaultInjector: Sendable {
         case shortWrite(Int)
     }
 
-    /// A rule sees the operation, the path or descriptor's path if known, and the number of earlier
-    /// calls of that operation since the rule was installed.
-    package typealias Rule = @Sendable (_ operation: SyscallOperation, _ path: String?, _ callIndex: Int) -> Fault?
+    /// A rule sees the operation, the path, and the number of earlier calls of that operation on paths in
+    /// its scope since it was installed.
+    package typealias Rule = @Sendable (_ operation: SyscallOperation, _ path: String, _ callIndex: Int) -> Fault?
 
-    // The rule and the per-operation call counts, protected by this mutex.
-    private let state = Mutex<(rule: Rule?, counts: [SyscallOperation: Int])>((nil, [:]))
+    private struct Installed: Sendable {
+        var scope: String
+        var rule: Rule
+        var counts: [SyscallOperation: Int] = [:]
+    }
+
+    // Installed rules by token, protected by this mutex.
+    private let rules = Mutex<[Int: Installed]>([:])
+    private let nextToken = Mutex(0)
 
     package static let shared = FaultInjector()
 
-    /// Installs `rule` for the duration of `body`, then removes it.
-    package func with<T>(_ rule: @escaping Rule, _ body: () async throws -> T) async rethrows -> T {
-        state.withLock { $0 = (rule, [:]) }
-        defer { state.withLock { $0 = (nil, [:]) } }
+    /// Installs `rule` for calls on paths under `scope` while `body` runs.
+    package func with<T>(scope: String, _ rule: @escaping Rule, _ body: () async throws -> T) async rethrows -> T {
+        let token = nextToken.withLock { value in
+            value += 1
+            return value
+        }
+        rules.withLock { $0[token] = Installed(scope: scope, rule: rule) }
+        defer { _ = rules.withLock { $0.removeValue(forKey: token) } }
         return try await body()
     }
 
-    /// The number of calls of each operation seen since the current rule was installed.
-    package func count(of operation: SyscallOperation) -> Int {
-        state.withLock { $0.counts[operation] ?? 0 }
+    /// The calls of `operation` seen under `scope` by the rules installed for it.
+    package func count(of operation: SyscallOperation, scope: String) -> Int {
+        rules.withLock { $0.values.filter { $0.scope == scope }.map { $0.counts[operation] ?? 0 }.max() ?? 0 }
     }
 
     func fault(_ operation: SyscallOperation, _ path: String?) -> Fault? {
-        state.withLock { state in
-            guard let rule = state.rule else { return nil }
-            let index = state.counts[operation] ?? 0
-            state.counts[operation] = index + 1
-            return rule(operation, path, index)
+        guard let path else { return nil }
+        return rules.withLock { rules in
+            for (token, var installed) in rules where path.hasPrefix(installed.scope) {
+                let index = installed.counts[operation] ?? 0
+                installed.counts[operation] = index + 1
+                rules[token] = installed
+                if let fault = installed.rule(operation, path, index) { return fault }
+            }
+            return nil
         }
     }
 }
