@@ -20,9 +20,15 @@ final class PackWriter {
     init(layout: StoreLayout) throws {
         self.layout = layout
         self.id = PackID.random()
-        self.file = try FileHandle.createNew(layout.temporaryPackPath(id))
+        let file = try FileHandle.createNew(layout.temporaryPackPath(id))
         let header = PackFormat.fileHeader()
-        try file.write(header, at: 0)
+        do {
+            try file.write(header, at: 0)
+        } catch {
+            try? FileSystem.removeFile(file.path)
+            throw error
+        }
+        self.file = file
         self.size = Int64(header.count)
     }
 
