@@ -1,0 +1,81 @@
+import CKStoreTestSupport
+import Foundation
+import Testing
+
+@Suite struct CLITests {
+    @Test func putListShowGetThroughTheBinary() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            let source = root + "/run/checkpoint-10"
+            try RandomCheckpoint.write(to: source, megabytes: 3, step: 10)
+            try Files.write(Array(#"{"architectures": ["Tiny"]}"#.utf8), to: source + "/config.json")
+
+            let initialized = try CLI.run(["init", "--store", store])
+            #expect(initialized.status == 0)
+
+            let put = try CLI.run(["put", source, "--store", store, "--run", "demo", "--metric", "acc=0.5", "--tag", "first", "--meta", "note=hi", "--json"])
+            #expect(put.status == 0, "\(put.stderr)")
+            let object = try #require(try CLI.json(put.stdout) as? [String: Any])
+            for key in ["id", "run", "step", "logical_bytes", "stored_bytes_added", "chunks_total", "chunks_new", "seconds"] {
+                #expect(object[key] != nil, "put --json lacks \(key)")
+            }
+            let id = try #require(object["id"] as? String)
+            #expect(id.count == 64)
+            #expect(object["step"] as? Int == 10)
+            #expect(object["logical_bytes"] as? Int == (try Files.tree(source).values.reduce(0) { $0 + $1.count }))
+
+            // Without --json, put prints the id alone; again under the same step it is a no-op.
+            let again = try CLI.run(["put", source, "--run", "demo", "--metric", "acc=0.5", "--tag", "first", "--meta", "note=hi"], environment: ["CKSTORE_PATH": store])
+            #expect(again.status == 0 && again.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == id)
+            #expect(again.stderr.contains("already stored"))
+
+            let list = try CLI.run(["ls", "--store", store, "--json"])
+            let rows = try #require(try CLI.json(list.stdout) as? [[String: Any]])
+            #expect(rows.count == 1)
+            #expect((rows[0]["metrics"] as? [String: Double])?["acc"] == 0.5)
+            #expect((rows[0]["metrics"] as? [String: Double])?["loss"] == 2.5)
+            #expect(rows[0]["tags"] as? [String] == ["first"])
+            let table = try CLI.run(["ls", "--store", store])
+            #expect(table.stdout.contains(String(id.prefix(12))) && table.stdout.contains("demo"))
+
+            let show = try CLI.run(["show", "demo@latest", "--store", store, "--json"])
+            let shown = try #require(try CLI.json(show.stdout) as? [String: Any])
+            #expect(shown["id"] as? String == id)
+            #expect((shown["metadata"] as? [String: String])?["note"] == "hi")
+            let files = try #require(shown["files"] as? [[String: Any]])
+            #expect(files.map { $0["path"] as? String } == ["config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"])
+            #expect(try CLI.run(["show", String(id.prefix(8)), "--store", store]).stdout.contains("model.safetensors"))
+
+            let get = try CLI.run(["get", "demo@10", root + "/out", "--store", store])
+            #expect(get.status == 0, "\(get.stderr)")
+            #expect(try Files.tree(root + "/out") == (try Files.tree(source)))
+            let subset = try CLI.run(["get", id, root + "/subset", "--store", store, "--tensor", "w1", "--json"])
+            #expect(subset.status == 0)
+            #expect(Files.listing(root + "/subset") == ["model.safetensors"])
+        }
+    }
+
+    @Test func exitCodesAndMessages() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            try RandomCheckpoint.write(to: root + "/src", megabytes: 1, step: 3)
+            #expect(try CLI.run(["put", root + "/src", "--store", store, "--run", "r"]).status == 0)
+
+            let missing = try CLI.run(["get", "r@99", root + "/out", "--store", store])
+            #expect(missing.status == 1 && missing.stderr.contains("run r has no checkpoint at step 99"))
+            let noStore = try CLI.run(["ls", "--store", root + "/nowhere"])
+            #expect(noStore.status == 1 && noStore.stderr.contains("no ckstore store"))
+            let badRef = try CLI.run(["show", "zz", "--store", store])
+            #expect(badRef.status == 1 && badRef.stderr.contains("reference zz"))
+            let usage = try CLI.run(["put", root + "/src", "--store", store])
+            #expect(usage.status == 2 && usage.stderr.contains("--run"))
+            let badMetric = try CLI.run(["put", root + "/src", "--store", store, "--run", "r", "--metric", "loss"])
+            #expect(badMetric.status == 2)
+            try Files.write([1], to: root + "/full/x")
+            let notEmpty = try CLI.run(["get", "r@latest", root + "/full", "--store", store])
+            #expect(notEmpty.status == 1 && notEmpty.stderr.contains("not empty"))
+            let help = try CLI.run(["--help"])
+            #expect(help.status == 0 && help.stdout.contains("put"))
+        }
+    }
+}
