@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 import Synchronization
 
 /// A checkpoint store: one folder holding packs of deduplicated, compressed chunks and the SQLite

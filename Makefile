@@ -1,0 +1,46 @@
+# ckstore: `make demo` shows the store on a generated checkpoint series; `make test` runs every test.
+# Both install the system libraries they need (libsqlite3-dev, libzstd-dev) when missing.
+
+SWIFT ?= swift
+DEMO ?= demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps test demo build release schema bench bench-deps clean
+
+deps:
+	@missing=""; \
+	for pkg in libsqlite3-dev libzstd-dev pkg-config; do \
+		dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+# Regenerates the schema copy the binary carries from schema/*.sql (SchemaTests checks they match).
+schema:
+	scripts/embed-schema.sh
+
+demo: release
+	@scripts/demo.sh "$$($(SWIFT) build -c release --show-bin-path)" "$(DEMO)"
+
+bench-deps: deps
+	@command -v zstd >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq zstd; }
+	@command -v restic >/dev/null || $(SUDO) apt-get install -y -qq restic
+	@command -v borg >/dev/null || $(SUDO) apt-get install -y -qq borgbackup
+
+bench: bench-deps
+	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench
+
+clean:
+	rm -rf .build Benchmarks/.build $(DEMO)
