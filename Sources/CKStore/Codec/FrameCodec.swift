@@ -58,15 +58,15 @@ struct FrameCodec: Sendable {
             }
             return payload
         case .zstd:
-            var output = [UInt8](repeating: 0, count: rawLength)
-            try contexts.withDecompressor { (decompressor) throws in
-                try payload.withUnsafeBytes { (input) throws in
-                    try output.withUnsafeMutableBytes { (out) throws in
-                        try decompressor.decompress(input, into: out)
+            // Uninitialized: decompress fills exactly rawLength bytes or throws.
+            return try [UInt8](unsafeUninitializedCapacity: rawLength) { out, initialized in
+                try contexts.withDecompressor { decompressor in
+                    try payload.withUnsafeBytes { input in
+                        try decompressor.decompress(input, into: UnsafeMutableRawBufferPointer(out))
                     }
                 }
+                initialized = rawLength
             }
-            return output
         }
     }
 }

@@ -20,14 +20,19 @@ final class ZstdCompressor: @unchecked Sendable {
     /// Compresses `input` at `level`; returns the compressed bytes.
     func compress(_ input: UnsafeRawBufferPointer, level: CompressionLevel) throws -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
-        var output = [UInt8](repeating: 0, count: bound)
-        let written = output.withUnsafeMutableBytes { out in
-            ZSTD_compressCCtx(context, out.baseAddress, out.count, input.baseAddress, input.count, level.rawValue)
+        var failure: Int?
+        let output = [UInt8](unsafeUninitializedCapacity: bound) { out, initialized in
+            let written = ZSTD_compressCCtx(context, out.baseAddress, out.count, input.baseAddress, input.count, level.rawValue)
+            if ZSTD_isError(written) != 0 {
+                failure = written
+                initialized = 0
+            } else {
+                initialized = written
+            }
         }
-        if ZSTD_isError(written) != 0 {
-            throw CKStoreError(.compression, "zstd: compression failed: \(String(cString: ZSTD_getErrorName(written)))")
+        if let failure {
+            throw CKStoreError(.compression, "zstd: compression failed: \(String(cString: ZSTD_getErrorName(failure)))")
         }
-        output.removeSubrange(written...)
         return output
     }
 }

@@ -50,9 +50,12 @@ final class FileHandle {
     }
 
     /// The file's current size in bytes.
-    func size() throws -> Int64 {
+    func size() throws -> Int64 { Int64(try status().st_size) }
+
+    /// The file's `stat`.
+    func status() throws -> stat {
         switch system_fstat(descriptor, path: path) {
-        case .success(let info): return Int64(info.st_size)
+        case .success(let info): return info
         case .failure(let error): throw CKStoreError.io("cannot stat \(path)", error)
         }
     }
@@ -76,11 +79,11 @@ final class FileHandle {
 
     /// Reads `count` bytes at `offset` into a new array.
     func read(count: Int, at offset: Int64) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        try bytes.withUnsafeMutableBytes { (buffer) throws in
-            try read(into: buffer, at: offset)
+        // Uninitialized capacity: the read fills every byte or throws, so zero-filling first is wasted work.
+        try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset)
+            initialized = count
         }
-        return bytes
     }
 
     /// Writes all of `buffer` at `offset`, continuing after short writes.
@@ -127,6 +130,7 @@ final class SharedFile: @unchecked Sendable {
     }
 
     func size() throws -> Int64 { try handle.size() }
+    func status() throws -> stat { try handle.status() }
 
     func read(count: Int, at offset: Int64) throws -> [UInt8] {
         try handle.read(count: count, at: offset)

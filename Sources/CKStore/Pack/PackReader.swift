@@ -18,20 +18,21 @@ final class PackReader: Sendable {
     ///
     /// - Parameter expected: the digest the catalogue says is there; a different one is damage.
     func readFrame(at offset: Int64, storedLength: Int, expected: ChunkDigest) throws -> (FrameHeader, [UInt8]) {
-        let total = PackFormat.frameHeaderSize + storedLength
-        let bytes: [UInt8]
+        // Header and payload in two reads, so the payload lands in its own array with no copy.
+        let headerBytes: [UInt8]
+        let payload: [UInt8]
         do {
-            bytes = try file.read(count: total, at: offset)
+            headerBytes = try file.read(count: PackFormat.frameHeaderSize, at: offset)
+            payload = try file.read(count: storedLength, at: offset + Int64(PackFormat.frameHeaderSize))
         } catch {
             throw CKStoreError(.damaged, "pack \(id): chunk \(expected) at offset \(offset) cannot be read: \(CKStoreError.wrap(error).message)", cause: CKStoreError.wrap(error))
         }
-        let header = try bytes.withUnsafeBytes { (raw) throws in
+        let header = try headerBytes.withUnsafeBytes { (raw) throws in
             try FrameHeader(parsing: raw, pack: id.hex, offset: offset)
         }
         guard header.digest == expected, header.storedLength == storedLength else {
             throw CKStoreError(.damaged, "pack \(id): frame at offset \(offset) holds \(header.digest), not chunk \(expected)")
         }
-        let payload = Array(bytes[PackFormat.frameHeaderSize...])
         let checksum = payload.withUnsafeBytes { FrameHeader.checksum(prefix: header.serializedPrefix(), payload: $0) }
         guard checksum == header.checksum else {
             throw CKStoreError(.damaged, "pack \(id): chunk \(expected) at offset \(offset) fails its checksum (stored bytes are damaged)")

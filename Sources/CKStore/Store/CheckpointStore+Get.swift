@@ -176,12 +176,11 @@ extension CheckpointStore {
     private func write(_ output: Output, into staging: String, readers: PackReaderCache, checkpoint: CheckpointID, window: Int) async throws {
         let path = staging + "/" + output.path
         try FileSystem.createDirectory(parentFolder(of: path))
-        let file = try FileHandle.createNew(path)
+        let file = try SharedOutputFile(creating: path, mode: 0o600)
         var hasher = SHA256Hasher()
-        var position: Int64 = 0
+        var position = Int64(output.prefix.count)
         if !output.prefix.isEmpty {
-            try file.write(output.prefix, at: 0)
-            position = Int64(output.prefix.count)
+            try output.prefix.withUnsafeBytes { try file.write($0, at: 0) }
         }
         let locations = try withCatalogue { (catalogue) throws -> [Catalogue.ChunkLocation] in
             try output.chunks.map { (chunk) throws in
@@ -191,39 +190,52 @@ extension CheckpointStore {
                 return location
             }
         }
+        var offsets = [Int64]()
+        offsets.reserveCapacity(output.chunks.count)
+        for chunk in output.chunks {
+            offsets.append(position)
+            position += Int64(chunk.length)
+        }
+        guard position == output.size else {
+            throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): the manifest's chunks add up to \(position) bytes, its size says \(output.size)")
+        }
         let what = "checkpoint \(checkpoint.short): \(output.path)"
+        // A whole file is checked against its SHA-256, which covers every chunk; a tensor subset has no
+        // such digest, so each of its chunks is checked on its own.
+        let checksWholeFile = output.expectedDigest != nil
+        // Workers read, decode, check and write each chunk at its offset; this task hashes the chunks in
+        // file order for the whole-file digest. At most `window` chunks are in flight or waiting.
         try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
             var next = 0
             var ready = [Int: [UInt8]]()
             var consumed = 0
             while consumed < locations.count {
                 while next < locations.count && next < consumed + window {
-                    let index = next, location = locations[index]
+                    let index = next, location = locations[index], offset = offsets[index], length = output.chunks[index].length
                     group.addTask {
                         try Task.checkCancellation()
-                        return (index, try self.readChunk(at: location, readers: readers, what: what))
+                        let bytes = try self.readChunk(at: location, readers: readers, checkDigest: !checksWholeFile, what: what)
+                        guard bytes.count == length else {
+                            throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
+                        }
+                        try bytes.withUnsafeBytes { try file.write($0, at: offset) }
+                        return (index, bytes)
                     }
                     next += 1
                 }
                 guard let (index, bytes) = try await group.next() else { break }
                 ready[index] = bytes
                 while let bytes = ready.removeValue(forKey: consumed) {
-                    guard bytes.count == output.chunks[consumed].length else {
-                        throw CKStoreError(.damaged, "\(what): chunk \(consumed) has \(bytes.count) bytes, the manifest says \(output.chunks[consumed].length)")
-                    }
-                    try bytes.withUnsafeBytes { (buffer) throws in
-                        hasher.update(buffer)
-                        try file.write(buffer, at: position)
-                    }
-                    position += Int64(bytes.count)
+                    bytes.withUnsafeBytes { hasher.update($0) }
                     consumed += 1
                 }
             }
         }
-        guard position == output.size else {
-            throw CKStoreError(.damaged, "\(what): restored \(position) bytes, the manifest says \(output.size)")
-        }
         if let expected = output.expectedDigest, hasher.finalize() != expected {
+            // Find and name the chunk that does not match its digest.
+            for (index, location) in locations.enumerated() {
+                _ = try readChunk(at: location, readers: readers, checkDigest: true, what: "\(what) (chunk \(index), bytes \(offsets[index])…)")
+            }
             throw CKStoreError(.damaged, "\(what): the restored file's SHA-256 differs from the manifest's")
         }
         if case .failure(let error) = system_chmod(path, mode_t(output.mode)) {

@@ -176,7 +176,9 @@ final class PutSession {
     /// new frames to the current pack. Returns its manifest entry.
     func store(_ entry: DirectoryScanner.Entry) async throws -> (FileEntry, warning: String?) {
         let file = try SharedFile(path: entry.sourcePath)
-        let size = try file.size()
+        let identity = try FileIdentity(file)
+        let size = identity.size
+        async let wholeFileDigest = FileCursor.wholeFileDigest(file, size: size)
         let (layout, warning) = FormatDetector.layout(of: file, path: entry.relativePath, size: size)
         var cursor = FileCursor(file: file, path: entry.relativePath, layout: layout, size: size)
         var chunks = [ChunkRef?]()
@@ -223,7 +225,8 @@ final class PutSession {
         }
 
         let tensorChunks = cursor.tensorChunks
-        let digest = try cursor.finish()
+        let digest = try await wholeFileDigest
+        try cursor.finish(openedAs: identity)
         var tensors = [TensorEntry]()
         for (index, region) in layout.regions.enumerated() {
             guard case .tensor(let name, let dtype, let shape) = region.kind, let range = tensorChunks[index] else { continue }

@@ -1,6 +1,11 @@
-/// Reads one file front to back, cutting it into chunks by its layout and hashing every byte once, in
-/// order, for the file's SHA-256. Chunks come out in file order; hashing and compressing them is left to
-/// worker tasks.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reads one file front to back, cutting it into chunks by its layout. Chunks come out in file order;
+/// hashing and compressing them is left to worker tasks.
 struct FileCursor {
     /// The fixed chunk size for tensor bytes: large enough for zstd to work well and for per-chunk
     /// overhead (a catalogue row, a frame header) to vanish, small enough for parallelism and dedup.
@@ -14,7 +19,6 @@ struct FileCursor {
 
     private var regionIndex = 0
     private var position: Int64 = 0
-    private var hasher = SHA256Hasher()
     private(set) var chunkCount = 0
     /// For each tensor region: its index in the layout and the chunk indices it spans.
     private(set) var tensorChunks: [Int: Range<Int>] = [:]
@@ -45,7 +49,6 @@ struct FileCursor {
             case .tensor:
                 let count = Int(min(Int64(Self.tensorChunkSize), region.end - position))
                 bytes = try file.read(count: count, at: position)
-                bytes.withUnsafeBytes { hasher.update($0) }
                 readPosition = position + Int64(count)
                 let range = tensorChunks[regionIndex] ?? chunkCount..<chunkCount
                 tensorChunks[regionIndex] = range.lowerBound..<(chunkCount + 1)
@@ -66,7 +69,6 @@ struct FileCursor {
             pendingStart = 0
             let count = Int(min(Int64(8 << 20), regionEnd - readPosition))
             let block = try file.read(count: count, at: readPosition)
-            block.withUnsafeBytes { hasher.update($0) }
             pending += block
             readPosition += Int64(count)
         }
@@ -81,13 +83,51 @@ struct FileCursor {
         return bytes
     }
 
-    /// The SHA-256 of the whole file, once every chunk has been taken; checks that the file did not
-    /// change size while it was read.
-    consuming func finish() throws -> ChunkDigest {
-        let now = try file.size()
-        guard position == size, now == size else {
-            throw CKStoreError(.conflict, "\(path) changed while it was being stored (\(size) bytes when the put started, \(now) now); put it again once the trainer has finished writing")
+    /// Checks, once every chunk has been taken, that the file did not change while it was read: same
+    /// size, modification and change times as when the put opened it.
+    func finish(openedAs before: FileIdentity) throws {
+        let now = try FileIdentity(file)
+        guard position == size, now == before else {
+            throw CKStoreError(.conflict, "\(path) changed while it was being stored (\(before.size) bytes when the put started, \(now.size) now); put it again once the trainer has finished writing")
+        }
+    }
+
+    /// The SHA-256 of a whole file, read in large blocks. Runs beside the chunk pipeline, on its own core,
+    /// so that hashing each byte twice (per chunk and per file) does not halve put throughput.
+    static func wholeFileDigest(_ file: SharedFile, size: Int64) throws -> ChunkDigest {
+        var hasher = SHA256Hasher()
+        let blockSize = 4 << 20
+        var buffer = [UInt8](repeating: 0, count: blockSize)
+        var offset: Int64 = 0
+        while offset < size {
+            let count = Int(min(Int64(blockSize), size - offset))
+            try buffer.withUnsafeMutableBytes { raw in
+                let slice = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count])
+                try file.read(into: slice, at: offset)
+                hasher.update(UnsafeRawBufferPointer(slice))
+            }
+            offset += Int64(count)
         }
         return hasher.finalize()
+    }
+}
+
+/// What identifies a file's version: size and modification and change times. A file whose identity
+/// changed during a put was being written meanwhile.
+struct FileIdentity: Equatable, Sendable {
+    var size: Int64
+    var modified: timespec
+    var changed: timespec
+
+    init(_ file: SharedFile) throws {
+        let info = try file.status()
+        size = Int64(info.st_size)
+        modified = info.st_mtim
+        changed = info.st_ctim
+    }
+
+    static func == (lhs: FileIdentity, rhs: FileIdentity) -> Bool {
+        lhs.size == rhs.size && lhs.modified.tv_sec == rhs.modified.tv_sec && lhs.modified.tv_nsec == rhs.modified.tv_nsec
+            && lhs.changed.tv_sec == rhs.changed.tv_sec && lhs.changed.tv_nsec == rhs.changed.tv_nsec
     }
 }
