@@ -208,3 +208,30 @@ func smallCheckpoint(seed: UInt64 = 1, step: Int = 10) -> TrainerCheckpoint {
         }
     }
 }
+
+@Suite struct DamagedRestoreTests {
+    @Test func aFlippedBitFailsTheRestoreNamingTheFileAndLeavesNoOutput() async throws {
+        try await withTemporaryDirectory { root in
+            try smallCheckpoint().write(to: root + "/src")
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            let put = try await store.put(directory: root + "/src", options: PutOptions(run: "r"))
+            let manifest = try store.manifest(of: put.id)
+            let model = try #require(manifest.files.first { $0.path == "model.safetensors" })
+            let victim = model.chunks[1].digest
+            let location = try #require(try store.withCatalogue { try $0.location(of: victim) })
+            let packPath = store.layout.packPath(location.pack)
+            var bytes = try Files.read(packPath)
+            bytes[Int(location.offset) + PackFormat.frameHeaderSize + 10] ^= 0x01
+            try Files.write(bytes, to: packPath)
+
+            let error = await #expect(throws: CKStoreError.self) { try await store.restore(put.id, to: root + "/out") }
+            #expect(error?.code == .damaged)
+            #expect(error?.message.contains("model.safetensors") == true)
+            #expect(error?.message.contains(put.id.short) == true)
+            #expect(!FileManager.default.fileExists(atPath: root + "/out"))
+            // Files that do not need the damaged chunk still restore.
+            _ = try await store.restore(put.id, to: root + "/cfg", options: RestoreOptions(files: ["config.json", "optimizer.pt"]))
+            #expect(try Files.read(root + "/cfg/optimizer.pt") == (try Files.read(root + "/src/optimizer.pt")))
+        }
+    }
+}
