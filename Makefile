@@ -39,8 +39,8 @@ bench-deps: deps
 	@command -v restic >/dev/null || $(SUDO) apt-get install -y -qq restic
 	@command -v borg >/dev/null || $(SUDO) apt-get install -y -qq borgbackup
 
-bench: bench-deps
-	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench
+bench: bench-deps release
+	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
 
 clean:
 	rm -rf .build Benchmarks/.build $(DEMO)

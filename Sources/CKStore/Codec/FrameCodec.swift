@@ -50,7 +50,7 @@ struct FrameCodec: Sendable {
     }
 
     /// Decodes a frame payload into its `rawLength` bytes. The caller checks the digest.
-    func decode(_ payload: [UInt8], encoding: FrameEncoding, rawLength: Int) throws -> [UInt8] {
+    func decode(_ payload: ChunkBytes, encoding: FrameEncoding, rawLength: Int) throws -> ChunkBytes {
         switch encoding {
         case .raw:
             guard payload.count == rawLength else {
@@ -59,14 +59,14 @@ struct FrameCodec: Sendable {
             return payload
         case .zstd:
             // Uninitialized: decompress fills exactly rawLength bytes or throws.
-            return try [UInt8](unsafeUninitializedCapacity: rawLength) { out, initialized in
+            return ChunkBytes(try [UInt8](unsafeUninitializedCapacity: rawLength) { out, initialized in
                 try contexts.withDecompressor { decompressor in
                     try payload.withUnsafeBytes { input in
                         try decompressor.decompress(input, into: UnsafeMutableRawBufferPointer(out))
                     }
                 }
                 initialized = rawLength
-            }
+            })
         }
     }
 }

@@ -147,7 +147,7 @@ extension CheckpointStore {
         let headerEnd = file.tensors?.map(\.begin).min() ?? file.size
         var header = [UInt8]()
         for chunk in file.chunks where Int64(header.count) < headerEnd {
-            header += try readChunk(chunk.digest, readers: readers, what: "\(file.path) in checkpoint \(id.short)")
+            header += try readChunk(chunk.digest, readers: readers, what: "\(file.path) in checkpoint \(id.short)").array
         }
         guard header.count >= 8 else { return nil }
         let length = Int(header.loadLittleEndian(UInt64.self, at: 0))
@@ -205,9 +205,9 @@ extension CheckpointStore {
         let checksWholeFile = output.expectedDigest != nil
         // Workers read, decode, check and write each chunk at its offset; this task hashes the chunks in
         // file order for the whole-file digest. At most `window` chunks are in flight or waiting.
-        try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+        try await withThrowingTaskGroup(of: (Int, ChunkBytes).self) { group in
             var next = 0
-            var ready = [Int: [UInt8]]()
+            var ready = [Int: ChunkBytes]()
             var consumed = 0
             while consumed < locations.count {
                 while next < locations.count && next < consumed + window {

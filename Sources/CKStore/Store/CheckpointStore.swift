@@ -89,11 +89,11 @@ public final class CheckpointStore: Sendable {
     public func manifest(of id: CheckpointID) throws -> Manifest {
         let reader = PackReaderCache(layout: layout)
         let bytes = try readChunk(id.digest, readers: reader, what: "manifest of checkpoint \(id.short)")
-        return try Manifest.decode(bytes, id: id)
+        return try Manifest.decode(bytes.array, id: id)
     }
 
     /// Reads one chunk: locate it, read its frame, decode it and check its digest.
-    func readChunk(_ digest: ChunkDigest, readers: PackReaderCache, what: @autoclosure () -> String) throws -> [UInt8] {
+    func readChunk(_ digest: ChunkDigest, readers: PackReaderCache, what: @autoclosure () -> String) throws -> ChunkBytes {
         guard let location = try withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else {
             throw CKStoreError(.damaged, "\(what()): chunk \(digest) is not in the store")
         }
@@ -102,16 +102,16 @@ public final class CheckpointStore: Sendable {
 
     /// Reads one chunk from where the catalogue says it is.
     ///
-    /// - Parameter checkDigest: re-hash the decoded bytes. A caller that checks a digest covering these
-    ///   bytes anyway (a whole restored file) may skip it: the frame checksum still guards the stored
-    ///   bytes, and a failed file digest leads back here with the check on, to name the chunk.
-    func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, what: @autoclosure () -> String) throws -> [UInt8] {
+    /// - Parameter checkDigest: re-hash the decoded bytes and check the frame checksum. A caller that
+    ///   checks a SHA-256 covering these bytes anyway (a whole restored file) may skip both; a failed file
+    ///   digest leads back here with the checks on, to name the damaged chunk.
+    func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, what: @autoclosure () -> String) throws -> ChunkBytes {
         do {
             let reader = try readers.reader(for: location.pack)
-            let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest)
+            let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
             let codec = FrameCodec(level: .default, contexts: contexts)
             let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
-            guard !checkDigest || SHA256Hasher.digest(bytes) == location.digest else {
+            guard !checkDigest || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
                 throw CKStoreError(.damaged, "chunk \(location.digest) decodes to bytes with a different SHA-256")
             }
             return bytes

@@ -1,0 +1,25 @@
+// swift-tools-version: 6.1
+// The benchmarks: their own package, so that `swift test` at the root never builds them. They measure the
+// root package's release binaries (ckstore, ckstore-gen) as separate processes, beside cp, zstd, restic
+// and borg, so every figure is wall time and peak memory of a whole command.
+import PackageDescription
+
+let package = Package(
+    name: "ckstore-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "ckstore", path: ".."),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+    ],
+    targets: [
+        .executableTarget(
+            name: "ckstore-bench",
+            dependencies: [
+                .product(name: "CKStoreTestSupport", package: "ckstore"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,87 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One run of a command: wall time and the peak resident memory of the process (and its children).
+struct Measurement {
+    var seconds: Double
+    var peakKiB: Int
+}
+
+enum Command {
+    /// Runs `arguments` (the first is the program, looked up on PATH), waits, and measures it.
+    /// Output goes to /dev/null unless `capture` is given.
+    static func measure(_ arguments: [String], quiet: Bool = true) throws -> Measurement {
+        var pid: pid_t = 0
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if quiet {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let started = Date()
+        let status = posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ)
+        guard status == 0 else { throw BenchError("cannot start \(arguments[0]): \(String(cString: strerror(status)))") }
+        var waitStatus: Int32 = 0
+        var usage = rusage()
+        while wait4(pid, &waitStatus, 0, &usage) == -1 {
+            guard errno == EINTR else { throw BenchError("wait4 failed for \(arguments[0])") }
+        }
+        let seconds = Date().timeIntervalSince(started)
+        let exited = (waitStatus & 0x7f) == 0
+        let code = (waitStatus >> 8) & 0xff
+        guard exited, code == 0 else { throw BenchError("\(arguments.joined(separator: " ")) failed (status \(waitStatus))") }
+        return Measurement(seconds: seconds, peakKiB: Int(usage.ru_maxrss))
+    }
+
+    /// Runs a shell command line and measures it.
+    static func shell(_ line: String) throws -> Measurement {
+        try measure(["/bin/sh", "-c", line])
+    }
+
+    static func output(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func exists(_ program: String) -> Bool {
+        (try? output(["sh", "-c", "command -v \(program)"]))?.isEmpty == false
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+func folderSize(_ path: String) -> Int64 {
+    var total: Int64 = 0
+    if let enumerator = FileManager.default.enumerator(atPath: path) {
+        while let name = enumerator.nextObject() as? String {
+            if let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name),
+               attributes[.type] as? FileAttributeType == .typeRegular, let size = attributes[.size] as? NSNumber {
+                total += size.int64Value
+            }
+        }
+    }
+    return total
+}

@@ -1,0 +1,71 @@
+/// A whole file mapped read-only; unmapped in `deinit`.
+///
+/// Used for sealed packs, which are immutable: frames are checked, hashed and decoded straight from the
+/// page cache, and raw frames are written to their destination without an intermediate copy. Sendable:
+/// the mapping is read-only and lives as long as the object.
+final class MappedFile: Sendable {
+    let path: String
+    /// The mapped bytes (empty for an empty file).
+    nonisolated(unsafe) let bytes: UnsafeRawBufferPointer
+
+    init(path: String) throws {
+        self.path = path
+        let file = try FileHandle.openForReading(path)
+        let size = Int(try file.size())
+        if size == 0 {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            return
+        }
+        switch system_mmap(file.descriptor, size, path: path) {
+        case .success(let pointer): bytes = UnsafeRawBufferPointer(start: pointer, count: size)
+        case .failure(let error): throw CKStoreError.io("cannot map \(path)", error)
+        }
+    }
+
+    deinit {
+        if let base = bytes.baseAddress { system_munmap(base, bytes.count) }
+    }
+
+    var size: Int { bytes.count }
+
+    /// Bytes `range` of the file; the caller checks the range is inside.
+    func slice(_ range: Range<Int>) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: bytes[range])
+    }
+}
+
+/// The decoded (or stored) bytes of one chunk: either a range of a mapped pack, kept alive by this
+/// value, or an array of their own.
+struct ChunkBytes: Sendable {
+    private enum Storage: Sendable {
+        case mapped(MappedFile, Range<Int>)
+        case owned([UInt8])
+    }
+
+    private let storage: Storage
+
+    init(_ bytes: [UInt8]) { storage = .owned(bytes) }
+    init(_ file: MappedFile, _ range: Range<Int>) { storage = .mapped(file, range) }
+
+    var count: Int {
+        switch storage {
+        case .mapped(_, let range): range.count
+        case .owned(let bytes): bytes.count
+        }
+    }
+
+    func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch storage {
+        case .mapped(let file, let range): try withExtendedLifetime(file) { try body(file.slice(range)) }
+        case .owned(let bytes): try bytes.withUnsafeBytes(body)
+        }
+    }
+
+    /// A copy as an array.
+    var array: [UInt8] {
+        switch storage {
+        case .mapped: withUnsafeBytes { Array($0) }
+        case .owned(let bytes): bytes
+        }
+    }
+}
