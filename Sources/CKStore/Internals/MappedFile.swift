@@ -61,6 +61,14 @@ struct ChunkBytes: Sendable {
         }
     }
 
+    /// Lets the kernel drop the mapping's pages for these bytes once they have been used (a no-op for
+    /// owned bytes). The bytes must not be read afterwards.
+    func releaseMapping() {
+        if case .mapped(let file, let range) = storage, let base = file.slice(range).baseAddress {
+            system_madvise_dontneed(base, range.count)
+        }
+    }
+
     /// A copy as an array.
     var array: [UInt8] {
         switch storage {

@@ -208,3 +208,12 @@ func system_madvise_populate(_ pointer: UnsafeRawPointer, _ length: Int) {
         _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_WILLNEED)
     }
 }
+
+/// Drops the page-table entries of a range of a read-only file mapping once it has been used, so the
+/// process's resident size does not grow with the packs it reads (the pages stay in the page cache).
+func system_madvise_dontneed(_ pointer: UnsafeRawPointer, _ length: Int) {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let start = Int(bitPattern: pointer) & ~(page - 1)
+    let end = Int(bitPattern: pointer) + length
+    _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
+}

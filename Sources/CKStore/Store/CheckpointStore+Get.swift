@@ -227,6 +227,7 @@ extension CheckpointStore {
                 ready[index] = bytes
                 while let bytes = ready.removeValue(forKey: consumed) {
                     bytes.withUnsafeBytes { hasher.update($0) }
+                    bytes.releaseMapping()
                     consumed += 1
                 }
             }

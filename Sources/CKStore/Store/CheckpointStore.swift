@@ -111,6 +111,7 @@ public final class CheckpointStore: Sendable {
             let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
             let codec = FrameCodec(level: .default, contexts: contexts)
             let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+            if header.encoding != .raw { payload.releaseMapping() }
             guard !checkDigest || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
                 throw CKStoreError(.damaged, "chunk \(location.digest) decodes to bytes with a different SHA-256")
             }
