@@ -80,7 +80,7 @@ struct Put: AsyncParsableCommand {
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Restore a checkpoint into a folder, verifying every byte.",
-        discussion: "REF is an id (or a unique prefix of at least 8 hex characters), RUN@STEP or RUN@latest."
+        discussion: "REF is an id (or a unique prefix of at least 8 hex characters), RUN@STEP, RUN@latest or RUN@latest-valid."
     )
 
     @OptionGroup var store: StoreOptions
@@ -93,7 +93,7 @@ struct Get: AsyncParsableCommand {
 
     func run() async throws {
         let checkpointStore = try store.open()
-        let id = try checkpointStore.resolve(CheckpointReference(parsing: reference))
+        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
         let result = try await checkpointStore.restore(id, to: destination, options: RestoreOptions(files: files, tensors: tensors, force: force))
         if json {
             try JSONOutput.print(result)
@@ -137,7 +137,7 @@ struct Show: AsyncParsableCommand {
 
     func run() async throws {
         let checkpointStore = try store.open()
-        let id = try checkpointStore.resolve(CheckpointReference(parsing: reference))
+        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
         let manifest = try checkpointStore.manifest(of: id)
         let summary = try checkpointStore.summary(of: id)
         let report = ShowReport(id: id, manifest: manifest, summary: summary)

@@ -45,7 +45,7 @@ struct FileLayout: Sendable {
 /// Reads a file's layout by its kind; a file that does not parse is opaque (invariant I-3).
 enum FormatDetector {
     /// The layout of `file`, and a warning when a tensor-aware file had to be stored as opaque.
-    static func layout(of file: SharedFile, path: String, size: Int64) -> (FileLayout, warning: String?) {
+    static func layout(of file: some ByteSource, path: String, size: Int64) -> (FileLayout, warning: String?) {
         let lowered = path.lowercased()
         if lowered.hasSuffix(".safetensors") {
             do {

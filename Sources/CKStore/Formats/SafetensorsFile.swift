@@ -35,7 +35,7 @@ struct SafetensorsFile: Sendable {
         return .covering(format: .safetensors, size: size, tensors: regions.filter { $0.length > 0 })
     }
 
-    static func parse(_ file: SharedFile, size: Int64, name: String) throws -> SafetensorsFile {
+    static func parse(_ file: some ByteSource, size: Int64, name: String) throws -> SafetensorsFile {
         guard size >= 8 else {
             throw malformed(name, "file is \(size) bytes long, too short for the 8-byte header length")
         }

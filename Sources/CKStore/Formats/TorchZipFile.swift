@@ -35,7 +35,7 @@ struct TorchZipFile: Sendable {
     private static let centralHeader: UInt32 = 0x0201_4b50
     private static let localHeader: UInt32 = 0x0403_4b50
 
-    static func parse(_ file: SharedFile, size: Int64, name: String) throws -> TorchZipFile {
+    static func parse(_ file: some ByteSource, size: Int64, name: String) throws -> TorchZipFile {
         func malformed(_ what: String) -> CKStoreError { CKStoreError(.malformedFile, "\(name): \(what)") }
         guard size >= 22 else { throw malformed("too short to be a zip archive (\(size) bytes)") }
 

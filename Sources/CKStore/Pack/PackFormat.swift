@@ -98,6 +98,8 @@ struct FrameHeader: Sendable, Equatable {
         guard let kind = FrameKind(rawValue: bytes[4]) else { throw damaged("unknown frame kind \(bytes[4])") }
         guard let encoding = FrameEncoding(rawValue: bytes[5]) else { throw damaged("unknown encoding \(bytes[5])") }
         let flags = bytes.loadLittleEndian(UInt16.self, at: 6)
+        guard flags & ~1 == 0 else { throw damaged("unknown flags \(flags)") }
+        guard flags & 1 == 1 || bytes[56..<88].allSatisfy({ $0 == 0 }) else { throw damaged("base digest bytes set without a base") }
         let raw = bytes.loadLittleEndian(UInt64.self, at: 8)
         let stored = bytes.loadLittleEndian(UInt64.self, at: 16)
         guard raw <= UInt64(Int32.max), stored <= UInt64(Int32.max) else { throw damaged("implausible lengths (raw \(raw), stored \(stored))") }

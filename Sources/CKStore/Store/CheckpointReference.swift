@@ -1,9 +1,11 @@
-/// How a user names a checkpoint: `<id-prefix>`, `RUN@STEP` or `RUN@latest`.
+/// How a user names a checkpoint: `<id-prefix>`, `RUN@STEP`, `RUN@latest` or `RUN@latest-valid`.
 public enum CheckpointReference: Sendable, Equatable, CustomStringConvertible {
     /// A full id or a prefix of at least ``minimumPrefixLength`` hex characters.
     case idPrefix(String)
     case step(run: String, step: Int64)
     case latest(run: String)
+    /// The newest checkpoint of the run that passes a full verification of what it needs.
+    case latestValid(run: String)
 
     /// The shortest id prefix accepted, so that a prefix stays unique in large stores.
     public static let minimumPrefixLength = 8
@@ -18,10 +20,12 @@ public enum CheckpointReference: Sendable, Equatable, CustomStringConvertible {
             guard !run.isEmpty else { throw CKStoreError(.invalidArgument, "reference \(text): the run name before @ is empty") }
             if selector == "latest" {
                 self = .latest(run: run)
+            } else if selector == "latest-valid" {
+                self = .latestValid(run: run)
             } else if let step = Int64(selector), step >= 0 {
                 self = .step(run: run, step: step)
             } else {
-                throw CKStoreError(.invalidArgument, "reference \(text): after @ comes a step number or `latest`, not \(selector)")
+                throw CKStoreError(.invalidArgument, "reference \(text): after @ comes a step number, `latest` or `latest-valid`, not \(selector)")
             }
             return
         }
@@ -40,6 +44,7 @@ public enum CheckpointReference: Sendable, Equatable, CustomStringConvertible {
         case .idPrefix(let prefix): prefix
         case .step(let run, let step): "\(run)@\(step)"
         case .latest(let run): "\(run)@latest"
+        case .latestValid(let run): "\(run)@latest-valid"
         }
     }
 }
@@ -67,6 +72,8 @@ extension Catalogue {
         case .latest(let run):
             guard let id = try latest(run: run) else { throw CKStoreError(.notFound, "no run named \(run) (or it has no checkpoints)") }
             return id
+        case .latestValid(let run):
+            throw CKStoreError(.invalidArgument, "\(run)@latest-valid needs the packs verified; use CheckpointStore.checkpoint(for:)")
         }
     }
 }

@@ -89,8 +89,13 @@ extension CheckpointStore {
         }
         let seconds = { (ContinuousClock.now - started) / .seconds(1) }
         if let id = try withCatalogue({ catalogue in try existing(in: catalogue) }) {
-            return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: 0,
-                             chunksTotal: manifest.chunkCount, chunksNew: 0, seconds: seconds(), alreadyStored: true, warnings: warnings)
+            // Already stored. Chunks the store lacked (dropped by `repair` after damage) were written
+            // again: commit them, which makes the existing checkpoint whole again.
+            if session.newChunkCount > 0 {
+                _ = try session.commit { _, _ in (id: id, alreadyStored: true) }
+            }
+            return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
+                             chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: true, warnings: warnings)
         }
 
         let manifestBytes = try manifest.canonicalJSON()
@@ -110,8 +115,8 @@ extension CheckpointStore {
         }
         return PutResult(
             id: stored.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes,
-            storedBytesAdded: stored.alreadyStored ? 0 : session.bytesAdded, chunksTotal: manifest.chunkCount,
-            chunksNew: stored.alreadyStored ? 0 : session.newChunkCount, seconds: seconds(), alreadyStored: stored.alreadyStored, warnings: warnings
+            storedBytesAdded: session.bytesAdded, chunksTotal: manifest.chunkCount,
+            chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: stored.alreadyStored, warnings: warnings
         )
     }
 

@@ -62,9 +62,17 @@ public final class CheckpointStore: Sendable {
         try catalogue.with(body)
     }
 
-    /// Resolves a reference to one checkpoint id.
+    /// Resolves a reference that the catalogue alone can answer (every form but `RUN@latest-valid`).
     public func resolve(_ reference: CheckpointReference) throws -> CheckpointID {
         try withCatalogue { (catalogue) throws in try catalogue.resolve(reference) }
+    }
+
+    /// Resolves any reference to one checkpoint id; `RUN@latest-valid` verifies candidates, newest first.
+    public func checkpoint(for reference: CheckpointReference) async throws -> CheckpointID {
+        if case .latestValid(let run) = reference {
+            return try await latestValid(run: run)
+        }
+        return try resolve(reference)
     }
 
     /// The checkpoints of one run, or of every run, ordered by run and step.
@@ -100,25 +108,30 @@ public final class CheckpointStore: Sendable {
         return try readChunk(at: location, readers: readers, what: what())
     }
 
-    /// Reads one chunk from where the catalogue says it is.
+    /// Reads one chunk from where the catalogue says it is; damage is reported as `what: …`.
     ///
     /// - Parameter checkDigest: re-hash the decoded bytes and check the frame checksum. A caller that
     ///   checks a SHA-256 covering these bytes anyway (a whole restored file) may skip both; a failed file
     ///   digest leads back here with the checks on, to name the damaged chunk.
     func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, what: @autoclosure () -> String) throws -> ChunkBytes {
         do {
-            let reader = try readers.reader(for: location.pack)
-            let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
-            let codec = FrameCodec(level: .default, contexts: contexts)
-            let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
-            if header.encoding != .raw { payload.releaseMapping() }
-            guard !checkDigest || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
-                throw CKStoreError(.damaged, "chunk \(location.digest) decodes to bytes with a different SHA-256")
-            }
-            return bytes
+            return try loadChunk(at: location, readers: readers, checkDigest: checkDigest)
         } catch {
             throw CKStoreError(.damaged, "\(what()): \(CKStoreError.wrap(error).message)", cause: CKStoreError.wrap(error))
         }
+    }
+
+    /// Reads, checks and decodes one chunk.
+    func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true) throws -> ChunkBytes {
+        let reader = try readers.reader(for: location.pack)
+        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
+        let codec = FrameCodec(level: .default, contexts: contexts)
+        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+        if header.encoding != .raw { payload.releaseMapping() }
+        guard !checkDigest || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
+            throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
+        }
+        return bytes
     }
 }
 

@@ -7,6 +7,7 @@ struct StoreLayout: Sendable {
     var packsRoot: String { root + "/packs" }
     var temporaryRoot: String { root + "/tmp" }
     var lockPath: String { root + "/lock" }
+    var quarantineRoot: String { root + "/quarantine" }
 
     func packFolder(_ id: PackID) -> String { packsRoot + "/" + id.hex.prefix(2) }
     func packPath(_ id: PackID) -> String { root + "/" + id.relativePath }

@@ -1,0 +1,71 @@
+extension Catalogue {
+    /// `PRAGMA quick_check`: "ok", or SQLite's list of problems.
+    func integrityProblems() throws -> [String] {
+        let rows = try database.prepare("PRAGMA quick_check").rows { $0.text(0) }
+        return rows == ["ok"] ? [] : rows
+    }
+
+    /// A pack row.
+    struct PackRow: Sendable {
+        var id: PackID
+        var size: Int64
+        var frameCount: Int
+    }
+
+    func packRows() throws -> [PackRow] {
+        try statement("SELECT id, size, frame_count FROM packs ORDER BY id").rows { (row) throws in
+            guard let id = PackID(hex: row.text(0)) else { throw CKStoreError(.damaged, "catalogue lists a pack with a malformed name \(row.text(0)); run `ckstore repair`") }
+            return PackRow(id: id, size: row.int(1), frameCount: Int(row.int(2)))
+        }
+    }
+
+    /// Every chunk row.
+    func chunkLocations(where filter: String = "1", _ values: [SQLiteStatement.Value] = []) throws -> [ChunkLocation] {
+        try statement("SELECT digest, pack_id, offset, stored_length, raw_length, encoding, kind FROM chunks WHERE \(filter)")
+            .rows(values) { (row) throws in
+                guard let pack = PackID(hex: row.text(1)),
+                      let encoding = FrameEncoding(rawValue: UInt8(truncatingIfNeeded: row.int(5))),
+                      let kind = FrameKind(rawValue: UInt8(truncatingIfNeeded: row.int(6))) else {
+                    throw CKStoreError(.damaged, "catalogue holds a malformed chunk row; run `ckstore repair`")
+                }
+                return ChunkLocation(digest: try row.digest(0), pack: pack, offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)), encoding: encoding, kind: kind)
+            }
+    }
+
+    /// Every chunk some checkpoint needs (as content or as a delta base).
+    func referencedDigests(of checkpoints: [CheckpointID]? = nil) throws -> Set<ChunkDigest> {
+        var out = Set<ChunkDigest>()
+        if let checkpoints {
+            let query = try statement("SELECT digest FROM checkpoint_chunks WHERE checkpoint_id = ?")
+            for id in checkpoints {
+                for digest in try query.rows([.blob(id.digest.bytes)], { try $0.digest(0) }) { out.insert(digest) }
+            }
+        } else {
+            for digest in try statement("SELECT DISTINCT digest FROM checkpoint_chunks").rows([], { try $0.digest(0) }) { out.insert(digest) }
+        }
+        // Delta bases of the chunks needed are needed too, transitively.
+        var frontier = Array(out)
+        let base = try statement("SELECT base FROM chunks WHERE digest = ? AND base IS NOT NULL")
+        while let digest = frontier.popLast() {
+            for next in try base.rows([.blob(digest.bytes)], { try $0.digest(0) }) where out.insert(next).inserted {
+                frontier.append(next)
+            }
+        }
+        return out
+    }
+
+    /// The checkpoints that need `digest`.
+    func checkpoints(using digest: ChunkDigest) throws -> [CheckpointID] {
+        try statement("SELECT checkpoint_id FROM checkpoint_chunks WHERE digest = ?").rows([.blob(digest.bytes)]) { CheckpointID(try $0.digest(0)) }
+    }
+
+    func allCheckpointIDs() throws -> [CheckpointID] {
+        try statement("SELECT id FROM checkpoints").rows([]) { CheckpointID(try $0.digest(0)) }
+    }
+
+    /// The run's checkpoints, newest step first.
+    func checkpointsNewestFirst(run: String) throws -> [CheckpointID] {
+        try statement("SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.name = ? ORDER BY c.step DESC")
+            .rows([.text(run)]) { CheckpointID(try $0.digest(0)) }
+    }
+}

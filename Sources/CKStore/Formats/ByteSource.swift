@@ -1,0 +1,48 @@
+/// Something the format parsers read bytes from by position: a file, or bytes in memory (tests and fuzzing).
+protocol ByteSource {
+    func read(count: Int, at offset: Int64) throws -> [UInt8]
+}
+
+extension SharedFile: ByteSource {}
+
+/// Bytes in memory as a ``ByteSource``; reads past the end fail as a truncated file would.
+struct MemoryByteSource: ByteSource {
+    let bytes: [UInt8]
+
+    func read(count: Int, at offset: Int64) throws -> [UInt8] {
+        guard offset >= 0, count >= 0, offset + Int64(count) <= Int64(bytes.count) else {
+            throw CKStoreError(.damaged, "read of \(count) bytes at \(offset) runs past the end (\(bytes.count) bytes)")
+        }
+        return Array(bytes[Int(offset)..<(Int(offset) + count)])
+    }
+}
+
+/// Entry points that run ckstore's parsers on bytes in memory, for fuzzing and for tools that want to
+/// check a file without storing it. Each returns normally for valid input and throws ``CKStoreError``
+/// for anything else; none may crash, whatever the bytes.
+public enum FormatValidation {
+    /// Parses `bytes` as a safetensors file; returns the number of tensors.
+    public static func safetensors(_ bytes: [UInt8]) throws -> Int {
+        try SafetensorsFile.parse(MemoryByteSource(bytes: bytes), size: Int64(bytes.count), name: "input").tensors.count
+    }
+
+    /// Parses `bytes` as a torch.save zip archive; returns the number of entries.
+    public static func torchZip(_ bytes: [UInt8]) throws -> Int {
+        let parsed = try TorchZipFile.parse(MemoryByteSource(bytes: bytes), size: Int64(bytes.count), name: "input")
+        _ = parsed.layout
+        return parsed.entries.count
+    }
+
+    /// Parses `bytes` as a pack: its trailer, then every frame it lists with checksums; returns the frame count.
+    public static func pack(_ bytes: [UInt8]) throws -> Int {
+        try bytes.withUnsafeBytes { buffer in
+            let parser = PackParser(bytes: buffer, name: "input")
+            let frames = try parser.trailer()
+            for frame in frames {
+                _ = try parser.frame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest, checkChecksum: true)
+            }
+            _ = try parser.walkFrames()
+            return frames.count
+        }
+    }
+}

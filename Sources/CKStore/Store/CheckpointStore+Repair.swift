@@ -1,0 +1,325 @@
+import Foundation
+
+/// What `repair` did (or, with `dryRun`, would do).
+public struct RepairReport: Sendable, Codable, Equatable {
+    public var dryRun: Bool
+    /// Whether the catalogue was rebuilt from the packs (it was missing or damaged).
+    public var catalogueRebuilt: Bool
+    /// Why the catalogue was rebuilt.
+    public var catalogueProblem: String?
+    /// Where the damaged catalogue was moved, when it was.
+    public var damagedCatalogueMovedTo: String?
+    public var packsScanned: Int
+    /// Frames whose stored bytes and digest checked out.
+    public var framesIntact: Int
+    /// Checkpoints listed in the catalogue afterwards (rebuilds: recovered from manifest frames).
+    public var checkpoints: Int
+    /// Chunks dropped from the catalogue because their frames are gone or damaged, so that the next put
+    /// of that content writes it again.
+    public var droppedChunks: [ChunkDigest]
+    /// Intact frames copied out of damaged packs into new packs.
+    public var salvagedFrames: Int
+    /// Damaged packs moved into `quarantine/`.
+    public var quarantinedPacks: [String]
+    /// Checkpoints that need a chunk the store no longer has.
+    public var incompleteCheckpoints: [CheckpointID]
+    /// Manifests found in packs but not recorded, with the reason (another checkpoint holds the same run and step).
+    public var skippedManifests: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case checkpoints
+        case dryRun = "dry_run"
+        case catalogueRebuilt = "catalogue_rebuilt"
+        case catalogueProblem = "catalogue_problem"
+        case damagedCatalogueMovedTo = "damaged_catalogue_moved_to"
+        case packsScanned = "packs_scanned"
+        case framesIntact = "frames_intact"
+        case droppedChunks = "dropped_chunks"
+        case salvagedFrames = "salvaged_frames"
+        case quarantinedPacks = "quarantined_packs"
+        case incompleteCheckpoints = "incomplete_checkpoints"
+        case skippedManifests = "skipped_manifests"
+    }
+}
+
+extension CheckpointStore {
+    /// Repairs a store: rebuilds a missing or damaged catalogue from the packs (I-2), drops catalogue
+    /// entries for chunks whose frames are gone or damaged, copies the intact frames of damaged packs into
+    /// new packs and moves the damaged packs to `quarantine/`, and reports the checkpoints left incomplete.
+    ///
+    /// Holds the store's lock exclusively: no put or get runs meanwhile.
+    ///
+    /// - Parameters:
+    ///   - path: the store's folder.
+    ///   - dryRun: report what would be done, change nothing.
+    public static func repair(at path: String, dryRun: Bool = false) async throws -> RepairReport {
+        do {
+            return try repairChecked(at: path, dryRun: dryRun)
+        } catch let error as CKStoreError {
+            throw error
+        } catch {
+            throw CKStoreError.wrap(error)
+        }
+    }
+
+    private static func repairChecked(at path: String, dryRun: Bool) throws -> RepairReport {
+        let layout = StoreLayout(root: path)
+        guard FileSystem.isDirectory(layout.packsRoot) else {
+            throw CKStoreError(.notFound, "no ckstore store at \(path) (no packs folder)")
+        }
+        let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
+        defer { withExtendedLifetime(lock) {} }
+        var report = RepairReport(dryRun: dryRun, catalogueRebuilt: false, packsScanned: 0, framesIntact: 0, checkpoints: 0,
+                                  droppedChunks: [], salvagedFrames: 0, quarantinedPacks: [], incompleteCheckpoints: [], skippedManifests: [])
+
+        // 1. Is the catalogue usable?
+        var catalogue: Catalogue?
+        if !FileSystem.exists(layout.cataloguePath) {
+            report.catalogueProblem = "ckstore.db is missing"
+        } else {
+            do {
+                let opened = try Catalogue(path: layout.cataloguePath)
+                let problems = try opened.integrityProblems()
+                if problems.isEmpty {
+                    _ = try opened.packRows()
+                    catalogue = opened
+                } else {
+                    report.catalogueProblem = "SQLite finds damage: " + problems.prefix(3).joined(separator: "; ")
+                }
+            } catch {
+                report.catalogueProblem = CKStoreError.wrap(error).message
+            }
+        }
+        report.catalogueRebuilt = catalogue == nil
+
+        // 2. Every pack on disk, every frame checked (checksum, decode, SHA-256).
+        let scan = try scanPacks(layout)
+        report.packsScanned = scan.count
+        report.framesIntact = scan.reduce(0) { $0 + $1.intact.count }
+        let contexts = ZstdContextPool()
+        let codec = FrameCodec(level: .default, contexts: contexts)
+
+        // 3. Salvage intact frames of damaged packs into a new pack; quarantine the damaged ones.
+        var moved = [ChunkDigest: (pack: PackID, offset: Int64)]()
+        var newPacks = [SealedPack]()
+        let damagedPacks = scan.filter { !$0.isIntact }
+        if !damagedPacks.isEmpty && !dryRun {
+            var writer: PackWriter?
+            for pack in damagedPacks {
+                for frame in pack.intact {
+                    let current = try writer ?? PackWriter(layout: layout)
+                    writer = current
+                    let payload = pack.reader.frameBytes(Int(frame.offset) + PackFormat.frameHeaderSize ..< Int(frame.offset) + PackFormat.frameHeaderSize + frame.header.storedLength).array
+                    let written = try current.append(EncodedChunk(digest: frame.header.digest, encoding: frame.header.encoding, rawLength: frame.header.rawLength, payload: payload), kind: frame.header.kind)
+                    moved[frame.header.digest] = (current.id, written.offset)
+                }
+            }
+            if let writer { newPacks.append(try writer.seal()) }
+            try FileSystem.createDirectory(layout.quarantineRoot)
+            for pack in damagedPacks {
+                try FileSystem.rename(layout.packPath(pack.id), layout.quarantineRoot + "/" + pack.id.hex + ".pack")
+            }
+            try FileSystem.syncDirectory(layout.quarantineRoot)
+        }
+        report.salvagedFrames = damagedPacks.reduce(0) { $0 + $1.intact.count }
+        report.quarantinedPacks = damagedPacks.map(\.id.hex)
+
+        // Where each intact frame lives after salvage.
+        var intact = [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)]()
+        for pack in scan {
+            for frame in pack.intact where intact[frame.header.digest] == nil {
+                let location = pack.isIntact ? (pack.id, frame.offset) : (moved[frame.header.digest] ?? (pack.id, frame.offset))
+                intact[frame.header.digest] = (location.0, location.1, frame.header)
+            }
+        }
+
+        // 4. Record it.
+        if let catalogue {
+            try repairCatalogue(catalogue, scan: scan, intact: intact, newPacks: newPacks, dryRun: dryRun, report: &report)
+        } else {
+            try rebuildCatalogue(layout, scan: scan, intact: intact, newPacks: newPacks, codec: codec, dryRun: dryRun, report: &report)
+        }
+        return report
+    }
+
+    /// One pack on disk and what a full check of it found.
+    private struct ScannedPack {
+        var id: PackID
+        var reader: PackReader
+        var size: Int64
+        var intact: [PackWriter.WrittenFrame]
+        var damage: [String]
+        var trailerIntact: Bool
+        var isIntact: Bool { trailerIntact && damage.isEmpty }
+    }
+
+    private static func scanPacks(_ layout: StoreLayout) throws -> [ScannedPack] {
+        var out = [ScannedPack]()
+        let codec = FrameCodec(level: .default)
+        for folder in try FileSystem.contents(of: layout.packsRoot) where FileSystem.isDirectory(layout.packsRoot + "/" + folder) {
+            for name in try FileSystem.contents(of: layout.packsRoot + "/" + folder) where name.hasSuffix(".pack") {
+                guard let id = PackID(hex: String(name.dropLast(5))) else { continue }
+                let reader = try PackReader(id: id, path: layout.packPath(id))
+                var frames: [PackWriter.WrittenFrame]
+                var damage = [String]()
+                var trailerIntact = true
+                do {
+                    frames = try reader.readTrailer()
+                } catch {
+                    trailerIntact = false
+                    damage.append(CKStoreError.wrap(error).message)
+                    let walk = try reader.walkFrames()
+                    frames = walk.frames
+                    damage += walk.damage.map { "offset \($0.offset): \($0.reason)" }
+                }
+                var intact = [PackWriter.WrittenFrame]()
+                for frame in frames {
+                    do {
+                        let (header, payload) = try reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
+                        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+                        guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == header.digest else {
+                            throw CKStoreError(.damaged, "pack \(id): chunk \(header.digest) at offset \(frame.offset) decodes to other bytes")
+                        }
+                        payload.releaseMapping()
+                        intact.append(frame)
+                    } catch {
+                        damage.append(CKStoreError.wrap(error).message)
+                    }
+                }
+                out.append(ScannedPack(id: id, reader: reader, size: try reader.size(), intact: intact, damage: damage, trailerIntact: trailerIntact))
+            }
+        }
+        return out
+    }
+
+    /// The catalogue is sound: make it agree with the packs.
+    private static func repairCatalogue(
+        _ catalogue: Catalogue, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
+        newPacks: [SealedPack], dryRun: Bool, report: inout RepairReport
+    ) throws {
+        let locations = try catalogue.chunkLocations()
+        let packsOnDisk = Set(scan.map(\.id))
+        let quarantined = Set(scan.filter { !$0.isIntact }.map(\.id))
+        var drop = [ChunkDigest]()
+        var relocate = [(ChunkDigest, PackID, Int64)]()
+        for location in locations {
+            guard let frame = intact[location.digest], packsOnDisk.contains(location.pack) else {
+                drop.append(location.digest)
+                continue
+            }
+            if quarantined.contains(location.pack) || frame.pack != location.pack || frame.offset != location.offset {
+                relocate.append((location.digest, frame.pack, frame.offset))
+            }
+        }
+        report.droppedChunks = drop.sorted()
+        let stalePacks = try catalogue.packRows().map(\.id).filter { !packsOnDisk.contains($0) || quarantined.contains($0) }
+        if !dryRun {
+            try catalogue.database.transaction {
+                let now = Date().timeIntervalSince1970
+                for pack in newPacks { _ = try catalogue.insert(pack: pack, now: now) }
+                let delete = try catalogue.statement("DELETE FROM chunks WHERE digest = ?")
+                for digest in drop { try delete.run([.blob(digest.bytes)]) }
+                let move = try catalogue.statement("UPDATE chunks SET pack_id = ?, offset = ? WHERE digest = ?")
+                for (digest, pack, offset) in relocate { try move.run([.text(pack.hex), .integer(offset), .blob(digest.bytes)]) }
+                let deletePack = try catalogue.statement("DELETE FROM packs WHERE id = ?")
+                for pack in stalePacks { try deletePack.run([.text(pack.hex)]) }
+            }
+        }
+        let missing = Set(drop)
+        let ids = try catalogue.allCheckpointIDs()
+        report.checkpoints = ids.count
+        report.incompleteCheckpoints = try ids.filter { id in
+            try !catalogue.referencedDigests(of: [id]).isDisjoint(with: missing)
+        }.sorted()
+    }
+
+    /// The catalogue is missing or damaged: move it aside and rebuild it from pack frames and manifests.
+    private static func rebuildCatalogue(
+        _ layout: StoreLayout, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
+        newPacks: [SealedPack], codec: FrameCodec, dryRun: Bool, report: inout RepairReport
+    ) throws {
+        // Manifests, from the intact manifest frames.
+        var manifests = [(CheckpointID, Manifest)]()
+        for pack in scan {
+            for frame in pack.intact where frame.header.kind == .manifest {
+                let id = CheckpointID(frame.header.digest)
+                let (header, payload) = try pack.reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
+                let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+                if let manifest = try? Manifest.decode(bytes.array, id: id), !manifests.contains(where: { $0.0 == id }) {
+                    manifests.append((id, manifest))
+                }
+            }
+        }
+        // One checkpoint per run and step: the newest manifest wins (an older one was replaced or never committed).
+        manifests.sort { ($0.1.createdAt, $0.0) > ($1.1.createdAt, $1.0) }
+        var seen = Set<String>()
+        var kept = [(CheckpointID, Manifest)]()
+        for (id, manifest) in manifests {
+            if seen.insert("\(manifest.run)@\(manifest.step)").inserted {
+                kept.append((id, manifest))
+            } else {
+                report.skippedManifests.append("\(id.short) (\(manifest.run)@\(manifest.step)): a newer manifest holds the same run and step")
+            }
+        }
+        kept.sort { ($0.1.createdAt, $0.0) < ($1.1.createdAt, $1.0) }
+        report.checkpoints = kept.count
+
+        var incomplete = [CheckpointID]()
+        for (id, manifest) in kept {
+            let needed = Set(manifest.files.flatMap { $0.chunks.map(\.digest) } + [id.digest])
+            if needed.contains(where: { intact[$0] == nil }) { incomplete.append(id) }
+        }
+        report.incompleteCheckpoints = incomplete.sorted()
+        guard !dryRun else { return }
+
+        if FileSystem.exists(layout.cataloguePath) {
+            let aside = layout.cataloguePath + ".damaged-" + String(Int(Date().timeIntervalSince1970))
+            try FileSystem.rename(layout.cataloguePath, aside)
+            for suffix in ["-wal", "-shm"] where FileSystem.exists(layout.cataloguePath + suffix) {
+                try FileSystem.rename(layout.cataloguePath + suffix, aside + suffix)
+            }
+            report.damagedCatalogueMovedTo = aside
+        }
+        let catalogue = try Catalogue(path: layout.cataloguePath)
+        try catalogue.database.transaction {
+            let now = Date().timeIntervalSince1970
+            var packRows = [PackID: SealedPack]()
+            for pack in scan where pack.isIntact {
+                packRows[pack.id] = SealedPack(id: pack.id, size: pack.size, frames: [])
+            }
+            for pack in newPacks { packRows[pack.id] = SealedPack(id: pack.id, size: pack.size, frames: []) }
+            let insertPack = try catalogue.statement("INSERT INTO packs (id, size, frame_count, created_at) VALUES (?, ?, ?, ?)")
+            for (id, pack) in packRows {
+                let frames = intact.values.filter { $0.pack == id }.count
+                try insertPack.run([.text(id.hex), .integer(pack.size), .integer(Int64(frames)), .real(now)])
+            }
+            let insertChunk = try catalogue.statement("""
+                INSERT OR IGNORE INTO chunks (digest, pack_id, offset, stored_length, raw_length, encoding, kind, base)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            for (digest, frame) in intact where packRows[frame.pack] != nil {
+                let header = frame.header
+                try insertChunk.run([
+                    .blob(digest.bytes), .text(frame.pack.hex), .integer(frame.offset), .integer(Int64(header.storedLength)),
+                    .integer(Int64(header.rawLength)), .integer(Int64(header.encoding.rawValue)), .integer(Int64(header.kind.rawValue)),
+                    header.base.map { .blob($0.bytes) } ?? .null,
+                ])
+            }
+            // Bytes each checkpoint added: the frames it was the first (oldest) to need.
+            var attributed = Set<ChunkDigest>()
+            for (id, manifest) in kept {
+                var uses = [ChunkDigest: Int]()
+                for file in manifest.files { for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 } }
+                uses[id.digest, default: 0] += 1
+                var added: Int64 = 0
+                for digest in uses.keys where attributed.insert(digest).inserted {
+                    if let frame = intact[digest] { added += Int64(PackFormat.frameHeaderSize + frame.header.storedLength) }
+                }
+                try catalogue.insert(
+                    Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: try manifest.contentDigest(), storedBytesAdded: added, chunkUses: uses),
+                    now: manifest.createdAt
+                )
+            }
+        }
+    }
+}
