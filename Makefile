@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test demo build release schema bench bench-deps clean
+.PHONY: deps test demo build release schema bench bench-deps fuzz clean
 
 deps:
 	@missing=""; \
@@ -42,5 +42,9 @@ bench-deps: deps
 bench: bench-deps release
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
 
+# libFuzzer with AddressSanitizer on the safetensors, zip and pack parsers, FUZZ_SECONDS (60) each.
+fuzz: deps
+	scripts/fuzz.sh
+
 clean:
-	rm -rf .build Benchmarks/.build $(DEMO)
+	rm -rf .build Benchmarks/.build Fuzz/.build Fuzz/work $(DEMO)

@@ -79,3 +79,55 @@ import Testing
         }
     }
 }
+
+@Suite struct MaintenanceCLITests {
+    @Test func verifyAndRepairThroughTheBinary() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            try RandomCheckpoint.write(to: root + "/a", megabytes: 2, step: 1)
+            try RandomCheckpoint.write(to: root + "/b", megabytes: 2, step: 2)
+            #expect(try CLI.run(["put", root + "/a", "--store", store, "--run", "r"]).status == 0)
+            let packsOfFirst = Set(Files.listing(store + "/packs").filter { $0.hasSuffix(".pack") })
+            #expect(try CLI.run(["put", root + "/b", "--store", store, "--run", "r"]).status == 0)
+            let packsOfSecond = Set(Files.listing(store + "/packs").filter { $0.hasSuffix(".pack") }).subtracting(packsOfFirst)
+            #expect(packsOfSecond.count == 1)
+
+            let clean = try CLI.run(["verify", "--store", store, "--full", "--json"])
+            #expect(clean.status == 0, "\(clean.stderr)")
+            let report = try #require(try CLI.json(clean.stdout) as? [String: Any])
+            for key in ["ok", "chunks_checked", "damaged_chunks", "missing_chunks", "affected_checkpoints"] {
+                #expect(report[key] != nil, "verify --json lacks \(key)")
+            }
+            #expect(report["ok"] as? Bool == true)
+            #expect((report["chunks_checked"] as? Int ?? 0) > 0)
+            #expect(try CLI.run(["verify", "--store", store, "--sample", "50"]).status == 0)
+            #expect(try CLI.run(["verify", "r@1", "--store", store]).status == 0)
+            #expect(try CLI.run(["verify", "--store", store, "--full", "--sample", "5"]).status == 2)
+
+            // Delete the catalogue: commands say to repair; repair brings every checkpoint back.
+            let listed = try CLI.run(["ls", "--store", store, "--json"]).stdout
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: store + "/ckstore.db" + suffix) }
+            let refused = try CLI.run(["ls", "--store", store])
+            #expect(refused.status == 1 && refused.stderr.contains("ckstore repair"))
+            let repaired = try CLI.run(["repair", "--store", store, "--json"])
+            #expect(repaired.status == 0, "\(repaired.stderr)")
+            #expect((try CLI.json(repaired.stdout) as? [String: Any])?["catalogue_rebuilt"] as? Bool == true)
+            let relisted = try CLI.run(["ls", "--store", store, "--json"]).stdout
+            let ids = { (text: String) throws -> [String] in (try CLI.json(text) as? [[String: Any]] ?? []).compactMap { $0["id"] as? String } }
+            #expect(try ids(relisted) == (try ids(listed)))
+
+            // Damage the pack the second put wrote: verify exits 1 naming it; latest-valid picks the first.
+            let newest = try #require(try ids(listed).last)
+            let target = store + "/packs/" + (try #require(packsOfSecond.first))
+            var bytes = try Files.read(target)
+            bytes[bytes.count / 2] ^= 0xff
+            try Files.write(bytes, to: target)
+            let damaged = try CLI.run(["verify", "--store", store, "--full"])
+            #expect(damaged.status == 1)
+            #expect(damaged.stdout.contains("DAMAGE FOUND") && damaged.stdout.contains(String(newest.prefix(12))))
+            let latestValid = try CLI.run(["show", "r@latest-valid", "--store", store, "--json"])
+            #expect(latestValid.status == 0)
+            #expect((try CLI.json(latestValid.stdout) as? [String: Any])?["step"] as? Int == 1)
+        }
+    }
+}

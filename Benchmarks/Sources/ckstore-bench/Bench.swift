@@ -79,6 +79,11 @@ struct Bench: ParsableCommand {
                 print("restored checkpoint identical to the original (diff -r took \(String(format: "%.1f", diff.seconds)) s)")
             }
             remove(scratch + "/restored")
+            // Integrity: verify --full re-reads, decodes and re-hashes every frame of the checkpoint.
+            try settle(warming: [first])
+            record("sha256sum", try Command.shell(files.map { "sha256sum '\(first)/\($0)'" }.joined(separator: " && ")))
+            try settle(warming: [store])
+            record("ckstore verify --full", try Command.measure([ckstore, "verify", "--full", "--store", store]))
             if canDropCaches {
                 // Cold cache: what a restore on a freshly started machine sees (nothing pre-read).
                 try settle(warming: [])
@@ -113,6 +118,9 @@ struct Bench: ParsableCommand {
         row("ckstore put (already stored)", String(format: "≥ 1 GB/s: %.2f GB/s", bytes / putDedup / 1e9), bytes / putDedup >= 1e9)
         row("ckstore get", String(format: "≥ 0.5× cp -r: %.2f×", copy / get), copy / get >= 0.5)
         row("ckstore put (next, frozen base)", "", nil)
+        let sha = med("sha256sum"), verify = med("ckstore verify --full")
+        row("sha256sum", "reference", nil)
+        row("ckstore verify --full", String(format: "≥ 0.7× sha256sum: %.2f×", sha / verify), sha / verify >= 0.7)
         if canDropCaches {
             let coldCopy = med("cp -r (cold cache)"), coldGet = med("ckstore get (cold cache)")
             row("cp -r (cold cache)", "reference", nil)

@@ -47,6 +47,11 @@ public final class CheckpointStore: Sendable {
             }
             try FileSystem.createDirectory(path)
             try FileSystem.createDirectory(layout.packsRoot)
+            // All 256 fan-out folders up front: a put then never creates folders, so the number of
+            // system calls (and fsyncs) of a put does not depend on its pack's random name.
+            for prefix in 0..<256 {
+                try FileSystem.createDirectory(layout.packsRoot + "/" + [UInt8(prefix)].hexString)
+            }
             try FileSystem.createDirectory(layout.temporaryRoot)
             _ = try FileHandle.openOrCreate(layout.lockPath)
         }
