@@ -32,7 +32,7 @@ extension CheckpointStore {
     }
 
     /// One file to write: where, and from which chunks (with the bytes to put first, for a tensor subset).
-    private struct Output {
+    private struct Output: Sendable {
         var path: String
         var mode: UInt32
         var prefix: [UInt8]
@@ -71,9 +71,26 @@ extension CheckpointStore {
 
         let readers = PackReaderCache(layout: layout)
         var bytes: Int64 = 0
-        for output in outputs {
-            try await write(output, into: staging, readers: readers, checkpoint: id, window: max(2, options.maxChunksInFlight))
-            bytes += output.size
+        // Files are restored two at a time: each file's SHA-256 is a serial pass, so two large files
+        // (weights and optimizer state) hash on both cores at once. Chunks in flight stay bounded:
+        // each file has its own window of half the chunks.
+        let window = max(2, options.maxChunksInFlight / 2)
+        try await withThrowingTaskGroup(of: Int64.self) { group in
+            var next = 0
+            let filesAtOnce = 2
+            while next < outputs.count && next < filesAtOnce {
+                let output = outputs[next]
+                group.addTask { try await self.write(output, into: staging, readers: readers, checkpoint: id, window: window); return output.size }
+                next += 1
+            }
+            while let size = try await group.next() {
+                bytes += size
+                if next < outputs.count {
+                    let output = outputs[next]
+                    group.addTask { try await self.write(output, into: staging, readers: readers, checkpoint: id, window: window); return output.size }
+                    next += 1
+                }
+            }
         }
         for link in links {
             let path = staging + "/" + link.path
