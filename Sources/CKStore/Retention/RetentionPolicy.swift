@@ -1,0 +1,131 @@
+import Foundation
+
+/// A run's retention policy: a union of rules; a checkpoint is kept when any rule keeps it.
+///
+/// An empty policy keeps everything. Whatever the rules, the newest checkpoint of a run (its resume point)
+/// and pinned checkpoints are kept.
+///
+/// ```swift
+/// var policy = RetentionPolicy()
+/// policy.keepLast = 2
+/// policy.keepBest = [.init(count: 1, metric: "loss", order: .min)]
+/// policy.keepEvery = 5000
+/// ```
+public struct RetentionPolicy: Codable, Sendable, Equatable {
+    /// Keep the best `count` checkpoints by a metric.
+    public struct Best: Codable, Sendable, Equatable, CustomStringConvertible {
+        public enum Order: String, Codable, Sendable { case min, max }
+        public var count: Int
+        public var metric: String
+        public var order: Order
+
+        public init(count: Int, metric: String, order: Order) {
+            self.count = count
+            self.metric = metric
+            self.order = order
+        }
+
+        /// Parses `N:METRIC:min|max`.
+        public init(parsing text: String) throws {
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 3, let count = Int(parts[0]), count > 0, !parts[1].isEmpty, let order = Order(rawValue: parts[2]) else {
+                throw CKStoreError(.invalidArgument, "--keep-best takes N:METRIC:min or N:METRIC:max (for example 1:loss:min), not \(text)")
+            }
+            self.init(count: count, metric: parts[1], order: order)
+        }
+
+        public var description: String { "\(count):\(metric):\(order.rawValue)" }
+    }
+
+    public var keepLast: Int?
+    public var keepBest: [Best] = []
+    /// One checkpoint per step bucket `floor(step / keepEvery)`: the newest in each.
+    public var keepEvery: Int64?
+    /// Seconds, measured back from the run's newest checkpoint.
+    public var keepWithin: Double?
+    public var keepHourly: Int?
+    public var keepDaily: Int?
+    public var keepWeekly: Int?
+    public var keepMonthly: Int?
+    public var keepTags: [String] = []
+    /// Drop the optimizer part of every kept checkpoint but the newest N, keeping weights and metadata.
+    public var dropOptimizerAfter: Int?
+    /// Glob patterns of the files that make up a part, beyond the built-in `optimizer*.pt` for "optimizer".
+    public var parts: [String: [String]] = [:]
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case parts
+        case keepLast = "keep_last"
+        case keepBest = "keep_best"
+        case keepEvery = "keep_every"
+        case keepWithin = "keep_within"
+        case keepHourly = "keep_hourly"
+        case keepDaily = "keep_daily"
+        case keepWeekly = "keep_weekly"
+        case keepMonthly = "keep_monthly"
+        case keepTags = "keep_tags"
+        case dropOptimizerAfter = "drop_optimizer_after"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        keepLast = try container.decodeIfPresent(Int.self, forKey: .keepLast)
+        keepBest = try container.decodeIfPresent([Best].self, forKey: .keepBest) ?? []
+        keepEvery = try container.decodeIfPresent(Int64.self, forKey: .keepEvery)
+        keepWithin = try container.decodeIfPresent(Double.self, forKey: .keepWithin)
+        keepHourly = try container.decodeIfPresent(Int.self, forKey: .keepHourly)
+        keepDaily = try container.decodeIfPresent(Int.self, forKey: .keepDaily)
+        keepWeekly = try container.decodeIfPresent(Int.self, forKey: .keepWeekly)
+        keepMonthly = try container.decodeIfPresent(Int.self, forKey: .keepMonthly)
+        keepTags = try container.decodeIfPresent([String].self, forKey: .keepTags) ?? []
+        dropOptimizerAfter = try container.decodeIfPresent(Int.self, forKey: .dropOptimizerAfter)
+        parts = try container.decodeIfPresent([String: [String]].self, forKey: .parts) ?? [:]
+    }
+
+    /// True when no rule is set: such a policy keeps everything.
+    public var isEmpty: Bool { self == RetentionPolicy() }
+
+    /// True when the policy has a rule that keeps or deletes whole checkpoints.
+    var hasKeepRules: Bool {
+        keepLast != nil || !keepBest.isEmpty || keepEvery != nil || keepWithin != nil || keepHourly != nil
+            || keepDaily != nil || keepWeekly != nil || keepMonthly != nil || !keepTags.isEmpty
+    }
+
+    /// Parses a duration: a number followed by `s`, `m`, `h`, `d` or `w` (`90m`, `36h`, `7d`).
+    public static func parseDuration(_ text: String) throws -> Double {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
+        guard let unit = text.last, let factor = units[unit], let value = Double(text.dropLast()), value >= 0 else {
+            throw CKStoreError(.invalidArgument, "a duration is a number and a unit s, m, h, d or w (90m, 36h, 7d), not \(text)")
+        }
+        return value * factor
+    }
+
+    /// The file globs of the optimizer part.
+    var optimizerGlobs: [String] { ["optimizer*.pt", "*/optimizer*.pt"] + (parts["optimizer"] ?? []) }
+
+    /// A one-line summary (`keep-last 2, keep-best 1:loss:min`).
+    public var summary: String {
+        var rules = [String]()
+        if let keepLast { rules.append("keep-last \(keepLast)") }
+        for best in keepBest { rules.append("keep-best \(best)") }
+        if let keepEvery { rules.append("keep-every \(keepEvery)") }
+        if let keepWithin { rules.append("keep-within \(Self.formatDuration(keepWithin))") }
+        if let keepHourly { rules.append("keep-hourly \(keepHourly)") }
+        if let keepDaily { rules.append("keep-daily \(keepDaily)") }
+        if let keepWeekly { rules.append("keep-weekly \(keepWeekly)") }
+        if let keepMonthly { rules.append("keep-monthly \(keepMonthly)") }
+        for tag in keepTags { rules.append("keep-tag \(tag)") }
+        if let dropOptimizerAfter { rules.append("drop-optimizer-after \(dropOptimizerAfter)") }
+        for (part, globs) in parts.sorted(by: { $0.key < $1.key }) { rules.append("part \(part)=\(globs.joined(separator: ","))") }
+        return rules.isEmpty ? "keep everything" : rules.joined(separator: ", ")
+    }
+
+    static func formatDuration(_ seconds: Double) -> String {
+        for (unit, size) in [("w", 604_800.0), ("d", 86400), ("h", 3600), ("m", 60)] where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
+            return "\(Int(seconds / size))\(unit)"
+        }
+        return "\(Int(seconds))s"
+    }
+}
