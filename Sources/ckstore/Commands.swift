@@ -121,10 +121,11 @@ struct List: AsyncParsableCommand {
             return
         }
         let rows = checkpoints.map {
-            [$0.id.short, $0.run, String($0.step), Format.date($0.createdAt), ByteCount($0.logicalBytes).description,
-             Format.metrics($0.metrics), $0.tags.joined(separator: ",")]
+            let notes = ($0.pinned ? ["pinned"] : []) + $0.droppedParts.map { "\($0) dropped" }
+            return [$0.id.short, $0.run, String($0.step), Format.date($0.createdAt), ByteCount($0.logicalBytes).description,
+                    Format.metrics($0.metrics), $0.tags.joined(separator: ","), notes.joined(separator: ", ")]
         }
-        print(Format.table(["ID", "RUN", "STEP", "CREATED", "SIZE", "METRICS", "TAGS"], rows))
+        print(Format.table(["ID", "RUN", "STEP", "CREATED", "SIZE", "METRICS", "TAGS", "NOTES"], rows))
     }
 }
 
@@ -140,7 +141,7 @@ struct Show: AsyncParsableCommand {
         let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
         let manifest = try checkpointStore.manifest(of: id)
         let summary = try checkpointStore.summary(of: id)
-        let report = ShowReport(id: id, manifest: manifest, summary: summary)
+        let report = ShowReport(id: id, manifest: manifest, summary: summary, dropped: try checkpointStore.droppedFiles(of: id))
         if json {
             try JSONOutput.print(report)
         } else {

@@ -40,6 +40,8 @@ struct ShowReport: Encodable {
     var chunkCount: Int
     var files: [File]
     var modelConfig: JSONValue?
+    var pinned: Bool
+    var droppedFiles: [String]
 
     enum CodingKeys: String, CodingKey {
         case id, run, step, epoch, parent, metrics, tags, metadata, files
@@ -48,9 +50,13 @@ struct ShowReport: Encodable {
         case storedBytesAdded = "stored_bytes_added"
         case chunkCount = "chunk_count"
         case modelConfig = "model_config"
+        case pinned
+        case droppedFiles = "dropped_files"
     }
 
-    init(id: CheckpointID, manifest: Manifest, summary: CheckpointSummary) {
+    init(id: CheckpointID, manifest: Manifest, summary: CheckpointSummary, dropped: [String: String]) {
+        pinned = summary.pinned
+        droppedFiles = dropped.keys.sorted()
         self.id = id.hex
         run = manifest.run
         step = manifest.step
@@ -85,6 +91,8 @@ struct ShowReport: Encodable {
         if !tags.isEmpty { lines.append("tags       \(tags.joined(separator: ", "))") }
         for (key, value) in metadata.sorted(by: { $0.key < $1.key }) { lines.append("meta       \(key)=\(value)") }
         if modelConfig != nil { lines.append("model      config.json recorded") }
+        if pinned { lines.append("pinned     yes") }
+        if !droppedFiles.isEmpty { lines.append("dropped    \(droppedFiles.joined(separator: ", ")) (by a retention part rule; not restorable)") }
         lines.append("size       \(ByteCount(logicalBytes)) in \(files.count) files, \(chunkCount) chunks; this put added \(ByteCount(storedBytesAdded))")
         lines.append("")
         let rows = files.map { file in

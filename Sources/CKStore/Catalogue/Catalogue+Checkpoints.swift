@@ -14,9 +14,13 @@ public struct CheckpointSummary: Sendable, Equatable, Codable {
     public var parent: CheckpointID?
     public var metrics: [String: Double]
     public var tags: [String]
+    /// Parts a retention rule dropped (`optimizer`); their files are no longer stored.
+    public var droppedParts: [String] = []
+    public var pinned = false
 
     enum CodingKeys: String, CodingKey {
-        case id, run, step, epoch, parent, metrics, tags
+        case id, run, step, epoch, parent, metrics, tags, pinned
+        case droppedParts = "dropped_parts"
         case createdAt = "created_at"
         case logicalBytes = "logical_bytes"
         case storedBytesAdded = "stored_bytes_added"
@@ -46,12 +50,16 @@ extension Catalogue {
         }
         let metrics = try statement("SELECT key, value FROM metrics WHERE checkpoint_id = ? ORDER BY key")
         let tags = try statement("SELECT tag FROM tags WHERE checkpoint_id = ? ORDER BY tag")
+        let parts = try statement("SELECT DISTINCT part FROM dropped_files WHERE checkpoint_id = ? ORDER BY part")
+        let pinned = try statement("SELECT 1 FROM pins WHERE checkpoint_id = ?")
         for index in summaries.indices {
             let id = SQLiteStatement.Value.blob(summaries[index].id.digest.bytes)
             for (key, value) in try metrics.rows([id], { ($0.text(0), $0.double(1)) }) {
                 summaries[index].metrics[key] = value
             }
             summaries[index].tags = try tags.rows([id]) { $0.text(0) }
+            summaries[index].droppedParts = try parts.rows([id]) { $0.text(0) }
+            summaries[index].pinned = try pinned.firstRow([id]) { _ in true } ?? false
         }
         return summaries
     }

@@ -110,7 +110,13 @@ extension CheckpointStore {
 
     /// Decides which files (or tensor subsets) to write.
     private func plan(_ manifest: Manifest, id: CheckpointID, options: RestoreOptions) throws -> ([Output], [FileEntry]) {
-        var selected = manifest.files
+        let dropped = try withCatalogue { try $0.droppedFiles(of: id) }
+        for path in options.files {
+            if let part = dropped[RelativePath.normalize(path) ?? path] {
+                throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) no longer has \(path): retention dropped its \(part) part")
+            }
+        }
+        var selected = manifest.files.filter { dropped[$0.path] == nil }
         if !options.files.isEmpty {
             var byPath = [String: FileEntry]()
             for file in manifest.files { byPath[file.path] = file }

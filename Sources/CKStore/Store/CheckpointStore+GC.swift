@@ -1,0 +1,325 @@
+import Foundation
+
+/// How `gc` runs.
+public struct GCOptions: Sendable {
+    /// Only this run's policy is applied (the sweep still covers the whole store).
+    public var run: String?
+    /// Decide and report, change nothing.
+    public var dryRun = false
+    /// A pack whose dead share exceeds this is rewritten with its live frames only.
+    public var repackThreshold = 0.3
+    /// Packs and temporary files that no committed checkpoint knows are removed once older than this.
+    public var orphanGrace: Double = 3600
+
+    public init(run: String? = nil, dryRun: Bool = false) {
+        self.run = run
+        self.dryRun = dryRun
+    }
+}
+
+/// What `gc` decided and did.
+public struct GCReport: Sendable, Codable, Equatable {
+    public struct Kept: Sendable, Codable, Equatable {
+        public var id: CheckpointID
+        public var run: String
+        public var step: Int64
+        public var reasons: [String]
+        /// Files dropped from it by a part rule in this gc.
+        public var dropped: [String]
+    }
+
+    public struct Deleted: Sendable, Codable, Equatable {
+        public var id: CheckpointID
+        public var run: String
+        public var step: Int64
+    }
+
+    public var dryRun: Bool
+    public var kept: [Kept]
+    /// Ids of the deleted checkpoints.
+    public var deleted: [CheckpointID]
+    public var deletedCheckpoints: [Deleted]
+    /// How much smaller the store is on disk afterwards (exact for the packs and files gc removes or
+    /// rewrites; the catalogue's own size is not counted).
+    public var bytesFreed: Int64
+    /// Frame bytes no checkpoint needs any more, including those left in packs below the repack threshold.
+    public var bytesUnreferenced: Int64
+    public var chunksFreed: Int
+    public var packsDeleted: Int
+    public var packsRewritten: Int
+    public var orphansRemoved: Int
+
+    enum CodingKeys: String, CodingKey {
+        case kept, deleted
+        case dryRun = "dry_run"
+        case deletedCheckpoints = "deleted_checkpoints"
+        case bytesFreed = "bytes_freed"
+        case bytesUnreferenced = "bytes_unreferenced"
+        case chunksFreed = "chunks_freed"
+        case packsDeleted = "packs_deleted"
+        case packsRewritten = "packs_rewritten"
+        case orphansRemoved = "orphans_removed"
+    }
+}
+
+extension CheckpointStore {
+    /// Applies the retention policies and sweeps what nothing needs any more.
+    ///
+    /// Deleting checkpoints and unreferenced chunks happens in one short write transaction; a concurrent
+    /// put that reused a swept chunk notices in its own commit and writes the chunk again (I-8). Pack
+    /// files are deleted only under the store's exclusive lock, after that commit, so no put or get that
+    /// is still running loses a pack it uses.
+    ///
+    /// ```swift
+    /// let report = try await store.gc(GCOptions(dryRun: true))
+    /// print(report.deleted.count, report.bytesFreed)
+    /// ```
+    public func gc(_ options: GCOptions = GCOptions()) async throws -> GCReport {
+        do {
+            return try gcChecked(options)
+        } catch let error as CKStoreError {
+            throw error
+        } catch {
+            throw CKStoreError.wrap(error)
+        }
+    }
+
+    /// The retention decision for every run (or one), without side effects.
+    func retentionPlans(run: String?) throws -> [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)] {
+        try withCatalogue { catalogue in
+            let runs = try run.map { [$0] } ?? catalogue.runNames()
+            return try runs.map { name in
+                let (policy, _) = try catalogue.effectivePolicy(run: name)
+                let candidates = try catalogue.summaries(where: "r.name = ?", [.text(name)]).map { summary in
+                    RetentionPlanner.Candidate(id: summary.id, step: summary.step, createdAt: summary.createdAt, metrics: summary.metrics, tags: summary.tags, pinned: try catalogue.isPinned(summary.id))
+                }
+                return (name, RetentionPlanner.plan(policy, candidates), policy)
+            }
+        }
+    }
+
+    private func gcChecked(_ options: GCOptions) throws -> GCReport {
+        let plans = try retentionPlans(run: options.run)
+        var summaries = [CheckpointID: CheckpointSummary]()
+        for summary in try list(run: options.run) { summaries[summary.id] = summary }
+
+        // Part rules: which files each slimmed checkpoint loses.
+        var drops = [CheckpointID: [String]]()
+        for (_, plan, policy) in plans {
+            for id in plan.slimmed {
+                let manifest = try manifest(of: id)
+                let already = try withCatalogue { try $0.droppedFiles(of: id) }
+                let paths = manifest.files.map(\.path).filter { path in
+                    already[path] == nil && policy.optimizerGlobs.contains { fnmatch($0, path, 0) == 0 }
+                }
+                if !paths.isEmpty { drops[id] = paths }
+            }
+        }
+        let deleted = plans.flatMap(\.plan.deleted)
+        var report = GCReport(
+            dryRun: options.dryRun,
+            kept: plans.flatMap { run, plan, _ in
+                plan.kept.map { id, reasons in
+                    GCReport.Kept(id: id, run: run, step: summaries[id]?.step ?? -1, reasons: reasons, dropped: drops[id] ?? [])
+                }
+            }.sorted { ($0.run, $0.step) < ($1.run, $1.step) },
+            deleted: deleted,
+            deletedCheckpoints: deleted.map { GCReport.Deleted(id: $0, run: summaries[$0]?.run ?? "", step: summaries[$0]?.step ?? -1) },
+            bytesFreed: 0, bytesUnreferenced: 0, chunksFreed: 0, packsDeleted: 0, packsRewritten: 0, orphansRemoved: 0
+        )
+
+        // Decide (and unless dry-run, commit) in one transaction: the dead set is computed where it is deleted.
+        var manifests = [CheckpointID: Manifest]()
+        for id in drops.keys { manifests[id] = try manifest(of: id) }
+        let outcome: ([Catalogue.ChunkLocation], [PackID: (count: Int, bytes: Int64)], [Catalogue.PackRow])
+        do {
+            outcome = try withCatalogue { catalogue in
+            try catalogue.database.transaction { () -> ([Catalogue.ChunkLocation], [PackID: (count: Int, bytes: Int64)], [Catalogue.PackRow]) in
+                for id in deleted { try catalogue.deleteCheckpoint(id) }
+                for (id, paths) in drops {
+                    if let manifest = manifests[id] { try catalogue.drop(paths, part: "optimizer", from: id, manifest: manifest) }
+                }
+                let dead = try catalogue.unreferencedChunks()
+                try catalogue.deleteChunks(dead.map(\.digest))
+                let live = try catalogue.liveFramesByPack()
+                let packs = try catalogue.packRows()
+                if options.dryRun { throw DryRun(value: (dead, live, packs)) }
+                return (dead, live, packs)
+            }
+            }
+        } catch let dryRun as DryRun {
+            outcome = dryRun.value
+        }
+        return try finishSweep(options, report: &report, dead: outcome.0, live: outcome.1, packs: outcome.2)
+    }
+
+    /// Thrown out of the transaction to roll a dry run back while keeping what it computed.
+    private struct DryRun: Error, @unchecked Sendable {
+        // Only carried from the transaction to the catch below, on one thread.
+        var value: ([Catalogue.ChunkLocation], [PackID: (count: Int, bytes: Int64)], [Catalogue.PackRow])
+    }
+
+    private func finishSweep(_ options: GCOptions, report: inout GCReport, dead: [Catalogue.ChunkLocation], live: [PackID: (count: Int, bytes: Int64)], packs: [Catalogue.PackRow]) throws -> GCReport {
+        report.chunksFreed = dead.count
+        report.bytesUnreferenced = dead.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) }
+        var toDelete = [Catalogue.PackRow]()
+        var toRewrite = [Catalogue.PackRow]()
+        for pack in packs {
+            guard let frames = live[pack.id] else {
+                toDelete.append(pack)
+                continue
+            }
+            let rewritten = Self.packSize(frames: frames.count, frameBytes: frames.bytes)
+            if Double(pack.size - rewritten) / Double(max(pack.size, 1)) > options.repackThreshold {
+                toRewrite.append(pack)
+            }
+        }
+        var freed = toDelete.reduce(Int64(0)) { $0 + $1.size }
+        for pack in toRewrite {
+            if let frames = live[pack.id] { freed += pack.size - Self.packSize(frames: frames.count, frameBytes: frames.bytes) }
+        }
+        let orphans = try orphanFiles(olderThan: options.orphanGrace, known: Set(packs.map(\.id)))
+        freed += orphans.reduce(Int64(0)) { $0 + $1.size }
+        report.bytesFreed = freed
+        report.packsDeleted = toDelete.count
+        report.packsRewritten = toRewrite.count
+        report.orphansRemoved = orphans.count
+        if options.dryRun { return report }
+
+        // Rewrite mostly-dead packs: copy live frames out, then point the catalogue at the copies.
+        var retired = toDelete.map(\.id)
+        for pack in toRewrite {
+            let frames = try withCatalogue { try $0.chunkLocations(where: "pack_id = ?", [.text(pack.id.hex)]) }.sorted { $0.offset < $1.offset }
+            let reader = try PackReader(id: pack.id, path: layout.packPath(pack.id))
+            let writer = try PackWriter(layout: layout)
+            var moved = [(ChunkDigest, Int64)]()
+            for frame in frames {
+                let (header, payload) = try reader.readFrame(at: frame.offset, storedLength: frame.storedLength, expected: frame.digest)
+                let written = try writer.append(EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: payload.array), kind: header.kind)
+                moved.append((frame.digest, written.offset))
+            }
+            let sealed = try writer.seal()
+            try withCatalogue { catalogue in
+                try catalogue.database.transaction {
+                    try catalogue.statement("INSERT INTO packs (id, size, frame_count, created_at) VALUES (?, ?, ?, ?)")
+                        .run([.text(sealed.id.hex), .integer(sealed.size), .integer(Int64(sealed.frames.count)), .real(Date().timeIntervalSince1970)])
+                    let move = try catalogue.statement("UPDATE chunks SET pack_id = ?, offset = ? WHERE digest = ? AND pack_id = ?")
+                    for (digest, offset) in moved { try move.run([.text(sealed.id.hex), .integer(offset), .blob(digest.bytes), .text(pack.id.hex)]) }
+                }
+            }
+            retired.append(pack.id)
+        }
+        // Retire packs that hold no live frame: their rows first (one transaction), files after.
+        try withCatalogue { catalogue in
+            try catalogue.database.transaction {
+                let check = try catalogue.statement("SELECT count(*) FROM chunks WHERE pack_id = ?")
+                let delete = try catalogue.statement("DELETE FROM packs WHERE id = ?")
+                for id in retired where try check.firstRow([.text(id.hex)], { $0.int(0) }) == 0 {
+                    try delete.run([.text(id.hex)])
+                }
+            }
+        }
+        let stillKnown = Set(try withCatalogue { try $0.packRows() }.map(\.id))
+        // Files go only under the exclusive lock: no put or get is running then.
+        let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
+        defer { withExtendedLifetime(lock) {} }
+        for id in retired where !stillKnown.contains(id) {
+            try FileSystem.removeFile(layout.packPath(id))
+        }
+        for orphan in try orphanFiles(olderThan: options.orphanGrace, known: stillKnown) {
+            try FileSystem.removeFile(orphan.path)
+        }
+        for folder in Set(retired.map { layout.packFolder($0) }) where FileSystem.isDirectory(folder) {
+            try FileSystem.syncDirectory(folder)
+        }
+        return report
+    }
+
+    /// Pack files no catalogue row knows and temporary files, older than `grace` seconds.
+    private func orphanFiles(olderThan grace: Double, known: Set<PackID>) throws -> [(path: String, size: Int64)] {
+        var out = [(path: String, size: Int64)]()
+        let cutoff = Date().addingTimeInterval(-grace)
+        func consider(_ path: String) {
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                  let modified = attributes[.modificationDate] as? Date, modified < cutoff,
+                  let size = (attributes[.size] as? NSNumber)?.int64Value else { return }
+            out.append((path, size))
+        }
+        for folder in try FileSystem.contents(of: layout.packsRoot) where FileSystem.isDirectory(layout.packsRoot + "/" + folder) {
+            for name in try FileSystem.contents(of: layout.packsRoot + "/" + folder) where name.hasSuffix(".pack") {
+                if let id = PackID(hex: String(name.dropLast(5))), known.contains(id) { continue }
+                consider(layout.packsRoot + "/" + folder + "/" + name)
+            }
+        }
+        if FileSystem.isDirectory(layout.temporaryRoot) {
+            for name in try FileSystem.contents(of: layout.temporaryRoot) { consider(layout.temporaryRoot + "/" + name) }
+        }
+        return out
+    }
+
+    /// The size of a pack holding `frames` frames of `frameBytes` (headers included).
+    static func packSize(frames: Int, frameBytes: Int64) -> Int64 {
+        Int64(PackFormat.headerSize + PackFormat.footerSize + frames * PackFormat.trailerEntrySize) + frameBytes
+    }
+
+    /// Deletes checkpoints explicitly; pinned ones only with `force`. Their chunks stay until `gc`.
+    public func remove(_ ids: [CheckpointID], force: Bool = false) throws {
+        try withCatalogue { catalogue in
+            try catalogue.database.transaction {
+                for id in ids {
+                    guard try catalogue.summary(of: id) != nil else { throw CKStoreError(.notFound, "no checkpoint \(id.short)") }
+                    if try catalogue.isPinned(id) && !force {
+                        throw CKStoreError(.invalidArgument, "checkpoint \(id.short) is pinned; unpin it or pass --force to remove it")
+                    }
+                    try catalogue.deleteCheckpoint(id)
+                }
+            }
+        }
+    }
+
+    /// Pins or unpins a checkpoint.
+    public func setPinned(_ id: CheckpointID, _ pinned: Bool) throws {
+        try withCatalogue { try $0.setPinned(id, pinned) }
+    }
+
+    /// Adds or removes a tag.
+    public func setTag(_ id: CheckpointID, _ tag: String, present: Bool) throws {
+        guard !tag.isEmpty else { throw CKStoreError(.invalidArgument, "a tag may not be empty") }
+        try withCatalogue { try $0.setTag(id, tag, present) }
+    }
+
+    /// Stores the policy of `run`, or the store default when `run` is nil.
+    public func setPolicy(_ policy: RetentionPolicy, run: String?) throws {
+        if let run { try Self.validateRunName(run) }
+        try withCatalogue { try $0.setPolicy(policy, scope: run ?? "*") }
+    }
+
+    /// Removes the policy of `run` (or the default); returns whether there was one.
+    public func clearPolicy(run: String?) throws -> Bool {
+        try withCatalogue { try $0.clearPolicy(scope: run ?? "*") }
+    }
+
+    /// The policy that applies to `run` and where it comes from (`run`, `default`, `none`); the store
+    /// default when `run` is nil.
+    public func policy(run: String?) throws -> (RetentionPolicy, source: String) {
+        try withCatalogue { catalogue in
+            if let run { return try catalogue.effectivePolicy(run: run) }
+            return (try catalogue.policy(scope: "*") ?? RetentionPolicy(), "default")
+        }
+    }
+
+    /// Runs that have a policy of their own.
+    public func runsWithPolicies() throws -> [String] {
+        try withCatalogue { try $0.policyScopes().filter { $0 != "*" } }
+    }
+
+    /// Files a part rule dropped from a checkpoint (path → part).
+    public func droppedFiles(of id: CheckpointID) throws -> [String: String] {
+        try withCatalogue { try $0.droppedFiles(of: id) }
+    }
+
+    /// Whether a checkpoint is pinned.
+    public func isPinned(_ id: CheckpointID) throws -> Bool {
+        try withCatalogue { try $0.isPinned(id) }
+    }
+}

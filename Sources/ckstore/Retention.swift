@@ -1,0 +1,254 @@
+import ArgumentParser
+import CKStore
+import Foundation
+
+struct Policy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set, show or clear retention policies.",
+        subcommands: [PolicySet.self, PolicyShow.self, PolicyClear.self]
+    )
+}
+
+struct PolicySet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set",
+        abstract: "Set a run's retention policy (or the store default with --default); replaces the previous one.",
+        discussion: """
+            A checkpoint is kept when any rule keeps it; the newest checkpoint of a run and pinned ones are
+            always kept. An empty policy keeps everything. --keep-hourly/daily/weekly/monthly follow restic:
+            the newest checkpoint of each of the N most recent periods (UTC) that have one; one checkpoint
+            may fill the slots of several of these rules.
+            """
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The run.") var run: String?
+    @Flag(name: .customLong("default"), help: "Set the store-wide default, used by runs without a policy.") var isDefault = false
+    @Option(help: "Keep the newest N checkpoints.") var keepLast: Int?
+    @Option(help: "Keep the best N by a metric: N:METRIC:min|max (repeatable).") var keepBest: [String] = []
+    @Option(help: "Keep the newest checkpoint of each step bucket floor(step/K).") var keepEvery: Int64?
+    @Option(help: "Keep what is within a duration (90m, 36h, 7d) of the run's newest checkpoint.") var keepWithin: String?
+    @Option(help: "Keep the newest checkpoint of each of the last N hours that have one.") var keepHourly: Int?
+    @Option(help: "… of each of the last N days.") var keepDaily: Int?
+    @Option(help: "… of each of the last N ISO weeks.") var keepWeekly: Int?
+    @Option(help: "… of each of the last N months.") var keepMonthly: Int?
+    @Option(help: "Keep checkpoints with this tag (repeatable).") var keepTag: [String] = []
+    @Option(help: "Drop the optimizer part (optimizer*.pt and --part optimizer=GLOB files) of all kept checkpoints but the newest N.") var dropOptimizerAfter: Int?
+    @Option(help: "Add files to a part: NAME=GLOB (repeatable), e.g. optimizer=*.opt.bin.") var part: [String] = []
+    @Flag(help: "Print the stored policy as JSON.") var json = false
+
+    func validate() throws {
+        guard (run != nil) != isDefault else { throw ValidationError("give a RUN or --default") }
+        for value in [keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, dropOptimizerAfter].compactMap({ $0 }) where value < 0 {
+            throw ValidationError("counts may not be negative")
+        }
+        if let keepEvery, keepEvery <= 0 { throw ValidationError("--keep-every takes a positive step count") }
+        for spec in part where !spec.contains("=") { throw ValidationError("--part takes NAME=GLOB, not \(spec)") }
+    }
+
+    func run() async throws {
+        var policy = RetentionPolicy()
+        policy.keepLast = keepLast
+        policy.keepBest = try keepBest.map { try RetentionPolicy.Best(parsing: $0) }
+        policy.keepEvery = keepEvery
+        policy.keepWithin = try keepWithin.map { try RetentionPolicy.parseDuration($0) }
+        policy.keepHourly = keepHourly
+        policy.keepDaily = keepDaily
+        policy.keepWeekly = keepWeekly
+        policy.keepMonthly = keepMonthly
+        policy.keepTags = keepTag
+        policy.dropOptimizerAfter = dropOptimizerAfter
+        for spec in part {
+            let name = String(spec.prefix { $0 != "=" }), glob = String(spec.drop { $0 != "=" }.dropFirst())
+            policy.parts[name, default: []].append(glob)
+        }
+        let checkpointStore = try store.open(create: true)
+        try checkpointStore.setPolicy(policy, run: run)
+        if json {
+            try JSONOutput.print(policy)
+        } else {
+            print("\(run.map { "run \($0)" } ?? "store default"): \(policy.summary)")
+        }
+    }
+}
+
+struct PolicyShow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show the policy of a run, or of every run and the default.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The run.") var run: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Entry: Encodable {
+        var scope: String
+        var source: String
+        var policy: RetentionPolicy
+        var summary: String
+    }
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        var entries = [Entry]()
+        if let run {
+            let (policy, source) = try checkpointStore.policy(run: run)
+            entries.append(Entry(scope: run, source: source, policy: policy, summary: policy.summary))
+        } else {
+            let (fallback, _) = try checkpointStore.policy(run: nil)
+            entries.append(Entry(scope: "*", source: "default", policy: fallback, summary: fallback.summary))
+            let runs = Set(try checkpointStore.list().map(\.run)).union(try checkpointStore.runsWithPolicies())
+            for name in runs.sorted() {
+                let (policy, source) = try checkpointStore.policy(run: name)
+                entries.append(Entry(scope: name, source: source, policy: policy, summary: policy.summary))
+            }
+        }
+        if json {
+            try JSONOutput.print(run == nil ? AnyEncodable(entries) : AnyEncodable(entries[0]))
+        } else {
+            for entry in entries {
+                let origin = entry.source == "run" ? "" : entry.source == "default" && entry.scope != "*" ? " (store default)" : entry.source == "none" ? " (no policy)" : ""
+                print("\(entry.scope == "*" ? "default" : entry.scope): \(entry.summary)\(origin)")
+            }
+        }
+    }
+}
+
+/// Type erasure for printing one of two shapes.
+struct AnyEncodable: Encodable {
+    let encode: (any Encoder) throws -> Void
+    init(_ value: some Encodable) { encode = value.encode }
+    func encode(to encoder: any Encoder) throws { try encode(encoder) }
+}
+
+struct PolicyClear: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "clear", abstract: "Remove a run's policy (or the default): it then keeps everything, or follows the default.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The run.") var run: String?
+    @Flag(name: .customLong("default"), help: "Clear the store-wide default.") var isDefault = false
+
+    func validate() throws {
+        guard (run != nil) != isDefault else { throw ValidationError("give a RUN or --default") }
+    }
+
+    func run() async throws {
+        let removed = try store.open().clearPolicy(run: run)
+        print(removed ? "cleared" : "there was no policy to clear")
+    }
+}
+
+struct Pin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Pin a checkpoint: no retention rule deletes it, and rm needs --force.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint.") var reference: String
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        try checkpointStore.setPinned(id, true)
+        print("pinned \(id.short)")
+    }
+}
+
+struct Unpin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unpin a checkpoint.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint.") var reference: String
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        try checkpointStore.setPinned(id, false)
+        print("unpinned \(id.short)")
+    }
+}
+
+struct Tag: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Add a tag to a checkpoint.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint.") var reference: String
+    @Argument(help: "The tag.") var tag: String
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        try checkpointStore.setTag(id, tag, present: true)
+        print("tagged \(id.short) \(tag)")
+    }
+}
+
+struct Untag: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove a tag from a checkpoint.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint.") var reference: String
+    @Argument(help: "The tag.") var tag: String
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        try checkpointStore.setTag(id, tag, present: false)
+        print("untagged \(id.short) \(tag)")
+    }
+}
+
+struct Remove: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Delete checkpoints (their bytes are freed by the next gc).")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoints.") var references: [String]
+    @Flag(help: "Also delete pinned checkpoints.") var force = false
+
+    func validate() throws {
+        if references.isEmpty { throw ValidationError("name at least one checkpoint") }
+    }
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        var ids = [CheckpointID]()
+        for reference in references { ids.append(try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))) }
+        try checkpointStore.remove(ids, force: force)
+        print("removed \(ids.map(\.short).joined(separator: ", ")); run `ckstore gc` to free their bytes")
+    }
+}
+
+struct GC: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc",
+        abstract: "Apply retention policies, then free what no checkpoint needs.",
+        discussion: """
+            Deletes the checkpoints no rule keeps, drops parts as part rules say, removes chunks nothing
+            references (as content or delta base), deletes packs with no live frame, rewrites packs whose
+            dead share exceeds --repack-threshold, and removes orphan packs older than --grace. --dry-run
+            says for every checkpoint whether it is kept and by which rules, and how many bytes would be freed.
+            """
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Option(help: "Apply only this run's policy.") var run: String?
+    @Flag(help: "Decide and report; change nothing.") var dryRun = false
+    @Option(help: "Rewrite packs whose dead share exceeds this fraction.") var repackThreshold = 0.3
+    @Option(help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard repackThreshold >= 0 && repackThreshold <= 1 else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
+    }
+
+    func run() async throws {
+        var options = GCOptions(run: run, dryRun: dryRun)
+        options.repackThreshold = repackThreshold
+        options.orphanGrace = try RetentionPolicy.parseDuration(grace)
+        let report = try await store.open().gc(options)
+        if json {
+            try JSONOutput.print(report)
+            return
+        }
+        var rows = report.kept.map { [$0.id.short, $0.run, String($0.step), "keep", $0.reasons.joined(separator: ", ") + ($0.dropped.isEmpty ? "" : "; drops " + $0.dropped.joined(separator: ", "))] }
+        rows += report.deletedCheckpoints.map { [$0.id.short, $0.run, String($0.step), report.dryRun ? "would delete" : "deleted", ""] }
+        rows.sort { ($0[1], Int64($0[2]) ?? 0) < ($1[1], Int64($1[2]) ?? 0) }
+        print(Format.table(["ID", "RUN", "STEP", "DECISION", "KEPT BY"], rows))
+        let verb = report.dryRun ? "would free" : "freed"
+        print("\n\(verb) \(ByteCount(report.bytesFreed)) on disk (\(report.chunksFreed) chunks; \(report.packsDeleted) packs deleted, \(report.packsRewritten) rewritten, \(report.orphansRemoved) orphan files)")
+        if report.bytesUnreferenced > report.bytesFreed {
+            print("\(ByteCount(report.bytesUnreferenced - report.bytesFreed)) of unreferenced frames stay in packs below the repack threshold")
+        }
+    }
+}
