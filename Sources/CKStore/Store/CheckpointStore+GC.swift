@@ -209,6 +209,11 @@ extension CheckpointStore {
             }
             retired.append(pack.id)
         }
+        // Files go only under the exclusive lock: no put or get is running then. What is known must be
+        // read under the lock too: a put that committed while gc waited for it owns packs that an
+        // earlier reading would take for orphans.
+        let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
+        defer { withExtendedLifetime(lock) {} }
         // Retire packs that hold no live frame: their rows first (one transaction), files after.
         try withCatalogue { catalogue in
             try catalogue.database.transaction {
@@ -220,9 +225,6 @@ extension CheckpointStore {
             }
         }
         let stillKnown = Set(try withCatalogue { try $0.packRows() }.map(\.id))
-        // Files go only under the exclusive lock: no put or get is running then.
-        let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
-        defer { withExtendedLifetime(lock) {} }
         for id in retired where !stillKnown.contains(id) {
             try FileSystem.removeFile(layout.packPath(id))
         }
