@@ -1,4 +1,5 @@
 import ArgumentParser
+@_spi(Benchmarking) import CKStore
 import CKStoreTestSupport
 import Foundation
 
@@ -13,6 +14,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Model parameters per checkpoint (12 bytes each on disk: weights plus two Adam moments).") var parameters = 96_000_000
     @Option(help: "Repetitions of each measurement (the median is reported).") var repetitions = 3
     @Option(help: .hidden) var generate: String?
+    @Flag(help: "Only the catalogue benchmark: gc planning and sweep over a synthetic catalogue.") var gcOnly = false
+    @Option(help: "Checkpoints in the synthetic catalogue.") var gcCheckpoints = 1000
+    @Option(help: "Chunks per checkpoint in the synthetic catalogue.") var gcChunks = 2000
 
     func run() throws {
         let ckstore = bin + "/ckstore"
@@ -24,6 +28,10 @@ struct Bench: ParsableCommand {
                 checkpoint.train(steps: 100) { $0.hasPrefix("embed.") || $0.hasPrefix("layers.0.") }
                 try checkpoint.write(to: "\(generate)/checkpoint-\(checkpoint.step)")
             }
+            return
+        }
+        if gcOnly {
+            try catalogueBenchmark(ckstore: ckstore)
             return
         }
         if !FileManager.default.fileExists(atPath: series + "/checkpoint-200") {
@@ -128,5 +136,35 @@ struct Bench: ParsableCommand {
         }
         let peaks = results.keys.filter { $0.hasPrefix("ckstore") }.map(peak)
         print(String(format: "\npeak memory of any ckstore command: %.1f MiB (target < 512 MiB for a %.0f MiB checkpoint)", peaks.max() ?? 0, bytes / 1_048_576))
+    }
+
+    /// gc over a catalogue of `gcCheckpoints` × `gcChunks` (no pack files): planning (`--dry-run`) and
+    /// planning plus sweep, each on a fresh copy, medians of `repetitions`.
+    func catalogueBenchmark(ckstore: String) throws {
+        let template = work + "/gc-template"
+        try? FileManager.default.removeItem(atPath: template)
+        let started = Date()
+        try SyntheticCatalogue.build(at: template, checkpoints: gcCheckpoints, chunksPerCheckpoint: gcChunks)
+        print(String(format: "synthetic catalogue: %d checkpoints × %d chunks (half shared with the previous), built in %.1f s, %.0f MiB",
+                     gcCheckpoints, gcChunks, Date().timeIntervalSince(started), Double(folderSize(template)) / 1_048_576))
+        _ = try Command.measure([ckstore, "policy", "set", "synthetic", "--keep-last", "10", "--keep-every", "10000", "--keep-best", "3:loss:min", "--store", template])
+        var plans = [Double](), sweeps = [Double]()
+        for repetition in 1...repetitions {
+            for dryRun in [true, false] {
+                let copy = work + "/gc-copy"
+                try? FileManager.default.removeItem(atPath: copy)
+                try FileManager.default.copyItem(atPath: template, toPath: copy)
+                _ = try Command.measure(["sync"])
+                let arguments = [ckstore, "gc", "--store", copy, "--repack-threshold", "1"] + (dryRun ? ["--dry-run"] : [])
+                let measurement = try Command.measure(arguments)
+                (dryRun ? { plans.append(measurement.seconds) } : { sweeps.append(measurement.seconds) })()
+                print(String(format: "  repetition %d, gc%@: %.2f s, peak %.0f MiB", repetition, dryRun ? " --dry-run" : "", measurement.seconds, Double(measurement.peakKiB) / 1024))
+            }
+        }
+        print("")
+        print("| measurement | median s | target | met |")
+        print("| --- | ---: | --- | --- |")
+        print(String(format: "| gc --dry-run (planning) | %.2f | | |", median(plans)))
+        print(String(format: "| gc (planning + sweep) | %.2f | < 10 s | %@ |", median(sweeps), median(sweeps) < 10 ? "yes" : "**no**"))
     }
 }

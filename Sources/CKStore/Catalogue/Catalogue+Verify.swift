@@ -54,9 +54,18 @@ extension Catalogue {
         return out
     }
 
-    /// The checkpoints that need `digest`.
-    func checkpoints(using digest: ChunkDigest) throws -> [CheckpointID] {
-        try statement("SELECT checkpoint_id FROM checkpoint_chunks WHERE digest = ?").rows([.blob(digest.bytes)]) { CheckpointID(try $0.digest(0)) }
+    /// The checkpoints that need each of `digests`: one scan of the references (there is no index by
+    /// digest; this is only asked when something is damaged).
+    func checkpoints(using digests: Set<ChunkDigest>) throws -> [ChunkDigest: [CheckpointID]] {
+        var out = [ChunkDigest: [CheckpointID]]()
+        guard !digests.isEmpty else { return out }
+        let scan = try statement("SELECT checkpoint_id, digest FROM checkpoint_chunks")
+        try scan.bind([])
+        while try scan.step() {
+            let digest = try scan.digest(1)
+            if digests.contains(digest) { out[digest, default: []].append(CheckpointID(try scan.digest(0))) }
+        }
+        return out
     }
 
     func allCheckpointIDs() throws -> [CheckpointID] {

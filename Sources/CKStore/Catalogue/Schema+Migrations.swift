@@ -107,6 +107,11 @@ extension Schema {
                 part          TEXT NOT NULL,
                 PRIMARY KEY (checkpoint_id, path)
             ) WITHOUT ROWID;
+
+            -- gc deletes references checkpoint by checkpoint; a second index on them, by digest, made sweeping a
+            -- large store ten times slower and served only rare lookups (which checkpoints need a damaged chunk),
+            -- which now scan instead.
+            DROP INDEX checkpoint_chunks_by_digest;
             """#
         ),
     ]

@@ -128,40 +128,38 @@ extension CheckpointStore {
             bytesFreed: 0, bytesUnreferenced: 0, chunksFreed: 0, packsDeleted: 0, packsRewritten: 0, orphansRemoved: 0
         )
 
-        // Decide (and unless dry-run, commit) in one transaction: the dead set is computed where it is deleted.
+        // Decide (and unless dry-run, commit) in one transaction: the live set is computed where the dead
+        // are deleted, so a put that committed meanwhile is seen. Set-wise SQL over a temporary table:
+        // a sweep of a million chunks is a few statements, not a million.
         var manifests = [CheckpointID: Manifest]()
         for id in drops.keys { manifests[id] = try manifest(of: id) }
-        let outcome: ([Catalogue.ChunkLocation], [PackID: (count: Int, bytes: Int64)], [Catalogue.PackRow])
-        do {
-            outcome = try withCatalogue { catalogue in
-            try catalogue.database.transaction { () -> ([Catalogue.ChunkLocation], [PackID: (count: Int, bytes: Int64)], [Catalogue.PackRow]) in
-                for id in deleted { try catalogue.deleteCheckpoint(id) }
-                for (id, paths) in drops {
-                    if let manifest = manifests[id] { try catalogue.drop(paths, part: "optimizer", from: id, manifest: manifest) }
+        let outcome = try withCatalogue { catalogue -> Catalogue.SweepOutcome in
+            do {
+                return try catalogue.database.transaction { () -> Catalogue.SweepOutcome in
+                    try catalogue.prepareSweep(deleting: deleted)
+                    for (id, paths) in drops {
+                        if let manifest = manifests[id] { try catalogue.drop(paths, part: "optimizer", from: id, manifest: manifest, dryRun: options.dryRun) }
+                    }
+                    let outcome = try catalogue.sweep(dryRun: options.dryRun)
+                    if options.dryRun { throw DryRun(value: outcome) }
+                    return outcome
                 }
-                let dead = try catalogue.unreferencedChunks()
-                try catalogue.deleteChunks(dead.map(\.digest))
-                let live = try catalogue.liveFramesByPack()
-                let packs = try catalogue.packRows()
-                if options.dryRun { throw DryRun(value: (dead, live, packs)) }
-                return (dead, live, packs)
+            } catch let dryRun as DryRun {
+                return dryRun.value
             }
-            }
-        } catch let dryRun as DryRun {
-            outcome = dryRun.value
         }
-        return try finishSweep(options, report: &report, dead: outcome.0, live: outcome.1, packs: outcome.2)
+        return try finishSweep(options, report: &report, outcome: outcome)
     }
 
     /// Thrown out of the transaction to roll a dry run back while keeping what it computed.
-    private struct DryRun: Error, @unchecked Sendable {
-        // Only carried from the transaction to the catch below, on one thread.
-        var value: ([Catalogue.ChunkLocation], [PackID: (count: Int, bytes: Int64)], [Catalogue.PackRow])
+    private struct DryRun: Error {
+        var value: Catalogue.SweepOutcome
     }
 
-    private func finishSweep(_ options: GCOptions, report: inout GCReport, dead: [Catalogue.ChunkLocation], live: [PackID: (count: Int, bytes: Int64)], packs: [Catalogue.PackRow]) throws -> GCReport {
-        report.chunksFreed = dead.count
-        report.bytesUnreferenced = dead.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) }
+    private func finishSweep(_ options: GCOptions, report: inout GCReport, outcome: Catalogue.SweepOutcome) throws -> GCReport {
+        let live = outcome.live, packs = outcome.packs
+        report.chunksFreed = outcome.deadChunks
+        report.bytesUnreferenced = outcome.deadBytes
         var toDelete = [Catalogue.PackRow]()
         var toRewrite = [Catalogue.PackRow]()
         for pack in packs {

@@ -153,8 +153,9 @@ extension CheckpointStore {
         var damage = [VerifyReport.Damage]()
         var affected = Set<CheckpointID>()
         let broken = damaged.map { ($0.key, false, $0.value) } + missing.filter { damaged[$0.key] == nil }.map { ($0.key, true, $0.value) }
+        let usersByDigest = try withCatalogue { try $0.checkpoints(using: Set(broken.map(\.0))) }
         for (digest, isMissing, problem) in broken.sorted(by: { $0.0 < $1.0 }) {
-            let users = try withCatalogue { try $0.checkpoints(using: digest) }
+            let users = usersByDigest[digest] ?? []
             var affects = [VerifyReport.Affected]()
             for id in users {
                 affected.insert(id)

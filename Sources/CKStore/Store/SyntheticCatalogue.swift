@@ -1,0 +1,64 @@
+import Foundation
+
+/// Builds catalogues of a given shape without writing packs, for benchmarking catalogue-only work
+/// (retention planning, sweeping, audits) at sizes no test would put for real. Not for stores in use:
+/// the catalogue it writes names pack files that do not exist.
+@_spi(Benchmarking)
+public enum SyntheticCatalogue {
+    /// Creates a store at `path` holding `checkpoints` checkpoints of one run, each referencing
+    /// `chunksPerCheckpoint` chunks of which `sharedFraction` are shared with the previous checkpoint
+    /// (frozen tensors) and the rest are new.
+    public static func build(at path: String, run: String = "synthetic", checkpoints: Int, chunksPerCheckpoint: Int, sharedFraction: Double = 0.5) throws {
+        let store = try CheckpointStore.open(at: path, create: true)
+        let chunkSize = 1 << 20, storedSize = (1 << 20) - 4096
+        try store.withCatalogue { catalogue in
+            try catalogue.database.transaction {
+                var counter: UInt64 = 0
+                func nextDigest() -> ChunkDigest {
+                    counter += 1
+                    var bytes = [UInt8](repeating: 0, count: 32)
+                    withUnsafeBytes(of: counter.bigEndian) { bytes.replaceSubrange(24..<32, with: $0) }
+                    bytes[0] = 0x5a
+                    return ChunkDigest(bytes: bytes) ?? SHA256Hasher.digest(bytes)
+                }
+                let insertPack = try catalogue.statement("INSERT INTO packs (id, size, frame_count, created_at) VALUES (?, ?, ?, ?)")
+                let insertChunk = try catalogue.statement("INSERT INTO chunks (digest, pack_id, offset, stored_length, raw_length, encoding, kind, base) VALUES (?, ?, ?, ?, ?, 1, ?, NULL)")
+                let runID = try catalogue.ensureRun(named: run, now: 0)
+                let insertCheckpoint = try catalogue.statement("""
+                    INSERT INTO checkpoints (id, run_id, step, epoch, created_at, logical_bytes, stored_bytes_added, chunk_count, file_count, tensor_count, content_digest, parent)
+                    VALUES (?, ?, ?, NULL, ?, ?, ?, ?, 2, 0, ?, NULL)
+                    """)
+                let insertReference = try catalogue.statement("INSERT INTO checkpoint_chunks (checkpoint_id, digest, uses) VALUES (?, ?, 1)")
+                let insertMetric = try catalogue.statement("INSERT INTO metrics (checkpoint_id, key, value) VALUES (?, 'loss', ?)")
+                var previous = [ChunkDigest]()
+                let shared = Int(Double(chunksPerCheckpoint) * sharedFraction)
+                for index in 0..<checkpoints {
+                    // One pack per checkpoint, as one put writes.
+                    let pack = PackID.random()
+                    var current = Array(previous.prefix(shared))
+                    let newChunks = chunksPerCheckpoint - min(shared, previous.count)
+                    let frames = newChunks + 1
+                    let packSize = Int64(PackFormat.headerSize + newChunks * (PackFormat.frameHeaderSize + storedSize) + PackFormat.frameHeaderSize + 4096 + frames * PackFormat.trailerEntrySize + PackFormat.footerSize)
+                    try insertPack.run([.text(pack.hex), .integer(packSize), .integer(Int64(frames)), .real(0)])
+                    var offset: Int64 = Int64(PackFormat.headerSize)
+                    var added: Int64 = 0
+                    while current.count < chunksPerCheckpoint {
+                        let digest = nextDigest()
+                        try insertChunk.run([.blob(digest.bytes), .text(pack.hex), .integer(offset), .integer(Int64(storedSize)), .integer(Int64(chunkSize)), .integer(0)])
+                        offset += Int64(PackFormat.frameHeaderSize + storedSize)
+                        added += Int64(PackFormat.frameHeaderSize + storedSize)
+                        current.append(digest)
+                    }
+                    let manifest = nextDigest()
+                    try insertChunk.run([.blob(manifest.bytes), .text(pack.hex), .integer(offset), .integer(4096), .integer(16384), .integer(1)])
+                    let id = SQLiteStatement.Value.blob(manifest.bytes)
+                    try insertCheckpoint.run([id, .integer(runID), .integer(Int64(index + 1) * 100), .real(1_767_571_200 + Double(index) * 600),
+                                              .integer(Int64(chunksPerCheckpoint * chunkSize)), .integer(added), .integer(Int64(chunksPerCheckpoint)), .blob(manifest.bytes)])
+                    for digest in Set(current + [manifest]) { try insertReference.run([id, .blob(digest.bytes)]) }
+                    try insertMetric.run([id, .real(3.0 / Double(index + 1) + Double(index % 7) / 100)])
+                    previous = current
+                }
+            }
+        }
+    }
+}
