@@ -66,6 +66,7 @@ extension Catalogue {
 
     /// Removes a checkpoint's row and its references; its chunks stay until gc sweeps them.
     func deleteCheckpoint(_ id: CheckpointID) throws {
+        try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([.blob(id.digest.bytes)])
         try statement("DELETE FROM checkpoints WHERE id = ?").run([.blob(id.digest.bytes)])
     }
 

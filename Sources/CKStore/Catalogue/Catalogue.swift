@@ -15,9 +15,9 @@ final class Catalogue {
             try database.execute("PRAGMA journal_mode = WAL")
             try database.execute("PRAGMA synchronous = FULL")
             try database.execute("PRAGMA foreign_keys = ON")
-            // Up to 128 MiB of page cache (used only as pages are touched): a large sweep then writes each
+            // Up to 256 MiB of page cache (used only as pages are touched): a large sweep then writes each
             // changed page to the WAL once instead of spilling the 2 MiB default over and over.
-            try database.execute("PRAGMA cache_size = -131072")
+            try database.execute("PRAGMA cache_size = -262144")
             try Schema.migrate(database)
         } catch let error as CKStoreError where error.code == .catalogue && error.message.contains("not a database") {
             throw CKStoreError(.damaged, "catalogue \(path) is damaged; run `ckstore repair` to rebuild it from the packs", cause: error)

@@ -108,10 +108,23 @@ extension Schema {
                 PRIMARY KEY (checkpoint_id, path)
             ) WITHOUT ROWID;
 
-            -- gc deletes references checkpoint by checkpoint; a second index on them, by digest, made sweeping a
-            -- large store ten times slower and served only rare lookups (which checkpoints need a damaged chunk),
-            -- which now scan instead.
-            DROP INDEX checkpoint_chunks_by_digest;
+            -- Checkpoint references without the foreign key and the index by digest that version 1 gave them:
+            -- checking the key (a lookup of the checkpoint for every reference deleted) and updating the index
+            -- made sweeping a large store several times slower. gc and rm delete a checkpoint's references
+            -- themselves; which checkpoints need a damaged chunk is answered by one scan.
+            CREATE TABLE checkpoint_chunks_v2 (
+                checkpoint_id BLOB NOT NULL,
+                digest        BLOB NOT NULL,
+                uses          INTEGER NOT NULL,
+                PRIMARY KEY (checkpoint_id, digest)
+            ) WITHOUT ROWID;
+            INSERT INTO checkpoint_chunks_v2 (checkpoint_id, digest, uses) SELECT checkpoint_id, digest, uses FROM checkpoint_chunks;
+            DROP TABLE checkpoint_chunks;
+            ALTER TABLE checkpoint_chunks_v2 RENAME TO checkpoint_chunks;
+
+            -- Likewise the index of chunks by pack: gc finds the frames of the packs it rewrites or retires in one
+            -- scan, and every chunk it deletes no longer has a second B-tree entry to remove.
+            DROP INDEX chunks_by_pack;
             """#
         ),
     ]

@@ -186,8 +186,16 @@ extension CheckpointStore {
 
         // Rewrite mostly-dead packs: copy live frames out, then point the catalogue at the copies.
         var retired = toDelete.map(\.id)
+        // One scan finds the live frames of every pack being rewritten (there is no index by pack).
+        let rewriting = Set(toRewrite.map(\.id))
+        var framesByPack = [PackID: [Catalogue.ChunkLocation]]()
+        if !rewriting.isEmpty {
+            for location in try withCatalogue({ try $0.chunkLocations() }) where rewriting.contains(location.pack) {
+                framesByPack[location.pack, default: []].append(location)
+            }
+        }
         for pack in toRewrite {
-            let frames = try withCatalogue { try $0.chunkLocations(where: "pack_id = ?", [.text(pack.id.hex)]) }.sorted { $0.offset < $1.offset }
+            let frames = (framesByPack[pack.id] ?? []).sorted { $0.offset < $1.offset }
             let reader = try PackReader(id: pack.id, path: layout.packPath(pack.id))
             let writer = try PackWriter(layout: layout)
             var moved = [(ChunkDigest, Int64)]()
@@ -215,9 +223,9 @@ extension CheckpointStore {
         // Retire packs that hold no live frame: their rows first (one transaction), files after.
         try withCatalogue { catalogue in
             try catalogue.database.transaction {
-                let check = try catalogue.statement("SELECT count(*) FROM chunks WHERE pack_id = ?")
+                let used = Set(try catalogue.statement("SELECT DISTINCT pack_id FROM chunks").rows([]) { $0.text(0) })
                 let delete = try catalogue.statement("DELETE FROM packs WHERE id = ?")
-                for id in retired where try check.firstRow([.text(id.hex)], { $0.int(0) }) == 0 {
+                for id in retired where !used.contains(id.hex) {
                     try delete.run([.text(id.hex)])
                 }
             }
@@ -229,9 +237,7 @@ extension CheckpointStore {
         for orphan in try orphanFiles(olderThan: options.orphanGrace, known: stillKnown) {
             try FileSystem.removeFile(orphan.path)
         }
-        for folder in Set(retired.map { layout.packFolder($0) }) where FileSystem.isDirectory(folder) {
-            try FileSystem.syncDirectory(folder)
-        }
+        // The removals are not fsynced: a removal a crash undoes leaves an orphan the next gc removes.
         return report
     }
 
