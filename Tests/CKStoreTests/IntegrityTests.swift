@@ -58,6 +58,8 @@ private func tensorChunk(_ store: CheckpointStore, _ id: CheckpointID, tensor: S
 
             let error = await #expect(throws: CKStoreError.self) { try await store.restore(second.id, to: root + "/out-b") }
             #expect(error?.code == .damaged && error?.message.contains("model.safetensors") == true)
+            #expect(error?.message.contains("tensor \(changed)") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains(second.id.short) == true)
             #expect(!FileManager.default.fileExists(atPath: root + "/out-b"))
             _ = try await store.restore(first.id, to: root + "/out-a")
             #expect(try Files.tree(root + "/out-a") == (try Files.tree(root + "/a")))

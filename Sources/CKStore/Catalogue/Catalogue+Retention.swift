@@ -72,7 +72,7 @@ extension Catalogue {
 
     /// Records that `paths` (part `part`) are dropped from `id`, and re-counts its chunk references from
     /// the remaining files of `manifest`. In a dry run only the sweep's live set learns of it.
-    func drop(_ paths: [String], part: String, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false) throws {
+    func drop(_ paths: [String], part: String, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false, sweep: Bool = false) throws {
         let key = SQLiteStatement.Value.blob(id.digest.bytes)
         let dropped = try Set(droppedFiles(of: id).keys).union(paths)
         var uses = [ChunkDigest: Int]()
@@ -80,10 +80,12 @@ extension Catalogue {
             for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 }
         }
         uses[id.digest, default: 0] += 1
-        // The sweep counts this checkpoint's references from its remaining files only.
-        try statement("INSERT OR IGNORE INTO temp.gc_excluded (id) VALUES (?)").run([key])
-        let live = try statement("INSERT OR IGNORE INTO temp.gc_live (d) VALUES (?)")
-        for digest in uses.keys { try live.run([.blob(digest.bytes)]) }
+        if sweep {
+            // The sweep counts this checkpoint's references from its remaining files only.
+            try statement("INSERT OR IGNORE INTO temp.gc_excluded (id) VALUES (?)").run([key])
+            let live = try statement("INSERT OR IGNORE INTO temp.gc_live (d) VALUES (?)")
+            for digest in uses.keys { try live.run([.blob(digest.bytes)]) }
+        }
         guard !dryRun else { return }
         let record = try statement("INSERT OR IGNORE INTO dropped_files (checkpoint_id, path, part) VALUES (?, ?, ?)")
         for path in paths { try record.run([key, .text(path), .text(part)]) }
@@ -124,6 +126,7 @@ extension Catalogue {
     /// checkpoints in `gc_deleted` and the dead chunks.
     func sweep(dryRun: Bool) throws -> SweepOutcome {
         try database.execute("""
+            INSERT OR IGNORE INTO temp.gc_live (d) SELECT digest FROM chunks WHERE kind = \(FrameKind.annotation.rawValue);
             INSERT OR IGNORE INTO temp.gc_live (d)
                 SELECT digest FROM checkpoint_chunks
                 WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE id NOT IN (SELECT id FROM temp.gc_excluded));

@@ -33,10 +33,12 @@ enum PackFormat {
     }
 }
 
-/// What a frame holds: a chunk of file content or a checkpoint manifest.
+/// What a frame holds: a chunk of file content, a checkpoint manifest, or an annotation (a later change
+/// to the store's state, see ``Annotation``).
 enum FrameKind: UInt8, Sendable {
     case chunk = 0
     case manifest = 1
+    case annotation = 2
 }
 
 /// The fixed-size header in front of every frame.

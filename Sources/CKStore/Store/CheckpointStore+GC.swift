@@ -133,20 +133,20 @@ extension CheckpointStore {
         // a sweep of a million chunks is a few statements, not a million.
         var manifests = [CheckpointID: Manifest]()
         for id in drops.keys { manifests[id] = try manifest(of: id) }
-        let outcome = try withCatalogue { catalogue -> Catalogue.SweepOutcome in
-            do {
-                return try catalogue.database.transaction { () -> Catalogue.SweepOutcome in
-                    try catalogue.prepareSweep(deleting: deleted)
-                    for (id, paths) in drops {
-                        if let manifest = manifests[id] { try catalogue.drop(paths, part: "optimizer", from: id, manifest: manifest, dryRun: options.dryRun) }
-                    }
-                    let outcome = try catalogue.sweep(dryRun: options.dryRun)
-                    if options.dryRun { throw DryRun(value: outcome) }
-                    return outcome
+        let annotations: [Annotation] = options.dryRun ? [] : deleted.map { .remove($0) } + drops.sorted { $0.key < $1.key }.map { .drop($0.key, paths: $0.value, part: "optimizer") }
+        let outcome: Catalogue.SweepOutcome
+        do {
+            outcome = try commitAnnotated(annotations) { catalogue -> Catalogue.SweepOutcome in
+                try catalogue.prepareSweep(deleting: deleted)
+                for (id, paths) in drops {
+                    if let manifest = manifests[id] { try catalogue.drop(paths, part: "optimizer", from: id, manifest: manifest, dryRun: options.dryRun, sweep: true) }
                 }
-            } catch let dryRun as DryRun {
-                return dryRun.value
+                let outcome = try catalogue.sweep(dryRun: options.dryRun)
+                if options.dryRun { throw DryRun(value: outcome) }
+                return outcome
             }
+        } catch let dryRun as DryRun {
+            outcome = dryRun.value
         }
         return try finishSweep(options, report: &report, outcome: outcome)
     }
@@ -271,38 +271,39 @@ extension CheckpointStore {
     /// Deletes checkpoints explicitly; pinned ones only with `force`. Their chunks stay until `gc`.
     public func remove(_ ids: [CheckpointID], force: Bool = false) throws {
         try withCatalogue { catalogue in
-            try catalogue.database.transaction {
-                for id in ids {
-                    guard try catalogue.summary(of: id) != nil else { throw CKStoreError(.notFound, "no checkpoint \(id.short)") }
-                    if try catalogue.isPinned(id) && !force {
-                        throw CKStoreError(.invalidArgument, "checkpoint \(id.short) is pinned; unpin it or pass --force to remove it")
-                    }
-                    try catalogue.deleteCheckpoint(id)
+            for id in ids {
+                guard try catalogue.summary(of: id) != nil else { throw CKStoreError(.notFound, "no checkpoint \(id.short)") }
+                if try catalogue.isPinned(id) && !force {
+                    throw CKStoreError(.invalidArgument, "checkpoint \(id.short) is pinned; unpin it or pass --force to remove it")
                 }
             }
+        }
+        try commitAnnotated(ids.map { .remove($0) }) { catalogue in
+            for id in ids { try catalogue.deleteCheckpoint(id) }
         }
     }
 
     /// Pins or unpins a checkpoint.
     public func setPinned(_ id: CheckpointID, _ pinned: Bool) throws {
-        try withCatalogue { try $0.setPinned(id, pinned) }
+        try commitAnnotated([.pin(id, pinned: pinned)]) { try $0.setPinned(id, pinned) }
     }
 
     /// Adds or removes a tag.
     public func setTag(_ id: CheckpointID, _ tag: String, present: Bool) throws {
         guard !tag.isEmpty else { throw CKStoreError(.invalidArgument, "a tag may not be empty") }
-        try withCatalogue { try $0.setTag(id, tag, present) }
+        try commitAnnotated([.tag(id, tag: tag, present: present)]) { try $0.setTag(id, tag, present) }
     }
 
     /// Stores the policy of `run`, or the store default when `run` is nil.
     public func setPolicy(_ policy: RetentionPolicy, run: String?) throws {
         if let run { try Self.validateRunName(run) }
-        try withCatalogue { try $0.setPolicy(policy, scope: run ?? "*") }
+        try commitAnnotated([.policy(scope: run ?? "*", policy: policy)]) { try $0.setPolicy(policy, scope: run ?? "*") }
     }
 
     /// Removes the policy of `run` (or the default); returns whether there was one.
     public func clearPolicy(run: String?) throws -> Bool {
-        try withCatalogue { try $0.clearPolicy(scope: run ?? "*") }
+        guard try withCatalogue({ try $0.policy(scope: run ?? "*") }) != nil else { return false }
+        return try commitAnnotated([.policy(scope: run ?? "*", policy: nil)]) { try $0.clearPolicy(scope: run ?? "*") }
     }
 
     /// The policy that applies to `run` and where it comes from (`run`, `default`, `none`); the store

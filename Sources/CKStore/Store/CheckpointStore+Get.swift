@@ -40,6 +40,13 @@ extension CheckpointStore {
         /// The whole file's digest, when the output is the whole file.
         var expectedDigest: ChunkDigest?
         var size: Int64
+        /// The tensor each chunk belongs to, for error messages.
+        var tensorOfChunk: [Int: String] = [:]
+
+        /// "chunk 3 (tensor layers.0.attn.weight)", to name what damage breaks.
+        func describe(_ index: Int) -> String {
+            tensorOfChunk[index].map { "chunk \(index), tensor \($0)" } ?? "chunk \(index)"
+        }
     }
 
     private func restoreChecked(_ id: CheckpointID, to destination: String, options: RestoreOptions) async throws -> RestoreResult {
@@ -133,7 +140,11 @@ extension CheckpointStore {
         let links = options.tensors.isEmpty ? selected.filter { $0.format == .symlink } : []
         if options.tensors.isEmpty {
             for file in selected where file.format != .symlink {
-                outputs.append(Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, expectedDigest: file.sha256, size: file.size))
+                var output = Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, expectedDigest: file.sha256, size: file.size)
+                for tensor in file.tensors ?? [] {
+                    for index in tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount) { output.tensorOfChunk[index] = tensor.name }
+                }
+                outputs.append(output)
             }
             return (outputs, links)
         }
@@ -148,14 +159,16 @@ extension CheckpointStore {
             let metadata = try originalMetadata(of: file, id: id)
             var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
             var chunks = [ChunkRef]()
+            var tensorOfChunk = [Int: String]()
             for tensor in tensors {
                 guard let dtype = tensor.dtype, let shape = tensor.shape else { continue }
                 described.append((tensor.name, dtype, shape, tensor.byteCount))
+                for offset in 0..<tensor.chunkCount { tensorOfChunk[chunks.count + offset] = tensor.name }
                 chunks += file.chunks[tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)]
             }
             let header = SafetensorsFile.header(tensors: described, metadata: metadata)
             let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
-            outputs.append(Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, expectedDigest: nil, size: size))
+            outputs.append(Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, expectedDigest: nil, size: size, tensorOfChunk: tensorOfChunk))
         }
         let unmatched = options.tensors.filter { !matchedPatterns.contains($0) }
         guard unmatched.isEmpty else {
@@ -237,7 +250,7 @@ extension CheckpointStore {
                     let index = next, location = locations[index], offset = offsets[index], length = output.chunks[index].length
                     group.addTask {
                         try Task.checkCancellation()
-                        let bytes = try self.readChunk(at: location, readers: readers, checkDigest: !checksWholeFile, what: what)
+                        let bytes = try self.readChunk(at: location, readers: readers, checkDigest: !checksWholeFile, what: "\(what) (\(output.describe(index)))")
                         guard bytes.count == length else {
                             throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
                         }
@@ -258,7 +271,7 @@ extension CheckpointStore {
         if let expected = output.expectedDigest, hasher.finalize() != expected {
             // Find and name the chunk that does not match its digest.
             for (index, location) in locations.enumerated() {
-                _ = try readChunk(at: location, readers: readers, checkDigest: true, what: "\(what) (chunk \(index), bytes \(offsets[index])…)")
+                _ = try readChunk(at: location, readers: readers, checkDigest: true, what: "\(what) (\(output.describe(index)), bytes \(offsets[index])…)")
             }
             throw CKStoreError(.damaged, "\(what): the restored file's SHA-256 differs from the manifest's")
         }

@@ -238,6 +238,17 @@ extension CheckpointStore {
         _ layout: StoreLayout, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
         newPacks: [SealedPack], codec: FrameCodec, dryRun: Bool, report: inout RepairReport
     ) throws {
+        // Annotations (changes made after puts), from the intact annotation frames, in the order made.
+        var annotations = [AnnotationRecord]()
+        for pack in scan {
+            for frame in pack.intact where frame.header.kind == .annotation {
+                let (header, payload) = try pack.reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
+                let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+                if let record = try? JSONDecoder().decode(AnnotationRecord.self, from: Data(bytes.array)) { annotations.append(record) }
+            }
+        }
+        annotations.sort { ($0.time, $0.sequence) < ($1.time, $1.sequence) }
+
         // Manifests, from the intact manifest frames.
         var manifests = [(CheckpointID, Manifest)]()
         for pack in scan {
@@ -262,11 +273,21 @@ extension CheckpointStore {
             }
         }
         kept.sort { ($0.1.createdAt, $0.0) < ($1.1.createdAt, $1.0) }
+        let removed = Set(annotations.compactMap { record -> CheckpointID? in
+            if case .remove(let id) = record.change { return id }
+            return nil
+        })
+        kept.removeAll { removed.contains($0.0) }
         report.checkpoints = kept.count
 
+        var droppedPaths = [CheckpointID: Set<String>]()
+        for record in annotations {
+            if case .drop(let id, let paths, _) = record.change { droppedPaths[id, default: []].formUnion(paths) }
+        }
         var incomplete = [CheckpointID]()
         for (id, manifest) in kept {
-            let needed = Set(manifest.files.flatMap { $0.chunks.map(\.digest) } + [id.digest])
+            let files = manifest.files.filter { !(droppedPaths[id]?.contains($0.path) ?? false) }
+            let needed = Set(files.flatMap { $0.chunks.map(\.digest) } + [id.digest])
             if needed.contains(where: { intact[$0] == nil }) { incomplete.append(id) }
         }
         report.incompleteCheckpoints = incomplete.sorted()
@@ -319,6 +340,20 @@ extension CheckpointStore {
                     Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: try manifest.contentDigest(), storedBytesAdded: added, chunkUses: uses),
                     now: manifest.createdAt
                 )
+            }
+            // Replay what happened after the puts: policies, pins, tags, deletions, dropped parts.
+            let byID = Dictionary(kept.map { ($0.0, $0.1) }, uniquingKeysWith: { first, _ in first })
+            for record in annotations {
+                switch record.change {
+                case .policy(let scope, let policy?): try catalogue.setPolicy(policy, scope: scope)
+                case .policy(let scope, nil): _ = try catalogue.clearPolicy(scope: scope)
+                case .pin(let id, let pinned) where try catalogue.summary(of: id) != nil: try catalogue.setPinned(id, pinned)
+                case .tag(let id, let tag, let present) where try catalogue.summary(of: id) != nil: try catalogue.setTag(id, tag, present)
+                case .remove(let id): try catalogue.deleteCheckpoint(id)
+                case .drop(let id, let paths, let part) where try catalogue.summary(of: id) != nil:
+                    if let manifest = byID[id] { try catalogue.drop(paths, part: part, from: id, manifest: manifest) }
+                default: continue
+                }
             }
         }
     }
