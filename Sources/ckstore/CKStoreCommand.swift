@@ -67,6 +67,12 @@ struct StoreOptions: ParsableArguments {
     func open(create: Bool = false) throws -> CheckpointStore {
         try CheckpointStore.open(at: path, create: create)
     }
+
+    /// Opens the store and resolves a checkpoint reference in it.
+    func resolve(_ reference: String) async throws -> (CheckpointStore, CheckpointID) {
+        let store = try open()
+        return (store, try await store.checkpoint(for: CheckpointReference(parsing: reference)))
+    }
 }
 
 enum Terminal {

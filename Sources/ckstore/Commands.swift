@@ -92,8 +92,7 @@ struct Get: AsyncParsableCommand {
     @Flag(help: "Print a JSON object describing what was written.") var json = false
 
     func run() async throws {
-        let checkpointStore = try store.open()
-        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        let (checkpointStore, id) = try await store.resolve(reference)
         let result = try await checkpointStore.restore(id, to: destination, options: RestoreOptions(files: files, tensors: tensors, force: force))
         if json {
             try JSONOutput.print(result)
@@ -137,8 +136,7 @@ struct Show: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
-        let checkpointStore = try store.open()
-        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        let (checkpointStore, id) = try await store.resolve(reference)
         let manifest = try checkpointStore.manifest(of: id)
         let summary = try checkpointStore.summary(of: id)
         let report = ShowReport(id: id, manifest: manifest, summary: summary, dropped: try checkpointStore.droppedFiles(of: id))

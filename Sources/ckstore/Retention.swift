@@ -44,6 +44,12 @@ struct PolicySet: AsyncParsableCommand {
         }
         if let keepEvery, keepEvery <= 0 { throw ValidationError("--keep-every takes a positive step count") }
         for spec in part where !spec.contains("=") { throw ValidationError("--part takes NAME=GLOB, not \(spec)") }
+        do {
+            _ = try keepBest.map { try RetentionPolicy.Best(parsing: $0) }
+            _ = try keepWithin.map { try RetentionPolicy.parseDuration($0) }
+        } catch let error as CKStoreError {
+            throw ValidationError(error.message)
+        }
     }
 
     func run() async throws {
@@ -142,8 +148,7 @@ struct Pin: AsyncParsableCommand {
     @Argument(help: "The checkpoint.") var reference: String
 
     func run() async throws {
-        let checkpointStore = try store.open()
-        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        let (checkpointStore, id) = try await store.resolve(reference)
         try checkpointStore.setPinned(id, true)
         print("pinned \(id.short)")
     }
@@ -155,8 +160,7 @@ struct Unpin: AsyncParsableCommand {
     @Argument(help: "The checkpoint.") var reference: String
 
     func run() async throws {
-        let checkpointStore = try store.open()
-        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        let (checkpointStore, id) = try await store.resolve(reference)
         try checkpointStore.setPinned(id, false)
         print("unpinned \(id.short)")
     }
@@ -169,8 +173,7 @@ struct Tag: AsyncParsableCommand {
     @Argument(help: "The tag.") var tag: String
 
     func run() async throws {
-        let checkpointStore = try store.open()
-        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        let (checkpointStore, id) = try await store.resolve(reference)
         try checkpointStore.setTag(id, tag, present: true)
         print("tagged \(id.short) \(tag)")
     }
@@ -183,8 +186,7 @@ struct Untag: AsyncParsableCommand {
     @Argument(help: "The tag.") var tag: String
 
     func run() async throws {
-        let checkpointStore = try store.open()
-        let id = try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))
+        let (checkpointStore, id) = try await store.resolve(reference)
         try checkpointStore.setTag(id, tag, present: false)
         print("untagged \(id.short) \(tag)")
     }

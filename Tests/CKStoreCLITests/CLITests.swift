@@ -131,3 +131,43 @@ import Testing
         }
     }
 }
+
+@Suite struct RetentionCLITests {
+    @Test func policyPinTagRemoveAndGCThroughTheBinary() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            for step in 1...4 {
+                try RandomCheckpoint.write(to: root + "/src/\(step)", megabytes: 1, step: step)
+                #expect(try CLI.run(["put", root + "/src/\(step)", "--store", store, "--run", "r"]).status == 0)
+            }
+            let set = try CLI.run(["policy", "set", "r", "--keep-last", "1", "--keep-best", "1:loss:min", "--keep-within", "90m", "--store", store])
+            #expect(set.status == 0 && set.stdout.contains("keep-last 1"))
+            let badRule = try CLI.run(["policy", "set", "r", "--keep-best", "1:loss", "--store", store])
+            #expect(badRule.status == 2 && badRule.stderr.contains("N:METRIC:min"))
+            #expect(try CLI.run(["policy", "set", "--store", store]).status == 2)
+            let shown = try #require(try CLI.json(try CLI.run(["policy", "show", "r", "--json", "--store", store]).stdout) as? [String: Any])
+            #expect((shown["policy"] as? [String: Any])?["keep_last"] as? Int == 1)
+            // keep-within keeps everything here (all put within 90 minutes); make the rule that matters bite.
+            #expect(try CLI.run(["policy", "set", "r", "--keep-last", "1", "--store", store]).status == 0)
+            #expect(try CLI.run(["pin", "r@2", "--store", store]).status == 0)
+            #expect(try CLI.run(["tag", "r@3", "keep-me", "--store", store]).status == 0)
+            let dry = try CLI.run(["gc", "--dry-run", "--json", "--store", store])
+            let report = try #require(try CLI.json(dry.stdout) as? [String: Any])
+            #expect(report["bytes_freed"] as? Int ?? 0 > 0)
+            let kept = try #require(report["kept"] as? [[String: Any]])
+            #expect(kept.allSatisfy { $0["id"] is String && $0["reasons"] is [String] })
+            #expect(Set(kept.compactMap { $0["step"] as? Int }) == [2, 4])
+            #expect((report["deleted"] as? [String])?.count == 2)
+            let table = try CLI.run(["gc", "--dry-run", "--store", store])
+            #expect(table.stdout.contains("would delete") && table.stdout.contains("pinned"))
+            #expect(try CLI.run(["gc", "--store", store]).status == 0)
+            let steps = (try CLI.json(try CLI.run(["ls", "--json", "--store", store]).stdout) as? [[String: Any]] ?? []).compactMap { $0["step"] as? Int }
+            #expect(Set(steps) == [2, 4])
+            let pinnedRemove = try CLI.run(["rm", "r@2", "--store", store])
+            #expect(pinnedRemove.status == 1 && pinnedRemove.stderr.contains("pinned"))
+            #expect(try CLI.run(["rm", "r@2", "--force", "--store", store]).status == 0)
+            #expect(try CLI.run(["policy", "clear", "r", "--store", store]).stdout.contains("cleared"))
+            #expect(try CLI.run(["verify", "--full", "--store", store]).status == 0)
+        }
+    }
+}
