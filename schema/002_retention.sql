@@ -13,13 +13,15 @@ CREATE TABLE pins (
     pinned_at     REAL NOT NULL
 ) WITHOUT ROWID;
 
--- Files a part rule dropped from a kept checkpoint (drop-optimizer-after): the manifest still lists
--- them, but their chunks are no longer referenced and `get` leaves them out.
+-- What a part rule dropped from a kept checkpoint (drop-optimizer-after): whole files (tensor '') or
+-- single tensors of a safetensors file. The manifest still lists them, but their chunks are no longer
+-- referenced; `get` leaves dropped files out and restores a file without its dropped tensors.
 CREATE TABLE dropped_files (
     checkpoint_id BLOB NOT NULL REFERENCES checkpoints(id) ON DELETE CASCADE,
     path          TEXT NOT NULL,
+    tensor        TEXT NOT NULL DEFAULT '',
     part          TEXT NOT NULL,
-    PRIMARY KEY (checkpoint_id, path)
+    PRIMARY KEY (checkpoint_id, path, tensor)
 ) WITHOUT ROWID;
 
 -- Checkpoint references without the foreign key and the index by digest that version 1 gave them:

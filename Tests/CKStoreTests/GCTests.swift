@@ -178,3 +178,50 @@ func diskBytes(_ path: String) -> Int64 {
         }
     }
 }
+
+@Suite struct TensorPartTests {
+    @Test func partGlobsDropTensorsInsideSafetensorsFiles() async throws {
+        try await withTemporaryDirectory { root in
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            var random = SeededRandom(seed: 8)
+            var ids = [CheckpointID]()
+            for step in 1...3 {
+                var model = SafetensorsBuilder(metadata: ["format": "pt"])
+                model.add("w", dtype: "F32", shape: [4096], data: random.bytes(count: 16384))
+                model.add("opt.exp_avg.w", dtype: "F32", shape: [4096], data: random.bytes(count: 16384))
+                model.add("opt.exp_avg_sq.w", dtype: "F32", shape: [4096], data: random.bytes(count: 16384))
+                try Files.write(model.build(), to: root + "/src/\(step)/model.safetensors")
+                ids.append(try await store.put(directory: root + "/src/\(step)", options: PutOptions(run: "r", step: Int64(step))).id)
+            }
+            var policy = RetentionPolicy()
+            policy.keepLast = 3
+            policy.dropOptimizerAfter = 1
+            policy.parts = ["optimizer": ["opt.*"]]
+            try store.setPolicy(policy, run: "r")
+            var options = GCOptions()
+            options.orphanGrace = 0
+            let report = try await store.gc(options)
+            #expect(report.kept.first { $0.step == 1 }?.dropped == ["model.safetensors:opt.exp_avg.w", "model.safetensors:opt.exp_avg_sq.w"])
+            #expect(report.chunksFreed == 4, "two optimizer tensors of two checkpoints")
+            #expect(try store.list().first { $0.step == 2 }?.droppedParts == ["optimizer"])
+
+            for (index, id) in ids.enumerated() {
+                _ = try await store.restore(id, to: root + "/out/\(index)")
+                let original = try Files.read(root + "/src/\(index + 1)/model.safetensors")
+                let restored = try Files.read(root + "/out/\(index)/model.safetensors")
+                if index == 2 {
+                    #expect(restored == original, "the newest keeps its optimizer tensors")
+                    continue
+                }
+                let parsed = try SafetensorsFile.parse(MemoryByteSource(bytes: restored), size: Int64(restored.count), name: "restored")
+                #expect(parsed.tensors.map(\.name) == ["w"])
+                #expect(parsed.metadata == ["format": "pt"])
+                let originalParsed = try SafetensorsFile.parse(MemoryByteSource(bytes: original), size: Int64(original.count), name: "original")
+                let w = try #require(originalParsed.tensors.first { $0.name == "w" })
+                let start = Int(originalParsed.dataStart + w.dataBegin)
+                #expect(Array(restored[Int(parsed.dataStart)...]) == Array(original[start..<(start + 16384)]))
+            }
+            #expect(try await store.verify(VerifyOptions(depth: .full)).ok)
+        }
+    }
+}

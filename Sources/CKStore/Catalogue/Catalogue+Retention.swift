@@ -55,11 +55,20 @@ extension Catalogue {
         }
     }
 
-    /// Files a part rule dropped from a checkpoint, with the part's name.
+    /// Files a part rule dropped whole from a checkpoint, with the part's name.
     func droppedFiles(of id: CheckpointID) throws -> [String: String] {
         var out = [String: String]()
-        for (path, part) in try statement("SELECT path, part FROM dropped_files WHERE checkpoint_id = ?").rows([.blob(id.digest.bytes)], { ($0.text(0), $0.text(1)) }) {
+        for (path, part) in try statement("SELECT path, part FROM dropped_files WHERE checkpoint_id = ? AND tensor = ''").rows([.blob(id.digest.bytes)], { ($0.text(0), $0.text(1)) }) {
             out[path] = part
+        }
+        return out
+    }
+
+    /// Tensors a part rule dropped from files of a checkpoint: path → tensor names.
+    func droppedTensors(of id: CheckpointID) throws -> [String: Set<String>] {
+        var out = [String: Set<String>]()
+        for (path, tensor) in try statement("SELECT path, tensor FROM dropped_files WHERE checkpoint_id = ? AND tensor != ''").rows([.blob(id.digest.bytes)], { ($0.text(0), $0.text(1)) }) {
+            out[path, default: []].insert(tensor)
         }
         return out
     }
@@ -70,25 +79,33 @@ extension Catalogue {
         try statement("DELETE FROM checkpoints WHERE id = ?").run([.blob(id.digest.bytes)])
     }
 
-    /// Records that `paths` (part `part`) are dropped from `id`, and re-counts its chunk references from
-    /// the remaining files of `manifest`. In a dry run only the sweep's live set learns of it.
-    func drop(_ paths: [String], part: String, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false, sweep: Bool = false) throws {
+    /// Records that `paths` and `tensors` (path → names; part `part`) are dropped from `id`, and re-counts
+    /// its chunk references from what remains of `manifest`. In a dry run only the sweep's live set
+    /// learns of it.
+    func drop(_ paths: [String], tensors: [String: [String]] = [:], part: String, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false, sweep: Bool = false) throws {
         let key = SQLiteStatement.Value.blob(id.digest.bytes)
-        let dropped = try Set(droppedFiles(of: id).keys).union(paths)
+        let droppedPaths = try Set(droppedFiles(of: id).keys).union(paths)
+        var droppedNames = try droppedTensors(of: id)
+        for (path, names) in tensors { droppedNames[path, default: []].formUnion(names) }
         var uses = [ChunkDigest: Int]()
-        for file in manifest.files where !dropped.contains(file.path) {
-            for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 }
+        for file in manifest.files where !droppedPaths.contains(file.path) {
+            var skipped = Set<Int>()
+            for tensor in file.tensors ?? [] where droppedNames[file.path]?.contains(tensor.name) == true {
+                skipped.formUnion(tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount))
+            }
+            for (index, chunk) in file.chunks.enumerated() where !skipped.contains(index) { uses[chunk.digest, default: 0] += 1 }
         }
         uses[id.digest, default: 0] += 1
         if sweep {
-            // The sweep counts this checkpoint's references from its remaining files only.
+            // The sweep counts this checkpoint's references from what remains only.
             try statement("INSERT OR IGNORE INTO temp.gc_excluded (id) VALUES (?)").run([key])
             let live = try statement("INSERT OR IGNORE INTO temp.gc_live (d) VALUES (?)")
             for digest in uses.keys { try live.run([.blob(digest.bytes)]) }
         }
         guard !dryRun else { return }
-        let record = try statement("INSERT OR IGNORE INTO dropped_files (checkpoint_id, path, part) VALUES (?, ?, ?)")
-        for path in paths { try record.run([key, .text(path), .text(part)]) }
+        let record = try statement("INSERT OR IGNORE INTO dropped_files (checkpoint_id, path, tensor, part) VALUES (?, ?, ?, ?)")
+        for path in paths { try record.run([key, .text(path), .text(""), .text(part)]) }
+        for (path, names) in tensors { for name in names { try record.run([key, .text(path), .text(name), .text(part)]) } }
         try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([key])
         let insert = try statement("INSERT INTO checkpoint_chunks (checkpoint_id, digest, uses) VALUES (?, ?, ?)")
         for (digest, count) in uses.sorted(by: { $0.key < $1.key }) { try insert.run([key, .blob(digest.bytes), .integer(Int64(count))]) }

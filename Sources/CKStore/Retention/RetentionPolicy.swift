@@ -50,7 +50,8 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     public var keepTags: [String] = []
     /// Drop the optimizer part of every kept checkpoint but the newest N, keeping weights and metadata.
     public var dropOptimizerAfter: Int?
-    /// Glob patterns of the files that make up a part, beyond the built-in `optimizer*.pt` for "optimizer".
+    /// Glob patterns of the files, or of the tensors inside safetensors files, that make up a part, beyond
+    /// the built-in `optimizer*.pt` files for "optimizer".
     public var parts: [String: [String]] = [:]
 
     public init() {}

@@ -8,7 +8,7 @@ enum Annotation: Codable, Sendable, Equatable {
     case pin(CheckpointID, pinned: Bool)
     case tag(CheckpointID, tag: String, present: Bool)
     case remove(CheckpointID)
-    case drop(CheckpointID, paths: [String], part: String)
+    case drop(CheckpointID, paths: [String], part: String, tensors: [String: [String]]?)
 }
 
 /// An annotation as stored: when it was made and its place among those made at once.

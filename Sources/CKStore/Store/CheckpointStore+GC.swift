@@ -104,15 +104,26 @@ extension CheckpointStore {
         for summary in try list(run: options.run) { summaries[summary.id] = summary }
 
         // Part rules: which files each slimmed checkpoint loses.
+        // Part rules: which files, and which tensors of the remaining safetensors files, each slimmed
+        // checkpoint loses.
         var drops = [CheckpointID: [String]]()
+        var tensorDrops = [CheckpointID: [String: [String]]]()
         for (_, plan, policy) in plans {
             for id in plan.slimmed {
                 let manifest = try manifest(of: id)
-                let already = try withCatalogue { try $0.droppedFiles(of: id) }
+                let (already, alreadyTensors) = try withCatalogue { (try $0.droppedFiles(of: id), try $0.droppedTensors(of: id)) }
+                let globs = policy.optimizerGlobs
                 let paths = manifest.files.map(\.path).filter { path in
-                    already[path] == nil && policy.optimizerGlobs.contains { fnmatch($0, path, 0) == 0 }
+                    already[path] == nil && globs.contains { fnmatch($0, path, 0) == 0 }
+                }
+                for file in manifest.files where file.format == .safetensors && !paths.contains(file.path) && already[file.path] == nil {
+                    let names = (file.tensors ?? []).map(\.name).filter { name in
+                        alreadyTensors[file.path]?.contains(name) != true && globs.contains { fnmatch($0, name, 0) == 0 }
+                    }
+                    if !names.isEmpty { tensorDrops[id, default: [:]][file.path] = names }
                 }
                 if !paths.isEmpty { drops[id] = paths }
+                if tensorDrops[id] != nil && drops[id] == nil { drops[id] = [] }
             }
         }
         let deleted = plans.flatMap(\.plan.deleted)
@@ -120,7 +131,8 @@ extension CheckpointStore {
             dryRun: options.dryRun,
             kept: plans.flatMap { run, plan, _ in
                 plan.kept.map { id, reasons in
-                    GCReport.Kept(id: id, run: run, step: summaries[id]?.step ?? -1, reasons: reasons, dropped: drops[id] ?? [])
+                    GCReport.Kept(id: id, run: run, step: summaries[id]?.step ?? -1, reasons: reasons,
+                                  dropped: (drops[id] ?? []) + (tensorDrops[id] ?? [:]).sorted { $0.key < $1.key }.flatMap { path, names in names.map { "\(path):\($0)" } })
                 }
             }.sorted { ($0.run, $0.step) < ($1.run, $1.step) },
             deleted: deleted,
@@ -133,13 +145,13 @@ extension CheckpointStore {
         // a sweep of a million chunks is a few statements, not a million.
         var manifests = [CheckpointID: Manifest]()
         for id in drops.keys { manifests[id] = try manifest(of: id) }
-        let annotations: [Annotation] = options.dryRun ? [] : deleted.map { .remove($0) } + drops.sorted { $0.key < $1.key }.map { .drop($0.key, paths: $0.value, part: "optimizer") }
+        let annotations: [Annotation] = options.dryRun ? [] : deleted.map { .remove($0) } + drops.sorted { $0.key < $1.key }.map { .drop($0.key, paths: $0.value, part: "optimizer", tensors: tensorDrops[$0.key]) }
         let outcome: Catalogue.SweepOutcome
         do {
             outcome = try commitAnnotated(annotations) { catalogue -> Catalogue.SweepOutcome in
                 try catalogue.prepareSweep(deleting: deleted)
                 for (id, paths) in drops {
-                    if let manifest = manifests[id] { try catalogue.drop(paths, part: "optimizer", from: id, manifest: manifest, dryRun: options.dryRun, sweep: true) }
+                    if let manifest = manifests[id] { try catalogue.drop(paths, tensors: tensorDrops[id] ?? [:], part: "optimizer", from: id, manifest: manifest, dryRun: options.dryRun, sweep: true) }
                 }
                 let outcome = try catalogue.sweep(dryRun: options.dryRun)
                 if options.dryRun { throw DryRun(value: outcome) }

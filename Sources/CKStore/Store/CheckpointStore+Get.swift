@@ -136,10 +136,16 @@ extension CheckpointStore {
                 selected.append(file)
             }
         }
+        // Tensors a part rule dropped: such a file comes back as a valid safetensors file without them.
+        let droppedTensors = try withCatalogue { try $0.droppedTensors(of: id) }
         var outputs = [Output]()
         let links = options.tensors.isEmpty ? selected.filter { $0.format == .symlink } : []
         if options.tensors.isEmpty {
             for file in selected where file.format != .symlink {
+                if let gone = droppedTensors[file.path] {
+                    outputs.append(try subsetOutput(of: file, tensors: (file.tensors ?? []).filter { !gone.contains($0.name) }, id: id))
+                    continue
+                }
                 var output = Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, expectedDigest: file.sha256, size: file.size)
                 for tensor in file.tensors ?? [] {
                     for index in tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount) { output.tensorOfChunk[index] = tensor.name }
@@ -151,30 +157,36 @@ extension CheckpointStore {
         var matchedPatterns = Set<String>()
         for file in selected where file.format == .safetensors {
             let tensors = (file.tensors ?? []).filter { tensor in
+                guard droppedTensors[file.path]?.contains(tensor.name) != true else { return false }
                 let hits = options.tensors.filter { fnmatch($0, tensor.name, 0) == 0 }
                 matchedPatterns.formUnion(hits)
                 return !hits.isEmpty
             }
             guard !tensors.isEmpty else { continue }
-            let metadata = try originalMetadata(of: file, id: id)
-            var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
-            var chunks = [ChunkRef]()
-            var tensorOfChunk = [Int: String]()
-            for tensor in tensors {
-                guard let dtype = tensor.dtype, let shape = tensor.shape else { continue }
-                described.append((tensor.name, dtype, shape, tensor.byteCount))
-                for offset in 0..<tensor.chunkCount { tensorOfChunk[chunks.count + offset] = tensor.name }
-                chunks += file.chunks[tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)]
-            }
-            let header = SafetensorsFile.header(tensors: described, metadata: metadata)
-            let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
-            outputs.append(Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, expectedDigest: nil, size: size, tensorOfChunk: tensorOfChunk))
+            outputs.append(try subsetOutput(of: file, tensors: tensors, id: id))
         }
         let unmatched = options.tensors.filter { !matchedPatterns.contains($0) }
         guard unmatched.isEmpty else {
             throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no safetensors tensor matching \(unmatched.joined(separator: ", "))")
         }
         return (outputs, [])
+    }
+
+    /// A valid safetensors file holding `tensors` of `file`, in their order, with the file's metadata.
+    private func subsetOutput(of file: FileEntry, tensors: [TensorEntry], id: CheckpointID) throws -> Output {
+        let metadata = try originalMetadata(of: file, id: id)
+        var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
+        var chunks = [ChunkRef]()
+        var tensorOfChunk = [Int: String]()
+        for tensor in tensors {
+            guard let dtype = tensor.dtype, let shape = tensor.shape else { continue }
+            described.append((tensor.name, dtype, shape, tensor.byteCount))
+            for offset in 0..<tensor.chunkCount { tensorOfChunk[chunks.count + offset] = tensor.name }
+            chunks += file.chunks[tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)]
+        }
+        let header = SafetensorsFile.header(tensors: described, metadata: metadata)
+        let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
+        return Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, expectedDigest: nil, size: size, tensorOfChunk: tensorOfChunk)
     }
 
     /// The `__metadata__` of a stored safetensors file, read from its header chunk(s).

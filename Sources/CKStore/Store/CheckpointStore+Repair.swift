@@ -282,7 +282,7 @@ extension CheckpointStore {
 
         var droppedPaths = [CheckpointID: Set<String>]()
         for record in annotations {
-            if case .drop(let id, let paths, _) = record.change { droppedPaths[id, default: []].formUnion(paths) }
+            if case .drop(let id, let paths, _, _) = record.change { droppedPaths[id, default: []].formUnion(paths) }
         }
         var incomplete = [CheckpointID]()
         for (id, manifest) in kept {
@@ -350,8 +350,8 @@ extension CheckpointStore {
                 case .pin(let id, let pinned) where try catalogue.summary(of: id) != nil: try catalogue.setPinned(id, pinned)
                 case .tag(let id, let tag, let present) where try catalogue.summary(of: id) != nil: try catalogue.setTag(id, tag, present)
                 case .remove(let id): try catalogue.deleteCheckpoint(id)
-                case .drop(let id, let paths, let part) where try catalogue.summary(of: id) != nil:
-                    if let manifest = byID[id] { try catalogue.drop(paths, part: part, from: id, manifest: manifest) }
+                case .drop(let id, let paths, let part, let tensors) where try catalogue.summary(of: id) != nil:
+                    if let manifest = byID[id] { try catalogue.drop(paths, tensors: tensors ?? [:], part: part, from: id, manifest: manifest) }
                 default: continue
                 }
             }
