@@ -29,6 +29,13 @@ latest=$(ls -d "$demo"/run/checkpoint-* | sort -t- -k2 -n | tail -1)
 "$bin/ckstore" get --store "$store" demo-finetune@latest "$demo/restored"
 diff -r "$latest" "$demo/restored" && echo "byte-for-byte identical to $latest"
 
+say "ckstore verify --full (every frame read, decoded and re-hashed)"
+"$bin/ckstore" verify --store "$store" --full
+
+say "ckstore policy set demo-finetune --keep-last 2 --drop-optimizer-after 1; ckstore gc --dry-run"
+"$bin/ckstore" policy set --store "$store" demo-finetune --keep-last 2 --drop-optimizer-after 1
+"$bin/ckstore" gc --store "$store" --dry-run
+
 say "Dedup and compression"
 logical=$(du -sb "$demo/run" | cut -f1)
 stored=$(du -sb "$store" | cut -f1)
