@@ -244,3 +244,26 @@ private func tensorChunk(_ store: CheckpointStore, _ id: CheckpointID, tensor: S
         }
     }
 }
+
+@Suite struct ShortWriteTests {
+    @Test func shortWritesAreContinuedNotTakenForSuccess() async throws {
+        try await withTemporaryDirectory { root in
+            try smallCheckpoint().write(to: root + "/src")
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            // Every write to the store's files stops after at most 1000 bytes; the writer must carry on.
+            let put = try await FaultInjector.shared.with(scope: root + "/store", { operation, _, _ in
+                operation == .pwrite ? .shortWrite(1000) : nil
+            }) {
+                try await store.put(directory: root + "/src", options: PutOptions(run: "r"))
+            }
+            #expect(try await store.verify(VerifyOptions(depth: .full)).ok)
+            // And restoring through short writes gives the same bytes.
+            try await FaultInjector.shared.with(scope: root + "/out", { operation, _, _ in
+                operation == .pwrite ? .shortWrite(777) : nil
+            }) {
+                _ = try await store.restore(put.id, to: root + "/out")
+            }
+            #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/src")))
+        }
+    }
+}
