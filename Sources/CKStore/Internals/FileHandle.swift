@@ -108,12 +108,6 @@ final class FileHandle {
             throw CKStoreError.io("cannot fsync \(path)", error)
         }
     }
-
-    func truncate(to length: Int64) throws {
-        if case .failure(let error) = system_ftruncate(descriptor, length, path: path) {
-            throw CKStoreError.io("cannot truncate \(path)", error)
-        }
-    }
 }
 
 /// A read-only file shared by concurrent positioned reads.
@@ -155,8 +149,6 @@ final class SharedOutputFile: @unchecked Sendable {
         try handle.write(buffer, at: offset)
     }
 
-    func truncate(to length: Int64) throws { try handle.truncate(to: length) }
-    func sync() throws { try handle.sync() }
 }
 
 extension CKStoreError {

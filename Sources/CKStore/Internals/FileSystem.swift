@@ -50,8 +50,8 @@ enum FileSystem {
     }
 
     static func isDirectory(_ path: String) -> Bool {
-        var info = stat()
-        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+        if case .success(let info) = system_stat(path) { return info.st_mode & S_IFMT == S_IFDIR }
+        return false
     }
 
     /// The names in a folder, sorted; `.` and `..` left out.

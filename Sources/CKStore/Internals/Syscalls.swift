@@ -10,7 +10,7 @@ import Synchronization
 
 /// The system calls that fault injection can target.
 package enum SyscallOperation: String, Sendable, CaseIterable {
-    case open, pread, pwrite, fsync, rename, unlink, mkdir, ftruncate, flock, fstat, close, readlink, mmap
+    case open, pread, pwrite, fsync, rename, unlink, mkdir, flock, fstat, close, readlink, mmap
 }
 
 /// A fault injection seam for tests: rules decide, per call, whether to fail it with an errno (or to make
@@ -52,11 +52,6 @@ package final class FaultInjector: Sendable {
         rules.withLock { $0[token] = Installed(scope: scope, rule: rule) }
         defer { _ = rules.withLock { $0.removeValue(forKey: token) } }
         return try await body()
-    }
-
-    /// The calls of `operation` seen under `scope` by the rules installed for it.
-    package func count(of operation: SyscallOperation, scope: String) -> Int {
-        rules.withLock { $0.values.filter { $0.scope == scope }.map { $0.counts[operation] ?? 0 }.max() ?? 0 }
     }
 
     func fault(_ operation: SyscallOperation, _ path: String?) -> Fault? {
@@ -135,10 +130,6 @@ func system_fsync(_ fd: Int32, path: String?) -> Result<Int32, Errno> {
     valueOrErrno(.fsync, path) { fsync(fd) }
 }
 
-func system_ftruncate(_ fd: Int32, _ length: Int64, path: String?) -> Result<Int32, Errno> {
-    valueOrErrno(.ftruncate, path) { ftruncate(fd, off_t(length)) }
-}
-
 func system_rename(_ from: String, _ to: String) -> Result<Int32, Errno> {
     valueOrErrno(.rename, to) { rename(from, to) }
 }
@@ -158,6 +149,11 @@ func system_flock(_ fd: Int32, _ operation: Int32, path: String?) -> Result<Int3
 func system_fstat(_ fd: Int32, path: String?) -> Result<stat, Errno> {
     var info = stat()
     return valueOrErrno(.fstat, path) { fstat(fd, &info) }.map { _ in info }
+}
+
+func system_stat(_ path: String) -> Result<stat, Errno> {
+    var info = stat()
+    return valueOrErrno(.fstat, path) { stat(path, &info) }.map { _ in info }
 }
 
 func system_lstat(_ path: String) -> Result<stat, Errno> {

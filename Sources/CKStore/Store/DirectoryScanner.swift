@@ -88,8 +88,11 @@ struct DirectoryScanner {
         guard FileSystem.exists(resolved), !FileSystem.isDirectory(resolved) else {
             throw CKStoreError(.unsafePath, "\(absolute) is a symbolic link to \(target), which is missing or a folder; ckstore stores it only when it points to a file")
         }
-        var info = stat()
-        guard stat(resolved, &info) == 0 else { throw CKStoreError(.ioFailure, "cannot read \(resolved), the target of \(absolute)") }
+        let info: stat
+        switch system_stat(resolved) {
+        case .success(let value): info = value
+        case .failure(let error): throw CKStoreError.io("cannot read \(resolved), the target of \(absolute)", error)
+        }
         return Entry(relativePath: relativePath, sourcePath: resolved, kind: .regular, mode: UInt32(info.st_mode & 0o7777), size: Int64(info.st_size))
     }
 }
