@@ -84,46 +84,58 @@ extension CheckpointStore {
         }
     }
 
-    /// The retention decision for every run (or one), without side effects.
-    func retentionPlans(run: String?) throws -> [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)] {
+    /// The retention decision for every run (or one), without side effects, with the run and step of
+    /// every checkpoint considered.
+    func retentionPlans(run: String?) throws -> (plans: [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)], steps: [CheckpointID: (run: String, step: Int64)]) {
         try withCatalogue { catalogue in
+            var steps = [CheckpointID: (run: String, step: Int64)]()
             let runs = try run.map { [$0] } ?? catalogue.runNames()
-            return try runs.map { name in
+            let plans = try runs.map { name in
                 let (policy, _) = try catalogue.effectivePolicy(run: name)
                 let candidates = try catalogue.summaries(where: "r.name = ?", [.text(name)]).map { summary in
-                    RetentionPlanner.Candidate(id: summary.id, step: summary.step, createdAt: summary.createdAt, metrics: summary.metrics, tags: summary.tags, pinned: try catalogue.isPinned(summary.id))
+                    steps[summary.id] = (name, summary.step)
+                    return RetentionPlanner.Candidate(id: summary.id, step: summary.step, createdAt: summary.createdAt, metrics: summary.metrics, tags: summary.tags, pinned: summary.pinned)
                 }
                 return (name, RetentionPlanner.plan(policy, candidates), policy)
             }
+            return (plans, steps)
+        }
+    }
+
+    /// What a part rule takes from one kept checkpoint: whole files, and tensors of safetensors files.
+    private struct PartDrop {
+        var manifest: Manifest
+        var files: [String]
+        var tensors: [String: [String]]
+
+        /// `model.safetensors:opt.w`-style names of everything dropped, for reports.
+        var names: [String] {
+            files + tensors.sorted { $0.key < $1.key }.flatMap { path, names in names.map { "\(path):\($0)" } }
         }
     }
 
     private func gcChecked(_ options: GCOptions) throws -> GCReport {
-        let plans = try retentionPlans(run: options.run)
-        var summaries = [CheckpointID: CheckpointSummary]()
-        for summary in try list(run: options.run) { summaries[summary.id] = summary }
+        let (plans, steps) = try retentionPlans(run: options.run)
 
-        // Part rules: which files each slimmed checkpoint loses.
         // Part rules: which files, and which tensors of the remaining safetensors files, each slimmed
-        // checkpoint loses.
-        var drops = [CheckpointID: [String]]()
-        var tensorDrops = [CheckpointID: [String: [String]]]()
+        // checkpoint loses (what an earlier gc dropped already is left out).
+        var drops = [CheckpointID: PartDrop]()
         for (_, plan, policy) in plans {
             for id in plan.slimmed {
                 let manifest = try manifest(of: id)
                 let (already, alreadyTensors) = try withCatalogue { (try $0.droppedFiles(of: id), try $0.droppedTensors(of: id)) }
                 let globs = policy.optimizerGlobs
-                let paths = manifest.files.map(\.path).filter { path in
+                let files = manifest.files.map(\.path).filter { path in
                     already[path] == nil && globs.contains { fnmatch($0, path, 0) == 0 }
                 }
-                for file in manifest.files where file.format == .safetensors && !paths.contains(file.path) && already[file.path] == nil {
+                var tensors = [String: [String]]()
+                for file in manifest.files where file.format == .safetensors && !files.contains(file.path) && already[file.path] == nil {
                     let names = (file.tensors ?? []).map(\.name).filter { name in
                         alreadyTensors[file.path]?.contains(name) != true && globs.contains { fnmatch($0, name, 0) == 0 }
                     }
-                    if !names.isEmpty { tensorDrops[id, default: [:]][file.path] = names }
+                    if !names.isEmpty { tensors[file.path] = names }
                 }
-                if !paths.isEmpty { drops[id] = paths }
-                if tensorDrops[id] != nil && drops[id] == nil { drops[id] = [] }
+                if !files.isEmpty || !tensors.isEmpty { drops[id] = PartDrop(manifest: manifest, files: files, tensors: tensors) }
             }
         }
         let deleted = plans.flatMap(\.plan.deleted)
@@ -131,27 +143,26 @@ extension CheckpointStore {
             dryRun: options.dryRun,
             kept: plans.flatMap { run, plan, _ in
                 plan.kept.map { id, reasons in
-                    GCReport.Kept(id: id, run: run, step: summaries[id]?.step ?? -1, reasons: reasons,
-                                  dropped: (drops[id] ?? []) + (tensorDrops[id] ?? [:]).sorted { $0.key < $1.key }.flatMap { path, names in names.map { "\(path):\($0)" } })
+                    GCReport.Kept(id: id, run: run, step: steps[id]?.step ?? -1, reasons: reasons, dropped: drops[id]?.names ?? [])
                 }
             }.sorted { ($0.run, $0.step) < ($1.run, $1.step) },
             deleted: deleted,
-            deletedCheckpoints: deleted.map { GCReport.Deleted(id: $0, run: summaries[$0]?.run ?? "", step: summaries[$0]?.step ?? -1) },
+            deletedCheckpoints: deleted.map { GCReport.Deleted(id: $0, run: steps[$0]?.run ?? "", step: steps[$0]?.step ?? -1) },
             bytesFreed: 0, bytesUnreferenced: 0, chunksFreed: 0, packsDeleted: 0, packsRewritten: 0, orphansRemoved: 0
         )
 
         // Decide (and unless dry-run, commit) in one transaction: the live set is computed where the dead
         // are deleted, so a put that committed meanwhile is seen. Set-wise SQL over a temporary table:
         // a sweep of a million chunks is a few statements, not a million.
-        var manifests = [CheckpointID: Manifest]()
-        for id in drops.keys { manifests[id] = try manifest(of: id) }
-        let annotations: [Annotation] = options.dryRun ? [] : deleted.map { .remove($0) } + drops.sorted { $0.key < $1.key }.map { .drop($0.key, paths: $0.value, part: "optimizer", tensors: tensorDrops[$0.key]) }
+        let annotations: [Annotation] = options.dryRun ? [] : deleted.map { .remove($0) } + drops.sorted { $0.key < $1.key }.map {
+            .drop($0.key, paths: $0.value.files, part: "optimizer", tensors: $0.value.tensors)
+        }
         let outcome: Catalogue.SweepOutcome
         do {
             outcome = try commitAnnotated(annotations) { catalogue -> Catalogue.SweepOutcome in
                 try catalogue.prepareSweep(deleting: deleted)
-                for (id, paths) in drops {
-                    if let manifest = manifests[id] { try catalogue.drop(paths, tensors: tensorDrops[id] ?? [:], part: "optimizer", from: id, manifest: manifest, dryRun: options.dryRun, sweep: true) }
+                for (id, drop) in drops {
+                    try catalogue.drop(drop.files, tensors: drop.tensors, part: "optimizer", from: id, manifest: drop.manifest, dryRun: options.dryRun, sweep: true)
                 }
                 let outcome = try catalogue.sweep(dryRun: options.dryRun)
                 if options.dryRun { throw DryRun(value: outcome) }
