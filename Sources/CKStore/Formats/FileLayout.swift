@@ -18,6 +18,8 @@ struct FileLayout: Sendable {
 
     var format: FileFormat
     var regions: [Region]
+    /// Tensors with no bytes (a dimension of 0): no region, but they belong in the manifest.
+    var emptyTensors: [Region] = []
 
     /// One opaque region covering the whole file.
     static func opaque(size: Int64) -> FileLayout {

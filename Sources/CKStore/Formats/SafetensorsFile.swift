@@ -32,7 +32,9 @@ struct SafetensorsFile: Sendable {
         let regions = tensors.map {
             FileLayout.Region(kind: .tensor(name: $0.name, dtype: $0.dtype, shape: $0.shape), begin: dataStart + $0.dataBegin, end: dataStart + $0.dataEnd)
         }
-        return .covering(format: .safetensors, size: size, tensors: regions.filter { $0.length > 0 })
+        var layout = FileLayout.covering(format: .safetensors, size: size, tensors: regions.filter { $0.length > 0 })
+        layout.emptyTensors = regions.filter { $0.length == 0 }
+        return layout
     }
 
     static func parse(_ file: some ByteSource, size: Int64, name: String) throws -> SafetensorsFile {

@@ -14,7 +14,7 @@ struct SHA256Hasher {
 
     consuming func finalize() -> ChunkDigest {
         let digest = state.finalize()
-        return digest.withUnsafeBytes { ChunkDigest(bytes: $0)! }
+        return digest.withUnsafeBytes { ChunkDigest(loading: $0) }
     }
 
     /// The SHA-256 of `buffer`.

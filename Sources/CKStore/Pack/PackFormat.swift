@@ -51,7 +51,6 @@ struct FrameHeader: Sendable, Equatable {
     var base: ChunkDigest?
     var checksum: UInt64
 
-    private static let zeroDigest = ChunkDigest(bytes: [UInt8](repeating: 0, count: 32))!
 
     /// Builds the header for a payload and computes its checksum.
     init(kind: FrameKind, chunk: EncodedChunk) {
@@ -80,7 +79,7 @@ struct FrameHeader: Sendable, Equatable {
         out.appendLittleEndian(UInt64(rawLength))
         out.appendLittleEndian(UInt64(storedLength))
         out += digest.bytes
-        out += (base ?? Self.zeroDigest).bytes
+        out += (base ?? .zero).bytes
         return out
     }
 
@@ -109,8 +108,8 @@ struct FrameHeader: Sendable, Equatable {
         self.encoding = encoding
         self.rawLength = Int(raw)
         self.storedLength = Int(stored)
-        self.digest = ChunkDigest(bytes: bytes[24..<56])!
-        self.base = flags & 1 == 1 ? ChunkDigest(bytes: bytes[56..<88])! : nil
+        self.digest = ChunkDigest(loading: UnsafeRawBufferPointer(rebasing: bytes[24..<56]))
+        self.base = flags & 1 == 1 ? ChunkDigest(loading: UnsafeRawBufferPointer(rebasing: bytes[56..<88])) : nil
         self.checksum = bytes.loadLittleEndian(UInt64.self, at: 88)
     }
 }

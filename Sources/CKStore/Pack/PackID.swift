@@ -7,10 +7,11 @@ struct PackID: Hashable, Sendable, CustomStringConvertible {
         self.hex = hex
     }
 
+    private init(bytes: [UInt8]) { hex = bytes.hexString }
+
     static func random() -> PackID {
         var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        return PackID(hex: bytes.hexString)!
+        return PackID(bytes: (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) })
     }
 
     /// The path of the sealed pack relative to the store: `packs/ab/<id>.pack`.

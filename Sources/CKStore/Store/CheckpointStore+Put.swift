@@ -237,18 +237,22 @@ final class PutSession {
             guard case .tensor(let name, let dtype, let shape) = region.kind, let range = tensorChunks[index] else { continue }
             tensors.append(TensorEntry(name: name, dtype: dtype, shape: shape, begin: region.begin, end: region.end, firstChunk: range.lowerBound, chunkCount: range.count))
         }
-        if case .safetensors = layout.format, let parsed = try? SafetensorsFile.parse(file, size: size, name: entry.relativePath) {
-            // Empty tensors have no bytes and so no region; they still belong in the manifest.
-            for tensor in parsed.tensors where tensor.dataBegin == tensor.dataEnd {
-                let at = parsed.dataStart + tensor.dataBegin
-                let first = tensors.firstIndex { $0.begin >= at }.map { tensors[$0].firstChunk } ?? (chunks.count)
-                tensors.append(TensorEntry(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape, begin: at, end: at, firstChunk: first, chunkCount: 0))
-            }
+        // Empty tensors have no bytes and so no region; they still belong in the manifest.
+        for region in layout.emptyTensors {
+            guard case .tensor(let name, let dtype, let shape) = region.kind else { continue }
+            let first = tensors.firstIndex { $0.begin >= region.begin }.map { tensors[$0].firstChunk } ?? chunks.count
+            tensors.append(TensorEntry(name: name, dtype: dtype, shape: shape, begin: region.begin, end: region.end, firstChunk: first, chunkCount: 0))
+        }
+        if !layout.emptyTensors.isEmpty {
             tensors.sort { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
+        }
+        let chunkRefs = chunks.compactMap { $0 }
+        guard chunkRefs.count == chunks.count else {
+            throw CKStoreError(.ioFailure, "\(entry.relativePath): a chunk was read but never hashed (internal error); nothing was committed")
         }
         let entryOut = FileEntry(
             path: entry.relativePath, mode: entry.mode, size: size, sha256: digest, format: layout.format,
-            linkTarget: nil, chunks: chunks.map { $0! }, tensors: layout.format == .opaque ? nil : tensors
+            linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors
         )
         return (entryOut, warning)
     }

@@ -17,6 +17,18 @@ public struct ChunkDigest: Hashable, Sendable, Comparable, CustomStringConvertib
         self.words = (words[0], words[1], words[2], words[3])
     }
 
+    /// The all-zero digest (written where a frame has no base).
+    static let zero = ChunkDigest(words: (0, 0, 0, 0))
+
+    private init(words: (UInt64, UInt64, UInt64, UInt64)) { self.words = words }
+
+    /// Loads a digest from exactly 32 bytes (a hash function's output, a fixed header field).
+    init(loading buffer: UnsafeRawBufferPointer) {
+        precondition(buffer.count == Self.byteCount, "a digest is 32 bytes")
+        func word(_ index: Int) -> UInt64 { UInt64(bigEndian: buffer.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
+        words = (word(0), word(1), word(2), word(3))
+    }
+
     /// Parses 64 hex characters.
     public init?(hex: some StringProtocol) {
         guard hex.utf8.count == Self.byteCount * 2, let bytes = [UInt8](hexString: hex) else { return nil }
