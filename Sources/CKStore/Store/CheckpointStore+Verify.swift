@@ -44,7 +44,8 @@ extension CheckpointStore {
         }
 
         // Packs: present, of the recorded size, with a trailer that lists every catalogued frame as catalogued.
-        let packsToCheck = byCheckpoint ? packs.filter { pack in locations.values.contains { $0.pack == pack.id } } : packs
+        let packsInUse = Set(locations.values.map(\.pack))
+        let packsToCheck = byCheckpoint ? packs.filter { packsInUse.contains($0.id) } : packs
         var byPack = [PackID: [Catalogue.ChunkLocation]]()
         for location in locations.values { byPack[location.pack, default: []].append(location) }
         let readers = PackReaderCache(layout: layout)
