@@ -160,7 +160,7 @@ extension CheckpointStore {
             var affects = [VerifyReport.Affected]()
             for id in users {
                 affected.insert(id)
-                guard let manifest = try manifests[id] ?? (try? self.manifest(of: id)) else {
+                guard let manifest = manifests[id] ?? (try? self.manifest(of: id)) else {
                     affects.append(.init(checkpoint: id, run: "?", step: -1, file: nil, tensor: "manifest"))
                     continue
                 }
