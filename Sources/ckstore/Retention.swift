@@ -228,16 +228,23 @@ struct GC: AsyncParsableCommand {
     @Flag(help: "Decide and report; change nothing.") var dryRun = false
     @Option(help: "Rewrite packs whose dead share exceeds this fraction.") var repackThreshold = 0.3
     @Option(help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
+    @Option(help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {
         guard repackThreshold >= 0 && repackThreshold <= 1 else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
+        do {
+            _ = try budget.map { try ByteCount(parsing: $0) }
+        } catch let error as CKStoreError {
+            throw ValidationError(error.message)
+        }
     }
 
     func run() async throws {
         var options = GCOptions(run: run, dryRun: dryRun)
         options.repackThreshold = repackThreshold
         options.orphanGrace = try RetentionPolicy.parseDuration(grace)
+        options.budget = try budget.map { try ByteCount(parsing: $0).value }
         let report = try await store.open().gc(options)
         if json {
             try JSONOutput.print(report)
@@ -249,6 +256,10 @@ struct GC: AsyncParsableCommand {
         print(Format.table(["ID", "RUN", "STEP", "DECISION", "KEPT BY"], rows))
         let verb = report.dryRun ? "would free" : "freed"
         print("\n\(verb) \(ByteCount(report.bytesFreed)) on disk (\(report.chunksFreed) chunks; \(report.packsDeleted) packs deleted, \(report.packsRewritten) rewritten, \(report.orphansRemoved) orphan files)")
+        if let outcome = report.budget {
+            let verb = report.dryRun ? "would delete" : "deleted"
+            print("budget \(ByteCount(outcome.budgetBytes)): \(ByteCount(outcome.diskBytesBefore)) before, \(ByteCount(outcome.diskBytesAfter)) after; \(verb) \(outcome.deletedForBudget.count) checkpoints beyond the policies to fit")
+        }
         if report.bytesUnreferenced > report.bytesFreed {
             print("\(ByteCount(report.bytesUnreferenced - report.bytesFreed)) of unreferenced frames stay in packs below the repack threshold")
         }

@@ -171,3 +171,57 @@ import Testing
         }
     }
 }
+
+@Suite struct AuditCLITests {
+    @Test func auditDuAndGCBudgetThroughTheBinary() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            for step in 1...4 {
+                try RandomCheckpoint.write(to: root + "/src/\(step)", megabytes: 2, step: step)
+                #expect(try CLI.run(["put", root + "/src/\(step)", "--store", store, "--run", "r"]).status == 0)
+            }
+            let audit = try CLI.run(["audit", "--store", store, "--json", "--budget", "6MiB", "--what-if", "keep-last=1", "--html", root + "/report.html"])
+            #expect(audit.status == 0, "\(audit.stderr)")
+            let object = try #require(try CLI.json(audit.stdout) as? [String: Any])
+            for key in ["logical_bytes", "stored_bytes", "disk_bytes", "dead_bytes", "dedup_ratio", "compression_ratio", "runs", "checkpoints", "parts", "largest_tensors", "budget", "what_if"] {
+                #expect(object[key] != nil, "audit --json lacks \(key)")
+            }
+            let checkpoints = try #require(object["checkpoints"] as? [[String: Any]])
+            #expect(checkpoints.count == 4)
+            for checkpoint in checkpoints {
+                for key in ["id", "run", "step", "logical_bytes", "added_bytes", "exclusive_bytes"] {
+                    #expect(checkpoint[key] != nil, "audit --json checkpoint lacks \(key)")
+                }
+            }
+            let budget = try #require(object["budget"] as? [String: Any])
+            #expect(budget["fits"] as? Bool == false)
+            #expect(budget.keys.contains("steady_state_bytes"), "unbounded is an explicit null")
+            let whatIf = try #require(object["what_if"] as? [String: Any])
+            #expect((whatIf["deleted"] as? [Any])?.count == 3)
+            #expect(try Files.read(root + "/report.html").count > 1000)
+
+            let text = try CLI.run(["audit", "--store", store, "--run", "r"])
+            #expect(text.status == 0 && text.stdout.contains("CHECKPOINTS") && text.stdout.contains("PARTS"))
+            let du = try CLI.run(["du", "--store", store])
+            #expect(du.status == 0 && du.stdout.contains("on disk") && du.stdout.contains("\nr "))
+
+            // Bad input: a malformed size or rule is a usage error; an unknown run is not found.
+            #expect(try CLI.run(["audit", "--store", store, "--budget", "lots"]).status == 2)
+            #expect(try CLI.run(["audit", "--store", store, "--what-if", "keep-forever=1"]).status == 2)
+            let unknown = try CLI.run(["audit", "--store", store, "--run", "nope"])
+            #expect(unknown.status == 1 && unknown.stderr.contains("nope"))
+
+            // A budget the newest checkpoint alone cannot meet: refused, says by how much, deletes nothing.
+            let impossible = try CLI.run(["gc", "--store", store, "--budget", "1MiB"])
+            #expect(impossible.status == 1 && impossible.stderr.contains("over") && impossible.stderr.contains("nothing was deleted"))
+            #expect(try CLI.run(["audit", "--store", store, "--json"]).stdout.contains("\"checkpoint_count\" : 4"))
+            let enforced = try CLI.run(["gc", "--store", store, "--budget", "5MiB", "--json"])
+            #expect(enforced.status == 0, "\(enforced.stderr)")
+            let report = try #require(try CLI.json(enforced.stdout) as? [String: Any])
+            let outcome = try #require(report["budget"] as? [String: Any])
+            #expect((outcome["deleted_for_budget"] as? [Any])?.count == 2)
+            let after = try #require(try CLI.json(try CLI.run(["du", "--store", store, "--json"]).stdout) as? [String: Any])
+            #expect((after["disk_bytes"] as? Int ?? .max) <= 5 << 20)
+        }
+    }
+}

@@ -122,6 +122,7 @@ extension Catalogue {
         for (digest, uses) in checkpoint.chunkUses.sorted(by: { $0.key < $1.key }) {
             try reference.run([id, .blob(digest.bytes), .integer(Int64(uses))])
         }
+        try recordPieces(of: checkpoint.id, runID: runID, manifest: manifest)
         let tag = try statement("INSERT OR IGNORE INTO tags (checkpoint_id, tag) VALUES (?, ?)")
         for name in manifest.tags { try tag.run([id, .text(name)]) }
         let metric = try statement("INSERT INTO metrics (checkpoint_id, key, value) VALUES (?, ?, ?)")

@@ -76,6 +76,7 @@ extension Catalogue {
     /// Removes a checkpoint's row and its references; its chunks stay until gc sweeps them.
     func deleteCheckpoint(_ id: CheckpointID) throws {
         try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([.blob(id.digest.bytes)])
+        try statement("DELETE FROM checkpoint_labels WHERE checkpoint_id = ?").run([.blob(id.digest.bytes)])
         try statement("DELETE FROM checkpoints WHERE id = ?").run([.blob(id.digest.bytes)])
     }
 
@@ -87,15 +88,7 @@ extension Catalogue {
         let droppedPaths = try Set(droppedFiles(of: id).keys).union(paths)
         var droppedNames = try droppedTensors(of: id)
         for (path, names) in tensors { droppedNames[path, default: []].formUnion(names) }
-        var uses = [ChunkDigest: Int]()
-        for file in manifest.files where !droppedPaths.contains(file.path) {
-            var skipped = Set<Int>()
-            for tensor in file.tensors ?? [] where droppedNames[file.path]?.contains(tensor.name) == true {
-                skipped.formUnion(tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount))
-            }
-            for (index, chunk) in file.chunks.enumerated() where !skipped.contains(index) { uses[chunk.digest, default: 0] += 1 }
-        }
-        uses[id.digest, default: 0] += 1
+        let uses = Self.remainingUses(of: id, manifest: manifest, droppedPaths: droppedPaths, droppedTensors: droppedNames)
         if sweep {
             // The sweep counts this checkpoint's references from what remains only.
             try statement("INSERT OR IGNORE INTO temp.gc_excluded (id) VALUES (?)").run([key])
@@ -103,12 +96,28 @@ extension Catalogue {
             for digest in uses.keys { try live.run([.blob(digest.bytes)]) }
         }
         guard !dryRun else { return }
+        try forgetPieces(of: id, paths: paths, tensors: tensors)
         let record = try statement("INSERT OR IGNORE INTO dropped_files (checkpoint_id, path, tensor, part) VALUES (?, ?, ?, ?)")
         for path in paths { try record.run([key, .text(path), .text(""), .text(part)]) }
         for (path, names) in tensors { for name in names { try record.run([key, .text(path), .text(name), .text(part)]) } }
         try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([key])
         let insert = try statement("INSERT INTO checkpoint_chunks (checkpoint_id, digest, uses) VALUES (?, ?, ?)")
         for (digest, count) in uses.sorted(by: { $0.key < $1.key }) { try insert.run([key, .blob(digest.bytes), .integer(Int64(count))]) }
+    }
+
+    /// The chunks a checkpoint still needs once `droppedPaths` and `droppedTensors` (path → names) are
+    /// gone from it, with their number of uses; its manifest frame included.
+    static func remainingUses(of id: CheckpointID, manifest: Manifest, droppedPaths: Set<String>, droppedTensors: [String: Set<String>]) -> [ChunkDigest: Int] {
+        var uses = [ChunkDigest: Int]()
+        for file in manifest.files where !droppedPaths.contains(file.path) {
+            var skipped = Set<Int>()
+            for tensor in file.tensors ?? [] where droppedTensors[file.path]?.contains(tensor.name) == true {
+                skipped.formUnion(tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount))
+            }
+            for (index, chunk) in file.chunks.enumerated() where !skipped.contains(index) { uses[chunk.digest, default: 0] += 1 }
+        }
+        uses[id.digest, default: 0] += 1
+        return uses
     }
 
     /// What a sweep found: the dead chunks, the live frames per pack, and the packs.
@@ -164,6 +173,7 @@ extension Catalogue {
         if !dryRun {
             try database.execute("""
                 DELETE FROM checkpoint_chunks WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
+                DELETE FROM checkpoint_labels WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM checkpoints WHERE id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM chunks WHERE digest NOT IN (SELECT d FROM temp.gc_live);
                 """)

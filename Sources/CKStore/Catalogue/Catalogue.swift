@@ -7,6 +7,8 @@ import CSQLite
 /// foreign keys) and migrates the schema.
 final class Catalogue {
     let database: SQLiteDatabase
+    /// The schema version the catalogue had when opened (0 when it was created now).
+    private(set) var openedVersion = 0
     private var statements: [String: SQLiteStatement] = [:]
 
     init(path: String) throws {
@@ -18,7 +20,7 @@ final class Catalogue {
             // Up to 256 MiB of page cache (used only as pages are touched): a large sweep then writes each
             // changed page to the WAL once instead of spilling the 2 MiB default over and over.
             try database.execute("PRAGMA cache_size = -262144")
-            try Schema.migrate(database)
+            openedVersion = try Schema.migrate(database)
         } catch let error as CKStoreError where error.code == .catalogue && error.message.contains("not a database") {
             throw CKStoreError(.damaged, "catalogue \(path) is damaged; run `ckstore repair` to rebuild it from the packs", cause: error)
         }

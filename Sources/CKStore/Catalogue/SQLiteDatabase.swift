@@ -65,6 +65,7 @@ final class SQLiteDatabase {
 
     var lastErrorMessage: String { String(cString: sqlite3_errmsg(handle)) }
     var changes: Int { Int(sqlite3_changes(handle)) }
+    var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     func error(_ code: Int32, _ message: String, sql: String? = nil) -> CKStoreError {
         let primary = code & 0xff
@@ -174,9 +175,11 @@ final class SQLiteStatement {
     }
 
     func digest(_ column: Int32) throws -> ChunkDigest {
-        guard let digest = ChunkDigest(bytes: blob(column)) else {
+        // Straight from SQLite's buffer: audits and gc read millions of digests.
+        let count = Int(sqlite3_column_bytes(handle, column))
+        guard count == ChunkDigest.byteCount, let pointer = sqlite3_column_blob(handle, column) else {
             throw CKStoreError(.damaged, "catalogue holds a digest that is not 32 bytes long; run `ckstore repair`")
         }
-        return digest
+        return ChunkDigest(loading: UnsafeRawBufferPointer(start: pointer, count: count))
     }
 }

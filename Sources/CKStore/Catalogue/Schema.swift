@@ -10,10 +10,12 @@ enum Schema {
     /// The schema version this binary writes.
     static var currentVersion: Int { migrations.last?.version ?? 0 }
 
-    /// Brings `database` to ``currentVersion``, one migration per transaction.
+    /// Brings `database` to ``currentVersion``, one migration per transaction; returns the version it
+    /// found (0 for a new catalogue).
     ///
     /// - Throws: ``CKStoreError/Code/unsupportedSchema`` when the catalogue is newer than this binary.
-    static func migrate(_ database: SQLiteDatabase) throws {
+    @discardableResult
+    static func migrate(_ database: SQLiteDatabase) throws -> Int {
         let version = try userVersion(database)
         if version > currentVersion {
             throw CKStoreError(
@@ -28,6 +30,7 @@ enum Schema {
                 try database.execute("PRAGMA user_version = \(migration.version)")
             }
         }
+        return version
     }
 
     static func userVersion(_ database: SQLiteDatabase) throws -> Int {

@@ -56,6 +56,7 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
             case compression
             case unsafePath
             case conflict
+            case overBudget
         }
 
         private var wrapped: Wrapped
@@ -87,6 +88,8 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
         public static let unsafePath = Code(.unsafePath)
         /// The request contradicts what is stored (same run and step, different content).
         public static let conflict = Code(.conflict)
+        /// The store cannot be brought under a storage budget without deleting protected checkpoints.
+        public static let overBudget = Code(.overBudget)
 
         public var description: String { String(describing: wrapped) }
     }

@@ -49,6 +49,12 @@ enum FileSystem {
         return false
     }
 
+    /// The size of a file in bytes; 0 when it does not exist.
+    static func size(of path: String) -> Int64 {
+        if case .success(let info) = system_stat(path) { return Int64(info.st_size) }
+        return 0
+    }
+
     static func isDirectory(_ path: String) -> Bool {
         if case .success(let info) = system_stat(path) { return info.st_mode & S_IFMT == S_IFDIR }
         return false

@@ -85,6 +85,67 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
         parts = try container.decodeIfPresent([String: [String]].self, forKey: .parts) ?? [:]
     }
 
+    /// Parses rules written as the flags of `ckstore policy set`, without dashes in front and joined by
+    /// commas: `keep-last=2,keep-best=1:loss:min,drop-optimizer-after=1` (what `audit --what-if` takes).
+    public init(parsingRules text: String) throws {
+        self.init()
+        func count(_ key: String, _ value: String) throws -> Int {
+            guard let number = Int(value), number >= 0 else { throw CKStoreError(.invalidArgument, "\(key) takes a count, not \(value)") }
+            return number
+        }
+        for rule in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !rule.isEmpty {
+            let key = String(rule.prefix { $0 != "=" }), value = String(rule.drop { $0 != "=" }.dropFirst())
+            guard rule.contains("="), !value.isEmpty else {
+                throw CKStoreError(.invalidArgument, "a policy rule is NAME=VALUE (keep-last=2), not \(rule)")
+            }
+            switch key {
+            case "keep-last": keepLast = try count(key, value)
+            case "keep-best": keepBest.append(try Best(parsing: value))
+            case "keep-every":
+                guard let every = Int64(value), every > 0 else { throw CKStoreError(.invalidArgument, "keep-every takes a positive step count, not \(value)") }
+                keepEvery = every
+            case "keep-within": keepWithin = try Self.parseDuration(value)
+            case "keep-hourly": keepHourly = try count(key, value)
+            case "keep-daily": keepDaily = try count(key, value)
+            case "keep-weekly": keepWeekly = try count(key, value)
+            case "keep-monthly": keepMonthly = try count(key, value)
+            case "keep-tag": keepTags.append(value)
+            case "drop-optimizer-after": dropOptimizerAfter = try count(key, value)
+            case "part":
+                let name = String(value.prefix { $0 != "=" }), glob = String(value.drop { $0 != "=" }.dropFirst())
+                guard !name.isEmpty, !glob.isEmpty else { throw CKStoreError(.invalidArgument, "part takes NAME=GLOB, not \(value)") }
+                parts[name, default: []].append(glob)
+            default:
+                throw CKStoreError(
+                    .invalidArgument,
+                    "unknown policy rule \(key); the rules are keep-last, keep-best, keep-every, keep-within, keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-tag, drop-optimizer-after, part"
+                )
+            }
+        }
+    }
+
+    /// The most checkpoints of a run this policy keeps however many are put, or nil when that number
+    /// grows (no rule, `keep-every`, `keep-within`). Counts the newest, `pinned` and `tagged` checkpoints
+    /// on top of the rules, so it is an upper bound.
+    func steadyStateCount(pinned: Int, tagged: Int) -> Int? {
+        guard hasKeepRules, keepEvery == nil, keepWithin == nil else { return nil }
+        let counted = [keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly].compactMap { $0 }.reduce(0, +)
+        return 1 + pinned + tagged + counted + keepBest.reduce(0) { $0 + $1.count }
+    }
+
+    /// The part a piece of a checkpoint belongs to: the first part whose globs match its file path or
+    /// its tensor name (`optimizer` includes `optimizer*.pt`), else `weights` for tensor files, else
+    /// `other`.
+    func part(path: String, tensor: String) -> String {
+        var named = parts.filter { $0.key != "optimizer" }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        named.insert(("optimizer", optimizerGlobs), at: 0)
+        for (name, globs) in named where globs.contains(where: { fnmatch($0, path, 0) == 0 || (!tensor.isEmpty && fnmatch($0, tensor, 0) == 0) }) {
+            return name
+        }
+        let lowered = path.lowercased()
+        return [".safetensors", ".pt", ".bin", ".pth", ".ckpt"].contains(where: { lowered.hasSuffix($0) }) ? "weights" : "other"
+    }
+
     /// True when no rule is set: such a policy keeps everything.
     public var isEmpty: Bool { self == RetentionPolicy() }
 

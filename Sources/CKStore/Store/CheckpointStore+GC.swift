@@ -10,6 +10,12 @@ public struct GCOptions: Sendable {
     public var repackThreshold = 0.3
     /// Packs and temporary files that no committed checkpoint knows are removed once older than this.
     public var orphanGrace: Double = 3600
+    /// Bytes on disk (packs and catalogue) the store must fit in: after the policies, the oldest
+    /// checkpoints no rule protects are deleted until it does, and every pack with a dead frame is
+    /// rewritten. Never the newest of a run, a pinned one, or one a policy rule keeps.
+    public var budget: Int64?
+    /// Plans with this policy instead of the stored ones (what `audit --what-if` simulates).
+    public var policyOverride: RetentionPolicy?
 
     public init(run: String? = nil, dryRun: Bool = false) {
         self.run = run
@@ -48,9 +54,28 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var packsDeleted: Int
     public var packsRewritten: Int
     public var orphansRemoved: Int
+    /// What `--budget` decided, when given.
+    public var budget: BudgetOutcome?
+
+    /// How `gc --budget` brought the store under its budget.
+    public struct BudgetOutcome: Sendable, Codable, Equatable {
+        public var budgetBytes: Int64
+        public var diskBytesBefore: Int64
+        /// Packs and catalogue once the sweep is done, as planned.
+        public var diskBytesAfter: Int64
+        /// Checkpoints deleted beyond the policies to fit, oldest first.
+        public var deletedForBudget: [Deleted]
+
+        enum CodingKeys: String, CodingKey {
+            case budgetBytes = "budget_bytes"
+            case diskBytesBefore = "disk_bytes_before"
+            case diskBytesAfter = "disk_bytes_after"
+            case deletedForBudget = "deleted_for_budget"
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
-        case kept, deleted
+        case kept, deleted, budget
         case dryRun = "dry_run"
         case deletedCheckpoints = "deleted_checkpoints"
         case bytesFreed = "bytes_freed"
@@ -86,12 +111,12 @@ extension CheckpointStore {
 
     /// The retention decision for every run (or one), without side effects, with the run and step of
     /// every checkpoint considered.
-    func retentionPlans(run: String?) throws -> (plans: [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)], steps: [CheckpointID: (run: String, step: Int64)]) {
+    func retentionPlans(run: String?, policyOverride: RetentionPolicy? = nil) throws -> (plans: [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)], steps: [CheckpointID: (run: String, step: Int64)]) {
         try withCatalogue { catalogue in
             var steps = [CheckpointID: (run: String, step: Int64)]()
             let runs = try run.map { [$0] } ?? catalogue.runNames()
             let plans = try runs.map { name in
-                let (policy, _) = try catalogue.effectivePolicy(run: name)
+                let policy = try policyOverride ?? catalogue.effectivePolicy(run: name).0
                 let candidates = try catalogue.summaries(where: "r.name = ?", [.text(name)]).map { summary in
                     steps[summary.id] = (name, summary.step)
                     return RetentionPlanner.Candidate(id: summary.id, step: summary.step, createdAt: summary.createdAt, metrics: summary.metrics, tags: summary.tags, pinned: summary.pinned)
@@ -114,8 +139,11 @@ extension CheckpointStore {
         }
     }
 
-    private func gcChecked(_ options: GCOptions) throws -> GCReport {
-        let (plans, steps) = try retentionPlans(run: options.run)
+    func gcChecked(_ options: GCOptions) throws -> GCReport {
+        if let run = options.run, try withCatalogue({ try $0.runID(named: run) }) == nil {
+            throw CKStoreError(.notFound, "no run \(run) in the store")
+        }
+        let (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
 
         // Part rules: which files, and which tensors of the remaining safetensors files, each slimmed
         // checkpoint loses (what an earlier gc dropped already is left out).
@@ -138,17 +166,27 @@ extension CheckpointStore {
                 if !files.isEmpty || !tensors.isEmpty { drops[id] = PartDrop(manifest: manifest, files: files, tensors: tensors) }
             }
         }
-        let deleted = plans.flatMap(\.plan.deleted)
+        var deleted = plans.flatMap(\.plan.deleted)
+        var options = options
+        var budgetOutcome: GCReport.BudgetOutcome?
+        if let budget = options.budget {
+            budgetOutcome = try planBudget(budget, plans: plans, deleted: deleted, drops: drops)
+            deleted += budgetOutcome?.deletedForBudget.map(\.id) ?? []
+            options.repackThreshold = 0
+        }
+        let deletedSet = Set(deleted)
+        drops = drops.filter { !deletedSet.contains($0.key) }
         var report = GCReport(
             dryRun: options.dryRun,
             kept: plans.flatMap { run, plan, _ in
-                plan.kept.map { id, reasons in
+                plan.kept.filter { !deletedSet.contains($0.key) }.map { id, reasons in
                     GCReport.Kept(id: id, run: run, step: steps[id]?.step ?? -1, reasons: reasons, dropped: drops[id]?.names ?? [])
                 }
             }.sorted { ($0.run, $0.step) < ($1.run, $1.step) },
             deleted: deleted,
             deletedCheckpoints: deleted.map { GCReport.Deleted(id: $0, run: steps[$0]?.run ?? "", step: steps[$0]?.step ?? -1) },
-            bytesFreed: 0, bytesUnreferenced: 0, chunksFreed: 0, packsDeleted: 0, packsRewritten: 0, orphansRemoved: 0
+            bytesFreed: 0, bytesUnreferenced: 0, chunksFreed: 0, packsDeleted: 0, packsRewritten: 0, orphansRemoved: 0,
+            budget: budgetOutcome
         )
 
         // Decide (and unless dry-run, commit) in one transaction: the live set is computed where the dead
@@ -172,6 +210,55 @@ extension CheckpointStore {
             outcome = dryRun.value
         }
         return try finishSweep(options, report: &report, outcome: outcome)
+    }
+
+    /// The checkpoints `gc --budget` deletes beyond the policies, oldest first, so that packs and catalogue
+    /// fit in `budget` once the sweep has rewritten every pack with a dead frame.
+    ///
+    /// - Throws: ``CKStoreError/Code/overBudget`` when even deleting every unprotected checkpoint is not
+    ///   enough; nothing is deleted then.
+    private func planBudget(_ budget: Int64, plans: [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)], deleted: [CheckpointID], drops: [CheckpointID: PartDrop]) throws -> GCReport.BudgetOutcome {
+        let (usage, remaining) = try withCatalogue { catalogue -> (StoreUsage, [CheckpointID: [ChunkDigest]]) in
+            var remaining = [CheckpointID: [ChunkDigest]]()
+            for (id, drop) in drops {
+                let paths = Set(try catalogue.droppedFiles(of: id).keys).union(drop.files)
+                var tensors = try catalogue.droppedTensors(of: id)
+                for (path, names) in drop.tensors { tensors[path, default: []].formUnion(names) }
+                remaining[id] = Array(Catalogue.remainingUses(of: id, manifest: drop.manifest, droppedPaths: paths, droppedTensors: tensors).keys)
+            }
+            return (try StoreUsage.load(catalogue, layout: layout), remaining)
+        }
+        let index = Dictionary(usage.checkpoints.enumerated().map { ($1.summary.id, $0) }, uniquingKeysWith: { first, _ in first })
+        let chunkIndex = Dictionary(usage.digests.enumerated().map { ($1, Int32($0)) }, uniquingKeysWith: { first, _ in first })
+        var slimmed = [Int: [Int32]]()
+        for (id, digests) in remaining { if let checkpoint = index[id] { slimmed[checkpoint] = digests.compactMap { chunkIndex[$0] } } }
+        var simulation = UsageSimulation(usage, deleted: Set(deleted.compactMap { index[$0] }), remaining: slimmed)
+
+        // Unprotected: kept only because the run has no policy. Oldest first.
+        let candidates = plans.flatMap { $0.plan.kept.filter { $0.value == ["no policy"] }.keys }
+            .compactMap { index[$0] }
+            .sorted { (usage.checkpoints[$0].summary.createdAt, usage.checkpoints[$0].summary.step) < (usage.checkpoints[$1].summary.createdAt, usage.checkpoints[$1].summary.step) }
+        let before = usage.catalogueBytes + usage.packBytes
+        // The annotation pack recording the deletions is written before the sweep.
+        func projected() -> Int64 {
+            usage.catalogueBytes + simulation.packBytes + Int64(PackFormat.headerSize + PackFormat.footerSize) + Int64(simulation.deleted.count + drops.count) * 512
+        }
+        var extra = [Int]()
+        for candidate in candidates where projected() > budget {
+            simulation.delete(candidate)
+            extra.append(candidate)
+        }
+        let after = projected()
+        guard after <= budget else {
+            throw CKStoreError(
+                .overBudget,
+                "the store cannot fit in \(ByteCount(budget)): with every checkpoint deleted that no rule protects (the newest of each run, pinned ones, those a policy keeps) it would still take \(ByteCount(after)), \(ByteCount(after - budget)) over; nothing was deleted"
+            )
+        }
+        return GCReport.BudgetOutcome(
+            budgetBytes: budget, diskBytesBefore: before, diskBytesAfter: after,
+            deletedForBudget: extra.map { GCReport.Deleted(id: usage.checkpoints[$0].summary.id, run: usage.checkpoints[$0].summary.run, step: usage.checkpoints[$0].summary.step) }
+        )
     }
 
     /// Thrown out of the transaction to roll a dry run back while keeping what it computed.
@@ -261,6 +348,8 @@ extension CheckpointStore {
             try FileSystem.removeFile(orphan.path)
         }
         // The removals are not fsynced: a removal a crash undoes leaves an orphan the next gc removes.
+        // Fold the sweep's log into the catalogue file so the store's size on disk reflects it now.
+        try withCatalogue { try $0.database.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
         return report
     }
 

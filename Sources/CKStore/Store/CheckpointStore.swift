@@ -59,7 +59,24 @@ public final class CheckpointStore: Sendable {
         if !exists {
             try FileSystem.syncDirectory(path)
         }
-        return CheckpointStore(layout: layout, catalogue: catalogue)
+        let store = CheckpointStore(layout: layout, catalogue: catalogue)
+        if (1..<3).contains(catalogue.openedVersion) { try store.recordMissingPieces() }
+        return store
+    }
+
+    /// Records the pieces of checkpoints committed before schema version 3, from their manifests; a
+    /// checkpoint whose manifest cannot be read is left to `verify` and `repair` to report.
+    private func recordMissingPieces() throws {
+        for (id, runID) in try withCatalogue({ try $0.checkpointsWithoutPieces() }) {
+            guard let manifest = try? manifest(of: id) else { continue }
+            try withCatalogue { catalogue in
+                try catalogue.database.transaction {
+                    try catalogue.recordPieces(of: id, runID: runID, manifest: manifest)
+                    let tensors = try catalogue.droppedTensors(of: id).mapValues { Array($0) }
+                    try catalogue.forgetPieces(of: id, paths: Array(try catalogue.droppedFiles(of: id).keys), tensors: tensors)
+                }
+            }
+        }
     }
 
     /// Runs `body` with exclusive use of the catalogue connection.

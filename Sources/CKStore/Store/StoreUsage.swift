@@ -1,0 +1,293 @@
+import Foundation
+
+/// Who needs which stored frame: the catalogue read once into arrays, behind audits and `gc --budget`.
+///
+/// Chunks, checkpoints, runs, packs and labels are numbered by their position here; references between
+/// them are those numbers. A store of 1,000 checkpoints × 2,000 chunks is two million references, so the
+/// model is plain arrays and one dictionary by digest, built by one scan of each table.
+struct StoreUsage {
+    struct Checkpoint {
+        var summary: CheckpointSummary
+        var run: Int
+        /// What `get` writes for it now: its pieces, less what part rules dropped.
+        var logicalBytes: Int64
+        /// Chunk numbers it references, its manifest frame included.
+        var chunks: [Int32]
+    }
+
+    struct Label {
+        var run: String
+        var path: String
+        var tensor: String
+    }
+
+    struct Pack {
+        var id: PackID
+        var size: Int64
+        var frames: Int
+    }
+
+    var runs: [String] = []
+    var checkpoints: [Checkpoint] = []
+    var labels: [Label] = []
+    var packs: [Pack] = []
+    /// Logical bytes per label, summed over the checkpoints that have the piece.
+    var labelLogicalBytes: [Int64] = []
+
+    // Per chunk, by number.
+    var digests: [ChunkDigest] = []
+    /// Frame bytes: the stored payload and its header.
+    var frameBytes: [Int64] = []
+    var rawBytes: [Int64] = []
+    var kinds: [FrameKind] = []
+    /// The chunk's delta base, or -1.
+    var bases: [Int32] = []
+    /// The label of the piece that first stored it, or -1.
+    var chunkLabels: [Int32] = []
+    var chunkPacks: [Int32] = []
+    /// References to digests the catalogue has no chunk row for (damage `verify` reports).
+    var missingReferences = 0
+    /// The catalogue's files (database and write-ahead log) in bytes.
+    var catalogueBytes: Int64 = 0
+
+    static let none: Int32 = -1
+    static let shared: Int32 = -2
+
+    /// Reads the whole catalogue.
+    static func load(_ catalogue: Catalogue, layout: StoreLayout) throws -> StoreUsage {
+        var usage = StoreUsage()
+        let summaries = try catalogue.summaries()
+        var runIndex = [String: Int]()
+        var checkpointIndex = [CheckpointID: Int]()
+        for summary in summaries {
+            let run: Int
+            if let known = runIndex[summary.run] {
+                run = known
+            } else {
+                run = usage.runs.count
+                runIndex[summary.run] = run
+                usage.runs.append(summary.run)
+            }
+            checkpointIndex[summary.id] = usage.checkpoints.count
+            usage.checkpoints.append(Checkpoint(summary: summary, run: run, logicalBytes: summary.logicalBytes, chunks: []))
+        }
+        for (id, bytes) in try catalogue.statement("SELECT checkpoint_id, sum(logical_bytes) FROM checkpoint_labels GROUP BY checkpoint_id")
+            .rows([], { (row) throws in (CheckpointID(try row.digest(0)), row.int(1)) }) {
+            if let index = checkpointIndex[id] { usage.checkpoints[index].logicalBytes = bytes }
+        }
+
+        var labelIndex = [Int64: Int32]()
+        for (id, label) in try catalogue.statement("SELECT l.id, r.name, l.path, l.tensor FROM labels l JOIN runs r ON r.id = l.run_id ORDER BY l.id")
+            .rows([], { ($0.int(0), Label(run: $0.text(1), path: $0.text(2), tensor: $0.text(3))) }) {
+            labelIndex[id] = Int32(usage.labels.count)
+            usage.labels.append(label)
+        }
+        usage.labelLogicalBytes = Array(repeating: 0, count: usage.labels.count)
+        for (label, bytes) in try catalogue.statement("SELECT label, sum(logical_bytes) FROM checkpoint_labels GROUP BY label").rows([], { ($0.int(0), $0.int(1)) }) {
+            if let index = labelIndex[label] { usage.labelLogicalBytes[Int(index)] += bytes }
+        }
+
+        var packIndex = [String: Int32]()
+        for row in try catalogue.packRows() {
+            packIndex[row.id.hex] = Int32(usage.packs.count)
+            usage.packs.append(Pack(id: row.id, size: row.size, frames: row.frameCount))
+        }
+
+        var chunkIndex = [ChunkDigest: Int32]()
+        var baseDigests = [(Int32, ChunkDigest)]()
+        let chunks = try catalogue.statement("SELECT digest, pack_id, stored_length, raw_length, kind, base, label FROM chunks")
+        try chunks.bind([])
+        while try chunks.step() {
+            let index = Int32(usage.digests.count)
+            let digest = try chunks.digest(0)
+            chunkIndex[digest] = index
+            usage.digests.append(digest)
+            usage.chunkPacks.append(packIndex[chunks.text(1)] ?? none)
+            usage.frameBytes.append(chunks.int(2) + Int64(PackFormat.frameHeaderSize))
+            usage.rawBytes.append(chunks.int(3))
+            usage.kinds.append(FrameKind(rawValue: UInt8(truncatingIfNeeded: chunks.int(4))) ?? .chunk)
+            if !chunks.isNull(5) { baseDigests.append((index, try chunks.digest(5))) }
+            usage.chunkLabels.append(chunks.isNull(6) ? none : labelIndex[chunks.int(6)] ?? none)
+        }
+        usage.bases = Array(repeating: none, count: usage.digests.count)
+        for (index, base) in baseDigests { usage.bases[Int(index)] = chunkIndex[base] ?? none }
+
+        // References come in primary-key order, so one checkpoint's rows are consecutive.
+        let references = try catalogue.statement("SELECT checkpoint_id, digest FROM checkpoint_chunks")
+        try references.bind([])
+        var current: (id: CheckpointID, index: Int?)?
+        var list = [Int32]()
+        func flush() {
+            if let index = current?.index { usage.checkpoints[index].chunks = list }
+            list.removeAll(keepingCapacity: true)
+        }
+        while try references.step() {
+            let id = CheckpointID(try references.digest(0))
+            if current?.id != id {
+                flush()
+                current = (id, checkpointIndex[id])
+            }
+            if let chunk = chunkIndex[try references.digest(1)] {
+                list.append(chunk)
+            } else {
+                usage.missingReferences += 1
+            }
+        }
+        flush()
+
+        usage.catalogueBytes = ["", "-wal"].reduce(Int64(0)) { total, suffix in
+            total + FileSystem.size(of: layout.cataloguePath + suffix)
+        }
+        return usage
+    }
+
+    /// For every chunk, the one checkpoint that needs it, ``shared`` or ``none``; likewise by run. A
+    /// delta base is needed by whoever needs a chunk encoded against it (I-4). Checkpoints in `ignoring`
+    /// count as deleted.
+    func owners(ignoring: Set<Int> = []) -> (checkpoint: [Int32], run: [Int32]) {
+        var byCheckpoint = Array(repeating: Self.none, count: digests.count)
+        var byRun = Array(repeating: Self.none, count: digests.count)
+        for (index, checkpoint) in checkpoints.enumerated() where !ignoring.contains(index) {
+            for chunk in checkpoint.chunks.map(Int.init) {
+                byCheckpoint[chunk] = Self.merge(byCheckpoint[chunk], Int32(index))
+                byRun[chunk] = Self.merge(byRun[chunk], Int32(checkpoint.run))
+            }
+        }
+        // Bases inherit their dependents' owners; chains are short, so a few passes settle it.
+        let dependents = bases.indices.filter { bases[$0] != Self.none }
+        var changed = !dependents.isEmpty
+        while changed {
+            changed = false
+            for chunk in dependents where byCheckpoint[chunk] != Self.none {
+                let base = Int(bases[chunk])
+                let owners = (Self.merge(byCheckpoint[base], byCheckpoint[chunk]), Self.merge(byRun[base], byRun[chunk]))
+                if owners != (byCheckpoint[base], byRun[base]) {
+                    (byCheckpoint[base], byRun[base]) = owners
+                    changed = true
+                }
+            }
+        }
+        return (byCheckpoint, byRun)
+    }
+
+    /// Frame bytes of the distinct chunks (delta bases included) each run needs.
+    func neededBytesByRun() -> [Int64] {
+        var needed = Array(repeating: Int64(0), count: runs.count)
+        var stamp = Array(repeating: Int32(-1), count: digests.count)
+        for checkpoint in checkpoints {
+            let run = Int32(checkpoint.run)
+            for first in checkpoint.chunks {
+                var chunk = Int(first)
+                while chunk >= 0, stamp[chunk] != run {
+                    stamp[chunk] = run
+                    needed[checkpoint.run] += frameBytes[chunk]
+                    chunk = Int(bases[chunk])
+                }
+            }
+        }
+        return needed
+    }
+
+    private static func merge(_ owner: Int32, _ claimant: Int32) -> Int32 {
+        owner == none || owner == claimant ? claimant : shared
+    }
+
+    /// Frame bytes of checkpoint data: file chunks and manifests (annotations are counted apart).
+    var storedBytes: Int64 {
+        zip(frameBytes, kinds).reduce(0) { $0 + ($1.1 == .annotation ? 0 : $1.0) }
+    }
+
+    var packBytes: Int64 { packs.reduce(0) { $0 + $1.size } }
+}
+
+/// Deletes checkpoints one by one from a ``StoreUsage`` and follows what the store would take on disk
+/// after a sweep that rewrites every pack with a dead frame: what `gc --budget` plans with.
+struct UsageSimulation {
+    private let usage: StoreUsage
+    private var references: [Int32]
+    private var liveDependents: [Int32]
+    private var alive: [Bool]
+    private var packLive: [(frames: Int, bytes: Int64)]
+    private var packAllLive: [Bool]
+    /// Bytes of the packs as they would be after the sweep.
+    private(set) var packBytes: Int64 = 0
+    private(set) var deleted = Set<Int>()
+
+    /// Starts from the store with `deleted` checkpoints gone and `remaining` references for checkpoints
+    /// a part rule slims.
+    init(_ usage: StoreUsage, deleted: Set<Int>, remaining: [Int: [Int32]]) {
+        self.usage = usage
+        let count = usage.digests.count
+        references = Array(repeating: 0, count: count)
+        liveDependents = Array(repeating: 0, count: count)
+        alive = Array(repeating: false, count: count)
+        packLive = Array(repeating: (0, 0), count: usage.packs.count)
+        packAllLive = Array(repeating: true, count: usage.packs.count)
+        self.deleted = deleted
+        var chunkLists = usage.checkpoints.map(\.chunks)
+        for (index, list) in remaining { chunkLists[index] = list }
+        for (index, list) in chunkLists.enumerated() where !deleted.contains(index) {
+            for chunk in list { references[Int(chunk)] += 1 }
+        }
+        // Live: referenced, an annotation, or (transitively) the base of a live chunk.
+        var stack = (0..<count).filter { references[$0] > 0 || usage.kinds[$0] == .annotation }
+        for chunk in stack { alive[chunk] = true }
+        while let chunk = stack.popLast() {
+            let base = Int(usage.bases[chunk])
+            guard base >= 0 else { continue }
+            liveDependents[base] += 1
+            if !alive[base] {
+                alive[base] = true
+                stack.append(base)
+            }
+        }
+        for chunk in 0..<count {
+            let pack = Int(usage.chunkPacks[chunk])
+            guard pack >= 0 else { continue }
+            if alive[chunk] {
+                packLive[pack].frames += 1
+                packLive[pack].bytes += usage.frameBytes[chunk]
+            } else {
+                packAllLive[pack] = false
+            }
+        }
+        packBytes = usage.packs.indices.reduce(0) { $0 + size(ofPack: $1) }
+    }
+
+    private func size(ofPack pack: Int) -> Int64 {
+        if packLive[pack].frames == 0 { return 0 }
+        if packAllLive[pack] { return usage.packs[pack].size }
+        return CheckpointStore.packSize(frames: packLive[pack].frames, frameBytes: packLive[pack].bytes)
+    }
+
+    /// Deletes one more checkpoint.
+    mutating func delete(_ checkpoint: Int) {
+        guard deleted.insert(checkpoint).inserted else { return }
+        for chunk in usage.checkpoints[checkpoint].chunks {
+            references[Int(chunk)] -= 1
+            release(Int(chunk))
+        }
+    }
+
+    private mutating func release(_ start: Int) {
+        var next: Int? = start
+        while let chunk = next {
+            next = nil
+            guard alive[chunk], references[chunk] == 0, liveDependents[chunk] == 0, usage.kinds[chunk] != .annotation else { return }
+            alive[chunk] = false
+            let pack = Int(usage.chunkPacks[chunk])
+            if pack >= 0 {
+                packBytes -= size(ofPack: pack)
+                packLive[pack].frames -= 1
+                packLive[pack].bytes -= usage.frameBytes[chunk]
+                packAllLive[pack] = false
+                packBytes += size(ofPack: pack)
+            }
+            let base = Int(usage.bases[chunk])
+            if base >= 0 {
+                liveDependents[base] -= 1
+                next = base
+            }
+        }
+    }
+}
