@@ -43,7 +43,9 @@ bench-deps: deps
 	@command -v restic >/dev/null || $(SUDO) apt-get install -y -qq restic
 	@command -v borg >/dev/null || $(SUDO) apt-get install -y -qq borgbackup
 
+# SwiftPM caches the root package's file list in Benchmarks/.build's plan; drop the plan so new files count.
 bench: bench-deps release
+	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
 
 # libFuzzer with AddressSanitizer on the safetensors, zip and pack parsers, FUZZ_SECONDS (60) each.

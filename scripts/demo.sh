@@ -36,6 +36,9 @@ say "ckstore policy set demo-finetune --keep-last 2 --drop-optimizer-after 1; ck
 "$bin/ckstore" policy set --store "$store" demo-finetune --keep-last 2 --drop-optimizer-after 1
 "$bin/ckstore" gc --store "$store" --dry-run
 
+say "ckstore audit --budget 1GiB --what-if keep-last=1 --html (what each checkpoint really costs)"
+"$bin/ckstore" audit --store "$store" --budget 1GiB --what-if keep-last=1 --top 5 --html "$demo/audit.html"
+
 say "Dedup and compression"
 logical=$(du -sb "$demo/run" | cut -f1)
 stored=$(du -sb "$store" | cut -f1)

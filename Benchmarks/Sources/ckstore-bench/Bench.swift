@@ -14,7 +14,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Model parameters per checkpoint (12 bytes each on disk: weights plus two Adam moments).") var parameters = 96_000_000
     @Option(help: "Repetitions of each measurement (the median is reported).") var repetitions = 3
     @Option(help: .hidden) var generate: String?
-    @Flag(help: "Only the catalogue benchmark: gc planning and sweep over a synthetic catalogue.") var gcOnly = false
+    @Flag(help: "Only the catalogue benchmark: audit, gc planning and sweep over a synthetic catalogue.") var gcOnly = false
     @Option(help: "Checkpoints in the synthetic catalogue.") var gcCheckpoints = 1000
     @Option(help: "Chunks per checkpoint in the synthetic catalogue.") var gcChunks = 2000
 
@@ -161,9 +161,26 @@ struct Bench: ParsableCommand {
                 print(String(format: "  repetition %d, gc%@: %.2f s, peak %.0f MiB", repetition, dryRun ? " --dry-run" : "", measurement.seconds, Double(measurement.peakKiB) / 1024))
             }
         }
+        // audit reads the catalogue only: one copy serves every repetition.
+        var audits = [String: [Double]]()
+        let auditRuns: [(String, [String])] = [
+            ("audit", []), ("audit --json --budget 2TB", ["--json", "--budget", "2TB"]),
+            ("audit --what-if keep-last=5", ["--what-if", "keep-last=5"]),
+        ]
+        for repetition in 1...repetitions {
+            for (name, extra) in auditRuns {
+                let measurement = try Command.measure([ckstore, "audit", "--store", template] + extra)
+                audits[name, default: []].append(measurement.seconds)
+                print(String(format: "  repetition %d, %@: %.2f s, peak %.0f MiB", repetition, name, measurement.seconds, Double(measurement.peakKiB) / 1024))
+            }
+        }
         print("")
         print("| measurement | median s | target | met |")
         print("| --- | ---: | --- | --- |")
+        for (name, _) in auditRuns {
+            let seconds = median(audits[name] ?? [])
+            print(String(format: "| %@ | %.2f | %@ | %@ |", name, seconds, name == "audit" ? "< 2 s" : "", name == "audit" ? (seconds < 2 ? "yes" : "**no**") : ""))
+        }
         print(String(format: "| gc --dry-run (planning) | %.2f | | |", median(plans)))
         print(String(format: "| gc (planning + sweep) | %.2f | < 10 s | %@ |", median(sweeps), median(sweeps) < 10 ? "yes" : "**no**"))
     }

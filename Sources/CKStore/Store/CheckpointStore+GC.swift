@@ -226,12 +226,11 @@ extension CheckpointStore {
                 for (path, names) in drop.tensors { tensors[path, default: []].formUnion(names) }
                 remaining[id] = Array(Catalogue.remainingUses(of: id, manifest: drop.manifest, droppedPaths: paths, droppedTensors: tensors).keys)
             }
-            return (try StoreUsage.load(catalogue, layout: layout), remaining)
+            return (try StoreUsage.load(catalogue, layout: layout, packs: true), remaining)
         }
         let index = Dictionary(usage.checkpoints.enumerated().map { ($1.summary.id, $0) }, uniquingKeysWith: { first, _ in first })
-        let chunkIndex = Dictionary(usage.digests.enumerated().map { ($1, Int32($0)) }, uniquingKeysWith: { first, _ in first })
         var slimmed = [Int: [Int32]]()
-        for (id, digests) in remaining { if let checkpoint = index[id] { slimmed[checkpoint] = digests.compactMap { chunkIndex[$0] } } }
+        for (id, digests) in remaining { if let checkpoint = index[id] { slimmed[checkpoint] = digests.compactMap { usage.number(of: $0) } } }
         var simulation = UsageSimulation(usage, deleted: Set(deleted.compactMap { index[$0] }), remaining: slimmed)
 
         // Unprotected: kept only because the run has no policy. Oldest first.

@@ -44,17 +44,26 @@ struct StoreUsage {
     var bases: [Int32] = []
     /// The label of the piece that first stored it, or -1.
     var chunkLabels: [Int32] = []
+    /// The pack of each chunk, when loaded with `packs`.
     var chunkPacks: [Int32] = []
+    private var digestIndex = DigestIndex([])
     /// References to digests the catalogue has no chunk row for (damage `verify` reports).
     var missingReferences = 0
     /// The catalogue's files (database and write-ahead log) in bytes.
     var catalogueBytes: Int64 = 0
 
+    /// The number of a chunk, or nil when the catalogue has no such chunk.
+    func number(of digest: ChunkDigest) -> Int32? { digestIndex.number(of: digest) }
+
     static let none: Int32 = -1
     static let shared: Int32 = -2
 
-    /// Reads the whole catalogue.
-    static func load(_ catalogue: Catalogue, layout: StoreLayout) throws -> StoreUsage {
+    /// Reads the whole catalogue; with `packs`, also which pack holds each chunk (``chunkPacks``).
+    static func load(_ catalogue: Catalogue, layout: StoreLayout, packs withPacks: Bool = false) throws -> StoreUsage {
+        // One pass over every table gains nothing from the 256 MiB page cache gc's sweep wants; keep the
+        // audit's memory to its arrays.
+        try catalogue.database.execute("PRAGMA cache_size = -16384")
+        defer { try? catalogue.database.execute("PRAGMA cache_size = -262144") }
         var usage = StoreUsage()
         let summaries = try catalogue.summaries()
         var runIndex = [String: Int]()
@@ -76,15 +85,19 @@ struct StoreUsage {
             if let index = checkpointIndex[id] { usage.checkpoints[index].logicalBytes = bytes }
         }
 
-        var labelIndex = [Int64: Int32]()
+        // Label ids are small row ids: an array maps them to positions.
+        var labelIndex = [Int32]()
+        func position(ofLabel id: Int64) -> Int32 { id >= 0 && id < labelIndex.count ? labelIndex[Int(id)] : none }
         for (id, label) in try catalogue.statement("SELECT l.id, r.name, l.path, l.tensor FROM labels l JOIN runs r ON r.id = l.run_id ORDER BY l.id")
-            .rows([], { ($0.int(0), Label(run: $0.text(1), path: $0.text(2), tensor: $0.text(3))) }) {
-            labelIndex[id] = Int32(usage.labels.count)
+            .rows([], { ($0.int(0), Label(run: $0.text(1), path: $0.text(2), tensor: $0.text(3))) }) where id >= 0 && id < 1 << 31 {
+            if labelIndex.count <= Int(id) { labelIndex += Array(repeating: none, count: Int(id) + 1 - labelIndex.count) }
+            labelIndex[Int(id)] = Int32(usage.labels.count)
             usage.labels.append(label)
         }
         usage.labelLogicalBytes = Array(repeating: 0, count: usage.labels.count)
         for (label, bytes) in try catalogue.statement("SELECT label, sum(logical_bytes) FROM checkpoint_labels GROUP BY label").rows([], { ($0.int(0), $0.int(1)) }) {
-            if let index = labelIndex[label] { usage.labelLogicalBytes[Int(index)] += bytes }
+            let index = position(ofLabel: label)
+            if index >= 0 { usage.labelLogicalBytes[Int(index)] += bytes }
         }
 
         var packIndex = [String: Int32]()
@@ -93,24 +106,23 @@ struct StoreUsage {
             usage.packs.append(Pack(id: row.id, size: row.size, frames: row.frameCount))
         }
 
-        var chunkIndex = [ChunkDigest: Int32]()
         var baseDigests = [(Int32, ChunkDigest)]()
-        let chunks = try catalogue.statement("SELECT digest, pack_id, stored_length, raw_length, kind, base, label FROM chunks")
+        // Which pack holds a chunk costs a string per row; only budget planning needs it.
+        let chunks = try catalogue.statement("SELECT digest, stored_length, raw_length, kind, base, label\(withPacks ? ", pack_id" : "") FROM chunks")
         try chunks.bind([])
         while try chunks.step() {
             let index = Int32(usage.digests.count)
-            let digest = try chunks.digest(0)
-            chunkIndex[digest] = index
-            usage.digests.append(digest)
-            usage.chunkPacks.append(packIndex[chunks.text(1)] ?? none)
-            usage.frameBytes.append(chunks.int(2) + Int64(PackFormat.frameHeaderSize))
-            usage.rawBytes.append(chunks.int(3))
-            usage.kinds.append(FrameKind(rawValue: UInt8(truncatingIfNeeded: chunks.int(4))) ?? .chunk)
-            if !chunks.isNull(5) { baseDigests.append((index, try chunks.digest(5))) }
-            usage.chunkLabels.append(chunks.isNull(6) ? none : labelIndex[chunks.int(6)] ?? none)
+            usage.digests.append(try chunks.digest(0))
+            usage.frameBytes.append(chunks.int(1) + Int64(PackFormat.frameHeaderSize))
+            usage.rawBytes.append(chunks.int(2))
+            usage.kinds.append(FrameKind(rawValue: UInt8(truncatingIfNeeded: chunks.int(3))) ?? .chunk)
+            if !chunks.isNull(4) { baseDigests.append((index, try chunks.digest(4))) }
+            usage.chunkLabels.append(chunks.isNull(5) ? none : position(ofLabel: chunks.int(5)))
+            if withPacks { usage.chunkPacks.append(packIndex[chunks.text(6)] ?? none) }
         }
+        usage.digestIndex = DigestIndex(usage.digests)
         usage.bases = Array(repeating: none, count: usage.digests.count)
-        for (index, base) in baseDigests { usage.bases[Int(index)] = chunkIndex[base] ?? none }
+        for (index, base) in baseDigests { usage.bases[Int(index)] = usage.number(of: base) ?? none }
 
         // References come in primary-key order, so one checkpoint's rows are consecutive.
         let references = try catalogue.statement("SELECT checkpoint_id, digest FROM checkpoint_chunks")
@@ -127,7 +139,7 @@ struct StoreUsage {
                 flush()
                 current = (id, checkpointIndex[id])
             }
-            if let chunk = chunkIndex[try references.digest(1)] {
+            if let chunk = usage.number(of: try references.digest(1)) {
                 list.append(chunk)
             } else {
                 usage.missingReferences += 1
@@ -216,6 +228,7 @@ struct UsageSimulation {
     /// Starts from the store with `deleted` checkpoints gone and `remaining` references for checkpoints
     /// a part rule slims.
     init(_ usage: StoreUsage, deleted: Set<Int>, remaining: [Int: [Int32]]) {
+        precondition(usage.chunkPacks.count == usage.digests.count, "a simulation needs the usage loaded with packs")
         self.usage = usage
         let count = usage.digests.count
         references = Array(repeating: 0, count: count)

@@ -14,16 +14,23 @@ public enum SyntheticCatalogue {
         try store.withCatalogue { catalogue in
             try catalogue.database.transaction {
                 var counter: UInt64 = 0
+                // Uniformly distributed, like real SHA-256 digests (a counter would make every digest share
+                // its first words, which is all a digest's hash looks at).
                 func nextDigest() -> ChunkDigest {
                     counter += 1
-                    var bytes = [UInt8](repeating: 0, count: 32)
-                    withUnsafeBytes(of: counter.bigEndian) { bytes.replaceSubrange(24..<32, with: $0) }
-                    bytes[0] = 0x5a
-                    return ChunkDigest(bytes: bytes) ?? SHA256Hasher.digest(bytes)
+                    return withUnsafeBytes(of: counter.bigEndian) { SHA256Hasher.digest($0) }
                 }
                 let insertPack = try catalogue.statement("INSERT INTO packs (id, size, frame_count, created_at) VALUES (?, ?, ?, ?)")
-                let insertChunk = try catalogue.statement("INSERT INTO chunks (digest, pack_id, offset, stored_length, raw_length, encoding, kind, base) VALUES (?, ?, ?, ?, ?, 1, ?, NULL)")
+                let insertChunk = try catalogue.statement("INSERT INTO chunks (digest, pack_id, offset, stored_length, raw_length, encoding, kind, base, label) VALUES (?, ?, ?, ?, ?, 1, ?, NULL, ?)")
                 let runID = try catalogue.ensureRun(named: run, now: 0)
+                // Pieces: 100 tensors of 20 chunks each, the first half weights, the second optimizer state.
+                let chunksPerPiece = 20
+                let pieces = try (0..<(chunksPerCheckpoint + chunksPerPiece - 1) / chunksPerPiece).map { index in
+                    index < chunksPerCheckpoint / chunksPerPiece / 2
+                        ? try catalogue.label(runID: runID, path: "model.safetensors", tensor: "layers.\(index).weight")
+                        : try catalogue.label(runID: runID, path: "optimizer.pt", tensor: "optimizer/data/\(index)")
+                }
+                let insertPiece = try catalogue.statement("INSERT INTO checkpoint_labels (checkpoint_id, label, logical_bytes) VALUES (?, ?, ?)")
                 let insertCheckpoint = try catalogue.statement("""
                     INSERT INTO checkpoints (id, run_id, step, epoch, created_at, logical_bytes, stored_bytes_added, chunk_count, file_count, tensor_count, content_digest, parent)
                     VALUES (?, ?, ?, NULL, ?, ?, ?, ?, 2, 0, ?, NULL)
@@ -44,17 +51,21 @@ public enum SyntheticCatalogue {
                     var added: Int64 = 0
                     while current.count < chunksPerCheckpoint {
                         let digest = nextDigest()
-                        try insertChunk.run([.blob(digest.bytes), .text(pack.hex), .integer(offset), .integer(Int64(storedSize)), .integer(Int64(chunkSize)), .integer(0)])
+                        try insertChunk.run([.blob(digest.bytes), .text(pack.hex), .integer(offset), .integer(Int64(storedSize)), .integer(Int64(chunkSize)), .integer(0), .integer(pieces[current.count / chunksPerPiece])])
                         offset += Int64(PackFormat.frameHeaderSize + storedSize)
                         added += Int64(PackFormat.frameHeaderSize + storedSize)
                         current.append(digest)
                     }
                     let manifest = nextDigest()
-                    try insertChunk.run([.blob(manifest.bytes), .text(pack.hex), .integer(offset), .integer(4096), .integer(16384), .integer(1)])
+                    try insertChunk.run([.blob(manifest.bytes), .text(pack.hex), .integer(offset), .integer(4096), .integer(16384), .integer(1), .null])
                     let id = SQLiteStatement.Value.blob(manifest.bytes)
                     try insertCheckpoint.run([id, .integer(runID), .integer(Int64(index + 1) * 100), .real(1_767_571_200 + Double(index) * 600),
                                               .integer(Int64(chunksPerCheckpoint * chunkSize)), .integer(added), .integer(Int64(chunksPerCheckpoint)), .blob(manifest.bytes)])
                     for digest in Set(current + [manifest]) { try insertReference.run([id, .blob(digest.bytes)]) }
+                    for (index, label) in pieces.enumerated() {
+                        let chunks = min(chunksPerPiece, chunksPerCheckpoint - index * chunksPerPiece)
+                        try insertPiece.run([id, .integer(label), .integer(Int64(chunks * chunkSize))])
+                    }
                     try insertMetric.run([id, .real(3.0 / Double(index + 1) + Double(index % 7) / 100)])
                     previous = current
                 }

@@ -55,6 +55,10 @@ public struct ChunkDigest: Hashable, Sendable, Comparable, CustomStringConvertib
         lhs.words == rhs.words
     }
 
+    /// The first 64 bits: uniformly distributed for SHA-256 output, a ready-made hash for tables that
+    /// index millions of digests without running `Hasher` on each.
+    var prefix: UInt64 { words.0 }
+
     public func hash(into hasher: inout Hasher) {
         // The words are already uniformly distributed; one is enough to spread buckets.
         hasher.combine(words.0)
