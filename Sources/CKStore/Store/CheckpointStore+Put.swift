@@ -36,38 +36,73 @@ extension CheckpointStore {
     }
 
     private func putChecked(directory: String, options: PutOptions) async throws -> PutResult {
+        var scanner = DirectoryScanner(root: directory)
+        scanner.followExternalLinks = options.followSymlinks
+        scanner.excluded = FileSystem.canonicalPath(path)
+        let inputs = try scanner.scan().map { entry in
+            switch entry.kind {
+            case .symlink(let target): PutInput(path: entry.relativePath, mode: entry.mode, content: .symlink(target: target))
+            case .regular: PutInput(path: entry.relativePath, mode: entry.mode, content: .file(entry.sourcePath))
+            }
+        }
+        return try await put(inputs, options: options, describing: directory, defaultStep: Self.stepFromFolderName(directory))
+    }
+
+    /// One file of a checkpoint being put.
+    struct PutInput: Sendable {
+        enum Content: Sendable {
+            /// A regular file to read from disk.
+            case file(String)
+            /// Bytes in memory.
+            case memory(MemoryFile)
+            case symlink(target: String)
+        }
+
+        var path: String
+        var mode: UInt32
+        var content: Content
+
+        /// The bytes of a small regular file (`trainer_state.json`, `config.json`); empty above 64 MiB.
+        func smallContents() throws -> [UInt8]? {
+            switch content {
+            case .file(let source): return try CheckpointStore.readSmallFile(source)
+            case .memory(let file): return file.size() <= 64 << 20 ? try file.read(count: Int(file.size()), at: 0) : []
+            case .symlink: return nil
+            }
+        }
+    }
+
+    /// Puts the files `inputs` as one checkpoint: the core of ``put(directory:options:)`` and of saves from
+    /// memory. `what` names the checkpoint in errors.
+    func put(_ inputs: [PutInput], options: PutOptions, describing what: String, defaultStep: Int64?) async throws -> PutResult {
         let started = ContinuousClock.now
         try Self.validateRunName(options.run)
         let lock = try StoreLock(path: layout.lockPath, mode: .shared)
         defer { withExtendedLifetime(lock) {} }
 
-        var scanner = DirectoryScanner(root: directory)
-        scanner.followExternalLinks = options.followSymlinks
-        scanner.excluded = FileSystem.canonicalPath(path)
-        let entries = try scanner.scan()
-
-        let trainerState = try entries.first { $0.relativePath == "trainer_state.json" && $0.kind == .regular }
-            .flatMap { entry throws in TrainerState(bytes: try Self.readSmallFile(entry.sourcePath)) }
-        let modelConfig = try entries.first { $0.relativePath == "config.json" && $0.kind == .regular }
-            .flatMap { entry throws in try? JSONDecoder().decode(JSONValue.self, from: Data(try Self.readSmallFile(entry.sourcePath))) }
-        guard let step = options.step ?? trainerState?.globalStep ?? Self.stepFromFolderName(directory) else {
-            throw CKStoreError(.invalidArgument, "no step for \(directory): give --step N (there is no trainer_state.json with global_step, and the folder is not named checkpoint-N)")
+        let trainerState = try inputs.first { $0.path == "trainer_state.json" }?.smallContents().flatMap { TrainerState(bytes: $0) }
+        let modelConfig = try inputs.first { $0.path == "config.json" }?.smallContents()
+            .flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0)) }
+        guard let step = options.step ?? trainerState?.globalStep ?? defaultStep else {
+            throw CKStoreError(.invalidArgument, "no step for \(what): give --step N (there is no trainer_state.json with global_step, and the folder is not named checkpoint-N)")
         }
         guard step >= 0 else { throw CKStoreError(.invalidArgument, "step \(step) is negative") }
 
         let session = try PutSession(store: self, options: options)
         var files = [FileEntry]()
         var warnings = [String]()
-        for entry in entries {
-            switch entry.kind {
+        for input in inputs {
+            let stored: (FileEntry, warning: String?)
+            switch input.content {
             case .symlink(let target):
-                files.append(FileEntry(path: entry.relativePath, mode: entry.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
+                files.append(FileEntry(path: input.path, mode: input.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
                                        format: .symlink, linkTarget: target, chunks: [], tensors: nil))
-            case .regular:
-                let (file, warning) = try await session.store(entry)
-                files.append(file)
-                if let warning { warnings.append(warning) }
+                continue
+            case .file(let source): stored = try await session.store(SharedFile(path: source), path: input.path, mode: input.mode)
+            case .memory(let file): stored = try await session.store(file, path: input.path, mode: input.mode)
             }
+            files.append(stored.0)
+            if let warning = stored.warning { warnings.append(warning) }
         }
 
         var metrics = trainerState?.metrics ?? [:]
@@ -157,7 +192,7 @@ final class PutSession {
     private var writer: PackWriter?
     private var sealed = [SealedPack]()
     /// Chunks found in the store, with where to read them again if a concurrent gc removes them first.
-    private var reused = [ChunkDigest: (path: String, offset: Int64, length: Int)]()
+    private var reused = [ChunkDigest: (source: any PutSource, path: String, offset: Int64, length: Int)]()
     private(set) var newChunkCount = 0
     private(set) var bytesAdded: Int64 = 0
 
@@ -179,13 +214,13 @@ final class PutSession {
 
     /// Stores one regular file: reads it in order, hashes and encodes its chunks in parallel, and appends
     /// new frames to the current pack. Returns its manifest entry.
-    func store(_ entry: DirectoryScanner.Entry) async throws -> (FileEntry, warning: String?) {
-        let file = try SharedFile(path: entry.sourcePath)
-        let identity = try FileIdentity(file)
-        let size = identity.size
+    /// Stores one file's bytes from `file` under `path`.
+    func store(_ file: any PutSource, path: String, mode: UInt32) async throws -> (FileEntry, warning: String?) {
+        let identity = try file.identity()
+        let size = try identity?.size ?? file.size()
         async let wholeFileDigest = FileCursor.wholeFileDigest(file, size: size)
-        let (layout, warning) = FormatDetector.layout(of: file, path: entry.relativePath, size: size)
-        var cursor = FileCursor(file: file, path: entry.relativePath, layout: layout, size: size)
+        let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size)
+        var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
 
         let store = self.store, codec = self.codec, claims = self.claims
@@ -224,7 +259,7 @@ final class PutSession {
                     try append(encoded, kind: .chunk)
                     newChunkCount += 1
                 } else if result.foundInStore {
-                    reused[result.digest] = (entry.sourcePath, result.offset, result.length)
+                    reused[result.digest] = (file, path, result.offset, result.length)
                 }
             }
         }
@@ -248,10 +283,10 @@ final class PutSession {
         }
         let chunkRefs = chunks.compactMap { $0 }
         guard chunkRefs.count == chunks.count else {
-            throw CKStoreError(.ioFailure, "\(entry.relativePath): a chunk was read but never hashed (internal error); nothing was committed")
+            throw CKStoreError(.ioFailure, "\(path): a chunk was read but never hashed (internal error); nothing was committed")
         }
         let entryOut = FileEntry(
-            path: entry.relativePath, mode: entry.mode, size: size, sha256: digest, format: layout.format,
+            path: path, mode: mode, size: size, sha256: digest, format: layout.format,
             linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors
         )
         return (entryOut, warning)
@@ -305,7 +340,7 @@ final class PutSession {
             // A concurrent gc removed chunks this put reused: write them again and retry.
             for digest in missing {
                 guard let source = reused.removeValue(forKey: digest) else { continue }
-                let bytes = try FileHandle.openForReading(source.path).read(count: source.length, at: source.offset)
+                let bytes = try source.source.read(count: source.length, at: source.offset)
                 guard SHA256Hasher.digest(bytes) == digest else {
                     throw CKStoreError(.conflict, "\(source.path) changed while it was being stored; put it again once the trainer has finished writing")
                 }

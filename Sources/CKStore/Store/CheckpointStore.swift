@@ -18,6 +18,8 @@ public final class CheckpointStore: Sendable {
     let layout: StoreLayout
     private let catalogue: LockedCatalogue
     let contexts = ZstdContextPool()
+    /// Frames read since the store was opened (tests check that partial reads stay partial).
+    let framesRead = Atomic<Int>(0)
 
     private init(layout: StoreLayout, catalogue: Catalogue) {
         self.path = layout.root
@@ -146,6 +148,7 @@ public final class CheckpointStore: Sendable {
     /// Reads, checks and decodes one chunk.
     func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true) throws -> ChunkBytes {
         let reader = try readers.reader(for: location.pack)
+        framesRead.add(1, ordering: .relaxed)
         let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
         let codec = FrameCodec(level: .default, contexts: contexts)
         let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)

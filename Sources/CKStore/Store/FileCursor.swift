@@ -11,7 +11,7 @@ struct FileCursor {
     /// overhead (a catalogue row, a frame header) to vanish, small enough for parallelism and dedup.
     static let tensorChunkSize = 1 << 20
 
-    let file: SharedFile
+    let file: any PutSource
     let path: String
     let layout: FileLayout
     let size: Int64
@@ -28,7 +28,7 @@ struct FileCursor {
     private var pendingStart = 0
     private var readPosition: Int64 = 0
 
-    init(file: SharedFile, path: String, layout: FileLayout, size: Int64) {
+    init(file: any PutSource, path: String, layout: FileLayout, size: Int64) {
         self.file = file
         self.path = path
         self.layout = layout
@@ -85,16 +85,16 @@ struct FileCursor {
 
     /// Checks, once every chunk has been taken, that the file did not change while it was read: same
     /// size, modification and change times as when the put opened it.
-    func finish(openedAs before: FileIdentity) throws {
-        let now = try FileIdentity(file)
+    func finish(openedAs before: FileIdentity?) throws {
+        let now = try file.identity()
         guard position == size, now == before else {
-            throw CKStoreError(.conflict, "\(path) changed while it was being stored (\(before.size) bytes when the put started, \(now.size) now); put it again once the trainer has finished writing")
+            throw CKStoreError(.conflict, "\(path) changed while it was being stored (\(before?.size ?? size) bytes when the put started, \(now?.size ?? position) now); put it again once the trainer has finished writing")
         }
     }
 
     /// The SHA-256 of a whole file, read in large blocks. Runs beside the chunk pipeline, on its own core,
     /// so that hashing each byte twice (per chunk and per file) does not halve put throughput.
-    static func wholeFileDigest(_ file: SharedFile, size: Int64) throws -> ChunkDigest {
+    static func wholeFileDigest(_ file: any PutSource, size: Int64) throws -> ChunkDigest {
         var hasher = SHA256Hasher()
         let blockSize = 4 << 20
         var buffer = [UInt8](repeating: 0, count: blockSize)
