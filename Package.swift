@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "CKStoreTestSupport", targets: ["CKStoreTestSupport"]),
         .executable(name: "ckstore", targets: ["ckstore"]),
         .executable(name: "ckstore-gen", targets: ["ckstore-gen"]),
+        .executable(name: "TrainLoop", targets: ["TrainLoop"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
@@ -40,6 +41,15 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .executableTarget(
+            name: "TrainLoop",
+            dependencies: [
+                "CKStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/TrainLoop",
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "CKStoreTestSupport",
             dependencies: ["CKStore"],
@@ -60,7 +70,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CKStoreCLITests",
-            dependencies: ["CKStore", "CKStoreTestSupport", "ckstore", "ckstore-gen"],
+            dependencies: ["CKStore", "CKStoreTestSupport", "ckstore", "ckstore-gen", "TrainLoop"],
             swiftSettings: strictSettings
         ),
     ],

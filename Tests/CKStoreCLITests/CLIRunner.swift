@@ -17,10 +17,10 @@ enum CLI {
         var killed: Bool
     }
 
-    /// Runs `ckstore` with `arguments` to completion.
-    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Output {
+    /// Runs `ckstore` (or another built `program`) with `arguments` to completion.
+    static func run(_ arguments: [String], environment: [String: String] = [:], program: String = "ckstore") throws -> Output {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
+        process.executableURL = URL(fileURLWithPath: buildFolder + "/" + program)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "CKSTORE_PATH")
