@@ -36,7 +36,9 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
 
     /// A source location in ckstore's code.
     public struct SourceLocation: Sendable, Hashable {
+        /// The source file.
         public var file: String
+        /// The line in it.
         public var line: Int
     }
 
@@ -97,7 +99,9 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
 
 /// An `errno` value, wrapped so that it prints by name.
 public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The `errno` value.
     public var rawValue: Int32
+    /// Wraps an `errno` value.
     public init(rawValue: Int32) { self.rawValue = rawValue }
 
     public var description: String {

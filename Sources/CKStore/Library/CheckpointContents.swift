@@ -7,9 +7,13 @@ public import Foundation
 /// keeps the save's view as it was if the caller changes its own array afterwards (the caller's next
 /// write copies the array once).
 public struct TensorValue: Sendable, Equatable {
+    /// The tensor's name in its safetensors file.
     public var name: String
+    /// The element type.
     public var dtype: DType
+    /// The dimensions, outermost first.
     public var shape: [Int]
+    /// The elements, little-endian, row-major.
     public var bytes: [UInt8]
 
     /// A tensor from raw bytes.
@@ -73,11 +77,17 @@ extension DType {
 /// try contents.setModelConfig(["hidden": 128, "layers": 2])
 /// ```
 public struct CheckpointContents: Sendable {
+    /// The run the checkpoint belongs to.
     public var run: String
+    /// The training step; unique in the run.
     public var step: Int64
+    /// The epoch, if the loop counts them.
     public var epoch: Double?
+    /// Metrics such as `loss`, for `ls`, audits and keep-best rules.
     public var metrics: [String: Double] = [:]
+    /// Tags, for `ls` and keep-tag rules.
     public var tags: [String] = []
+    /// Free-form metadata kept in the manifest.
     public var metadata: [String: String] = [:]
     /// Model weights, written as `model.safetensors` in this order.
     public var tensors: [TensorValue] = []
@@ -93,6 +103,7 @@ public struct CheckpointContents: Sendable {
     /// String metadata stored in the `__metadata__` of `model.safetensors`.
     public var safetensorsMetadata: [String: String] = ["format": "pt"]
 
+    /// Empty contents for `run` at `step`.
     public init(run: String, step: Int64) {
         self.run = run
         self.step = step

@@ -6,7 +6,9 @@ import Darwin
 
 /// A checkpoint read into memory.
 public struct LoadedCheckpoint: Sendable {
+    /// The checkpoint read.
     public var id: CheckpointID
+    /// Its manifest: run, step, metrics, files and tensors.
     public var manifest: Manifest
     /// Every regular file by path (files a part rule dropped are absent).
     public var files: [String: [UInt8]]

@@ -58,7 +58,9 @@ extension CheckpointStore {
 public actor BackgroundSaver {
     /// A save running in the background.
     public struct Handle: Sendable {
+        /// The run of the checkpoint being saved.
         public let run: String
+        /// Its step.
         public let step: Int64
         let task: Task<PutResult, any Error>
 
@@ -79,6 +81,7 @@ public actor BackgroundSaver {
     private var waiting = [CheckedContinuation<Void, Never>]()
     private var handles = [Handle]()
 
+    /// A saver for `store` running at most `maxInFlight` saves at once, at zstd `level`.
     public init(store: CheckpointStore, maxInFlight: Int = 1, level: CompressionLevel = .default) {
         self.store = store
         self.maxInFlight = max(1, maxInFlight)

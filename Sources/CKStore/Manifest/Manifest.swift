@@ -9,20 +9,29 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// The manifest format this ckstore writes.
     public static let currentFormat = 1
 
+    /// How ckstore understood the file.
     public var format: Int
+    /// The run.
     public var run: String
+    /// The training step.
     public var step: Int64
+    /// The epoch, when known.
     public var epoch: Double?
     /// Seconds since 1970, UTC.
     public var createdAt: Double
+    /// Metrics such as `loss`.
     public var metrics: [String: Double]
+    /// Tags given at put.
     public var tags: [String]
+    /// Free-form metadata given at put.
     public var metadata: [String: String]
+    /// The run's previous checkpoint at put time.
     public var parent: CheckpointID?
     /// The model's configuration (`config.json`), when the checkpoint has one.
     public var modelConfig: JSONValue?
     /// The trainer's state (`trainer_state.json`), when the checkpoint has one.
     public var trainerState: JSONValue?
+    /// Every file, in path order.
     public var files: [FileEntry]
 
     enum CodingKeys: String, CodingKey {
@@ -41,6 +50,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// Every chunk reference, in file order, repeats included.
     public var chunkCount: Int { files.reduce(0) { $0 + $1.chunks.count } }
 
+    /// Tensors and torch storages over all files.
     public var tensorCount: Int { files.reduce(0) { $0 + ($1.tensors?.count ?? 0) } }
 
     /// The canonical bytes: JSON with sorted keys and no extra whitespace.
@@ -85,9 +95,11 @@ public struct FileEntry: Codable, Sendable, Equatable {
     public var path: String
     /// Permission bits.
     public var mode: UInt32
+    /// The file's size in bytes.
     public var size: Int64
     /// SHA-256 of the whole file.
     public var sha256: ChunkDigest
+    /// How ckstore understood the file.
     public var format: FileFormat
     /// For a symbolic link: its target, relative to the link's folder.
     public var linkTarget: String?
@@ -112,7 +124,9 @@ public enum FileFormat: String, Codable, Sendable {
 
 /// One chunk of a file.
 public struct ChunkRef: Codable, Sendable, Equatable {
+    /// The chunk's SHA-256.
     public var digest: ChunkDigest
+    /// The chunk's length in bytes.
     public var length: Int
 
     enum CodingKeys: String, CodingKey {
@@ -123,15 +137,19 @@ public struct ChunkRef: Codable, Sendable, Equatable {
 
 /// A tensor (or a torch storage) inside a file.
 public struct TensorEntry: Codable, Sendable, Equatable {
+    /// The tensor's name (a storage's entry name in a torch zip).
     public var name: String
     /// The safetensors dtype; nil for torch storages, whose element type lives in the pickle.
     public var dtype: DType?
+    /// The shape; nil for torch storages.
     public var shape: [Int]?
     /// The tensor's bytes within the file: `[begin, end)`.
     public var begin: Int64
+    /// One past the tensor's last byte in the file.
     public var end: Int64
     /// The tensor's chunks are `chunks[firstChunk ..< firstChunk + chunkCount]` of its file.
     public var firstChunk: Int
+    /// How many chunks the tensor spans.
     public var chunkCount: Int
 
     enum CodingKeys: String, CodingKey {
@@ -140,5 +158,6 @@ public struct TensorEntry: Codable, Sendable, Equatable {
         case chunkCount = "chunk_count"
     }
 
+    /// The tensor's size in bytes.
     public var byteCount: Int64 { end - begin }
 }

@@ -5,14 +5,20 @@ import Foundation
 public enum RetentionPlanner {
     /// What the planner needs to know of a checkpoint.
     public struct Candidate: Sendable, Equatable {
+        /// The checkpoint.
         public var id: CheckpointID
+        /// Its step.
         public var step: Int64
         /// Seconds since 1970, UTC.
         public var createdAt: Double
+        /// Its metrics, for keep-best.
         public var metrics: [String: Double]
+        /// Its tags, for keep-tag.
         public var tags: [String]
+        /// Whether it is pinned.
         public var pinned: Bool
 
+        /// A candidate with what the rules look at.
         public init(id: CheckpointID, step: Int64, createdAt: Double, metrics: [String: Double] = [:], tags: [String] = [], pinned: Bool = false) {
             self.id = id
             self.step = step

@@ -14,11 +14,16 @@ import Foundation
 public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// Keep the best `count` checkpoints by a metric.
     public struct Best: Codable, Sendable, Equatable, CustomStringConvertible {
+        /// Whether smaller or larger values are better.
         public enum Order: String, Codable, Sendable { case min, max }
+        /// How many to keep.
         public var count: Int
+        /// The metric to rank by.
         public var metric: String
+        /// Which end of the ranking is best.
         public var order: Order
 
+        /// A keep-best rule.
         public init(count: Int, metric: String, order: Order) {
             self.count = count
             self.metric = metric
@@ -37,16 +42,23 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
         public var description: String { "\(count):\(metric):\(order.rawValue)" }
     }
 
+    /// Keep the newest N checkpoints.
     public var keepLast: Int?
+    /// Keep the best N by a metric (several rules may be given).
     public var keepBest: [Best] = []
     /// One checkpoint per step bucket `floor(step / keepEvery)`: the newest in each.
     public var keepEvery: Int64?
     /// Seconds, measured back from the run's newest checkpoint.
     public var keepWithin: Double?
+    /// Keep the newest checkpoint of each of the last N hours that have one.
     public var keepHourly: Int?
+    /// The same by day (UTC).
     public var keepDaily: Int?
+    /// The same by ISO week.
     public var keepWeekly: Int?
+    /// The same by month.
     public var keepMonthly: Int?
+    /// Keep checkpoints with any of these tags.
     public var keepTags: [String] = []
     /// Drop the optimizer part of every kept checkpoint but the newest N, keeping weights and metadata.
     public var dropOptimizerAfter: Int?
@@ -54,6 +66,7 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// the built-in `optimizer*.pt` files for "optimizer".
     public var parts: [String: [String]] = [:]
 
+    /// The empty policy: keeps everything.
     public init() {}
 
     enum CodingKeys: String, CodingKey {

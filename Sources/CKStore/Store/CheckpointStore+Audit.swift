@@ -11,6 +11,7 @@ public struct AuditOptions: Sendable {
     /// How many of the largest tensors to list.
     public var largestTensors = 10
 
+    /// What to audit: one run or all, with an optional budget and simulated policy.
     public init(run: String? = nil, budget: Int64? = nil, whatIf: RetentionPolicy? = nil) {
         self.run = run
         self.budget = budget
@@ -22,9 +23,13 @@ public struct AuditOptions: Sendable {
 /// "stored" counts frames (payload and header) of checkpoint data, "disk" adds pack framing, annotation
 /// packs and the catalogue's files.
 public struct AuditReport: Sendable, Codable, Equatable {
+    /// What one run costs.
     public struct Run: Sendable, Codable, Equatable {
+        /// The run.
         public var run: String
+        /// How many checkpoints it has.
         public var checkpoints: Int
+        /// What the checkpoints would take as plain files.
         public var logicalBytes: Int64
         /// Frames the run's checkpoints need, shared ones included.
         public var storedBytes: Int64
@@ -32,6 +37,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var exclusiveBytes: Int64
         /// What its checkpoints' puts added.
         public var addedBytes: Int64
+        /// Its policy, summarized.
         public var policy: String
         /// Checkpoints its policy keeps now.
         public var keptByPolicy: Int
@@ -51,11 +57,17 @@ public struct AuditReport: Sendable, Codable, Equatable {
         }
     }
 
+    /// What one checkpoint costs.
     public struct Checkpoint: Sendable, Codable, Equatable {
+        /// The checkpoint.
         public var id: CheckpointID
+        /// The run.
         public var run: String
+        /// Its step.
         public var step: Int64
+        /// When it was put (seconds since 1970).
         public var createdAt: Double
+        /// What `get` restores for it now.
         public var logicalBytes: Int64
         /// Frame bytes its put wrote.
         public var addedBytes: Int64
@@ -63,7 +75,9 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var exclusiveBytes: Int64
         /// Frames it needs that other checkpoints need too.
         public var sharedBytes: Int64
+        /// Whether it is pinned.
         public var pinned: Bool
+        /// Its metrics.
         public var metrics: [String: Double]
 
         enum CodingKeys: String, CodingKey {
@@ -76,9 +90,13 @@ public struct AuditReport: Sendable, Codable, Equatable {
         }
     }
 
+    /// Bytes of one part: weights, optimizer or other.
     public struct Part: Sendable, Codable, Equatable {
+        /// The part's name.
         public var part: String
+        /// What the part's pieces take in the checkpoints as plain files.
         public var logicalBytes: Int64
+        /// Frames of the part's chunks.
         public var storedBytes: Int64
 
         enum CodingKeys: String, CodingKey {
@@ -88,9 +106,13 @@ public struct AuditReport: Sendable, Codable, Equatable {
         }
     }
 
+    /// A tensor and what its chunks take in the store.
     public struct Tensor: Sendable, Codable, Equatable {
+        /// The run.
         public var run: String
+        /// The file holding it.
         public var file: String
+        /// The tensor's name.
         public var tensor: String
         /// Frames first stored for this tensor, over all checkpoints.
         public var storedBytes: Int64
@@ -106,13 +128,16 @@ public struct AuditReport: Sendable, Codable, Equatable {
 
     /// Headroom under a budget and where the policies take the store.
     public struct Budget: Sendable, Codable, Equatable {
+        /// What one run costs.
         public struct RunProjection: Sendable, Codable, Equatable {
+            /// The run.
             public var run: String
             /// Observed growth on disk per checkpoint: mean bytes added by the newest 10, plus the
             /// store's non-frame bytes (pack framing, catalogue) per checkpoint.
             public var bytesPerCheckpoint: Int64
             /// The most checkpoints its policy keeps; nil when the policy lets the run grow.
             public var keptAtSteadyState: Int?
+            /// The run's size once its policy keeps at most `keptAtSteadyState` checkpoints; nil when it grows.
             public var steadyStateBytes: Int64?
             /// Further checkpoints of this run that fit; nil when its policy keeps it under the budget.
             public var moreCheckpoints: Int?
@@ -136,16 +161,20 @@ public struct AuditReport: Sendable, Codable, Equatable {
             }
         }
 
+        /// The budget.
         public var budgetBytes: Int64
+        /// Packs and catalogue now.
         public var diskBytes: Int64
         /// Budget minus disk bytes (negative when over).
         public var headroomBytes: Int64
+        /// Whether the store fits now.
         public var fits: Bool
         /// The store's size once every run's policy has reached its steady state; nil when some run grows
         /// without bound.
         public var steadyStateBytes: Int64?
         /// Checkpoints, of any growing run, that fit before the budget is exceeded; nil for no limit.
         public var moreCheckpoints: Int?
+        /// Per run.
         public var runs: [RunProjection]
 
         enum CodingKeys: String, CodingKey {
@@ -171,8 +200,11 @@ public struct AuditReport: Sendable, Codable, Equatable {
 
     /// A policy simulated on the store.
     public struct WhatIf: Sendable, Codable, Equatable {
+        /// The simulated policy, summarized.
         public var policy: String
+        /// The run the policy was simulated on; nil for every run.
         public var run: String?
+        /// The checkpoints it would delete.
         public var deleted: [GCReport.Deleted]
         /// Checkpoints that would lose a part.
         public var slimmed: Int
@@ -188,8 +220,11 @@ public struct AuditReport: Sendable, Codable, Equatable {
         }
     }
 
+    /// When the audit ran (seconds since 1970).
     public var generatedAt: Double
+    /// The store's folder.
     public var store: String
+    /// The run audited; nil for the whole store.
     public var run: String?
     /// What the checkpoints would take as plain files.
     public var logicalBytes: Int64
@@ -197,7 +232,9 @@ public struct AuditReport: Sendable, Codable, Equatable {
     public var storedBytes: Int64
     /// Packs plus catalogue.
     public var diskBytes: Int64
+    /// Pack files as catalogued.
     public var packBytes: Int64
+    /// `ckstore.db` and its write-ahead log.
     public var catalogueBytes: Int64
     /// Frames no checkpoint needs: what `gc` would sweep.
     public var deadBytes: Int64
@@ -209,17 +246,27 @@ public struct AuditReport: Sendable, Codable, Equatable {
     public var dedupRatio: Double
     /// Unique bytes over their frames: what encoding saves.
     public var compressionRatio: Double
+    /// Runs in the store.
     public var runCount: Int
+    /// Checkpoints in the store.
     public var checkpointCount: Int
+    /// Chunk rows, manifests and annotations included.
     public var chunkCount: Int
+    /// Packs.
     public var packCount: Int
     /// References to chunks the catalogue lacks (see `ckstore verify`).
     public var missingReferences: Int
+    /// Per run.
     public var runs: [Run]
+    /// Per checkpoint.
     public var checkpoints: [Checkpoint]
+    /// Per part, store-wide.
     public var parts: [Part]
+    /// The tensors whose chunks take the most stored bytes.
     public var largestTensors: [Tensor]
+    /// Headroom and projection, with a budget.
     public var budget: Budget?
+    /// The simulated policy, when one was given.
     public var whatIf: WhatIf?
 
     enum CodingKeys: String, CodingKey {

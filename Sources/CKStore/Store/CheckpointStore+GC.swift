@@ -17,6 +17,7 @@ public struct GCOptions: Sendable {
     /// Plans with this policy instead of the stored ones (what `audit --what-if` simulates).
     public var policyOverride: RetentionPolicy?
 
+    /// Options for a gc of one run (or all) that may be a dry run.
     public init(run: String? = nil, dryRun: Bool = false) {
         self.run = run
         self.dryRun = dryRun
@@ -25,41 +26,59 @@ public struct GCOptions: Sendable {
 
 /// What `gc` decided and did.
 public struct GCReport: Sendable, Codable, Equatable {
+    /// A checkpoint gc keeps.
     public struct Kept: Sendable, Codable, Equatable {
+        /// The checkpoint.
         public var id: CheckpointID
+        /// Its run.
         public var run: String
+        /// Its step.
         public var step: Int64
+        /// The rules that keep it (`newest`, `pinned`, `keep-last 2`, …).
         public var reasons: [String]
         /// Files dropped from it by a part rule in this gc.
         public var dropped: [String]
     }
 
+    /// A checkpoint gc deletes.
     public struct Deleted: Sendable, Codable, Equatable {
+        /// The checkpoint.
         public var id: CheckpointID
+        /// Its run.
         public var run: String
+        /// Its step.
         public var step: Int64
     }
 
+    /// Whether nothing was changed.
     public var dryRun: Bool
+    /// Kept checkpoints with their reasons.
     public var kept: [Kept]
     /// Ids of the deleted checkpoints.
     public var deleted: [CheckpointID]
+    /// Deleted checkpoints with run and step.
     public var deletedCheckpoints: [Deleted]
     /// How much smaller the store is on disk afterwards (exact for the packs and files gc removes or
     /// rewrites; the catalogue's own size is not counted).
     public var bytesFreed: Int64
     /// Frame bytes no checkpoint needs any more, including those left in packs below the repack threshold.
     public var bytesUnreferenced: Int64
+    /// Chunk rows swept.
     public var chunksFreed: Int
+    /// Pack files removed.
     public var packsDeleted: Int
+    /// Packs rewritten without their dead frames.
     public var packsRewritten: Int
+    /// Orphan packs and temporary files removed.
     public var orphansRemoved: Int
     /// What `--budget` decided, when given.
     public var budget: BudgetOutcome?
 
     /// How `gc --budget` brought the store under its budget.
     public struct BudgetOutcome: Sendable, Codable, Equatable {
+        /// The budget.
         public var budgetBytes: Int64
+        /// Packs and catalogue before.
         public var diskBytesBefore: Int64
         /// Packs and catalogue once the sweep is done, as planned.
         public var diskBytesAfter: Int64

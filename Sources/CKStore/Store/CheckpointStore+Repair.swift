@@ -2,6 +2,7 @@ import Foundation
 
 /// What `repair` did (or, with `dryRun`, would do).
 public struct RepairReport: Sendable, Codable, Equatable {
+    /// Whether nothing was changed.
     public var dryRun: Bool
     /// Whether the catalogue was rebuilt from the packs (it was missing or damaged).
     public var catalogueRebuilt: Bool
@@ -9,6 +10,7 @@ public struct RepairReport: Sendable, Codable, Equatable {
     public var catalogueProblem: String?
     /// Where the damaged catalogue was moved, when it was.
     public var damagedCatalogueMovedTo: String?
+    /// Packs read.
     public var packsScanned: Int
     /// Frames whose stored bytes and digest checked out.
     public var framesIntact: Int

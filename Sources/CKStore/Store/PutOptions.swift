@@ -9,15 +9,18 @@ public struct PutOptions: Sendable {
     public var epoch: Double?
     /// Metrics such as `loss`; they override the last logged values from `trainer_state.json`.
     public var metrics: [String: Double] = [:]
+    /// Tags to record.
     public var tags: [String] = []
     /// Free-form metadata.
     public var metadata: [String: String] = [:]
+    /// The zstd level for new chunks.
     public var compressionLevel: CompressionLevel = .default
     /// Store links that point outside the folder as the files they point to, instead of refusing.
     public var followSymlinks = false
     /// How many chunks may be read, hashed or compressed at once; bounds memory at about twice this many MiB.
     public var maxChunksInFlight = 8
 
+    /// Options for a put to `run`, with step and epoch when known.
     public init(run: String, step: Int64? = nil, epoch: Double? = nil) {
         self.run = run
         self.step = step
@@ -27,8 +30,11 @@ public struct PutOptions: Sendable {
 
 /// What a put did.
 public struct PutResult: Sendable, Codable, Equatable {
+    /// The checkpoint id.
     public var id: CheckpointID
+    /// The run.
     public var run: String
+    /// The step.
     public var step: Int64
     /// The input's size: the sum of its files.
     public var logicalBytes: Int64
@@ -38,6 +44,7 @@ public struct PutResult: Sendable, Codable, Equatable {
     public var chunksTotal: Int
     /// Chunks this put stored for the first time.
     public var chunksNew: Int
+    /// How long the put took.
     public var seconds: Double
     /// True when the same content was already stored under this run and step, so nothing was written.
     public var alreadyStored: Bool

@@ -10,6 +10,7 @@ public struct RestoreOptions: Sendable {
     /// How many chunks may be read and decoded at once.
     public var maxChunksInFlight = 8
 
+    /// Restore only `files`, or a safetensors file of only `tensors` (globs); `force` allows a non-empty target.
     public init(files: [String] = [], tensors: [String] = [], force: Bool = false) {
         self.files = files
         self.tensors = tensors
@@ -19,9 +20,12 @@ public struct RestoreOptions: Sendable {
 
 /// What a restore wrote.
 public struct RestoreResult: Sendable, Codable, Equatable {
+    /// The checkpoint restored.
     public var id: CheckpointID
     /// The paths written, relative to the destination.
     public var files: [String]
+    /// Bytes written.
     public var bytes: Int64
+    /// How long it took.
     public var seconds: Double
 }

@@ -11,12 +11,14 @@ public enum VerifyDepth: Sendable, Equatable {
 
 /// What to verify.
 public struct VerifyOptions: Sendable {
+    /// How much to read.
     public var depth: VerifyDepth
     /// When not empty: exactly what restoring these checkpoints needs, fully; `depth` is ignored.
     public var checkpoints: [CheckpointID]
     /// How many frames may be checked at once.
     public var maxChunksInFlight = 8
 
+    /// Verify `checkpoints` (all when empty) at `depth`.
     public init(depth: VerifyDepth = .quick, checkpoints: [CheckpointID] = []) {
         self.depth = depth
         self.checkpoints = checkpoints
@@ -27,23 +29,35 @@ public struct VerifyOptions: Sendable {
 public struct VerifyReport: Sendable, Codable, Equatable {
     /// A checkpoint, file and tensor that a damaged or missing chunk belongs to.
     public struct Affected: Sendable, Codable, Equatable {
+        /// The damaged checkpoint.
         public var checkpoint: CheckpointID
+        /// Its run.
         public var run: String
+        /// Its step.
         public var step: Int64
+        /// The file the chunk belongs to.
         public var file: String?
+        /// The tensor, when the chunk is inside one.
         public var tensor: String?
     }
 
     /// One damaged or missing chunk and what it breaks.
     public struct Damage: Sendable, Codable, Equatable {
+        /// The chunk.
         public var chunk: ChunkDigest
+        /// Whether it is missing rather than corrupt.
         public var missing: Bool
+        /// What is wrong.
         public var problem: String
+        /// What it breaks.
         public var affects: [Affected]
     }
 
+    /// True when no damage was found.
     public var ok: Bool
+    /// `quick`, `full` or `sample`.
     public var mode: String
+    /// Packs checked.
     public var packsChecked: Int
     /// Frames read, decoded and re-hashed (0 for a quick check, which reads no payloads).
     public var chunksChecked: Int
@@ -51,12 +65,17 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var storedBytesChecked: Int64
     /// Decoded bytes the full checks re-hashed.
     public var logicalBytesChecked: Int64
+    /// Chunks that fail their checks.
     public var damagedChunks: [ChunkDigest]
+    /// Chunks that are not where the catalogue says.
     public var missingChunks: [ChunkDigest]
+    /// Checkpoints that need a damaged or missing chunk.
     public var affectedCheckpoints: [CheckpointID]
     /// Problems of the catalogue or of whole packs, in words.
     public var problems: [String]
+    /// Each problem and what it breaks.
     public var damage: [Damage]
+    /// How long it took.
     public var seconds: Double
 
     enum CodingKeys: String, CodingKey {

@@ -2,9 +2,12 @@ import Foundation
 
 /// A number of bytes, printed in binary units (`1.5 GiB`).
 public struct ByteCount: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The number of bytes.
     public var value: Int64
 
+    /// A byte count.
     public init(_ value: Int64) { self.value = value }
+    /// A byte count.
     public init(_ value: Int) { self.value = Int64(value) }
 
     public var description: String {

@@ -3,6 +3,7 @@ public struct CheckpointID: Hashable, Sendable, Comparable, CustomStringConverti
     /// The manifest's digest.
     public var digest: ChunkDigest
 
+    /// The id whose bytes are `digest`.
     public init(_ digest: ChunkDigest) { self.digest = digest }
 
     /// Parses 64 hex characters.

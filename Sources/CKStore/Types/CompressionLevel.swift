@@ -1,5 +1,6 @@
 /// A zstd compression level (1 … 19; negative levels are zstd's fast modes).
 public struct CompressionLevel: Hashable, Sendable, CustomStringConvertible {
+    /// The zstd level.
     public var rawValue: Int32
 
     /// The level ckstore uses when none is given.
