@@ -80,6 +80,30 @@ import Testing
         }
     }
 
+    @Test func snapshotsReuseTheBuffersOfCommittedSaves() async throws {
+        try await withTemporaryDirectory { root in
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            let saver = BackgroundSaver(store: store, maxInFlight: 1)
+            var weights = Self.floats(300_000, seed: 9)
+            var addresses = [Int]()
+            var expected = [Int64: [Float]]()
+            for step in Int64(1)...3 {
+                var contents = CheckpointContents(run: "snap", step: step)
+                contents.tensors = [try await saver.snapshot(name: "w", shape: [weights.count], floats: weights)]
+                addresses.append(contents.tensors[0].bytes.withUnsafeBytes { Int(bitPattern: $0.baseAddress) })
+                expected[step] = weights
+                _ = try await saver.save(contents).committed()
+                for index in weights.indices { weights[index] += 1 }
+            }
+            // Steps 2 and 3 were copied into the buffer step 1's save gave back.
+            #expect(addresses[1] == addresses[0] && addresses[2] == addresses[0], "\(addresses)")
+            for step in Int64(1)...3 {
+                let id = try store.resolve(.step(run: "snap", step: step))
+                #expect(try await store.loadTensors(id).first?.floats() == expected[step], "step \(step)")
+            }
+        }
+    }
+
     @Test func backPressureBoundsSavesInFlight() async throws {
         try await withTemporaryDirectory { root in
             let store = try CheckpointStore.open(at: root + "/store", create: true)

@@ -213,3 +213,17 @@ func system_madvise_dontneed(_ pointer: UnsafeRawPointer, _ length: Int) {
     let end = Int(bitPattern: pointer) + length
     _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
 }
+
+/// Prepares fresh anonymous memory that is about to be filled: asks for transparent huge pages and
+/// populates the page tables in one call (MADV_POPULATE_WRITE, Linux 5.14+) instead of one fault per
+/// 4 KiB, which in a virtual machine costs more than the copy that follows. Advisory: a failure only
+/// means slower writes. Whole pages inside the range only.
+func system_madvise_prepare_write(_ pointer: UnsafeMutableRawPointer, _ length: Int) {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let start = (Int(bitPattern: pointer) + page - 1) & ~(page - 1)
+    let end = (Int(bitPattern: pointer) + length) & ~(page - 1)
+    guard end > start, let base = UnsafeMutableRawPointer(bitPattern: start) else { return }
+    _ = madvise(base, end - start, MADV_HUGEPAGE)
+    let populateWrite: Int32 = 23
+    _ = madvise(base, end - start, populateWrite)
+}

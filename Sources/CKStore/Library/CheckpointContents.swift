@@ -33,7 +33,7 @@ public struct TensorValue: Sendable, Equatable {
 
     /// An `F32` tensor from floats (copied: the tensor is a snapshot of them).
     public init(name: String, shape: [Int], floats: [Float]) throws {
-        try self.init(name: name, dtype: .f32, shape: shape, bytes: floats.withUnsafeBytes { Array($0) })
+        try self.init(name: name, dtype: .f32, shape: shape, bytes: floats.withUnsafeBytes { [UInt8](copying: $0) })
     }
 
     /// The elements as floats, for an `F32` tensor.
@@ -41,7 +41,10 @@ public struct TensorValue: Sendable, Equatable {
     /// - Throws: ``CKStoreError`` (`invalidArgument`) for any other dtype.
     public func floats() throws -> [Float] {
         guard dtype == .f32 else { throw CKStoreError(.invalidArgument, "tensor \(name) is \(dtype), not F32") }
-        return bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        return [Float](unsafeUninitializedCapacity: bytes.count / 4) { buffer, count in
+            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            count = bytes.count / 4
+        }
     }
 }
 
@@ -135,7 +138,7 @@ public struct CheckpointContents: Sendable {
             guard out[path] == nil else {
                 throw CKStoreError(.invalidArgument, "file \(path) is given twice (tensors, optimizer state and configurations have fixed file names)")
             }
-            out[path] = MemoryFile(pieces: [Array(data)])
+            out[path] = MemoryFile(pieces: [data.withUnsafeBytes { [UInt8](copying: $0) }])
         }
         return out.sorted { $0.key < $1.key }.map { CheckpointStore.PutInput(path: $0.key, mode: 0o644, content: .memory($0.value)) }
     }

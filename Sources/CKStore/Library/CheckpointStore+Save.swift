@@ -80,6 +80,8 @@ public actor BackgroundSaver {
     private var running = 0
     private var waiting = [CheckedContinuation<Void, Never>]()
     private var handles = [Handle]()
+    /// Snapshot buffers of committed saves, by size, for ``snapshot(name:dtype:shape:copying:)``.
+    private var spare = [Int: [[UInt8]]]()
 
     /// A saver for `store` running at most `maxInFlight` saves at once, at zstd `level`.
     public init(store: CheckpointStore, maxInFlight: Int = 1, level: CompressionLevel = .default) {
@@ -98,18 +100,57 @@ public actor BackgroundSaver {
         }
         running += 1
         let store = self.store, level = self.level
+        let box = ContentsBox(contents)
         let task = Task<PutResult, any Error> {
-            defer { Task { await self.finished() } }
-            return try await store.save(contents, level: level)
+            do {
+                let result = try await store.save(box.contents, level: level)
+                self.finished(recycling: box.take())
+                return result
+            } catch {
+                self.finished(recycling: box.take())
+                throw error
+            }
         }
         let handle = Handle(run: contents.run, step: contents.step, task: task)
         handles.append(handle)
         return handle
     }
 
-    private func finished() {
+    private func finished(recycling contents: CheckpointContents?) {
         running -= 1
+        // Keep the snapshot buffers of up to `maxInFlight` saves for the next snapshots.
+        if let contents {
+            let tensors = contents.tensors + contents.optimizerState
+            var perSize = [Int: Int]()
+            for tensor in tensors { perSize[tensor.bytes.count, default: 0] += 1 }
+            for tensor in tensors where spare[tensor.bytes.count, default: []].count < maxInFlight * (perSize[tensor.bytes.count] ?? 1) {
+                spare[tensor.bytes.count, default: []].append(tensor.bytes)
+            }
+        }
         if !waiting.isEmpty { waiting.removeFirst().resume() }
+    }
+
+    /// A tensor holding a copy of `bytes`, made in a buffer a committed save of this saver no longer
+    /// needs when there is one of that size.
+    ///
+    /// A loop that snapshots the same tensors for every checkpoint then copies into the same memory each
+    /// time instead of asking the system for fresh pages, which must be zeroed (and in a virtual machine
+    /// often first backed by the host) before they are written: for a 1 GiB state that is seconds per
+    /// checkpoint, in the loop's own time.
+    public func snapshot(name: String, dtype: DType, shape: [Int], copying bytes: UnsafeRawBufferPointer) throws -> TensorValue {
+        var buffer = spare[bytes.count]?.popLast() ?? [UInt8](repeating: 0, count: 0)
+        if buffer.count == bytes.count {
+            // Unique unless the caller still holds the tensor of that old save: then this write copies it.
+            buffer.withUnsafeMutableBytes { $0.copyMemory(from: bytes) }
+        } else {
+            buffer = [UInt8](copying: bytes)
+        }
+        return try TensorValue(name: name, dtype: dtype, shape: shape, bytes: buffer)
+    }
+
+    /// An `F32` tensor holding a copy of `floats`, in a reused buffer (see ``snapshot(name:dtype:shape:copying:)``).
+    public func snapshot(name: String, shape: [Int], floats: [Float]) throws -> TensorValue {
+        try floats.withUnsafeBytes { try snapshot(name: name, dtype: .f32, shape: shape, copying: $0) }
     }
 
     /// Saves not yet committed or failed.
@@ -133,5 +174,21 @@ public actor BackgroundSaver {
         }
         if let firstError { throw firstError }
         return results
+    }
+}
+
+/// Holds a save's contents so that the save can let go of them once committed: its snapshot buffers
+/// then go back to the saver with no other reference, ready to be written in place.
+private final class ContentsBox: @unchecked Sendable {
+    // Written once by `take`, after the only reader (the save) has finished.
+    private var value: CheckpointContents?
+
+    init(_ contents: CheckpointContents) { value = contents }
+
+    var contents: CheckpointContents { value ?? CheckpointContents(run: "", step: 0) }
+
+    func take() -> CheckpointContents? {
+        defer { value = nil }
+        return value
     }
 }
