@@ -18,6 +18,11 @@ public enum RetentionPlanner {
         /// Whether it is pinned.
         public var pinned: Bool
 
+        /// What the rules look at of a catalogued checkpoint.
+        init(_ summary: CheckpointSummary) {
+            self.init(id: summary.id, step: summary.step, createdAt: summary.createdAt, metrics: summary.metrics, tags: summary.tags, pinned: summary.pinned)
+        }
+
         /// A candidate with what the rules look at.
         public init(id: CheckpointID, step: Int64, createdAt: Double, metrics: [String: Double] = [:], tags: [String] = [], pinned: Bool = false) {
             self.id = id

@@ -363,9 +363,7 @@ extension CheckpointStore {
         var runs = [AuditReport.Run]()
         for (index, name) in usage.runs.enumerated() {
             let mine = usage.checkpoints.filter { $0.run == index }.map(\.summary)
-            let plan = RetentionPlanner.plan(policies[index], mine.map {
-                RetentionPlanner.Candidate(id: $0.id, step: $0.step, createdAt: $0.createdAt, metrics: $0.metrics, tags: $0.tags, pinned: $0.pinned)
-            })
+            let plan = RetentionPlanner.plan(policies[index], mine.map(RetentionPlanner.Candidate.init))
             let newest = mine.sorted { ($0.step, $0.createdAt) > ($1.step, $1.createdAt) }.prefix(10)
             runs.append(AuditReport.Run(
                 run: name, checkpoints: mine.count,

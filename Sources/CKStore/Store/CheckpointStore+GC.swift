@@ -138,7 +138,7 @@ extension CheckpointStore {
                 let policy = try policyOverride ?? catalogue.effectivePolicy(run: name).0
                 let candidates = try catalogue.summaries(where: "r.name = ?", [.text(name)]).map { summary in
                     steps[summary.id] = (name, summary.step)
-                    return RetentionPlanner.Candidate(id: summary.id, step: summary.step, createdAt: summary.createdAt, metrics: summary.metrics, tags: summary.tags, pinned: summary.pinned)
+                    return RetentionPlanner.Candidate(summary)
                 }
                 return (name, RetentionPlanner.plan(policy, candidates), policy)
             }
