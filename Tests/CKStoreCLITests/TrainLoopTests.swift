@@ -33,6 +33,13 @@ import Testing
             #expect(resumed.stdout.contains("resumed from step \(newest.step) (checkpoint \(newest.id.short))"))
             #expect(Self.finalDigest(resumed) == expected, "the resumed run ends with different weights")
 
+            // `ckstore get` of a checkpoint saved from memory gives the files a trainer would have written.
+            let get = try CLI.run(["get", "trainloop@60", root + "/out", "--store", root + "/b"])
+            #expect(get.status == 0, "\(get.stderr)")
+            #expect(Files.listing(root + "/out") == ["config.json", "model.safetensors", "optimizer.safetensors", "sampler_state.bin", "training_config.json"])
+            #expect(try FormatValidation.safetensors(try Files.read(root + "/out/model.safetensors")) == 4)
+            #expect(try FormatValidation.safetensors(try Files.read(root + "/out/optimizer.safetensors")) == 8)
+
             // The checkpoints themselves match too: the same step holds the same weights in both stores.
             let a = try CheckpointStore.open(at: root + "/a"), b = try CheckpointStore.open(at: root + "/b")
             for step: Int64 in [10, 40, 60] {
