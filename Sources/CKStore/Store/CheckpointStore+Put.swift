@@ -229,7 +229,7 @@ final class PutSession {
             var exhausted = false
             while true {
                 while !exhausted && inFlight < maxInFlight {
-                    guard let (offset, bytes, elementWidth) = try cursor.next() else {
+                    guard let (offset, bytes) = try cursor.next() else {
                         exhausted = true
                         break
                     }
@@ -248,7 +248,7 @@ final class PutSession {
                         guard claims.claim(digest) else {
                             return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
                         }
-                        let encoded = try codec.encode(bytes, digest: digest, elementWidth: elementWidth)
+                        let encoded = try codec.encode(bytes, digest: digest)
                         return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: encoded, foundInStore: false)
                     }
                 }

@@ -35,9 +35,8 @@ struct FileCursor {
         self.size = size
     }
 
-    /// The next chunk, its offset in the file and the width of its elements (2, 4 or 8 for tensors of
-    /// such dtypes, 4 for torch storages whose dtype lives in the pickle, else 1), or nil at the end.
-    mutating func next() throws -> (offset: Int64, bytes: [UInt8], elementWidth: Int)? {
+    /// The next chunk and its offset in the file, or nil at the end.
+    mutating func next() throws -> (offset: Int64, bytes: [UInt8])? {
         while regionIndex < layout.regions.count {
             let region = layout.regions[regionIndex]
             if position >= region.end {
@@ -46,10 +45,8 @@ struct FileCursor {
             }
             let offset = position
             let bytes: [UInt8]
-            var elementWidth = 1
             switch region.kind {
-            case .tensor(_, let dtype, _):
-                elementWidth = dtype.map { $0.bitWidth / 8 } ?? 4
+            case .tensor:
                 let count = Int(min(Int64(Self.tensorChunkSize), region.end - position))
                 bytes = try file.read(count: count, at: position)
                 readPosition = position + Int64(count)
@@ -60,7 +57,7 @@ struct FileCursor {
             }
             position += Int64(bytes.count)
             chunkCount += 1
-            return (offset, bytes, elementWidth)
+            return (offset, bytes)
         }
         return nil
     }
