@@ -10,36 +10,26 @@ enum Chromium {
         return candidates.compactMap { $0 }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }()
 
-    /// Runs the browser headless on `arguments`; returns standard output and standard error.
+    /// Runs the browser headless on `arguments`; returns standard output and standard error (written to
+    /// a file in `profile`, so neither pipe can fill up while the other is read).
     static func run(_ arguments: [String], profile: String) throws -> (output: String, errors: String) {
         guard let path else { throw CKStoreError(.notFound, "no Chromium installed") }
+        try FileManager.default.createDirectory(atPath: profile, withIntermediateDirectories: true)
+        let errorsPath = profile + "/stderr.log"
+        try Files.write([], to: errorsPath)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = [
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=\(profile)",
             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
         ] + arguments
-        let output = Pipe(), errors = Pipe()
+        let output = Pipe()
         process.standardOutput = output
-        process.standardError = errors
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errorsPath))
         try process.run()
-        // Read both pipes while the browser runs so neither fills up.
-        let collected = LockedData()
-        let reader = Thread { collected.set(errors.fileHandleForReading.readDataToEndOfFile()) }
-        reader.start()
         let stdout = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        while !collected.done { usleep(10_000) }
-        return (String(decoding: stdout, as: UTF8.self), String(decoding: collected.data, as: UTF8.self))
-    }
-
-    final class LockedData: @unchecked Sendable {
-        private let lock = NSLock()
-        private var value = Data()
-        private var finished = false
-        func set(_ data: Data) { lock.lock(); value = data; finished = true; lock.unlock() }
-        var done: Bool { lock.lock(); defer { lock.unlock() }; return finished }
-        var data: Data { lock.lock(); defer { lock.unlock() }; return value }
+        return (String(decoding: stdout, as: UTF8.self), String(decoding: try Files.read(errorsPath), as: UTF8.self))
     }
 }
 

@@ -1,3 +1,4 @@
+import CKStore
 import CKStoreTestSupport
 import Foundation
 import Testing
@@ -25,6 +26,17 @@ import Testing
             _ = try await train(storePath: root + "/b", run: "readme", steps: 300)
             let resumed = try await train(storePath: root + "/b", run: "readme", steps: 500)
             #expect(resumed == straight)
+
+            // It resumes from what the store holds: a step-300 checkpoint of other weights carries through.
+            let store = try CheckpointStore.open(at: root + "/c", create: true)
+            var seeded = CheckpointContents(run: "readme", step: 300)
+            seeded.tensors = [try TensorValue(name: "w", shape: [1024], floats: [Float](repeating: 42, count: 1024))]
+            _ = try await store.save(seeded)
+            let fromSeed = try await train(storePath: root + "/c", run: "readme", steps: 500)
+            var expected = [Float](repeating: 42, count: 1024)
+            for _ in 301...500 { for i in expected.indices { expected[i] += 0.001 * Float(i % 7) } }
+            #expect(fromSeed == expected)
+            #expect(fromSeed != straight)
         }
     }
 }

@@ -102,12 +102,15 @@ public actor BackgroundSaver {
         let store = self.store, level = self.level
         let box = ContentsBox(contents)
         let task = Task<PutResult, any Error> {
+            // Held here only, so that once the save returns the snapshot buffers have no other owner.
+            var held = box.take()
             do {
-                let result = try await store.save(box.contents, level: level)
-                self.finished(recycling: box.take())
+                guard let contents = held else { throw CKStoreError(.invalidArgument, "save of \(box.name) was started twice") }
+                let result = try await store.save(contents, level: level)
+                self.finished(recycling: held.take())
                 return result
             } catch {
-                self.finished(recycling: box.take())
+                self.finished(recycling: held.take())
                 throw error
             }
         }
@@ -177,15 +180,19 @@ public actor BackgroundSaver {
     }
 }
 
-/// Holds a save's contents so that the save can let go of them once committed: its snapshot buffers
-/// then go back to the saver with no other reference, ready to be written in place.
+/// Hands a save's contents to its task without the task's closure capturing them: the task takes them
+/// out, and once the save returns, its snapshot buffers go back to the saver with no other reference,
+/// ready to be written in place.
 private final class ContentsBox: @unchecked Sendable {
-    // Written once by `take`, after the only reader (the save) has finished.
+    // Taken once, by the save's task, which is the only user.
     private var value: CheckpointContents?
+    /// `RUN@STEP`, for messages.
+    let name: String
 
-    init(_ contents: CheckpointContents) { value = contents }
-
-    var contents: CheckpointContents { value ?? CheckpointContents(run: "", step: 0) }
+    init(_ contents: CheckpointContents) {
+        value = contents
+        name = "\(contents.run)@\(contents.step)"
+    }
 
     func take() -> CheckpointContents? {
         defer { value = nil }

@@ -309,9 +309,7 @@ extension CheckpointStore {
     }
 
     private func auditChecked(_ options: AuditOptions) throws -> AuditReport {
-        if let run = options.run, try withCatalogue({ try $0.runID(named: run) }) == nil {
-            throw CKStoreError(.notFound, "no run \(run) in the store")
-        }
+        try requireRun(options.run)
         let (usage, policies) = try withCatalogue { catalogue in
             let usage = try StoreUsage.load(catalogue, layout: layout)
             let policies = try usage.runs.map { try catalogue.effectivePolicy(run: $0).0 }
@@ -360,14 +358,15 @@ extension CheckpointStore {
         }
 
         let needed = usage.neededBytesByRun()
+        let checkpointsByRun = usage.checkpointsByRun()
         var runs = [AuditReport.Run]()
         for (index, name) in usage.runs.enumerated() {
-            let mine = usage.checkpoints.filter { $0.run == index }.map(\.summary)
+            let mine = checkpointsByRun[index].map(\.summary)
             let plan = RetentionPlanner.plan(policies[index], mine.map(RetentionPlanner.Candidate.init))
             let newest = mine.sorted { ($0.step, $0.createdAt) > ($1.step, $1.createdAt) }.prefix(10)
             runs.append(AuditReport.Run(
                 run: name, checkpoints: mine.count,
-                logicalBytes: usage.checkpoints.filter { $0.run == index }.reduce(0) { $0 + $1.logicalBytes },
+                logicalBytes: checkpointsByRun[index].reduce(0) { $0 + $1.logicalBytes },
                 storedBytes: needed[index], exclusiveBytes: runExclusive[index],
                 addedBytes: mine.reduce(0) { $0 + $1.storedBytesAdded },
                 policy: policies[index].summary, keptByPolicy: plan.kept.count,
@@ -434,8 +433,9 @@ extension CheckpointStore {
         let overhead = usage.checkpoints.isEmpty ? 0 : max(0, diskBytes - storedBytes) / Int64(usage.checkpoints.count)
         var projections = [AuditReport.Budget.RunProjection]()
         var steadyTotal: Int64? = 0
+        let checkpointsByRun = usage.checkpointsByRun()
         for (index, run) in runs.enumerated() {
-            let mine = usage.checkpoints.filter { $0.run == index }.map(\.summary)
+            let mine = checkpointsByRun[index].map(\.summary)
             let growth = run.averageAddedBytes + overhead
             let bound = policies[index].steadyStateCount(pinned: mine.filter(\.pinned).count, tagged: mine.filter { !$0.tags.isEmpty }.count)
             // The oldest checkpoint's excess over the usual growth (a frozen base it stored) stays.

@@ -128,6 +128,13 @@ extension CheckpointStore {
         }
     }
 
+    /// Throws `notFound` when `run` is given and the store has no such run.
+    func requireRun(_ run: String?) throws {
+        if let run, try withCatalogue({ try $0.runID(named: run) }) == nil {
+            throw CKStoreError(.notFound, "no run \(run) in the store")
+        }
+    }
+
     /// The retention decision for every run (or one), without side effects, with the run and step of
     /// every checkpoint considered.
     func retentionPlans(run: String?, policyOverride: RetentionPolicy? = nil) throws -> (plans: [(run: String, plan: RetentionPlanner.Plan, policy: RetentionPolicy)], steps: [CheckpointID: (run: String, step: Int64)]) {
@@ -159,9 +166,7 @@ extension CheckpointStore {
     }
 
     func gcChecked(_ options: GCOptions) throws -> GCReport {
-        if let run = options.run, try withCatalogue({ try $0.runID(named: run) }) == nil {
-            throw CKStoreError(.notFound, "no run \(run) in the store")
-        }
+        try requireRun(options.run)
         let (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
 
         // Part rules: which files, and which tensors of the remaining safetensors files, each slimmed

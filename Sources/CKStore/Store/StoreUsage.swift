@@ -182,6 +182,13 @@ struct StoreUsage {
         return (byCheckpoint, byRun)
     }
 
+    /// The checkpoints of each run, by run number.
+    func checkpointsByRun() -> [[Checkpoint]] {
+        var out = Array(repeating: [Checkpoint](), count: runs.count)
+        for checkpoint in checkpoints { out[checkpoint.run].append(checkpoint) }
+        return out
+    }
+
     /// Frame bytes of the distinct chunks (delta bases included) each run needs.
     func neededBytesByRun() -> [Int64] {
         var needed = Array(repeating: Int64(0), count: runs.count)
