@@ -18,7 +18,7 @@ struct CKStoreCommand: AsyncParsableCommand {
             The store is --store PATH, else $CKSTORE_PATH, else ./.ckstore.
             Exit codes: 0 success, 1 a failure you can act on (bad input, damage, not found), 2 usage error.
             """,
-        subcommands: [Init.self, Put.self, Get.self, List.self, Show.self, Verify.self, Repair.self, Policy.self, Pin.self, Unpin.self, Tag.self, Untag.self, Remove.self, GC.self, Audit.self, DiskUsage.self]
+        subcommands: [Init.self, Put.self, Get.self, List.self, Show.self, Verify.self, Repair.self, Settings.self, Policy.self, Pin.self, Unpin.self, Tag.self, Untag.self, Remove.self, GC.self, Audit.self, DiskUsage.self]
     )
 }
 

@@ -6,11 +6,67 @@ struct Init: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create an empty store.")
 
     @OptionGroup var store: StoreOptions
+    @OptionGroup var settings: SettingsOptions
+
+    func validate() throws { try settings.validate() }
 
     func run() async throws {
         let path = store.path
-        _ = try CheckpointStore.open(at: path, create: true)
-        print("store ready at \(path)")
+        let opened = try CheckpointStore.open(at: path, create: true)
+        try settings.apply(to: opened)
+        let current = try opened.settings()
+        print("store ready at \(path) (zstd level \(current.compressionLevel), delta chains of at most \(current.maxDeltaDepth))")
+    }
+}
+
+/// `--level` and `--max-delta-depth`, as `init` and `settings` take them.
+struct SettingsOptions: ParsableArguments {
+    @Option(help: "The store's zstd level for new chunks (1-19; default 3).") var level: Int?
+    @Option(help: "The longest chain of XOR-delta frames a put may write before storing a chunk in full (0-32; 0 turns deltas off; default 4).")
+    var maxDeltaDepth: Int?
+
+    func validate() throws {
+        if let level, CompressionLevel(level) == nil {
+            throw ValidationError("--level takes a zstd level from 1 to 19, not \(level)")
+        }
+        if let maxDeltaDepth, !(0...StoreSettings.maxDeltaDepthLimit).contains(maxDeltaDepth) {
+            throw ValidationError("--max-delta-depth takes 0 to \(StoreSettings.maxDeltaDepthLimit), not \(maxDeltaDepth)")
+        }
+    }
+
+    var isEmpty: Bool { level == nil && maxDeltaDepth == nil }
+
+    func apply(to store: CheckpointStore) throws {
+        guard !isEmpty else { return }
+        var settings = try store.settings()
+        if let level, let compression = CompressionLevel(level) { settings.compressionLevel = compression }
+        if let maxDeltaDepth { settings.maxDeltaDepth = maxDeltaDepth }
+        try store.updateSettings(settings)
+    }
+}
+
+struct Settings: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show or change the store's settings.",
+        discussion: "New chunks use them; chunks already stored keep their encoding. A put's own --level or --max-delta-depth overrides them."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var settings: SettingsOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws { try settings.validate() }
+
+    func run() async throws {
+        let opened = try store.open(create: false)
+        try settings.apply(to: opened)
+        let current = try opened.settings()
+        if json {
+            try JSONOutput.print(["compression_level": Int(current.compressionLevel.rawValue), "max_delta_depth": current.maxDeltaDepth])
+        } else {
+            print("compression level  \(current.compressionLevel)")
+            print("max delta depth    \(current.maxDeltaDepth)")
+        }
     }
 }
 
@@ -32,7 +88,8 @@ struct Put: AsyncParsableCommand {
     @Option(name: .customLong("metric"), help: "A metric, KEY=VALUE (repeatable).") var metrics: [String] = []
     @Option(name: .customLong("tag"), help: "A tag (repeatable).") var tags: [String] = []
     @Option(name: .customLong("meta"), help: "Free-form metadata, KEY=VALUE (repeatable).") var meta: [String] = []
-    @Option(help: "zstd compression level (1-19).") var level: Int?
+    @Option(help: "zstd compression level (1-19) for this put; default: the store's.") var level: Int?
+    @Option(help: "The longest delta chain this put may extend (0-32, 0: no deltas); default: the store's.") var maxDeltaDepth: Int?
     @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
     @Flag(help: "Print a JSON object instead of the id.") var json = false
 
@@ -47,6 +104,9 @@ struct Put: AsyncParsableCommand {
         }
         if let level, CompressionLevel(level) == nil {
             throw ValidationError("--level takes a zstd level from 1 to 19, not \(level)")
+        }
+        if let maxDeltaDepth, !(0...StoreSettings.maxDeltaDepthLimit).contains(maxDeltaDepth) {
+            throw ValidationError("--max-delta-depth takes 0 to \(StoreSettings.maxDeltaDepthLimit), not \(maxDeltaDepth)")
         }
     }
 
@@ -63,6 +123,7 @@ struct Put: AsyncParsableCommand {
         options.tags = tags
         options.followSymlinks = followSymlinks
         if let level, let compression = CompressionLevel(level) { options.compressionLevel = compression }
+        options.maxDeltaDepth = maxDeltaDepth
         let result = try await checkpointStore.put(directory: directory, options: options)
         for warning in result.warnings { Terminal.warning(warning) }
         if json {

@@ -6,13 +6,24 @@ public enum FrameEncoding: UInt8, Sendable, CaseIterable, CustomStringConvertibl
     case raw = 0
     /// One zstd frame of the chunk's bytes.
     case zstd = 1
+    /// The chunk's 2-, 4- or 8-byte elements grouped into byte planes, each plane stored raw or as one zstd
+    /// frame (see ``PlanePayload``).
+    case planes = 2
+    /// The XOR of the chunk with its base chunk (named in the frame header), grouped into byte planes
+    /// like ``planes``.
+    case deltaPlanes = 3
 
     public var description: String {
         switch self {
         case .raw: "raw"
         case .zstd: "zstd"
+        case .planes: "planes"
+        case .deltaPlanes: "delta+planes"
         }
     }
+
+    /// Whether frames of this encoding need their base chunk to decode.
+    var hasBase: Bool { self == .deltaPlanes }
 }
 
 /// An encoded chunk, ready to append to a pack.
@@ -21,6 +32,26 @@ struct EncodedChunk: Sendable {
     var encoding: FrameEncoding
     var rawLength: Int
     var payload: [UInt8]
+    /// The chunk this one is a delta against (``FrameEncoding/deltaPlanes`` only).
+    var base: ChunkDigest? = nil
+}
+
+/// The payload of ``FrameEncoding/planes`` and ``FrameEncoding/deltaPlanes`` frames:
+///
+/// ```
+/// width (u8) · per plane: mode (u8: 0 raw, 1 zstd) · stored length (u32)
+/// plane payloads, in plane order
+/// tail: the raw-length mod width last bytes, as they are (XORed with the base's for deltas)
+/// ```
+/// Plane `b` holds byte `b` (little-endian order) of every element.
+enum PlanePayload {
+    static func headerSize(width: Int) -> Int { 1 + 5 * width }
+}
+
+/// What encoding one chunk's planes found out, for the next chunk of the same tensor.
+struct PlaneOutcome: Sendable, Equatable {
+    /// Per plane: true when zstd was kept, false when it was tried and saved too little, nil when not tried.
+    var compressed: [Bool?]
 }
 
 /// Chooses and applies a frame encoding, and decodes frames back.
@@ -31,13 +62,16 @@ struct FrameCodec: Sendable {
     /// A chunk is stored raw unless zstd saves at least this share of it: decoding raw costs nothing, and
     /// a compressor that saves 1% is not worth its decode time on restore.
     static let minimumSaving = 0.02
+    /// The same for one byte plane: mantissa planes that zstd shrinks by a few percent stay raw, so that
+    /// restoring them is a copy and not a decompression.
+    static let minimumPlaneSaving = 0.04
 
     init(level: CompressionLevel, contexts: ZstdContextPool = ZstdContextPool()) {
         self.level = level
         self.contexts = contexts
     }
 
-    /// Encodes `bytes`, whose digest is `digest`, with the smallest encoding.
+    /// Encodes `bytes`, whose digest is `digest`, as zstd, or raw when zstd saves too little.
     func encode(_ bytes: [UInt8], digest: ChunkDigest) throws -> EncodedChunk {
         let level = self.level
         let compressed = try contexts.withCompressor { (compressor) throws in
@@ -49,8 +83,57 @@ struct FrameCodec: Sendable {
         return EncodedChunk(digest: digest, encoding: .raw, rawLength: bytes.count, payload: bytes)
     }
 
+    /// Encodes `bytes` as byte planes of `width`-byte elements, XORed with `base` first when one is given
+    /// (it must be as long as `bytes`). Planes whose `tryCompressing` entry is false are stored raw
+    /// without trying zstd.
+    ///
+    /// - Returns: the payload and what each plane's compression did.
+    func encodePlanes(_ bytes: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?, width: Int, tryCompressing: [Bool]) throws -> (payload: [UInt8], outcome: PlaneOutcome) {
+        precondition(ByteGrouping.widths.contains(width) && tryCompressing.count == width && (base == nil || base?.count == bytes.count))
+        let elements = bytes.count / width
+        let tail = bytes.count - elements * width
+        var grouped = [UInt8](unsafeUninitializedCapacity: bytes.count) { out, count in
+            if let input = bytes.baseAddress, let target = out.baseAddress {
+                ByteGrouping.group(input, base: base?.baseAddress, width: width, elements: elements, into: target)
+                ByteGrouping.xor(input + elements * width, base.flatMap { $0.baseAddress.map { $0 + elements * width } }, count: tail, into: target + elements * width)
+            }
+            count = bytes.count
+        }
+        var header = [UInt8]()
+        header.reserveCapacity(PlanePayload.headerSize(width: width))
+        header.append(UInt8(width))
+        var body = [UInt8]()
+        body.reserveCapacity(bytes.count)
+        var outcome = PlaneOutcome(compressed: Array(repeating: nil, count: width))
+        let level = self.level
+        try grouped.withUnsafeBytes { (planes) throws in
+            for plane in 0..<width {
+                let bytes = UnsafeRawBufferPointer(rebasing: planes[(plane * elements)..<((plane + 1) * elements)])
+                if tryCompressing[plane] && elements > 0 {
+                    let compressed = try contexts.withCompressor { try $0.compress(bytes, level: level) }
+                    let worth = Double(compressed.count) <= Double(elements) * (1 - Self.minimumPlaneSaving)
+                    outcome.compressed[plane] = worth
+                    if worth {
+                        header.append(1)
+                        header.appendLittleEndian(UInt32(compressed.count))
+                        body += compressed
+                        continue
+                    }
+                }
+                header.append(0)
+                header.appendLittleEndian(UInt32(elements))
+                body.append(contentsOf: bytes)
+            }
+            body.append(contentsOf: UnsafeRawBufferPointer(rebasing: planes[(elements * width)...]))
+        }
+        grouped = []
+        return (header + body, outcome)
+    }
+
     /// Decodes a frame payload into its `rawLength` bytes. The caller checks the digest.
-    func decode(_ payload: ChunkBytes, encoding: FrameEncoding, rawLength: Int) throws -> ChunkBytes {
+    ///
+    /// - Parameter base: the decoded base chunk, asked for only by encodings that have one.
+    func decode(_ payload: ChunkBytes, encoding: FrameEncoding, rawLength: Int, base: () throws -> ChunkBytes = { throw CKStoreError(.damaged, "a delta frame's base is not available") }) throws -> ChunkBytes {
         switch encoding {
         case .raw:
             guard payload.count == rawLength else {
@@ -67,6 +150,72 @@ struct FrameCodec: Sendable {
                 }
                 initialized = rawLength
             })
+        case .planes:
+            return try payload.withUnsafeBytes { try decodePlanes($0, rawLength: rawLength, base: nil) }
+        case .deltaPlanes:
+            let base = try base()
+            guard base.count == rawLength else {
+                throw CKStoreError(.damaged, "delta frame of \(rawLength) bytes names a base of \(base.count) bytes")
+            }
+            return try base.withUnsafeBytes { base in try payload.withUnsafeBytes { try decodePlanes($0, rawLength: rawLength, base: base) } }
         }
+    }
+
+    private func decodePlanes(_ payload: UnsafeRawBufferPointer, rawLength: Int, base: UnsafeRawBufferPointer?) throws -> ChunkBytes {
+        func damaged(_ what: String) -> CKStoreError { CKStoreError(.damaged, "byte-plane frame: \(what)") }
+        guard let width = payload.first.map(Int.init), ByteGrouping.widths.contains(width) else {
+            throw damaged("unsupported element width \(payload.first.map(String.init) ?? "(empty payload)")")
+        }
+        let headerSize = PlanePayload.headerSize(width: width)
+        guard payload.count >= headerSize else { throw damaged("header is cut short") }
+        let elements = rawLength / width
+        let tail = rawLength - elements * width
+        var planes = [(compressed: Bool, range: Range<Int>)]()
+        var offset = headerSize
+        for plane in 0..<width {
+            let mode = payload[1 + 5 * plane]
+            let length = Int(payload.loadLittleEndian(UInt32.self, at: 2 + 5 * plane))
+            guard mode <= 1 else { throw damaged("plane \(plane) has unknown mode \(mode)") }
+            guard mode == 1 || length == elements else { throw damaged("raw plane \(plane) holds \(length) bytes where \(elements) were expected") }
+            guard offset + length <= payload.count else { throw damaged("plane \(plane) runs past the payload") }
+            planes.append((mode == 1, offset..<(offset + length)))
+            offset += length
+        }
+        guard payload.count - offset == tail else { throw damaged("\(payload.count - offset) bytes after the planes where the tail is \(tail)") }
+        let compressedCount = planes.count { $0.compressed }
+        // Compressed planes decompress into one scratch buffer; raw planes are read where they are.
+        let scratch = try [UInt8](unsafeUninitializedCapacity: compressedCount * elements) { out, initialized in
+            var slot = 0
+            for plane in planes where plane.compressed {
+                try contexts.withDecompressor { decompressor in
+                    try decompressor.decompress(UnsafeRawBufferPointer(rebasing: payload[plane.range]), into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: out[(slot * elements)..<((slot + 1) * elements)])))
+                }
+                slot += 1
+            }
+            initialized = compressedCount * elements
+        }
+        let output = scratch.withUnsafeBufferPointer { scratch in
+            [UInt8](unsafeUninitializedCapacity: rawLength) { out, initialized in
+                guard let target = out.baseAddress, let source = payload.baseAddress else {
+                    initialized = 0
+                    return
+                }
+                var slot = 0
+                var pointers = [UnsafePointer<UInt8>]()
+                for plane in planes {
+                    if plane.compressed, let start = scratch.baseAddress {
+                        pointers.append(start + slot * elements)
+                        slot += 1
+                    } else {
+                        pointers.append((source + plane.range.lowerBound).assumingMemoryBound(to: UInt8.self))
+                    }
+                }
+                ByteGrouping.ungroup(pointers, base: base?.baseAddress, elements: elements, into: UnsafeMutableRawPointer(target))
+                ByteGrouping.xor(source + offset, base?.baseAddress.map { $0 + elements * width }, count: tail, into: UnsafeMutableRawPointer(target) + elements * width)
+                initialized = rawLength
+            }
+        }
+        guard output.count == rawLength else { throw damaged("empty payload") }
+        return ChunkBytes(output)
     }
 }

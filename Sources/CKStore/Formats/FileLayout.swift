@@ -20,6 +20,9 @@ struct FileLayout: Sendable {
     var regions: [Region]
     /// Tensors with no bytes (a dimension of 0): no region, but they belong in the manifest.
     var emptyTensors: [Region] = []
+    /// For torch zip files: the element width of each storage entry, from the pickle's storage records
+    /// (entries missing here are taken as 4-byte elements).
+    var storageElementWidths: [String: Int] = [:]
 
     /// One opaque region covering the whole file.
     static func opaque(size: Int64) -> FileLayout {

@@ -13,11 +13,11 @@ extension CheckpointStore {
     ///
     /// - Parameters:
     ///   - contents: the tensors, state and metadata.
-    ///   - level: the zstd level.
+    ///   - level: the zstd level; nil for the store's.
     /// - Returns: the checkpoint's id and what storing it cost.
     /// - Throws: ``CKStoreError``: `invalidArgument` for malformed tensors or names, `conflict` when the
     ///   run already has different contents at this step.
-    public func save(_ contents: CheckpointContents, level: CompressionLevel = .default) async throws -> PutResult {
+    public func save(_ contents: CheckpointContents, level: CompressionLevel? = nil) async throws -> PutResult {
         var options = PutOptions(run: contents.run, step: contents.step)
         options.epoch = contents.epoch
         options.metrics = contents.metrics
@@ -76,15 +76,15 @@ public actor BackgroundSaver {
     public nonisolated let store: CheckpointStore
     /// Saves running at once, at least 1.
     public nonisolated let maxInFlight: Int
-    private let level: CompressionLevel
+    private let level: CompressionLevel?
     private var running = 0
     private var waiting = [CheckedContinuation<Void, Never>]()
     private var handles = [Handle]()
     /// Snapshot buffers of committed saves, by size, for ``snapshot(name:dtype:shape:copying:)``.
     private var spare = [Int: [[UInt8]]]()
 
-    /// A saver for `store` running at most `maxInFlight` saves at once, at zstd `level`.
-    public init(store: CheckpointStore, maxInFlight: Int = 1, level: CompressionLevel = .default) {
+    /// A saver for `store` running at most `maxInFlight` saves at once, at zstd `level` (nil: the store's).
+    public init(store: CheckpointStore, maxInFlight: Int = 1, level: CompressionLevel? = nil) {
         self.store = store
         self.maxInFlight = max(1, maxInFlight)
         self.level = level

@@ -59,7 +59,7 @@ struct FrameHeader: Sendable, Equatable {
         self.rawLength = chunk.rawLength
         self.storedLength = chunk.payload.count
         self.digest = chunk.digest
-        self.base = nil
+        self.base = chunk.base
         self.checksum = 0
         self.checksum = chunk.payload.withUnsafeBytes { Self.checksum(prefix: serializedPrefix(), payload: $0) }
     }
@@ -101,6 +101,7 @@ struct FrameHeader: Sendable, Equatable {
         let flags = bytes.loadLittleEndian(UInt16.self, at: 6)
         guard flags & ~1 == 0 else { throw damaged("unknown flags \(flags)") }
         guard flags & 1 == 1 || bytes[56..<88].allSatisfy({ $0 == 0 }) else { throw damaged("base digest bytes set without a base") }
+        guard (flags & 1 == 1) == encoding.hasBase else { throw damaged("\(encoding) frame \(encoding.hasBase ? "without" : "with") a base digest") }
         let raw = bytes.loadLittleEndian(UInt64.self, at: 8)
         let stored = bytes.loadLittleEndian(UInt64.self, at: 16)
         guard raw <= UInt64(Int32.max), stored <= UInt64(Int32.max) else { throw damaged("implausible lengths (raw \(raw), stored \(stored))") }

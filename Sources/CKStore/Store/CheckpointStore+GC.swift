@@ -71,6 +71,9 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var packsRewritten: Int
     /// Orphan packs and temporary files removed.
     public var orphansRemoved: Int
+    /// Delta frames stored again in full because the bases they alone kept alive belonged to deleted
+    /// checkpoints and took more than the full frames add.
+    public var chunksReencoded = 0
     /// What `--budget` decided, when given.
     public var budget: BudgetOutcome?
 
@@ -103,6 +106,7 @@ public struct GCReport: Sendable, Codable, Equatable {
         case packsDeleted = "packs_deleted"
         case packsRewritten = "packs_rewritten"
         case orphansRemoved = "orphans_removed"
+        case chunksReencoded = "chunks_reencoded"
     }
 }
 
@@ -233,7 +237,21 @@ extension CheckpointStore {
         } catch let dryRun as DryRun {
             outcome = dryRun.value
         }
-        return try finishSweep(options, report: &report, outcome: outcome)
+        guard !options.dryRun else { return try finishSweep(options, report: &report, outcome: outcome) }
+        // Delta frames whose bases only they keep alive now: re-encode them in full when that frees more
+        // than it costs, and sweep again to let the bases go.
+        let rebased = try rebaseOrphanedDeltas()
+        report.chunksReencoded = rebased.chunks
+        guard rebased.chunks > 0 else { return try finishSweep(options, report: &report, outcome: outcome) }
+        var second = try withCatalogue { catalogue in
+            try catalogue.database.transaction { () throws -> Catalogue.SweepOutcome in
+                try catalogue.prepareSweep(deleting: [])
+                return try catalogue.sweep(dryRun: false)
+            }
+        }
+        second.deadChunks += outcome.deadChunks
+        second.deadBytes += outcome.deadBytes
+        return try finishSweep(options, report: &report, outcome: second)
     }
 
     /// The checkpoints `gc --budget` deletes beyond the policies, oldest first, so that packs and catalogue
@@ -334,7 +352,7 @@ extension CheckpointStore {
             var moved = [(ChunkDigest, Int64)]()
             for frame in frames {
                 let (header, payload) = try reader.readFrame(at: frame.offset, storedLength: frame.storedLength, expected: frame.digest)
-                let written = try writer.append(EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: payload.array), kind: header.kind)
+                let written = try writer.append(EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: payload.array, base: header.base), kind: header.kind)
                 moved.append((frame.digest, written.offset))
             }
             let sealed = try writer.seal()

@@ -88,7 +88,16 @@ extension CheckpointStore {
         }
         guard step >= 0 else { throw CKStoreError(.invalidArgument, "step \(step) is negative") }
 
-        let session = try PutSession(store: self, options: options)
+        // The parent (the run's checkpoint before this step) gives tensor chunks their delta bases. A
+        // damaged parent manifest only means no deltas (`verify` reports the damage); failing I/O fails.
+        let parent = try withCatalogue { (catalogue) throws in try catalogue.parent(run: options.run, before: step) }
+        var parentManifest: Manifest?
+        do {
+            parentManifest = try parent.map { try self.manifest(of: $0) }
+        } catch let error as CKStoreError where error.code == .damaged {
+            parentManifest = nil
+        }
+        let session = try PutSession(store: self, options: options, settings: try self.settings(), parent: parentManifest)
         var files = [FileEntry]()
         var warnings = [String]()
         for input in inputs {
@@ -112,7 +121,7 @@ extension CheckpointStore {
             createdAt: Date().timeIntervalSince1970, metrics: metrics, tags: Array(Set(options.tags)).sorted(),
             metadata: options.metadata, parent: nil, modelConfig: modelConfig, trainerState: trainerState?.json, files: files
         )
-        manifest.parent = try withCatalogue { (catalogue) throws in try catalogue.parent(run: options.run, before: step) }
+        manifest.parent = parent
         let contentDigest = try manifest.contentDigest()
 
         func existing(in catalogue: Catalogue) throws -> CheckpointID? {
@@ -186,6 +195,7 @@ extension CheckpointStore {
 final class PutSession {
     private let store: CheckpointStore
     private let codec: FrameCodec
+    private let tensorEncoder: TensorEncoder
     private let maxInFlight: Int
     /// Digests this put has claimed for writing, shared with the workers (see ``ChunkClaims``).
     private let claims = ChunkClaims()
@@ -196,9 +206,14 @@ final class PutSession {
     private(set) var newChunkCount = 0
     private(set) var bytesAdded: Int64 = 0
 
-    init(store: CheckpointStore, options: PutOptions) throws {
+    init(store: CheckpointStore, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
         self.store = store
-        self.codec = FrameCodec(level: options.compressionLevel, contexts: store.contexts)
+        self.codec = FrameCodec(level: options.compressionLevel ?? settings.compressionLevel, contexts: store.contexts)
+        let maxDepth = options.maxDeltaDepth ?? settings.maxDeltaDepth
+        guard (0...StoreSettings.maxDeltaDepthLimit).contains(maxDepth) else {
+            throw CKStoreError(.invalidArgument, "maximum delta depth \(maxDepth) is outside 0…\(StoreSettings.maxDeltaDepthLimit)")
+        }
+        self.tensorEncoder = TensorEncoder(store: store, codec: codec, maxDepth: maxDepth, parent: parent)
         self.maxInFlight = max(2, options.maxChunksInFlight)
     }
 
@@ -223,16 +238,17 @@ final class PutSession {
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
 
-        let store = self.store, codec = self.codec, claims = self.claims
+        let store = self.store, codec = self.codec, claims = self.claims, tensorEncoder = self.tensorEncoder
         try await withThrowingTaskGroup(of: ChunkResult.self) { group in
             var inFlight = 0
             var exhausted = false
             while true {
                 while !exhausted && inFlight < maxInFlight {
-                    guard let (offset, bytes) = try cursor.next() else {
+                    guard let chunk = try cursor.next() else {
                         exhausted = true
                         break
                     }
+                    let offset = chunk.offset, bytes = chunk.bytes, place = chunk.tensor
                     let index = chunks.count
                     chunks.append(nil)
                     inFlight += 1
@@ -248,7 +264,7 @@ final class PutSession {
                         guard claims.claim(digest) else {
                             return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
                         }
-                        let encoded = try codec.encode(bytes, digest: digest)
+                        let encoded = try place.map { try tensorEncoder.encode(bytes, digest: digest, place: $0) } ?? codec.encode(bytes, digest: digest)
                         return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: encoded, foundInStore: false)
                     }
                 }
@@ -326,6 +342,11 @@ final class PutSession {
                         missing.append(digest)
                     }
                     if !missing.isEmpty { return nil }
+                    // A new delta frame needs its base (I-4); a concurrent gc could have taken it with the
+                    // parent checkpoint. The frames are written already, so the put cannot go on.
+                    for base in tensorEncoder.bases.withLock({ $0 }) where try !catalogue.containsChunk(base) {
+                        throw CKStoreError(.conflict, "the parent checkpoint's chunk \(base), which new delta frames are based on, was removed by a concurrent garbage collection; nothing was committed, put again")
+                    }
                     var added: Int64 = 0
                     let now = Date().timeIntervalSince1970
                     for pack in sealed {

@@ -112,7 +112,7 @@ extension CheckpointStore {
                     let current = try writer ?? PackWriter(layout: layout)
                     writer = current
                     let payload = pack.reader.frameBytes(Int(frame.offset) + PackFormat.frameHeaderSize ..< Int(frame.offset) + PackFormat.frameHeaderSize + frame.header.storedLength).array
-                    let written = try current.append(EncodedChunk(digest: frame.header.digest, encoding: frame.header.encoding, rawLength: frame.header.rawLength, payload: payload), kind: frame.header.kind)
+                    let written = try current.append(EncodedChunk(digest: frame.header.digest, encoding: frame.header.encoding, rawLength: frame.header.rawLength, payload: payload, base: frame.header.base), kind: frame.header.kind)
                     moved[frame.header.digest] = (current.id, written.offset)
                 }
             }
@@ -156,8 +156,7 @@ extension CheckpointStore {
     }
 
     private static func scanPacks(_ layout: StoreLayout) throws -> [ScannedPack] {
-        var out = [ScannedPack]()
-        let codec = FrameCodec(level: .default)
+        var found = [(id: PackID, reader: PackReader, frames: [PackWriter.WrittenFrame], damage: [String], trailerIntact: Bool)]()
         for folder in try FileSystem.contents(of: layout.packsRoot) where FileSystem.isDirectory(layout.packsRoot + "/" + folder) {
             for name in try FileSystem.contents(of: layout.packsRoot + "/" + folder) where name.hasSuffix(".pack") {
                 guard let id = PackID(hex: String(name.dropLast(5))) else { continue }
@@ -174,22 +173,43 @@ extension CheckpointStore {
                     frames = walk.frames
                     damage += walk.damage.map { "offset \($0.offset): \($0.reason)" }
                 }
-                var intact = [PackWriter.WrittenFrame]()
-                for frame in frames {
-                    do {
-                        let (header, payload) = try reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
-                        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
-                        guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == header.digest else {
-                            throw CKStoreError(.damaged, "pack \(id): chunk \(header.digest) at offset \(frame.offset) decodes to other bytes")
-                        }
-                        payload.releaseMapping()
-                        intact.append(frame)
-                    } catch {
-                        damage.append(CKStoreError.wrap(error).message)
-                    }
-                }
-                out.append(ScannedPack(id: id, reader: reader, size: try reader.size(), intact: intact, damage: damage, trailerIntact: trailerIntact))
+                found.append((id, reader, frames, damage, trailerIntact))
             }
+        }
+        // Every frame is decoded and its SHA-256 checked; a delta frame decodes through its base, found
+        // in whichever pack holds it.
+        var framesByDigest = [ChunkDigest: (reader: PackReader, frame: PackWriter.WrittenFrame)]()
+        for pack in found {
+            for frame in pack.frames { framesByDigest[frame.header.digest] = (pack.reader, frame) }
+        }
+        let codec = FrameCodec(level: .default)
+        func decode(_ reader: PackReader, _ frame: PackWriter.WrittenFrame, hops: Int) throws -> ChunkBytes {
+            let (header, payload) = try reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
+            let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
+                guard let base = header.base, let located = framesByDigest[base] else {
+                    throw CKStoreError(.damaged, "chunk \(header.digest) is a delta against chunk \(header.base.map(String.init(describing:)) ?? "(none)"), which no pack holds")
+                }
+                guard hops < CheckpointStore.hardChainLimit else { throw CKStoreError(.damaged, "chunk \(header.digest): delta chain too long (a cycle?)") }
+                return try decode(located.reader, located.frame, hops: hops + 1)
+            }
+            guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == header.digest else {
+                throw CKStoreError(.damaged, "pack \(reader.id): chunk \(header.digest) at offset \(frame.offset) decodes to other bytes")
+            }
+            return bytes
+        }
+        var out = [ScannedPack]()
+        for pack in found {
+            var intact = [PackWriter.WrittenFrame]()
+            var damage = pack.damage
+            for frame in pack.frames {
+                do {
+                    _ = try decode(pack.reader, frame, hops: 0)
+                    intact.append(frame)
+                } catch {
+                    damage.append(CKStoreError.wrap(error).message)
+                }
+            }
+            out.append(ScannedPack(id: pack.id, reader: pack.reader, size: try pack.reader.size(), intact: intact, damage: damage, trailerIntact: pack.trailerIntact))
         }
         return out
     }

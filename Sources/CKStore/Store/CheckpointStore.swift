@@ -141,22 +141,48 @@ public final class CheckpointStore: Sendable {
         do {
             return try loadChunk(at: location, readers: readers, checkDigest: checkDigest)
         } catch {
-            throw CKStoreError(.damaged, "\(what()): \(CKStoreError.wrap(error).message)", cause: CKStoreError.wrap(error))
+            // Failing I/O stays what it is (the data may be fine); everything else is damage.
+            let wrapped = CKStoreError.wrap(error)
+            let code: CKStoreError.Code = [.ioFailure, .noSpace].contains(wrapped.code) ? wrapped.code : .damaged
+            throw CKStoreError(code, "\(what()): \(wrapped.message)", cause: wrapped)
         }
     }
 
     /// Reads, checks and decodes one chunk.
     func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true) throws -> ChunkBytes {
+        try loadChunkAndDepth(at: location, readers: readers, checkDigest: checkDigest).bytes
+    }
+
+    /// A delta chain longer than this is damage (a cycle, or frames no put writes): puts keep chains to
+    /// the store's maximum delta depth, which is far below.
+    static let hardChainLimit = 64
+
+    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one (checked the
+    /// same way). `depth` is the number of delta frames on the way to a full frame: 0 for a chunk that
+    /// decodes on its own.
+    func loadChunkAndDepth(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, hops: Int = 0) throws -> (bytes: ChunkBytes, depth: Int) {
         let reader = try readers.reader(for: location.pack)
         framesRead.add(1, ordering: .relaxed)
         let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
         let codec = FrameCodec(level: .default, contexts: contexts)
-        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+        var depth = 0
+        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
+            guard let base = header.base else { throw CKStoreError(.damaged, "chunk \(location.digest) is a delta frame without a base") }
+            guard hops < Self.hardChainLimit else {
+                throw CKStoreError(.damaged, "chunk \(location.digest): its delta chain is longer than \(Self.hardChainLimit) frames (a cycle?)")
+            }
+            guard let baseLocation = try withCatalogue({ (catalogue) throws in try catalogue.location(of: base) }) else {
+                throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
+            }
+            let decoded = try loadChunkAndDepth(at: baseLocation, readers: readers, checkDigest: checkDigest, hops: hops + 1)
+            depth = decoded.depth + 1
+            return decoded.bytes
+        }
         if header.encoding != .raw { payload.releaseMapping() }
         guard !checkDigest || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
             throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
         }
-        return bytes
+        return (bytes, depth)
     }
 }
 

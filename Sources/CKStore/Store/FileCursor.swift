@@ -35,8 +35,17 @@ struct FileCursor {
         self.size = size
     }
 
-    /// The next chunk and its offset in the file, or nil at the end.
-    mutating func next() throws -> (offset: Int64, bytes: [UInt8])? {
+    /// One chunk as the cursor cuts it.
+    struct Chunk {
+        /// Where it starts in the file.
+        var offset: Int64
+        var bytes: [UInt8]
+        /// The tensor or torch storage it belongs to, if any.
+        var tensor: TensorPlace?
+    }
+
+    /// The next chunk, or nil at the end.
+    mutating func next() throws -> Chunk? {
         while regionIndex < layout.regions.count {
             let region = layout.regions[regionIndex]
             if position >= region.end {
@@ -45,19 +54,25 @@ struct FileCursor {
             }
             let offset = position
             let bytes: [UInt8]
+            var place: TensorPlace?
             switch region.kind {
-            case .tensor:
+            case .tensor(let name, let dtype, let shape):
                 let count = Int(min(Int64(Self.tensorChunkSize), region.end - position))
                 bytes = try file.read(count: count, at: position)
                 readPosition = position + Int64(count)
                 let range = tensorChunks[regionIndex] ?? chunkCount..<chunkCount
                 tensorChunks[regionIndex] = range.lowerBound..<(chunkCount + 1)
+                place = TensorPlace(
+                    file: path, tensor: name, dtype: dtype, shape: shape, byteCount: region.length, index: range.count,
+                    // A torch storage's element type lives in the pickle; 4 bytes (fp32) is the common case.
+                    elementWidth: dtype.map { $0.bitWidth / 8 } ?? layout.storageElementWidths[name] ?? 4
+                )
             case .opaque:
                 bytes = try nextOpaqueChunk(regionEnd: region.end)
             }
             position += Int64(bytes.count)
             chunkCount += 1
-            return (offset, bytes)
+            return Chunk(offset: offset, bytes: bytes, tensor: place)
         }
         return nil
     }

@@ -13,8 +13,11 @@ public struct PutOptions: Sendable {
     public var tags: [String] = []
     /// Free-form metadata.
     public var metadata: [String: String] = [:]
-    /// The zstd level for new chunks.
-    public var compressionLevel: CompressionLevel = .default
+    /// The zstd level for new chunks; nil for the store's (``StoreSettings/compressionLevel``).
+    public var compressionLevel: CompressionLevel?
+    /// The longest delta chain this put may extend; nil for the store's (``StoreSettings/maxDeltaDepth``),
+    /// 0 to store every new chunk in full.
+    public var maxDeltaDepth: Int?
     /// Store links that point outside the folder as the files they point to, instead of refusing.
     public var followSymlinks = false
     /// How many chunks may be read, hashed or compressed at once; bounds memory at about twice this many MiB.

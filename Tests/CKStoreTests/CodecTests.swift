@@ -1,0 +1,87 @@
+@testable import CKStore
+import CKStoreTestSupport
+import Foundation
+import Testing
+
+@Suite struct CodecTests {
+    /// Trained-weight-like floats: shared exponents, random mantissas.
+    static func floats(_ count: Int, seed: UInt64) -> [UInt8] {
+        var random = SeededRandom(seed: seed)
+        return random.floatBytes(count: count)
+    }
+
+    @Test(arguments: [2, 4, 8])
+    func bytePlanesRoundTripAtEveryLength(_ width: Int) throws {
+        let codec = FrameCodec(level: .default)
+        for length in [2 * width, 2 * width + 1, 1000, 4096 + width - 1, 1 << 20] {
+            let bytes = Array(Self.floats(length / 4 + 1, seed: UInt64(length)).prefix(length))
+            // Full frames, and deltas against a base that differs in a few places.
+            var base = bytes
+            for index in stride(from: 0, to: base.count, by: 37) { base[index] ^= 0x5a }
+            for reference in [nil, base] {
+                for tryCompressing in [Array(repeating: true, count: width), Array(repeating: false, count: width), (0..<width).map { $0 % 2 == 0 }] {
+                    let (payload, outcome) = try bytes.withUnsafeBytes { input in
+                        try (reference ?? []).withUnsafeBytes { base in
+                            try codec.encodePlanes(input, base: reference == nil ? nil : base, width: width, tryCompressing: tryCompressing)
+                        }
+                    }
+                    #expect(outcome.compressed.count == width)
+                    for plane in 0..<width where !tryCompressing[plane] { #expect(outcome.compressed[plane] == nil) }
+                    let decoded = try codec.decode(ChunkBytes(payload), encoding: reference == nil ? .planes : .deltaPlanes, rawLength: bytes.count) {
+                        ChunkBytes(try #require(reference))
+                    }
+                    #expect(decoded.array == bytes, "width \(width), length \(length), delta \(reference != nil), planes \(tryCompressing)")
+                }
+            }
+        }
+    }
+
+    @Test func planesShrinkFloatsThatZstdAloneBarelyCompresses() throws {
+        let codec = FrameCodec(level: .default)
+        let floats = Self.floats(1 << 18, seed: 3)
+        let plain = try codec.encode(floats, digest: SHA256Hasher.digest(floats))
+        let (planes, outcome) = try floats.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: 4, tryCompressing: [true, true, true, true]) }
+        #expect(planes.count < plain.payload.count, "planes \(planes.count) vs zstd \(plain.payload.count) of \(floats.count)")
+        // The sign/exponent plane compresses; the lowest mantissa plane is random and stays raw.
+        #expect(outcome.compressed[3] == true && outcome.compressed[0] == false)
+    }
+
+    @Test func aDeltaAgainstASlightlyChangedTensorIsSmallerThanPlanes() throws {
+        let codec = FrameCodec(level: .default)
+        let old = Self.floats(1 << 18, seed: 4)
+        var new = old
+        new.withUnsafeMutableBytes { buffer in
+            for index in 0..<(buffer.count / 4) {
+                let value = Float(bitPattern: buffer.load(fromByteOffset: index * 4, as: UInt32.self))
+                buffer.storeBytes(of: (value * 1.0001 + 1e-6).bitPattern, toByteOffset: index * 4, as: UInt32.self)
+            }
+        }
+        let all = [true, true, true, true]
+        let full = try new.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: 4, tryCompressing: all) }
+        let delta = try new.withUnsafeBytes { input in try old.withUnsafeBytes { try codec.encodePlanes(input, base: $0, width: 4, tryCompressing: all) } }
+        #expect(Double(delta.payload.count) < 0.8 * Double(full.payload.count), "delta \(delta.payload.count), planes \(full.payload.count)")
+    }
+
+    @Test func damagedPlanePayloadsAreErrorsNotCrashes() throws {
+        let codec = FrameCodec(level: .default)
+        let floats = Self.floats(4096, seed: 5)
+        let (payload, _) = try floats.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: 4, tryCompressing: [false, false, true, true]) }
+        var cases: [(String, [UInt8])] = [("empty", []), ("cut header", Array(payload.prefix(7))), ("cut body", Array(payload.dropLast(3))), ("extra byte", payload + [0])]
+        var badWidth = payload
+        badWidth[0] = 3
+        cases.append(("width 3", badWidth))
+        var badMode = payload
+        badMode[1] = 9
+        cases.append(("mode 9", badMode))
+        var longPlane = payload
+        longPlane[2] = 0xff
+        cases.append(("plane length", longPlane))
+        for (name, bytes) in cases {
+            #expect(throws: CKStoreError.self, "\(name)") { _ = try codec.decode(ChunkBytes(bytes), encoding: .planes, rawLength: floats.count) }
+        }
+        // A delta frame whose base has another length.
+        #expect(throws: CKStoreError.self) {
+            _ = try codec.decode(ChunkBytes(payload), encoding: .deltaPlanes, rawLength: floats.count) { ChunkBytes([1, 2, 3]) }
+        }
+    }
+}
