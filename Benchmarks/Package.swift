@@ -12,10 +12,22 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
     ],
     targets: [
+        // Running commands and measuring their wall time and peak memory, shared by the runners.
+        .target(name: "BenchSupport", swiftSettings: [.enableUpcomingFeature("ExistentialAny")]),
         .executableTarget(
             name: "ckstore-bench",
             dependencies: [
+                "BenchSupport",
                 .product(name: "CKStoreTestSupport", package: "ckstore"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        // ckstore beside restic, borg and zstd on simulated training series (issue 6).
+        .executableTarget(
+            name: "ckstore-compare",
+            dependencies: [
+                "BenchSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

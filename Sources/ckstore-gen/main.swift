@@ -1,5 +1,7 @@
-import ArgumentParser
+public import ArgumentParser
 import CKStoreTestSupport
+
+extension TrainingSeries.Variant: ExpressibleByArgument {}
 
 /// Generates trainer-shaped checkpoint folders for the demo, the end-to-end tests and the benchmarks.
 @main
@@ -21,8 +23,20 @@ struct Generate: ParsableCommand {
     @Option(help: "Steps between checkpoints.") var every = 100
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Parameter-name prefix to keep frozen (repeatable), e.g. 'layers.'.") var frozen: [String] = []
+    @Option(help: "Instead of random updates, simulate AdamW training: fp32 (full fine-tuning), bf16 (bf16 weights, fp32 optimizer state) or frozen (frozen base with adapters). --every is then the number of optimizer steps simulated between checkpoints.")
+    var series: TrainingSeries.Variant?
 
     func run() throws {
+        if let series {
+            var run = TrainingSeries(variant: series, parameterCount: parameters, checkpoints: checkpoints, stepsPerCheckpoint: every, seed: seed)
+            for _ in 0..<checkpoints {
+                run.advance()
+                let folder = "\(output)/checkpoint-\(run.step)"
+                try run.write(to: folder)
+                print(folder)
+            }
+            return
+        }
         var checkpoint = TrainerCheckpoint(seed: seed, layout: TrainerCheckpoint.layout(parameterCount: parameters))
         let frozen = self.frozen
         for _ in 0..<checkpoints {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BenchSupport
 @_spi(Benchmarking) import CKStore
 import CKStoreTestSupport
 import Foundation

@@ -5,15 +5,20 @@ import Glibc
 #endif
 
 /// One run of a command: wall time and the peak resident memory of the process (and its children).
-struct Measurement {
-    var seconds: Double
-    var peakKiB: Int
+public struct Measurement: Sendable {
+    public var seconds: Double
+    public var peakKiB: Int
+
+    public init(seconds: Double, peakKiB: Int) {
+        self.seconds = seconds
+        self.peakKiB = peakKiB
+    }
 }
 
-enum Command {
+public enum Command {
     /// Runs `arguments` (the first is the program, looked up on PATH), waits, and measures it.
     /// Output goes to /dev/null unless `capture` is given.
-    static func measure(_ arguments: [String], quiet: Bool = true) throws -> Measurement {
+    public static func measure(_ arguments: [String], quiet: Bool = true) throws -> Measurement {
         var pid: pid_t = 0
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -40,11 +45,11 @@ enum Command {
     }
 
     /// Runs a shell command line and measures it.
-    static func shell(_ line: String) throws -> Measurement {
+    public static func shell(_ line: String) throws -> Measurement {
         try measure(["/bin/sh", "-c", line])
     }
 
-    static func output(_ arguments: [String]) throws -> String {
+    public static func output(_ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
@@ -57,23 +62,23 @@ enum Command {
         return String(decoding: data, as: UTF8.self)
     }
 
-    static func exists(_ program: String) -> Bool {
+    public static func exists(_ program: String) -> Bool {
         (try? output(["sh", "-c", "command -v \(program)"]))?.isEmpty == false
     }
 }
 
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct BenchError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
-func median(_ values: [Double]) -> Double {
+public func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
     guard !sorted.isEmpty else { return .nan }
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
-func folderSize(_ path: String) -> Int64 {
+public func folderSize(_ path: String) -> Int64 {
     var total: Int64 = 0
     if let enumerator = FileManager.default.enumerator(atPath: path) {
         while let name = enumerator.nextObject() as? String {

@@ -1,0 +1,194 @@
+import ArgumentParser
+import BenchSupport
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// ckstore beside restic, borg and zstd on simulated training series, in one run: each tool stores the
+/// whole series checkpoint by checkpoint into a fresh repository, then restores the newest checkpoint.
+/// Reports stored bytes, median put time per checkpoint, restore time and peak memory, and checks the
+/// targets of issue 6 against restic and borg measured in the same run.
+@main
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ckstore-compare",
+        abstract: "Measure ckstore beside restic, borg and zstd on simulated training series."
+    )
+
+    @Option(help: "Folder holding the release ckstore and ckstore-gen binaries.") var bin = "../.build/release"
+    @Option(help: "Scratch folder (about 3 times one series' size).") var work = "/tmp/ckstore-compare"
+    @Option(help: "Model parameters per checkpoint.") var parameters = 25_000_000
+    @Option(help: "Checkpoints per series.") var checkpoints = 8
+    @Option(help: "Optimizer steps simulated between checkpoints.") var every = 20
+    @Option(parsing: .upToNextOption, help: "Series to run: fp32, bf16, frozen.") var variants = ["fp32", "bf16", "frozen"]
+    @Option(help: "Restores of the newest checkpoint per tool (the median is reported).") var restores = 3
+    @Option(parsing: .upToNextOption, help: "Extra ckstore put arguments, e.g. --max-delta-depth 2.") var ckstoreArguments: [String] = []
+    @Option(parsing: .upToNextOption, help: "Tools to run (default: ckstore and every peer installed).") var tools: [String] = []
+
+    /// One tool's way of storing and restoring a checkpoint folder.
+    struct Tool {
+        var name: String
+        var setUp: (_ repository: String) throws -> Void
+        var put: (_ repository: String, _ folder: String, _ index: Int) -> [String]
+        /// Restores checkpoint `index` into `destination`; returns the command and where the folder lands.
+        var restore: (_ repository: String, _ folder: String, _ index: Int, _ destination: String) -> (command: [String], restored: String)
+    }
+
+    func run() throws {
+        setenv("RESTIC_PASSWORD", "ckstore-benchmark", 1)
+        setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes", 1)
+        setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes", 1)
+        setenv("BORG_BASE_DIR", work + "/borg-home", 1)
+        let ckstore = bin + "/ckstore"
+        let extra = ckstoreArguments
+        var available: [Tool] = [
+            Tool(name: "ckstore", setUp: { _ in }, put: { repository, folder, _ in
+                [ckstore, "put", folder, "--store", repository, "--run", "bench"] + extra
+            }, restore: { repository, _, _, destination in
+                ([ckstore, "get", "bench@latest", destination, "--store", repository], destination)
+            }),
+        ]
+        if Command.exists("restic") {
+            available.append(Tool(name: "restic", setUp: { repository in
+                _ = try Command.measure(["restic", "init", "--repo", repository, "--repository-version", "2"])
+            }, put: { repository, folder, _ in
+                ["restic", "-r", repository, "backup", "--compression", "auto", "-q", folder]
+            }, restore: { repository, folder, _, destination in
+                (["restic", "-r", repository, "restore", "latest", "--target", destination], destination + folder)
+            }))
+        }
+        if Command.exists("borg") {
+            available.append(Tool(name: "borg", setUp: { repository in
+                _ = try Command.measure(["borg", "init", "--encryption", "none", repository])
+            }, put: { repository, folder, index in
+                ["borg", "create", "--compression", "zstd,3", "\(repository)::checkpoint-\(index)", folder]
+            }, restore: { repository, folder, index, destination in
+                (["/bin/sh", "-c", "mkdir -p '\(destination)' && cd '\(destination)' && borg extract '\(repository)::checkpoint-\(index)'"], destination + folder)
+            }))
+        }
+        if Command.exists("zstd") {
+            available.append(Tool(name: "zstd -3 -T2", setUp: { repository in
+                try FileManager.default.createDirectory(atPath: repository, withIntermediateDirectories: true)
+            }, put: { repository, folder, index in
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: folder).sorted()) ?? []
+                let target = "\(repository)/\(index)"
+                return ["/bin/sh", "-c", "mkdir -p '\(target)' && " + names.map { "zstd -q -3 -T2 '\(folder)/\($0)' -o '\(target)/\($0).zst'" }.joined(separator: " && ")]
+            }, restore: { repository, folder, index, destination in
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: folder).sorted()) ?? []
+                return (["/bin/sh", "-c", "mkdir -p '\(destination)' && " + names.map { "zstd -q -d -T2 '\(repository)/\(index)/\($0).zst' -o '\(destination)/\($0)'" }.joined(separator: " && ")], destination)
+            }))
+        }
+        let selected = tools.isEmpty ? available : available.filter { tools.contains($0.name) }
+        print("tools: \(selected.map(\.name).joined(separator: ", ")) (missing peers: `make bench-deps`)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
+
+        var tables = [String]()
+        for variant in variants {
+            tables.append(try runSeries(variant: variant, tools: selected))
+        }
+        print("")
+        print(tables.joined(separator: "\n\n"))
+    }
+
+    /// Stores and restores one series with every tool; returns its Markdown table.
+    func runSeries(variant: String, tools: [Tool]) throws -> String {
+        let series = "\(work)/series-\(variant)-\(parameters)-\(checkpoints)x\(every)"
+        var folders = (try? FileManager.default.contentsOfDirectory(atPath: series))?.filter { $0.hasPrefix("checkpoint-") } ?? []
+        if folders.count != checkpoints {
+            try? FileManager.default.removeItem(atPath: series)
+            print("generating the \(variant) series in \(series) …")
+            _ = try Command.measure([bin + "/ckstore-gen", series, "--series", variant, "--parameters", String(parameters), "--checkpoints", String(checkpoints), "--every", String(every)])
+            folders = try FileManager.default.contentsOfDirectory(atPath: series).filter { $0.hasPrefix("checkpoint-") }
+        }
+        folders.sort { Int($0.dropFirst("checkpoint-".count)) ?? 0 < Int($1.dropFirst("checkpoint-".count)) ?? 0 }
+        let paths = folders.map { series + "/" + $0 }
+        let sizes = paths.map { Double(folderSize($0)) }
+        let logical = sizes.reduce(0, +)
+        print(String(format: "\n%@: %d checkpoints of %.1f MiB (%.2f GiB in all)", variant, paths.count, sizes[0] / 1_048_576, logical / 1_073_741_824))
+
+        let canDropCaches = FileManager.default.isWritableFile(atPath: "/proc/sys/vm/drop_caches")
+        func settle(warming inputs: [String]) throws {
+            _ = try Command.measure(["sync"])
+            if canDropCaches { _ = try Command.shell("echo 3 > /proc/sys/vm/drop_caches") }
+            for input in inputs { _ = try Command.shell("find '\(input)' -type f -exec cat {} + > /dev/null") }
+        }
+
+        struct Result {
+            var name: String
+            var stored: Int64 = 0
+            var puts: [Measurement] = []
+            var restores: [Measurement] = []
+            var peakKiB: Int { (puts + restores).map(\.peakKiB).max() ?? 0 }
+        }
+        var results = [Result]()
+        for tool in tools {
+            let repository = "\(work)/repo-\(tool.name.split(separator: " ")[0])"
+            try? FileManager.default.removeItem(atPath: repository)
+            try? FileManager.default.removeItem(atPath: work + "/borg-home")
+            try tool.setUp(repository)
+            var result = Result(name: tool.name)
+            for (index, path) in paths.enumerated() {
+                try settle(warming: [path])
+                let measured = try Command.measure(tool.put(repository, path, index))
+                result.puts.append(measured)
+                print(String(format: "  %-12@ put %@: %6.2f s  %6.0f MB/s  peak %6.1f MiB", tool.name as NSString, folders[index] as NSString, measured.seconds, sizes[index] / measured.seconds / 1e6, Double(measured.peakKiB) / 1024))
+            }
+            _ = try Command.measure(["sync"])
+            result.stored = folderSize(repository)
+            let newest = paths.count - 1
+            for attempt in 1...restores {
+                let destination = "\(work)/restored"
+                try? FileManager.default.removeItem(atPath: destination)
+                try settle(warming: [repository])
+                let (command, restored) = tool.restore(repository, paths[newest], newest, destination)
+                let measured = try Command.measure(command)
+                result.restores.append(measured)
+                print(String(format: "  %-12@ restore newest: %6.2f s  peak %6.1f MiB", tool.name as NSString, measured.seconds, Double(measured.peakKiB) / 1024))
+                if attempt == 1 {
+                    // Outside the timing: the restore must give the checkpoint back byte for byte.
+                    _ = try Command.measure(["diff", "-r", paths[newest], restored])
+                }
+            }
+            try? FileManager.default.removeItem(atPath: "\(work)/restored")
+            try? FileManager.default.removeItem(atPath: repository)
+            results.append(result)
+        }
+
+        let newestBytes = sizes[sizes.count - 1]
+        var lines = [
+            "### \(variant): \(paths.count) checkpoints of \(String(format: "%.0f", sizes[0] / 1_048_576)) MiB (\(String(format: "%.2f", logical / 1_073_741_824)) GiB logical)",
+            "",
+            "| tool | stored MiB | of logical | put s/checkpoint (median) | put MB/s | restore newest s (median) | restore MB/s | peak MiB |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for result in results {
+            let put = median(result.puts.map(\.seconds)), restore = median(result.restores.map(\.seconds))
+            lines.append(String(format: "| %@ | %.1f | %.3f | %.2f | %.0f | %.2f | %.0f | %.0f |", result.name as NSString, Double(result.stored) / 1_048_576,
+                                Double(result.stored) / logical, put, logical / Double(paths.count) / put / 1e6, restore, newestBytes / restore / 1e6, Double(result.peakKiB) / 1024))
+        }
+        if let ours = results.first(where: { $0.name == "ckstore" }) {
+            let storedTarget = ["fp32": 0.65, "bf16": 0.8, "frozen": 0.4][variant]
+            lines.append("")
+            for peer in results where peer.name == "restic" || peer.name == "borg" {
+                let stored = Double(ours.stored) / Double(peer.stored)
+                let put = median(peer.puts.map(\.seconds)) / median(ours.puts.map(\.seconds))
+                let restore = median(peer.restores.map(\.seconds)) / median(ours.restores.map(\.seconds))
+                var checks = [String(format: "put %.2f× %@'s throughput (target ≥ %.1f×: %@)", put, peer.name as NSString, peer.name == "restic" ? 2.5 : 2, put >= (peer.name == "restic" ? 2.5 : 2) ? "met" : "NOT met")]
+                if peer.name == "restic" {
+                    if let storedTarget { checks.insert(String(format: "stored %.2f× restic's (target ≤ %.2f×: %@)", stored, storedTarget, stored <= storedTarget ? "met" : "NOT met"), at: 0) }
+                    checks.append(String(format: "restore of the newest %.2f× restic's speed (target ≥ 3×: %@)", restore, restore >= 3 ? "met" : "NOT met"))
+                } else {
+                    checks.insert(String(format: "stored %.2f× %@'s", stored, peer.name as NSString), at: 0)
+                }
+                lines.append("- vs \(peer.name): " + checks.joined(separator: "; "))
+            }
+            let peak = Double(ours.peakKiB) / 1024
+            lines.append(String(format: "- ckstore peak memory %.0f MiB (target < 512 MiB: %@)", peak, peak < 512 ? "met" : "NOT met"))
+        }
+        let table = lines.joined(separator: "\n")
+        print("\n" + table)
+        return table
+    }
+}
