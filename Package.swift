@@ -24,11 +24,14 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        // Linux calls glibc declares only under _GNU_SOURCE (sync_file_range).
+        .systemLibrary(name: "CLinux"),
         .target(
             name: "CKStore",
             dependencies: [
                 "CSQLite",
                 "CZstd",
+                "CLinux",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings

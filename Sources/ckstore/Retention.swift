@@ -256,6 +256,9 @@ struct GC: AsyncParsableCommand {
         print(Format.table(["ID", "RUN", "STEP", "DECISION", "KEPT BY"], rows))
         let verb = report.dryRun ? "would free" : "freed"
         print("\n\(verb) \(ByteCount(report.bytesFreed)) on disk (\(report.chunksFreed) chunks; \(report.packsDeleted) packs deleted, \(report.packsRewritten) rewritten, \(report.orphansRemoved) orphan files)")
+        if report.chunksReencoded > 0 {
+            print("stored \(report.chunksReencoded) delta chunks in full again, so that the deleted checkpoints' frames they were based on could go")
+        }
         if let outcome = report.budget {
             let verb = report.dryRun ? "would delete" : "deleted"
             print("budget \(ByteCount(outcome.budgetBytes)): \(ByteCount(outcome.diskBytesBefore)) before, \(ByteCount(outcome.diskBytesAfter)) after; \(verb) \(outcome.deletedForBudget.count) checkpoints beyond the policies to fit")

@@ -55,6 +55,28 @@ import Testing
         }
     }
 
+    @Test func storeSettingsThroughTheBinary() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            let initialized = try CLI.run(["init", "--store", store, "--level", "5", "--max-delta-depth", "2"])
+            #expect(initialized.status == 0, "\(initialized.stderr)")
+            let shown = try #require(try CLI.json(try CLI.run(["settings", "--store", store, "--json"]).stdout) as? [String: Any])
+            #expect(shown["compression_level"] as? Int == 5 && shown["max_delta_depth"] as? Int == 2)
+            #expect(try CLI.run(["settings", "--store", store, "--max-delta-depth", "0"]).status == 0)
+            let changed = try #require(try CLI.json(try CLI.run(["settings", "--store", store, "--json"]).stdout) as? [String: Any])
+            #expect(changed["compression_level"] as? Int == 5 && changed["max_delta_depth"] as? Int == 0)
+            // Out-of-range values are usage errors that change nothing.
+            #expect(try CLI.run(["settings", "--store", store, "--max-delta-depth", "99"]).status == 2)
+            #expect(try CLI.run(["settings", "--store", store, "--level", "42"]).status == 2)
+            let source = root + "/checkpoint-1"
+            try RandomCheckpoint.write(to: source, megabytes: 1, step: 1)
+            #expect(try CLI.run(["put", source, "--store", store, "--run", "r", "--max-delta-depth", "40"]).status == 2)
+            #expect(try CLI.run(["put", source, "--store", store, "--run", "r", "--level", "3", "--max-delta-depth", "1"]).status == 0)
+            let unchanged = try #require(try CLI.json(try CLI.run(["settings", "--store", store, "--json"]).stdout) as? [String: Any])
+            #expect(unchanged["compression_level"] as? Int == 5 && unchanged["max_delta_depth"] as? Int == 0, "a put's own flags leave the store's settings alone")
+        }
+    }
+
     @Test func exitCodesAndMessages() async throws {
         try await withTemporaryDirectory { root in
             let store = root + "/store"

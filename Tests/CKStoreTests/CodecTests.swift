@@ -85,3 +85,42 @@ import Testing
         }
     }
 }
+
+@Suite struct TorchPickleTests {
+    @Test func storageTypesComeFromTheRealPickles() throws {
+        // The optimizer state real PyTorch wrote: every storage is a FloatStorage (step, exp_avg, exp_avg_sq).
+        let optimizer = SharedFixtures.path("hf-tiny/checkpoint-2/optimizer.pt")
+        let handle = try SharedFile(path: optimizer)
+        let archive = try TorchZipFile.parse(handle, size: try handle.size(), name: optimizer)
+        let widths = archive.storageElementWidths(reading: handle)
+        let storages = archive.entries.filter { TorchZipFile.isStorage($0.name) }.map(\.name)
+        #expect(!storages.isEmpty && Set(widths.keys) == Set(storages), "\(widths) vs \(storages)")
+        #expect(Set(widths.values) == [4])
+        // rng_state.pth holds a ByteStorage (1-byte elements): not grouped.
+        let rng = SharedFixtures.path("hf-tiny/checkpoint-2/rng_state.pth")
+        let rngHandle = try SharedFile(path: rng)
+        let rngWidths = try TorchZipFile.parse(rngHandle, size: try rngHandle.size(), name: rng).storageElementWidths(reading: rngHandle)
+        #expect(rngWidths.values.contains(1), "\(rngWidths)")
+    }
+
+    @Test func aHandWrittenPickleWithMemoReferencesAndEveryStorageType() {
+        // ('storage', torch.<Type>, '<key>', 'cpu', n) per storage, the type memoized and fetched again.
+        var pickle: [UInt8] = [0x80, 0x02, 0x5d, 0x28]  // PROTO 2, EMPTY_LIST, MARK
+        func unicode(_ text: String) -> [UInt8] {
+            [0x58] + withUnsafeBytes(of: UInt32(text.utf8.count).littleEndian) { Array($0) } + Array(text.utf8)
+        }
+        var memo: UInt8 = 0
+        for (index, type) in ["HalfStorage", "BFloat16Storage", "DoubleStorage", "LongStorage", "ByteStorage", "FloatStorage"].enumerated() {
+            pickle += [0x28] + unicode("storage") + Array("ctorch\n\(type)\n".utf8) + [0x71, memo] + unicode(String(index)) + unicode("cpu") + [0x4b, 3, 0x74, 0x51]
+            // A second storage of the same type, through BINGET of the memoized global.
+            pickle += [0x28] + unicode("storage") + [0x68, memo] + unicode("\(index)b") + unicode("cpu") + [0x4d, 0, 1, 0x74, 0x51]
+            memo += 1
+        }
+        pickle += [0x65, 0x2e]  // APPENDS, STOP
+        let widths = TorchPickle.storageElementWidths(pickle)
+        #expect(widths == ["0": 2, "0b": 2, "1": 2, "1b": 2, "2": 8, "2b": 8, "3": 8, "3b": 8, "4": 1, "4b": 1, "5": 4, "5b": 4])
+        // Garbage and truncation end the walk without a crash.
+        #expect(TorchPickle.storageElementWidths(Array(pickle.prefix(40))).isEmpty)
+        #expect(TorchPickle.storageElementWidths([0xff, 0x00, 0x58, 0xff, 0xff, 0xff, 0x7f]).isEmpty)
+    }
+}

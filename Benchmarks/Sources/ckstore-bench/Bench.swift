@@ -46,8 +46,8 @@ struct Bench: ParsableCommand {
         let files = try FileManager.default.contentsOfDirectory(atPath: first).sorted()
         print(String(format: "checkpoint: %.1f MiB in %d files (%@)", bytes / 1_048_576, files.count, files.joined(separator: ", ")))
 
-        var results: [String: [Measurement]] = [:]
-        func record(_ name: String, _ measurement: Measurement) {
+        var results: [String: [BenchSupport.Measurement]] = [:]
+        func record(_ name: String, _ measurement: BenchSupport.Measurement) {
             results[name, default: []].append(measurement)
             print(String(format: "  %-28@ %7.3f s  %7.0f MB/s  peak %6.1f MiB", name as NSString, measurement.seconds, bytes / measurement.seconds / 1e6, Double(measurement.peakKiB) / 1024))
         }

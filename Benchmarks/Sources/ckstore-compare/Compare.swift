@@ -24,12 +24,17 @@ struct Compare: ParsableCommand {
     @Option(help: "Optimizer steps simulated between checkpoints.") var every = 20
     @Option(parsing: .upToNextOption, help: "Series to run: fp32, bf16, frozen.") var variants = ["fp32", "bf16", "frozen"]
     @Option(help: "Restores of the newest checkpoint per tool (the median is reported).") var restores = 3
-    @Option(parsing: .upToNextOption, help: "Extra ckstore put arguments, e.g. --max-delta-depth 2.") var ckstoreArguments: [String] = []
+    @Option(help: "zstd level for ckstore's puts (default: the store's).") var level: Int?
+    @Option(help: "Maximum delta depth for ckstore's puts (default: the store's).") var maxDeltaDepth: Int?
     @Option(parsing: .upToNextOption, help: "Tools to run (default: ckstore and every peer installed).") var tools: [String] = []
 
     /// One tool's way of storing and restoring a checkpoint folder.
     struct Tool {
         var name: String
+        /// A command that loads the tool's program and libraries, run after the page cache is dropped:
+        /// every tool starts warm, so a measurement is the work on the data, not loading Swift's,
+        /// Python's or Go's runtime from disk.
+        var warmUp: [String]
         var setUp: (_ repository: String) throws -> Void
         var put: (_ repository: String, _ folder: String, _ index: Int) -> [String]
         /// Restores checkpoint `index` into `destination`; returns the command and where the folder lands.
@@ -42,16 +47,16 @@ struct Compare: ParsableCommand {
         setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes", 1)
         setenv("BORG_BASE_DIR", work + "/borg-home", 1)
         let ckstore = bin + "/ckstore"
-        let extra = ckstoreArguments
+        let extra = (level.map { ["--level", String($0)] } ?? []) + (maxDeltaDepth.map { ["--max-delta-depth", String($0)] } ?? [])
         var available: [Tool] = [
-            Tool(name: "ckstore", setUp: { _ in }, put: { repository, folder, _ in
+            Tool(name: "ckstore", warmUp: [ckstore, "--help"], setUp: { _ in }, put: { repository, folder, _ in
                 [ckstore, "put", folder, "--store", repository, "--run", "bench"] + extra
             }, restore: { repository, _, _, destination in
                 ([ckstore, "get", "bench@latest", destination, "--store", repository], destination)
             }),
         ]
         if Command.exists("restic") {
-            available.append(Tool(name: "restic", setUp: { repository in
+            available.append(Tool(name: "restic", warmUp: ["restic", "version"], setUp: { repository in
                 _ = try Command.measure(["restic", "init", "--repo", repository, "--repository-version", "2"])
             }, put: { repository, folder, _ in
                 ["restic", "-r", repository, "backup", "--compression", "auto", "-q", folder]
@@ -60,7 +65,7 @@ struct Compare: ParsableCommand {
             }))
         }
         if Command.exists("borg") {
-            available.append(Tool(name: "borg", setUp: { repository in
+            available.append(Tool(name: "borg", warmUp: ["borg", "--version"], setUp: { repository in
                 _ = try Command.measure(["borg", "init", "--encryption", "none", repository])
             }, put: { repository, folder, index in
                 ["borg", "create", "--compression", "zstd,3", "\(repository)::checkpoint-\(index)", folder]
@@ -69,7 +74,7 @@ struct Compare: ParsableCommand {
             }))
         }
         if Command.exists("zstd") {
-            available.append(Tool(name: "zstd -3 -T2", setUp: { repository in
+            available.append(Tool(name: "zstd -3 -T2", warmUp: ["zstd", "--version"], setUp: { repository in
                 try FileManager.default.createDirectory(atPath: repository, withIntermediateDirectories: true)
             }, put: { repository, folder, index in
                 let names = (try? FileManager.default.contentsOfDirectory(atPath: folder).sorted()) ?? []
@@ -109,17 +114,18 @@ struct Compare: ParsableCommand {
         print(String(format: "\n%@: %d checkpoints of %.1f MiB (%.2f GiB in all)", variant, paths.count, sizes[0] / 1_048_576, logical / 1_073_741_824))
 
         let canDropCaches = FileManager.default.isWritableFile(atPath: "/proc/sys/vm/drop_caches")
-        func settle(warming inputs: [String]) throws {
+        func settle(warming inputs: [String], tool: Tool) throws {
             _ = try Command.measure(["sync"])
             if canDropCaches { _ = try Command.shell("echo 3 > /proc/sys/vm/drop_caches") }
             for input in inputs { _ = try Command.shell("find '\(input)' -type f -exec cat {} + > /dev/null") }
+            _ = try Command.measure(tool.warmUp)
         }
 
         struct Result {
             var name: String
             var stored: Int64 = 0
-            var puts: [Measurement] = []
-            var restores: [Measurement] = []
+            var puts: [BenchSupport.Measurement] = []
+            var restores: [BenchSupport.Measurement] = []
             var peakKiB: Int { (puts + restores).map(\.peakKiB).max() ?? 0 }
         }
         var results = [Result]()
@@ -130,7 +136,7 @@ struct Compare: ParsableCommand {
             try tool.setUp(repository)
             var result = Result(name: tool.name)
             for (index, path) in paths.enumerated() {
-                try settle(warming: [path])
+                try settle(warming: [path], tool: tool)
                 let measured = try Command.measure(tool.put(repository, path, index))
                 result.puts.append(measured)
                 print(String(format: "  %-12@ put %@: %6.2f s  %6.0f MB/s  peak %6.1f MiB", tool.name as NSString, folders[index] as NSString, measured.seconds, sizes[index] / measured.seconds / 1e6, Double(measured.peakKiB) / 1024))
@@ -141,7 +147,7 @@ struct Compare: ParsableCommand {
             for attempt in 1...restores {
                 let destination = "\(work)/restored"
                 try? FileManager.default.removeItem(atPath: destination)
-                try settle(warming: [repository])
+                try settle(warming: [repository], tool: tool)
                 let (command, restored) = tool.restore(repository, paths[newest], newest, destination)
                 let measured = try Command.measure(command)
                 result.restores.append(measured)
@@ -175,17 +181,20 @@ struct Compare: ParsableCommand {
                 let stored = Double(ours.stored) / Double(peer.stored)
                 let put = median(peer.puts.map(\.seconds)) / median(ours.puts.map(\.seconds))
                 let restore = median(peer.restores.map(\.seconds)) / median(ours.restores.map(\.seconds))
-                var checks = [String(format: "put %.2f× %@'s throughput (target ≥ %.1f×: %@)", put, peer.name as NSString, peer.name == "restic" ? 2.5 : 2, put >= (peer.name == "restic" ? 2.5 : 2) ? "met" : "NOT met")]
+                func f(_ value: Double) -> String { String(format: "%.2f", value) }
+                func verdict(_ met: Bool) -> String { met ? "met" : "NOT met" }
+                let putTarget = peer.name == "restic" ? 2.5 : 2
+                var checks = ["put \(f(put))× \(peer.name)'s throughput (target ≥ \(putTarget)×: \(verdict(put >= putTarget)))"]
                 if peer.name == "restic" {
-                    if let storedTarget { checks.insert(String(format: "stored %.2f× restic's (target ≤ %.2f×: %@)", stored, storedTarget, stored <= storedTarget ? "met" : "NOT met"), at: 0) }
-                    checks.append(String(format: "restore of the newest %.2f× restic's speed (target ≥ 3×: %@)", restore, restore >= 3 ? "met" : "NOT met"))
+                    if let storedTarget { checks.insert("stored \(f(stored))× restic's (target ≤ \(storedTarget)×: \(verdict(stored <= storedTarget)))", at: 0) }
+                    checks.append("restore of the newest \(f(restore))× restic's speed (target ≥ 3×: \(verdict(restore >= 3)))")
                 } else {
-                    checks.insert(String(format: "stored %.2f× %@'s", stored, peer.name as NSString), at: 0)
+                    checks.insert("stored \(f(stored))× \(peer.name)'s", at: 0)
                 }
                 lines.append("- vs \(peer.name): " + checks.joined(separator: "; "))
             }
             let peak = Double(ours.peakKiB) / 1024
-            lines.append(String(format: "- ckstore peak memory %.0f MiB (target < 512 MiB: %@)", peak, peak < 512 ? "met" : "NOT met"))
+            lines.append("- ckstore peak memory \(String(format: "%.0f", peak)) MiB (target < 512 MiB: \(peak < 512 ? "met" : "NOT met"))")
         }
         let table = lines.joined(separator: "\n")
         print("\n" + table)

@@ -66,7 +66,10 @@ enum FormatDetector {
                 return (.opaque(size: size), nil)
             }
             do {
-                return (try TorchZipFile.parse(file, size: size, name: path).layout, nil)
+                let archive = try TorchZipFile.parse(file, size: size, name: path)
+                var layout = archive.layout
+                layout.storageElementWidths = archive.storageElementWidths(reading: file)
+                return (layout, nil)
             } catch {
                 return (.opaque(size: size), "\(path): not a valid torch.save zip archive, stored as opaque: \(CKStoreError.wrap(error).message)")
             }

@@ -1,5 +1,6 @@
 /// A `torch.save` file: an uncompressed zip archive whose `<archive>/data/<n>` entries are raw tensor
-/// storages. Parsed from the central directory; the pickle is never executed or even decoded.
+/// storages. Parsed from the central directory; the pickle is never executed, only scanned for the storages'
+/// element types (``TorchPickle``).
 struct TorchZipFile: Sendable {
     struct Entry: Sendable, Equatable {
         var name: String
@@ -27,6 +28,17 @@ struct TorchZipFile: Sendable {
             .map { FileLayout.Region(kind: .tensor(name: $0.name, dtype: nil, shape: nil), begin: $0.dataOffset, end: $0.dataOffset + $0.compressedSize) }
             .sorted { $0.begin < $1.begin }
         return .covering(format: .torchZip, size: size, tensors: storages)
+    }
+
+    /// The element width of each storage entry, from the storage records of the archive's `data.pkl`
+    /// (read, never executed); empty when there is no readable pickle.
+    func storageElementWidths(reading file: some ByteSource) -> [String: Int] {
+        guard let pickle = entries.first(where: { $0.name.hasSuffix("/data.pkl") && $0.method == 0 && $0.compressedSize <= 64 << 20 }),
+              let bytes = try? file.read(count: Int(pickle.compressedSize), at: pickle.dataOffset) else { return [:] }
+        let folder = pickle.name.dropLast("data.pkl".count) + "data/"
+        var widths = [String: Int]()
+        for (key, width) in TorchPickle.storageElementWidths(bytes) { widths[folder + key] = width }
+        return widths
     }
 
     private static let endOfCentralDirectory: UInt32 = 0x0605_4b50

@@ -102,6 +102,12 @@ final class FileHandle {
         try bytes.withUnsafeBytes { (buffer) throws in try write(buffer, at: offset) }
     }
 
+    /// Asks the kernel to start writing `count` bytes at `offset` to disk now, so that a later ``sync()``
+    /// has less to wait for.
+    func startWriteback(at offset: Int64, count: Int64) {
+        system_start_writeback(descriptor, offset, count)
+    }
+
     /// Flushes the file's data and metadata to stable storage.
     func sync() throws {
         if case .failure(let error) = system_fsync(descriptor, path: path) {

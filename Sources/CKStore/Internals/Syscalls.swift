@@ -2,6 +2,7 @@
 // one place converts `-1/errno` (retrying on EINTR) and one place lets tests inject faults.
 
 #if canImport(Glibc)
+import CLinux
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
@@ -130,6 +131,14 @@ func system_fsync(_ fd: Int32, path: String?) -> Result<Int32, Errno> {
     valueOrErrno(.fsync, path) { fsync(fd) }
 }
 
+/// Starts writeback of a byte range without waiting for it (Linux `sync_file_range`, `SYNC_FILE_RANGE_WRITE`);
+/// a no-op elsewhere. A hint, not a durability point: the later `fsync` still makes the data durable.
+func system_start_writeback(_ fd: Int32, _ offset: Int64, _ count: Int64) {
+    #if os(Linux)
+    _ = ckstore_start_writeback(fd, offset, count)
+    #endif
+}
+
 func system_rename(_ from: String, _ to: String) -> Result<Int32, Errno> {
     valueOrErrno(.rename, to) { rename(from, to) }
 }
@@ -207,6 +216,14 @@ func system_madvise_populate(_ pointer: UnsafeRawPointer, _ length: Int) {
 
 /// Drops the page-table entries of a range of a read-only file mapping once it has been used, so the
 /// process's resident size does not grow with the packs it reads (the pages stay in the page cache).
+/// Starts reading a mapped range in the background (MADV_WILLNEED); returns at once.
+func system_madvise_willneed(_ pointer: UnsafeRawPointer, _ length: Int) {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let start = Int(bitPattern: pointer) & ~(page - 1)
+    let end = Int(bitPattern: pointer) + length
+    _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_WILLNEED)
+}
+
 func system_madvise_dontneed(_ pointer: UnsafeRawPointer, _ length: Int) {
     let page = Int(sysconf(Int32(_SC_PAGESIZE)))
     let start = Int(bitPattern: pointer) & ~(page - 1)

@@ -26,6 +26,13 @@ final class PackReader: Sendable {
         return (header, ChunkBytes(file, range))
     }
 
+    /// Starts reading a frame (header and payload) into the page cache in the background.
+    func prefetch(offset: Int64, storedLength: Int) {
+        let start = Int(offset), end = start + PackFormat.frameHeaderSize + storedLength
+        guard start >= 0, end <= file.bytes.count, let base = file.bytes.baseAddress else { return }
+        system_madvise_willneed(base + start, end - start)
+    }
+
     /// Reads and checks the trailer: every frame's offset and header.
     func readTrailer() throws -> [PackWriter.WrittenFrame] {
         try PackParser(bytes: file.bytes, name: id.hex).trailer()

@@ -16,6 +16,11 @@ final class PackWriter {
     private(set) var size: Int64
     private(set) var frames: [WrittenFrame] = []
     private var sealed = false
+    /// Bytes before this offset have been handed to writeback already.
+    private var writebackStart: Int64 = 0
+    /// Writeback is started every this many bytes, so that sealing (fsync) waits only for the tail
+    /// instead of the whole pack: on this machine's disk a 200 MiB pack's fsync took 0.2 s of a 1 s put.
+    static let writebackInterval: Int64 = 16 << 20
 
     init(layout: StoreLayout) throws {
         self.layout = layout
@@ -45,6 +50,10 @@ final class PackWriter {
         try file.write(header.serialized(), at: offset)
         try file.write(chunk.payload, at: offset + Int64(PackFormat.frameHeaderSize))
         size = offset + Int64(PackFormat.frameHeaderSize + chunk.payload.count)
+        if size - writebackStart >= Self.writebackInterval {
+            file.startWriteback(at: writebackStart, count: size - writebackStart)
+            writebackStart = size
+        }
         let frame = WrittenFrame(offset: offset, header: header)
         frames.append(frame)
         return frame

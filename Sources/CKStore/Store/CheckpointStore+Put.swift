@@ -249,6 +249,7 @@ final class PutSession {
                         break
                     }
                     let offset = chunk.offset, bytes = chunk.bytes, place = chunk.tensor
+                    if let place { tensorEncoder.prefetchBase(for: place, length: bytes.count) }
                     let index = chunks.count
                     chunks.append(nil)
                     inFlight += 1

@@ -15,6 +15,8 @@ extension CheckpointStore {
     /// `keep_last 3` and chains of 4, the store would keep deleted checkpoints' full frames forever. The
     /// new frames go to a new pack, fsynced and renamed before one transaction points the catalogue at
     /// them; the caller's next sweep then removes the bases. A crash in between leaves an orphan pack.
+    static let minimumRebaseSaving: Int64 = 1 << 20
+
     func rebaseOrphanedDeltas() throws -> RebaseOutcome {
         struct Delta {
             var base: ChunkDigest
@@ -72,7 +74,9 @@ extension CheckpointStore {
             outcome.chunks += 1
             outcome.bytesSaved += pinned - growth
         }
-        guard let writer else { return outcome }
+        // Not worth a new pack and the dead frames it leaves until repacking unless it frees "much": at
+        // least 1 MiB in all.
+        guard let writer, outcome.bytesSaved >= Self.minimumRebaseSaving else { return RebaseOutcome() }
         let sealed = try writer.seal()
         try withCatalogue { catalogue in
             try catalogue.database.transaction {

@@ -160,10 +160,13 @@ public final class CheckpointStore: Sendable {
     /// Reads, checks and decodes one chunk, decoding its delta base first when it has one (checked the
     /// same way). `depth` is the number of delta frames on the way to a full frame: 0 for a chunk that
     /// decodes on its own.
-    func loadChunkAndDepth(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, hops: Int = 0) throws -> (bytes: ChunkBytes, depth: Int) {
+    ///
+    /// - Parameter checkChecksum: check frame checksums even when not re-hashing (`checkDigest` false): what
+    ///   a put needs of a delta base, whose bytes only have to decode the same way again on restore.
+    func loadChunkAndDepth(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, checkChecksum: Bool? = nil, hops: Int = 0) throws -> (bytes: ChunkBytes, depth: Int) {
         let reader = try readers.reader(for: location.pack)
         framesRead.add(1, ordering: .relaxed)
-        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkDigest)
+        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkChecksum ?? checkDigest)
         let codec = FrameCodec(level: .default, contexts: contexts)
         var depth = 0
         let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
@@ -174,7 +177,7 @@ public final class CheckpointStore: Sendable {
             guard let baseLocation = try withCatalogue({ (catalogue) throws in try catalogue.location(of: base) }) else {
                 throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
             }
-            let decoded = try loadChunkAndDepth(at: baseLocation, readers: readers, checkDigest: checkDigest, hops: hops + 1)
+            let decoded = try loadChunkAndDepth(at: baseLocation, readers: readers, checkDigest: checkDigest, checkChecksum: checkChecksum, hops: hops + 1)
             depth = decoded.depth + 1
             return decoded.bytes
         }
@@ -199,18 +202,25 @@ final class LockedCatalogue: @unchecked Sendable {
     }
 }
 
-/// Opens each pack once per operation and shares the reader between tasks.
+/// Opens each pack once per operation and shares the reader between tasks. A pack that failed to open
+/// stays failed for the operation: a later use gets the same error instead of quietly retrying (a
+/// prefetch that hit a failing disk must not hide it from the read that follows).
 final class PackReaderCache: Sendable {
     private let layout: StoreLayout
-    // Open readers by pack, protected by this mutex.
-    private let readers = Mutex<[PackID: PackReader]>([:])
+    // Open readers and failed opens by pack, protected by this mutex.
+    private let readers = Mutex<[PackID: Result<PackReader, CKStoreError>]>([:])
 
     init(layout: StoreLayout) { self.layout = layout }
 
     func reader(for id: PackID) throws -> PackReader {
-        if let reader = readers.withLock({ $0[id] }) { return reader }
-        let reader = try PackReader(id: id, path: layout.packPath(id))
-        readers.withLock { $0[id] = reader }
-        return reader
+        if let known = readers.withLock({ $0[id] }) { return try known.get() }
+        let opened: Result<PackReader, CKStoreError>
+        do {
+            opened = .success(try PackReader(id: id, path: layout.packPath(id)))
+        } catch {
+            opened = .failure(CKStoreError.wrap(error))
+        }
+        readers.withLock { $0[id] = opened }
+        return try opened.get()
     }
 }

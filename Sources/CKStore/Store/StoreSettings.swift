@@ -8,10 +8,10 @@ public struct StoreSettings: Sendable, Equatable {
     /// beyond its keyframe. 0 turns deltas off.
     public var maxDeltaDepth: Int
 
-    /// Level 3 and chains of at most 4 deltas: the choice `docs/benchmarks.md` explains (higher levels
-    /// save under 1% of float data at a third of the speed; deeper chains save a few percent more and
-    /// restore the newest checkpoint more slowly).
-    public static let defaults = StoreSettings(compressionLevel: .default, maxDeltaDepth: 4)
+    /// zstd level 1 and chains of at most 3 deltas, the choice `docs/benchmarks.md` measures: on byte
+    /// planes level 1 stores slightly less than level 3 and is faster; chains of 3 store 1.3% less than
+    /// chains of 2 and as little as chains of 4, whose newest checkpoint restores more slowly.
+    public static let defaults = StoreSettings(compressionLevel: .default, maxDeltaDepth: 3)
 
     /// The deepest chain a store may be set to; decoding refuses chains beyond ``CheckpointStore/hardChainLimit``.
     public static let maxDeltaDepthLimit = 32
@@ -23,6 +23,33 @@ public struct StoreSettings: Sendable, Equatable {
 }
 
 extension Catalogue {
+    /// How many delta frames lie between a chunk and a full frame (0 for a full frame), from the
+    /// catalogue's base column; nil when the chunk or a base on the way is missing.
+    func chainDepth(of digest: ChunkDigest) throws -> Int? {
+        let base = try statement("SELECT base FROM chunks WHERE digest = ?")
+        var depth = 0
+        var current = digest
+        while depth <= CheckpointStore.hardChainLimit {
+            guard let next = try base.firstRow([.blob(current.bytes)], { (row) throws -> ChunkDigest? in row.isNull(0) ? nil : try row.digest(0) }) else { return nil }
+            guard let next else { return depth }
+            depth += 1
+            current = next
+        }
+        return nil
+    }
+
+    /// Where a chunk and its bases are, down to its full frame or `limit + 1` frames, whichever is first.
+    func chainLocations(of digest: ChunkDigest, limit: Int) throws -> [ChunkLocation] {
+        let base = try statement("SELECT base FROM chunks WHERE digest = ?")
+        var out = [ChunkLocation]()
+        var current: ChunkDigest? = digest
+        while let digest = current, out.count <= limit, let location = try location(of: digest) {
+            out.append(location)
+            current = try base.firstRow([.blob(digest.bytes)]) { (row) throws -> ChunkDigest? in row.isNull(0) ? nil : try row.digest(0) } ?? nil
+        }
+        return out
+    }
+
     func settings() throws -> StoreSettings {
         var settings = StoreSettings.defaults
         let rows = try statement("SELECT key, value FROM settings").rows([]) { ($0.text(0), $0.text(1)) }

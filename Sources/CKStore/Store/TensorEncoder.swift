@@ -82,21 +82,43 @@ final class TensorEncoder: Sendable {
         return chunk.length == length ? chunk : nil
     }
 
+    /// Starts reading, in the background, the frames that encoding this chunk as a delta will decode:
+    /// its base and the base's own bases. Called as the chunk is read, a few chunks before a worker
+    /// encodes it, so that a store whose packs left the page cache does not stall the workers on disk
+    /// reads. Skipped for tensors whose file has shown that deltas do not pay.
+    func prefetchBase(for place: TensorPlace, length: Int) {
+        guard place.index == 0 || hints.withLock({ $0[place.file + "\u{0}\u{0}\(place.elementWidth)"]?.deltaWins }) != false,
+              let base = baseChunk(for: place, length: length) else { return }
+        let chain = (try? store.withCatalogue { (catalogue) throws in try catalogue.chainLocations(of: base.digest, limit: maxDepth) }) ?? []
+        // A chain already at the maximum depth is not decoded (the chunk becomes a keyframe).
+        guard chain.count <= maxDepth else { return }
+        for location in chain {
+            try? readers.reader(for: location.pack).prefetch(offset: location.offset, storedLength: location.storedLength)
+        }
+    }
+
     /// Encodes one new chunk of a tensor.
     func encode(_ bytes: [UInt8], digest: ChunkDigest, place: TensorPlace) throws -> EncodedChunk {
         let width = place.elementWidth
         guard ByteGrouping.widths.contains(width), bytes.count >= 2 * width else {
             return try codec.encode(bytes, digest: digest)
         }
-        let key = place.file + "\u{0}" + place.tensor
-        var hint = hints.withLock { $0[key] } ?? Hint(compressPlanes: Array(repeating: true, count: width), compressDeltaPlanes: Array(repeating: true, count: width))
-        let probing = place.index == 0 || hint.sinceProbe >= Self.probeInterval || hint.deltaWins == nil
+        // What this tensor showed so far; for a tensor not seen yet, what the other tensors of its file
+        // with the same element width showed (its first chunk tries everything anyway). Chunks of one
+        // tensor run in parallel, so a tensor's later chunks often start before its first is done.
+        let tensorKey = place.file + "\u{0}" + place.tensor, fileKey = place.file + "\u{0}\u{0}\(width)"
+        let (known, prior) = hints.withLock { ($0[tensorKey], $0[fileKey]) }
+        let fresh = Hint(compressPlanes: Array(repeating: true, count: width), compressDeltaPlanes: Array(repeating: true, count: width))
+        var hint = known ?? prior.map { Hint(deltaWins: $0.deltaWins, compressPlanes: $0.compressPlanes, compressDeltaPlanes: $0.compressDeltaPlanes) } ?? fresh
+        let probing = place.index == 0 || hint.deltaWins == nil || (known?.sinceProbe ?? 0) >= Self.probeInterval
         let allPlanes = Array(repeating: true, count: width)
 
         var delta: (payload: [UInt8], outcome: PlaneOutcome, base: ChunkDigest)?
         if probing || hint.deltaWins == true, let base = baseChunk(for: place, length: bytes.count), base.digest != digest,
-           let decoded = try loadBase(base.digest), decoded.depth < maxDepth {
-            // A base already `maxDepth` deep is not used: this chunk becomes a keyframe.
+           // A base already `maxDepth` deep is not used (this chunk becomes a keyframe); the depth comes
+           // from the catalogue, so such a base is not decoded for nothing.
+           let depth = try store.withCatalogue({ (catalogue) throws in try catalogue.chainDepth(of: base.digest) }), depth < maxDepth,
+           let decoded = try loadBase(base.digest) {
             let encoded = try decoded.bytes.withUnsafeBytes { base in
                 try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: base, width: width, tryCompressing: probing ? allPlanes : hint.compressDeltaPlanes) }
             }
@@ -107,14 +129,25 @@ final class TensorEncoder: Sendable {
             full = try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: width, tryCompressing: probing ? allPlanes : hint.compressPlanes) }
         }
 
-        if let delta, let full { hint.deltaWins = delta.payload.count < full.payload.count }
+        // A delta must beat the full frame by a margin worth a chain: on noise-like data the two differ by
+        // a few bytes either way, and such a delta would only add decode work and a base to keep.
+        let margin = Int(Double(bytes.count) * FrameCodec.minimumSaving)
+        let deltaWins = delta.flatMap { delta in full.map { delta.payload.count + margin < $0.payload.count } }
+        if let deltaWins { hint.deltaWins = deltaWins }
         if let delta { Self.learn(delta.outcome, into: &hint.compressDeltaPlanes) }
         if let full { Self.learn(full.outcome, into: &hint.compressPlanes) }
         hint.sinceProbe = probing ? 0 : hint.sinceProbe + 1
-        hints.withLock { $0[key] = hint }
+        hints.withLock { hints in
+            hints[tensorKey] = hint
+            var fileHint = hints[fileKey] ?? fresh
+            if let deltaWins { fileHint.deltaWins = deltaWins }
+            if let delta { Self.learn(delta.outcome, into: &fileHint.compressDeltaPlanes) }
+            if let full { Self.learn(full.outcome, into: &fileHint.compressPlanes) }
+            hints[fileKey] = fileHint
+        }
 
         let rawLimit = Double(bytes.count) * (1 - FrameCodec.minimumSaving)
-        if let delta, delta.payload.count < full?.payload.count ?? .max, Double(delta.payload.count) <= rawLimit {
+        if let delta, delta.payload.count + (full == nil ? 0 : margin) < full?.payload.count ?? .max, Double(delta.payload.count) <= rawLimit {
             bases.withLock { _ = $0.insert(delta.base) }
             return EncodedChunk(digest: digest, encoding: .deltaPlanes, rawLength: bytes.count, payload: delta.payload, base: delta.base)
         }
@@ -135,7 +168,9 @@ final class TensorEncoder: Sendable {
     private func loadBase(_ digest: ChunkDigest) throws -> (bytes: ChunkBytes, depth: Int)? {
         guard let location = try store.withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else { return nil }
         do {
-            return try store.loadChunkAndDepth(at: location, readers: readers)
+            // Checksums, not SHA-256: a delta only needs its base to decode to the same bytes on restore,
+            // where the restored file's SHA-256 covers them; re-hashing every base would cost a third of a put.
+            return try store.loadChunkAndDepth(at: location, readers: readers, checkDigest: false, checkChecksum: true)
         } catch let error as CKStoreError where error.code == .damaged {
             return nil
         }

@@ -4,7 +4,7 @@ public struct CompressionLevel: Hashable, Sendable, CustomStringConvertible {
     public var rawValue: Int32
 
     /// The level ckstore uses when none is given.
-    public static let `default` = CompressionLevel(unchecked: 3)
+    public static let `default` = CompressionLevel(unchecked: 1)
 
     /// Creates a level; nil if zstd would not accept it.
     public init?(_ value: Int) {
