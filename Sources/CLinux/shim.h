@@ -1,4 +1,5 @@
-// Linux calls that glibc declares only under _GNU_SOURCE, which Swift's Glibc module does not define.
+// Linux and glibc calls that Swift's Glibc module does not export (sync_file_range needs _GNU_SOURCE,
+// mallopt lives in <malloc.h>).
 // Declared here by hand rather than by including <fcntl.h> with _GNU_SOURCE, which would make this module
 // claim libc's types (struct stat) and hide them from Swift code that imports Glibc.
 #ifndef CKSTORE_CLINUX_SHIM_H
@@ -9,6 +10,14 @@ extern int sync_file_range(int fd, long long offset, long long nbytes, unsigned 
 /// Starts writeback of a file range without waiting: sync_file_range with SYNC_FILE_RANGE_WRITE (2).
 static inline int ckstore_start_writeback(int fd, long long offset, long long count) {
     return sync_file_range(fd, offset, count, 2);
+}
+
+extern int mallopt(int param, int value);
+
+/// glibc's M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1) from <malloc.h>, which Glibc does not export.
+static inline void ckstore_keep_freed_memory(int mmap_threshold, int trim_threshold) {
+    mallopt(-3, mmap_threshold);
+    mallopt(-1, trim_threshold);
 }
 #endif
 #endif

@@ -25,6 +25,7 @@ struct CKStoreCommand: AsyncParsableCommand {
 @main
 enum Main {
     static func main() async {
+        CheckpointStore.configureAllocatorForLargeBuffers()
         do {
             var command = try CKStoreCommand.parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -216,6 +216,14 @@ func system_madvise_populate(_ pointer: UnsafeRawPointer, _ length: Int) {
 
 /// Drops the page-table entries of a range of a read-only file mapping once it has been used, so the
 /// process's resident size does not grow with the packs it reads (the pages stay in the page cache).
+/// Keeps freed heap memory for reuse: buffers up to `mmapThreshold` come from the heap instead of fresh
+/// `mmap`s, and the heap is not trimmed back to the system below `trimThreshold`. No-op outside glibc.
+func system_keep_freed_memory(mmapThreshold: Int32, trimThreshold: Int32) {
+    #if os(Linux)
+    ckstore_keep_freed_memory(mmapThreshold, trimThreshold)
+    #endif
+}
+
 /// Starts reading a mapped range in the background (MADV_WILLNEED); returns at once.
 func system_madvise_willneed(_ pointer: UnsafeRawPointer, _ length: Int) {
     let page = Int(sysconf(Int32(_SC_PAGESIZE)))

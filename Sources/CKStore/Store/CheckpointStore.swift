@@ -117,6 +117,17 @@ public final class CheckpointStore: Sendable {
         return summary
     }
 
+    /// Tunes the C allocator of this process for puts and restores: chunk-sized buffers (1 MiB) are
+    /// reused from the heap instead of being mapped fresh and returned to the system after each use.
+    ///
+    /// Fresh pages cost a fault and zeroing each (in a virtual machine, several times a copy of the same
+    /// bytes): with this, a restore of 285 MiB spent half the system time and 20% less wall time. It
+    /// changes the whole process, so the library never calls it itself; the `ckstore` tool calls it at
+    /// start, and a training loop may. Heap memory kept this way is bounded by the peak in flight.
+    public static func configureAllocatorForLargeBuffers() {
+        system_keep_freed_memory(mmapThreshold: 16 << 20, trimThreshold: 512 << 20)
+    }
+
     /// Reads, checks and parses a checkpoint's manifest.
     public func manifest(of id: CheckpointID) throws -> Manifest {
         let reader = PackReaderCache(layout: layout)

@@ -110,7 +110,10 @@ final class TensorEncoder: Sendable {
         let (known, prior) = hints.withLock { ($0[tensorKey], $0[fileKey]) }
         let fresh = Hint(compressPlanes: Array(repeating: true, count: width), compressDeltaPlanes: Array(repeating: true, count: width))
         var hint = known ?? prior.map { Hint(deltaWins: $0.deltaWins, compressPlanes: $0.compressPlanes, compressDeltaPlanes: $0.compressDeltaPlanes) } ?? fresh
-        let probing = place.index == 0 || hint.deltaWins == nil || (known?.sinceProbe ?? 0) >= Self.probeInterval
+        // Both encodings, every plane, are tried when nothing is known yet, and then on one chunk in
+        // `probeInterval`: of a tensor, or of its file for a tensor's first chunks. (Probing every tensor's
+        // first chunk cost a quarter of the chunks two full encodings with tensors of 4 MiB.)
+        let probing = hint.deltaWins == nil || (known ?? prior).map { $0.sinceProbe >= Self.probeInterval } ?? true
         let allPlanes = Array(repeating: true, count: width)
 
         var delta: (payload: [UInt8], outcome: PlaneOutcome, base: ChunkDigest)?
@@ -143,6 +146,7 @@ final class TensorEncoder: Sendable {
             if let deltaWins { fileHint.deltaWins = deltaWins }
             if let delta { Self.learn(delta.outcome, into: &fileHint.compressDeltaPlanes) }
             if let full { Self.learn(full.outcome, into: &fileHint.compressPlanes) }
+            fileHint.sinceProbe = probing ? 0 : fileHint.sinceProbe + 1
             hints[fileKey] = fileHint
         }
 
