@@ -20,9 +20,9 @@ struct TensorPlace: Sendable {
 /// the parent checkpoint followed by planes, whichever is smaller; raw when neither saves anything.
 ///
 /// Trying every encoding on every chunk would cost a base decode and two encodes per chunk, so the
-/// encoder remembers per tensor what won (delta or not) and which planes zstd shrinks, and tries the
-/// alternatives again on the tensor's first chunk and every ``probeInterval``-th one after. Shared by a
-/// put's worker tasks.
+/// encoder remembers per tensor, and per file and element width for tensors not seen yet, what won (delta
+/// or not) and which planes zstd shrinks, and tries everything again on one chunk in ``probeInterval``.
+/// Shared by a put's worker tasks.
 final class TensorEncoder: Sendable {
     /// The chunks of one tensor in the parent checkpoint.
     struct ParentTensor: Sendable {
