@@ -23,21 +23,6 @@ public struct StoreSettings: Sendable, Equatable {
 }
 
 extension Catalogue {
-    /// How many delta frames lie between a chunk and a full frame (0 for a full frame), from the
-    /// catalogue's base column; nil when the chunk or a base on the way is missing.
-    func chainDepth(of digest: ChunkDigest) throws -> Int? {
-        let base = try statement("SELECT base FROM chunks WHERE digest = ?")
-        var depth = 0
-        var current = digest
-        while depth <= CheckpointStore.hardChainLimit {
-            guard let next = try base.firstRow([.blob(current.bytes)], { (row) throws -> ChunkDigest? in row.isNull(0) ? nil : try row.digest(0) }) else { return nil }
-            guard let next else { return depth }
-            depth += 1
-            current = next
-        }
-        return nil
-    }
-
     /// Where a chunk and its bases are, down to its full frame or `limit + 1` frames, whichever is first.
     func chainLocations(of digest: ChunkDigest, limit: Int) throws -> [ChunkLocation] {
         let base = try statement("SELECT base FROM chunks WHERE digest = ?")

@@ -91,7 +91,7 @@ final class TensorEncoder: Sendable {
               let base = baseChunk(for: place, length: length) else { return }
         let chain = (try? store.withCatalogue { (catalogue) throws in try catalogue.chainLocations(of: base.digest, limit: maxDepth) }) ?? []
         // A chain already at the maximum depth is not decoded (the chunk becomes a keyframe).
-        guard chain.count <= maxDepth else { return }
+        guard let depth = Self.depth(of: chain), depth < maxDepth else { return }
         for location in chain {
             try? readers.reader(for: location.pack).prefetch(offset: location.offset, storedLength: location.storedLength)
         }
@@ -120,7 +120,7 @@ final class TensorEncoder: Sendable {
         if probing || hint.deltaWins == true, let base = baseChunk(for: place, length: bytes.count), base.digest != digest,
            // A base already `maxDepth` deep is not used (this chunk becomes a keyframe); the depth comes
            // from the catalogue, so such a base is not decoded for nothing.
-           let depth = try store.withCatalogue({ (catalogue) throws in try catalogue.chainDepth(of: base.digest) }), depth < maxDepth,
+           try baseDepth(base.digest).map({ $0 < maxDepth }) == true,
            let decoded = try loadBase(base.digest) {
             let encoded = try decoded.bytes.withUnsafeBytes { base in
                 try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: base, width: width, tryCompressing: probing ? allPlanes : hint.compressDeltaPlanes) }
@@ -159,6 +159,18 @@ final class TensorEncoder: Sendable {
             return EncodedChunk(digest: digest, encoding: .planes, rawLength: bytes.count, payload: full.payload)
         }
         return EncodedChunk(digest: digest, encoding: .raw, rawLength: bytes.count, payload: bytes)
+    }
+
+    /// How many delta frames lie between the base and a full frame, or nil when that is more than
+    /// `maxDepth` (or a chunk on the way is missing).
+    private func baseDepth(_ digest: ChunkDigest) throws -> Int? {
+        Self.depth(of: try store.withCatalogue { (catalogue) throws in try catalogue.chainLocations(of: digest, limit: maxDepth) })
+    }
+
+    /// The depth of a chain from ``Catalogue/chainLocations(of:limit:)``: nil unless it ends in a full frame.
+    private static func depth(of chain: [Catalogue.ChunkLocation]) -> Int? {
+        guard let last = chain.last, !last.encoding.hasBase else { return nil }
+        return chain.count - 1
     }
 
     private static func learn(_ outcome: PlaneOutcome, into planes: inout [Bool]) {
