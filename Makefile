@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test demo build release schema bench bench-deps fuzz clean
+.PHONY: deps test-deps test demo build release schema bench compare bench-deps fuzz clean
 
 deps:
 	@missing=""; \
@@ -47,6 +47,11 @@ bench-deps: deps
 bench: bench-deps release
 	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
+
+# ckstore beside restic, borg and zstd on simulated training series (issue 6); about 15 minutes, 8 GiB of scratch.
+compare: bench-deps release
+	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
+	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-compare --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
 
 # libFuzzer with AddressSanitizer on the safetensors, zip and pack parsers, FUZZ_SECONDS (60) each.
 fuzz: deps
