@@ -210,9 +210,7 @@ final class PutSession {
         self.store = store
         self.codec = FrameCodec(level: options.compressionLevel ?? settings.compressionLevel, contexts: store.contexts)
         let maxDepth = options.maxDeltaDepth ?? settings.maxDeltaDepth
-        guard (0...StoreSettings.maxDeltaDepthLimit).contains(maxDepth) else {
-            throw CKStoreError(.invalidArgument, "maximum delta depth \(maxDepth) is outside 0…\(StoreSettings.maxDeltaDepthLimit)")
-        }
+        try StoreSettings.checkDeltaDepth(maxDepth)
         self.tensorEncoder = TensorEncoder(store: store, codec: codec, maxDepth: maxDepth, parent: parent)
         self.maxInFlight = max(2, options.maxChunksInFlight)
     }

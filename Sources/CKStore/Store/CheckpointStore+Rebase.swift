@@ -2,6 +2,10 @@ import Foundation
 
 extension CheckpointStore {
     /// What re-encoding delta frames whose bases lost their checkpoints did.
+    /// Re-encoding is not worth a new pack, and the dead frames it leaves until repacking, unless it frees
+    /// at least this much in all.
+    static let minimumRebaseSaving: Int64 = 1 << 20
+
     struct RebaseOutcome {
         var chunks = 0
         /// Stored bytes the bases took that the re-encoded frames let go, minus what the frames grew by.
@@ -15,8 +19,6 @@ extension CheckpointStore {
     /// `keep_last 3` and chains of 4, the store would keep deleted checkpoints' full frames forever. The
     /// new frames go to a new pack, fsynced and renamed before one transaction points the catalogue at
     /// them; the caller's next sweep then removes the bases. A crash in between leaves an orphan pack.
-    static let minimumRebaseSaving: Int64 = 1 << 20
-
     func rebaseOrphanedDeltas() throws -> RebaseOutcome {
         struct Delta {
             var base: ChunkDigest
@@ -32,10 +34,10 @@ extension CheckpointStore {
             let isReferenced = try catalogue.statement("SELECT 1 FROM checkpoint_chunks WHERE digest = ? LIMIT 1")
             let storedLength = try catalogue.statement("SELECT stored_length FROM chunks WHERE digest = ?")
             var referenced = Set<ChunkDigest>()
-            var stored = [ChunkDigest: Int64]()
+            var stored = deltas.mapValues(\.stored)
             for digest in Set(deltas.keys).union(deltas.values.map(\.base)) {
                 if try isReferenced.firstRow([.blob(digest.bytes)], { _ in true }) == true { referenced.insert(digest) }
-                stored[digest] = try storedLength.firstRow([.blob(digest.bytes)]) { $0.int(0) }
+                if stored[digest] == nil { stored[digest] = try storedLength.firstRow([.blob(digest.bytes)]) { $0.int(0) } }
             }
             return (deltas, stored, referenced)
         }
@@ -57,12 +59,13 @@ extension CheckpointStore {
                 base = deltas[current]?.base
             }
             guard pinned > 0, let location = try withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else { continue }
-            let bytes = try readChunk(at: location, readers: readers, what: "re-encoding chunk \(digest)")
-            // The element width is the first byte of a byte-plane payload.
+            // The element width is the first byte of a byte-plane payload; read it before decoding anything.
             let (_, payload) = try readers.reader(for: location.pack).readFrame(at: location.offset, storedLength: location.storedLength, expected: digest)
             guard let width = payload.withUnsafeBytes({ $0.first.map(Int.init) }), ByteGrouping.widths.contains(width) else { continue }
+            let bytes = try readChunk(at: location, readers: readers, what: "re-encoding chunk \(digest)")
             let (full, _) = try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: width, tryCompressing: Array(repeating: true, count: width)) }
-            let chunk = full.count < bytes.count
+            // Raw unless planes save what any frame must (FrameCodec.minimumSaving), as a put decides.
+            let chunk = Double(full.count) <= Double(bytes.count) * (1 - FrameCodec.minimumSaving)
                 ? EncodedChunk(digest: digest, encoding: .planes, rawLength: bytes.count, payload: full)
                 : EncodedChunk(digest: digest, encoding: .raw, rawLength: bytes.count, payload: bytes.array)
             let growth = Int64(chunk.payload.count) - delta.stored
@@ -74,8 +77,6 @@ extension CheckpointStore {
             outcome.chunks += 1
             outcome.bytesSaved += pinned - growth
         }
-        // Not worth a new pack and the dead frames it leaves until repacking unless it frees "much": at
-        // least 1 MiB in all.
         guard let writer, outcome.bytesSaved >= Self.minimumRebaseSaving else { return RebaseOutcome() }
         let sealed = try writer.seal()
         try withCatalogue { catalogue in

@@ -16,6 +16,13 @@ public struct StoreSettings: Sendable, Equatable {
     /// The deepest chain a store may be set to; decoding refuses chains beyond ``CheckpointStore/hardChainLimit``.
     public static let maxDeltaDepthLimit = 32
 
+    /// Throws `invalidArgument` for a depth outside 0…``maxDeltaDepthLimit``.
+    static func checkDeltaDepth(_ depth: Int) throws {
+        guard (0...maxDeltaDepthLimit).contains(depth) else {
+            throw CKStoreError(.invalidArgument, "maximum delta depth \(depth) is outside 0…\(maxDeltaDepthLimit)")
+        }
+    }
+
     public init(compressionLevel: CompressionLevel, maxDeltaDepth: Int) {
         self.compressionLevel = compressionLevel
         self.maxDeltaDepth = maxDeltaDepth
@@ -68,9 +75,7 @@ extension CheckpointStore {
     ///
     /// - Throws: `invalidArgument` for a delta depth outside 0…``StoreSettings/maxDeltaDepthLimit``.
     public func updateSettings(_ settings: StoreSettings) throws {
-        guard (0...StoreSettings.maxDeltaDepthLimit).contains(settings.maxDeltaDepth) else {
-            throw CKStoreError(.invalidArgument, "maximum delta depth \(settings.maxDeltaDepth) is outside 0…\(StoreSettings.maxDeltaDepthLimit)")
-        }
+        try StoreSettings.checkDeltaDepth(settings.maxDeltaDepth)
         try withCatalogue { catalogue in try catalogue.database.transaction { try catalogue.save(settings) } }
     }
 }
