@@ -1,6 +1,7 @@
 @testable import CKStore
 import CKStoreTestSupport
 import Foundation
+import Synchronization
 import Testing
 
 /// A small trainer-shaped checkpoint: a few hundred KiB of weights and twice that of optimizer state.
@@ -205,6 +206,73 @@ func smallCheckpoint(seed: UInt64 = 1, step: Int = 10) -> TrainerCheckpoint {
             let folder = root + "/checkpoint-77"
             try Files.write([1], to: folder + "/a.bin")
             #expect(try await store.put(directory: folder, options: PutOptions(run: "r")).step == 77)
+        }
+    }
+}
+
+@Suite struct RepeatedChunkRestoreTests {
+    /// A file whose chunks repeat: zero-filled tensors (compressed frames) and a random tensor stored twice
+    /// (raw frames, read from the mapped pack each time).
+    private func repetitiveFolder(_ folder: String) throws {
+        var random = SeededRandom(seed: 7)
+        let noise = random.bytes(count: 1 << 20)
+        var builder = SafetensorsBuilder()
+        builder.add("zeros.a", dtype: "F32", shape: [3 << 18], data: [UInt8](repeating: 0, count: 3 << 20))
+        builder.add("noise.a", dtype: "U8", shape: [1 << 20], data: noise)
+        builder.add("weights", dtype: "F32", shape: [1 << 18], data: random.floatBytes(count: 1 << 18))
+        builder.add("zeros.b", dtype: "F32", shape: [2 << 18], data: [UInt8](repeating: 0, count: 2 << 20))
+        builder.add("noise.b", dtype: "U8", shape: [1 << 20], data: noise)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try Files.write(builder.build(), to: folder + "/model.safetensors")
+        try Files.write([UInt8](repeating: 0, count: 1 << 20), to: folder + "/zeros.bin")
+    }
+
+    @Test func aRepeatedChunkIsDecodedOnceAndEveryUseRestores() async throws {
+        try await withTemporaryDirectory { root in
+            try repetitiveFolder(root + "/src")
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            let put = try await store.put(directory: root + "/src", options: PutOptions(run: "r", step: 1))
+            let manifest = try store.manifest(of: put.id)
+            let model = try #require(manifest.files.first { $0.path == "model.safetensors" })
+            let uses = manifest.files.flatMap(\.chunks).map(\.digest)
+            let distinct = Set(uses)
+            #expect(uses.count - distinct.count >= 6, "zeros.a and zeros.b share one chunk, noise.a and noise.b another")
+            let noise = model.chunks[try #require(model.tensors?.first { $0.name == "noise.a" }).firstChunk].digest
+            let noiseLocation = try #require(try store.withCatalogue { try $0.location(of: noise) })
+            #expect(noiseLocation.encoding == .raw)
+
+            let before = store.framesRead.load(ordering: .relaxed)
+            _ = try await store.restore(put.id, to: root + "/out")
+            #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/src")))
+            // The manifest, each distinct chunk once, and the raw noise chunk again: raw frames are read
+            // in place from the pack, so keeping them would save nothing.
+            #expect(store.framesRead.load(ordering: .relaxed) - before == 1 + distinct.count + 1)
+        }
+    }
+
+    @Test func damageToARepeatedChunkFailsTheRestore() async throws {
+        try await withTemporaryDirectory { root in
+            try repetitiveFolder(root + "/src")
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            let put = try await store.put(directory: root + "/src", options: PutOptions(run: "r", step: 1))
+            let model = try #require(try store.manifest(of: put.id).files.first { $0.path == "model.safetensors" })
+            for name in ["zeros.b", "noise.b"] {
+                let victim = model.chunks[try #require(model.tensors?.first { $0.name == name }).firstChunk].digest
+                let location = try #require(try store.withCatalogue { try $0.location(of: victim) })
+                let packPath = store.layout.packPath(location.pack)
+                let original = try Files.read(packPath)
+                var bytes = original
+                bytes[Int(location.offset) + PackFormat.frameHeaderSize + location.storedLength / 2] ^= 0x04
+                try Files.write(bytes, to: packPath)
+
+                let error = await #expect(throws: CKStoreError.self, "damage to \(name)") { try await store.restore(put.id, to: root + "/out") }
+                #expect(error?.code == .damaged)
+                #expect(error?.message.contains("model.safetensors") == true, "\(error?.message ?? "")")
+                #expect(!FileManager.default.fileExists(atPath: root + "/out"))
+                try Files.write(original, to: packPath)
+            }
+            _ = try await store.restore(put.id, to: root + "/out")
+            #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/src")))
         }
     }
 }

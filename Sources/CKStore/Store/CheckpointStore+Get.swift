@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -7,7 +8,8 @@ import Darwin
 extension CheckpointStore {
     /// Restores a checkpoint (or some of its files or tensors) into a folder.
     ///
-    /// Every chunk is checked against its SHA-256 and every whole file against the manifest's. Files are
+    /// Every chunk is checked against its SHA-256 (the manifest's, whose own SHA-256 is the checkpoint id),
+    /// once per restore: later uses of the same chunk check its frame checksums. Files are
     /// written into a staging folder inside `destination` and renamed into place only when all of them
     /// verified, so a failed restore leaves no partial output. Paths come from the manifest and are checked:
     /// nothing is written outside `destination` (I-7).
@@ -32,13 +34,11 @@ extension CheckpointStore {
     }
 
     /// One file to write: where, and from which chunks (with the bytes to put first, for a tensor subset).
-    private struct Output: Sendable {
+    fileprivate struct Output: Sendable {
         var path: String
         var mode: UInt32
         var prefix: [UInt8]
         var chunks: [ChunkRef]
-        /// The whole file's digest, when the output is the whole file.
-        var expectedDigest: ChunkDigest?
         var size: Int64
         /// The tensor each chunk belongs to, for error messages.
         var tensorOfChunk: [Int: String] = [:]
@@ -77,24 +77,24 @@ extension CheckpointStore {
         try FileSystem.createDirectory(staging)
 
         let readers = PackReaderCache(layout: layout)
+        let chunks = RestoreChunks(outputs)
         var bytes: Int64 = 0
-        // Files are restored two at a time: each file's SHA-256 is a serial pass, so two large files
-        // (weights and optimizer state) hash on both cores at once. Chunks in flight stay bounded:
-        // each file has its own window of half the chunks.
+        // Files are restored two at a time, so that small files do not leave a core idle. Chunks in flight
+        // stay bounded: each file has its own window of half the chunks.
         let window = max(2, options.maxChunksInFlight / 2)
         try await withThrowingTaskGroup(of: Int64.self) { group in
             var next = 0
             let filesAtOnce = 2
             while next < outputs.count && next < filesAtOnce {
                 let output = outputs[next]
-                group.addTask { try await self.write(output, into: staging, readers: readers, checkpoint: id, window: window); return output.size }
+                group.addTask { try await self.write(output, into: staging, readers: readers, chunks: chunks, checkpoint: id, window: window); return output.size }
                 next += 1
             }
             while let size = try await group.next() {
                 bytes += size
                 if next < outputs.count {
                     let output = outputs[next]
-                    group.addTask { try await self.write(output, into: staging, readers: readers, checkpoint: id, window: window); return output.size }
+                    group.addTask { try await self.write(output, into: staging, readers: readers, chunks: chunks, checkpoint: id, window: window); return output.size }
                     next += 1
                 }
             }
@@ -146,7 +146,7 @@ extension CheckpointStore {
                     outputs.append(try subsetOutput(of: file, tensors: (file.tensors ?? []).filter { !gone.contains($0.name) }, id: id))
                     continue
                 }
-                var output = Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, expectedDigest: file.sha256, size: file.size)
+                var output = Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, size: file.size)
                 for tensor in file.tensors ?? [] {
                     for index in tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount) { output.tensorOfChunk[index] = tensor.name }
                 }
@@ -186,7 +186,7 @@ extension CheckpointStore {
         }
         let header = SafetensorsFile.header(tensors: described, metadata: metadata)
         let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
-        return Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, expectedDigest: nil, size: size, tensorOfChunk: tensorOfChunk)
+        return Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, size: size, tensorOfChunk: tensorOfChunk)
     }
 
     /// The `__metadata__` of a stored safetensors file, read from its header chunk(s).
@@ -219,13 +219,12 @@ extension CheckpointStore {
         return true
     }
 
-    /// Reads, decodes and checks the chunks of one output in parallel, writing them in order while
-    /// hashing the whole file; at most `window` chunks are in flight.
-    private func write(_ output: Output, into staging: String, readers: PackReaderCache, checkpoint: CheckpointID, window: Int) async throws {
+    /// Reads, decodes, checks and writes the chunks of one output in parallel, each at its offset; at most
+    /// `window` chunks are in flight.
+    private func write(_ output: Output, into staging: String, readers: PackReaderCache, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int) async throws {
         let path = staging + "/" + output.path
         try FileSystem.createDirectory(parentFolder(of: path))
         let file = try SharedOutputFile(creating: path, mode: 0o600)
-        var hasher = SHA256Hasher()
         var position = Int64(output.prefix.count)
         if !output.prefix.isEmpty {
             try output.prefix.withUnsafeBytes { try file.write($0, at: 0) }
@@ -248,44 +247,29 @@ extension CheckpointStore {
             throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): the manifest's chunks add up to \(position) bytes, its size says \(output.size)")
         }
         let what = "checkpoint \(checkpoint.short): \(output.path)"
-        // A whole file is checked against its SHA-256, which covers every chunk; a tensor subset has no
-        // such digest, so each of its chunks is checked on its own.
-        let checksWholeFile = output.expectedDigest != nil
-        // Workers read, decode, check and write each chunk at its offset; this task hashes the chunks in
-        // file order for the whole-file digest. At most `window` chunks are in flight or waiting.
-        try await withThrowingTaskGroup(of: (Int, ChunkBytes).self) { group in
-            var next = 0
-            var ready = [Int: ChunkBytes]()
-            var consumed = 0
-            while consumed < locations.count {
-                while next < locations.count && next < consumed + window {
-                    let index = next, location = locations[index], offset = offsets[index], length = output.chunks[index].length
-                    group.addTask {
-                        try Task.checkCancellation()
-                        let bytes = try self.readChunk(at: location, readers: readers, checkDigest: !checksWholeFile, what: "\(what) (\(output.describe(index)))")
-                        guard bytes.count == length else {
-                            throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
-                        }
-                        try bytes.withUnsafeBytes { try file.write($0, at: offset) }
-                        return (index, bytes)
-                    }
-                    next += 1
-                }
-                guard let (index, bytes) = try await group.next() else { break }
-                ready[index] = bytes
-                while let bytes = ready.removeValue(forKey: consumed) {
-                    bytes.withUnsafeBytes { hasher.update($0) }
-                    bytes.releaseMapping()
-                    consumed += 1
-                }
-            }
-        }
-        if let expected = output.expectedDigest, hasher.finalize() != expected {
-            // Find and name the chunk that does not match its digest.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var inFlight = 0
             for (index, location) in locations.enumerated() {
-                _ = try readChunk(at: location, readers: readers, checkDigest: true, what: "\(what) (\(output.describe(index)), bytes \(offsets[index])…)")
+                if inFlight == window {
+                    try await group.next()
+                    inFlight -= 1
+                }
+                let offset = offsets[index], length = output.chunks[index].length
+                group.addTask {
+                    try Task.checkCancellation()
+                    let named = "\(what) (\(output.describe(index)))"
+                    let bytes = try await chunks.bytes(at: location) { checks in
+                        try self.readChunk(at: location, readers: readers, checks: checks, what: named)
+                    }
+                    guard bytes.count == length else {
+                        throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
+                    }
+                    try bytes.withUnsafeBytes { try file.write($0, at: offset) }
+                    bytes.releaseMapping()
+                }
+                inFlight += 1
             }
-            throw CKStoreError(.damaged, "\(what): the restored file's SHA-256 differs from the manifest's")
+            try await group.waitForAll()
         }
         if case .failure(let error) = system_chmod(path, mode_t(output.mode)) {
             throw CKStoreError.io("cannot set the mode of \(output.path)", error)
@@ -317,5 +301,72 @@ extension CheckpointStore {
     private func parentFolder(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return String(path[..<slash])
+    }
+}
+
+/// What a restore knows about the chunks it reads, shared by its tasks: which it re-hashed already, and
+/// one read shared by every use of a chunk that occurs more than once (a zero-filled chunk used a hundred
+/// times is decoded once), its bytes kept until the last use, up to `budget` bytes at a time.
+private final class RestoreChunks: Sendable {
+    private struct State {
+        var verified = Set<ChunkDigest>()
+        /// Uses still to come of chunks used more than once.
+        var remainingUses: [ChunkDigest: Int]
+        var shared = [ChunkDigest: (read: Task<ChunkBytes, any Error>, length: Int)]()
+        var sharedBytes = 0
+    }
+
+    private let state: Mutex<State>
+    private let budget: Int
+
+    init(_ outputs: [CheckpointStore.Output], budget: Int = 32 << 20) {
+        var uses = [ChunkDigest: Int]()
+        for output in outputs {
+            for chunk in output.chunks { uses[chunk.digest, default: 0] += 1 }
+        }
+        state = Mutex(State(remainingUses: uses.filter { $0.value > 1 }))
+        self.budget = budget
+    }
+
+    /// The bytes of the chunk at `location`, from `read` (told what to check) or from another use's read.
+    ///
+    /// The first read of a chunk re-hashes its decoded bytes; a later one (a raw frame, which is read in
+    /// place and not worth keeping, or a chunk over the budget) checks its frames' checksums, which proves
+    /// the stored bytes are the ones that hashed right and so decode the same way.
+    func bytes(at location: Catalogue.ChunkLocation, read: @escaping @Sendable (ChunkChecks) throws -> ChunkBytes) async throws -> ChunkBytes {
+        enum Plan {
+            case shared(Task<ChunkBytes, any Error>)
+            case alone(ChunkChecks)
+        }
+        let digest = location.digest
+        let plan = state.withLock { state -> Plan in
+            defer { countUse(of: digest, in: &state) }
+            if let shared = state.shared[digest] { return .shared(shared.read) }
+            if (state.remainingUses[digest] ?? 0) > 1, location.encoding != .raw, state.sharedBytes + location.rawLength <= budget {
+                let task = Task { try read(.digest) }
+                state.shared[digest] = (task, location.rawLength)
+                state.sharedBytes += location.rawLength
+                return .shared(task)
+            }
+            return .alone(state.verified.contains(digest) ? .checksums : .digest)
+        }
+        switch plan {
+        case .shared(let task):
+            return try await task.value
+        case .alone(let checks):
+            let bytes = try read(checks)
+            if checks.contains(.digest) { _ = state.withLock { $0.verified.insert(digest) } }
+            return bytes
+        }
+    }
+
+    private func countUse(of digest: ChunkDigest, in state: inout State) {
+        guard let remaining = state.remainingUses[digest] else { return }
+        if remaining > 1 {
+            state.remainingUses[digest] = remaining - 1
+            return
+        }
+        state.remainingUses[digest] = nil
+        if let shared = state.shared.removeValue(forKey: digest) { state.sharedBytes -= shared.length }
     }
 }

@@ -122,7 +122,7 @@ extension CheckpointStore {
                     inFlight += 1
                     group.addTask {
                         do {
-                            let bytes = try self.loadChunk(at: location, readers: readers, checkDigest: true)
+                            let bytes = try self.loadChunk(at: location, readers: readers, checks: .all)
                             bytes.releaseMapping()
                             return (location, nil)
                         } catch {

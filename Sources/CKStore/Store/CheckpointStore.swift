@@ -144,13 +144,9 @@ public final class CheckpointStore: Sendable {
     }
 
     /// Reads one chunk from where the catalogue says it is; damage is reported as `what: …`.
-    ///
-    /// - Parameter checkDigest: re-hash the decoded bytes and check the frame checksum. A caller that
-    ///   checks a SHA-256 covering these bytes anyway (a whole restored file) may skip both; a failed file
-    ///   digest leads back here with the checks on, to name the damaged chunk.
-    func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, what: @autoclosure () -> String) throws -> ChunkBytes {
+    func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all, what: @autoclosure () -> String) throws -> ChunkBytes {
         do {
-            return try loadChunk(at: location, readers: readers, checkDigest: checkDigest)
+            return try loadChunk(at: location, readers: readers, checks: checks)
         } catch {
             // Failing I/O stays what it is (the data may be fine); everything else is damage.
             let wrapped = CKStoreError.wrap(error)
@@ -160,24 +156,24 @@ public final class CheckpointStore: Sendable {
     }
 
     /// Reads, checks and decodes one chunk.
-    func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true) throws -> ChunkBytes {
-        try loadChunkAndDepth(at: location, readers: readers, checkDigest: checkDigest).bytes
+    func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all) throws -> ChunkBytes {
+        try loadChunkAndDepth(at: location, readers: readers, checks: checks).bytes
     }
 
     /// A delta chain longer than this is damage (a cycle, or frames no put writes): puts keep chains to
     /// the store's maximum delta depth, which is far below.
     static let hardChainLimit = 64
 
-    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one (checked the
-    /// same way). `depth` is the number of delta frames on the way to a full frame: 0 for a chunk that
-    /// decodes on its own.
+    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one. `depth` is the
+    /// number of delta frames on the way to a full frame: 0 for a chunk that decodes on its own.
     ///
-    /// - Parameter checkChecksum: check frame checksums even when not re-hashing (`checkDigest` false): what
-    ///   a put needs of a delta base, whose bytes only have to decode the same way again on restore.
-    func loadChunkAndDepth(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checkDigest: Bool = true, checkChecksum: Bool? = nil, hops: Int = 0) throws -> (bytes: ChunkBytes, depth: Int) {
+    /// Bases are checked with `checks` less `.digest`: when the decoded chunk is re-hashed, that covers
+    /// every bit of its bases too (a wrong base bit is a wrong output bit), so they need no check of their
+    /// own; with `.checksums`, every frame of the chain is checked.
+    func loadChunkAndDepth(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all, hops: Int = 0) throws -> (bytes: ChunkBytes, depth: Int) {
         let reader = try readers.reader(for: location.pack)
         framesRead.add(1, ordering: .relaxed)
-        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checkChecksum ?? checkDigest)
+        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checks.contains(.checksums))
         let codec = FrameCodec(level: .default, contexts: contexts)
         var depth = 0
         let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
@@ -188,16 +184,28 @@ public final class CheckpointStore: Sendable {
             guard let baseLocation = try withCatalogue({ (catalogue) throws in try catalogue.location(of: base) }) else {
                 throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
             }
-            let decoded = try loadChunkAndDepth(at: baseLocation, readers: readers, checkDigest: checkDigest, checkChecksum: checkChecksum, hops: hops + 1)
+            let decoded = try loadChunkAndDepth(at: baseLocation, readers: readers, checks: checks.subtracting(.digest), hops: hops + 1)
             depth = decoded.depth + 1
             return decoded.bytes
         }
         if header.encoding != .raw { payload.releaseMapping() }
-        guard !checkDigest || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
+        guard !checks.contains(.digest) || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
             throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
         }
         return (bytes, depth)
     }
+}
+
+/// What reading a chunk checks.
+struct ChunkChecks: OptionSet, Sendable {
+    let rawValue: UInt8
+
+    /// Each frame's checksum: the stored bytes (header and payload) are the ones written.
+    static let checksums = ChunkChecks(rawValue: 1)
+    /// The decoded bytes' SHA-256 against the chunk's digest: what was stored decodes to what was put.
+    static let digest = ChunkChecks(rawValue: 2)
+    /// Both: what `verify --full` and single reads do.
+    static let all: ChunkChecks = [.checksums, .digest]
 }
 
 /// The catalogue connection and the lock that serializes its use.
