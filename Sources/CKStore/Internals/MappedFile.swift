@@ -61,11 +61,6 @@ struct ChunkBytes: Sendable {
         }
     }
 
-    /// Whether the bytes are a range of a mapped pack (not an array of their own).
-    var isMapped: Bool {
-        if case .mapped = storage { true } else { false }
-    }
-
     /// Lets the kernel drop the mapping's pages for these bytes once they have been used (a no-op for
     /// owned bytes). The bytes must not be read afterwards.
     func releaseMapping() {
