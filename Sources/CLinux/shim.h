@@ -1,4 +1,4 @@
-// Linux and glibc calls that Swift's Glibc module does not export (sync_file_range needs _GNU_SOURCE,
+// Linux and glibc calls that Swift's Glibc module does not export (sync_file_range and fallocate need _GNU_SOURCE,
 // mallopt lives in <malloc.h>).
 // Declared here by hand rather than by including <fcntl.h> with _GNU_SOURCE, which would make this module
 // claim libc's types (struct stat) and hide them from Swift code that imports Glibc.
@@ -10,6 +10,14 @@ extern int sync_file_range(int fd, long long offset, long long nbytes, unsigned 
 /// Starts writeback of a file range without waiting: sync_file_range with SYNC_FILE_RANGE_WRITE (2).
 static inline int ckstore_start_writeback(int fd, long long offset, long long count) {
     return sync_file_range(fd, offset, count, 2);
+}
+
+extern int fallocate(int fd, int mode, long long offset, long long len);
+
+/// Allocates a file's blocks up front (fallocate with mode 0): -1 with errno EOPNOTSUPP where the file
+/// system cannot.
+static inline int ckstore_allocate(int fd, long long length) {
+    return fallocate(fd, 0, 0, length);
 }
 
 extern int mallopt(int param, int value);

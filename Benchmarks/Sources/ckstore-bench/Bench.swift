@@ -54,12 +54,14 @@ struct Bench: ParsableCommand {
         let scratch = work + "/scratch"
         let canDropCaches = FileManager.default.isWritableFile(atPath: "/proc/sys/vm/drop_caches")
         /// Every command starts from the same state: dirty pages written back, the page cache emptied (when
-        /// allowed), and then its input read once, so inputs are warm and the rest of memory is free.
+        /// allowed), then its input read once, so inputs are warm and the rest of memory is free, and free
+        /// memory touched (see `pretouchFreeMemory`).
         func settle(warming inputs: [String]) throws {
             _ = try Command.measure(["sync"])
             _ = try Command.measure(["sync"])
             if canDropCaches { _ = try Command.shell("echo 3 > /proc/sys/vm/drop_caches") }
             for input in inputs { _ = try Command.shell("find '\(input)' -type f -exec cat {} + > /dev/null") }
+            try pretouchFreeMemory(gibibytes: 3)
         }
         func remove(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
         print(canDropCaches ? "page cache dropped before each command, inputs pre-read" : "page cache not droppable here: inputs stay warm from earlier runs")

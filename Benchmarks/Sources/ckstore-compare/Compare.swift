@@ -133,6 +133,7 @@ struct Compare: ParsableCommand {
             if canDropCaches { _ = try Command.shell("echo 3 > /proc/sys/vm/drop_caches") }
             for input in inputs { _ = try Command.shell("find '\(input)' -type f -exec cat {} + > /dev/null") }
             _ = try Command.measure(tool.warmUp)
+            try pretouchFreeMemory(gibibytes: 2)
         }
 
         struct Result {

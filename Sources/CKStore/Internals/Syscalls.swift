@@ -11,7 +11,7 @@ import Synchronization
 
 /// The system calls that fault injection can target.
 package enum SyscallOperation: String, Sendable, CaseIterable {
-    case open, pread, pwrite, fsync, rename, unlink, mkdir, flock, fstat, close, readlink, mmap
+    case open, pread, pwrite, fsync, rename, unlink, mkdir, flock, fstat, close, readlink, mmap, fallocate
 }
 
 /// A fault injection seam for tests: rules decide, per call, whether to fail it with an errno (or to make
@@ -136,6 +136,21 @@ func system_fsync(_ fd: Int32, path: String?) -> Result<Int32, Errno> {
 func system_start_writeback(_ fd: Int32, _ offset: Int64, _ count: Int64) {
     #if os(Linux)
     _ = ckstore_start_writeback(fd, offset, count)
+    #endif
+}
+
+/// Allocates the first `length` bytes of a file's blocks (Linux `fallocate`), so that writing them later
+/// cannot run out of space and skips the file system's per-page delayed allocation. Succeeds without
+/// doing anything where the file system or the platform cannot.
+func system_allocate(_ fd: Int32, _ length: Int64, path: String?) -> Result<Int32, Errno> {
+    #if os(Linux)
+    let result = valueOrErrno(.fallocate, path) { ckstore_allocate(fd, length) }
+    if case .failure(let error) = result, error.rawValue == EOPNOTSUPP || error.rawValue == ENOSYS {
+        return .success(0)
+    }
+    return result
+    #else
+    return .success(0)
     #endif
 }
 

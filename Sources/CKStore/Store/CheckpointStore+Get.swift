@@ -246,6 +246,7 @@ extension CheckpointStore {
         guard position == output.size else {
             throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): the manifest's chunks add up to \(position) bytes, its size says \(output.size)")
         }
+        try file.allocate(output.size)
         let what = "checkpoint \(checkpoint.short): \(output.path)"
         try await withThrowingTaskGroup(of: Void.self) { group in
             var inFlight = 0
