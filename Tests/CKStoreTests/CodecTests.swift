@@ -18,19 +18,21 @@ import Testing
             // Full frames, and deltas against a base that differs in a few places.
             var base = bytes
             for index in stride(from: 0, to: base.count, by: 37) { base[index] ^= 0x5a }
-            for reference in [nil, base] {
+            // Full frames, XOR deltas (written by earlier versions) and difference deltas.
+            let kinds: [(base: [UInt8]?, delta: ByteGrouping.Delta, encoding: FrameEncoding)] = [(nil, .xor, .planes), (base, .xor, .deltaPlanes), (base, .difference, .differencePlanes)]
+            for (reference, delta, encoding) in kinds {
                 for tryCompressing in [Array(repeating: true, count: width), Array(repeating: false, count: width), (0..<width).map { $0 % 2 == 0 }] {
                     let (payload, outcome) = try bytes.withUnsafeBytes { input in
                         try (reference ?? []).withUnsafeBytes { base in
-                            try codec.encodePlanes(input, base: reference == nil ? nil : base, width: width, tryCompressing: tryCompressing)
+                            try codec.encodePlanes(input, base: reference == nil ? nil : base, delta: delta, width: width, tryCompressing: tryCompressing)
                         }
                     }
                     #expect(outcome.compressed.count == width)
                     for plane in 0..<width where !tryCompressing[plane] { #expect(outcome.compressed[plane] == nil) }
-                    let decoded = try codec.decode(ChunkBytes(payload), encoding: reference == nil ? .planes : .deltaPlanes, rawLength: bytes.count) {
+                    let decoded = try codec.decode(ChunkBytes(payload), encoding: encoding, rawLength: bytes.count) {
                         ChunkBytes(try #require(reference))
                     }
-                    #expect(decoded.array == bytes, "width \(width), length \(length), delta \(reference != nil), planes \(tryCompressing)")
+                    #expect(decoded.array == bytes, "width \(width), length \(length), \(encoding), planes \(tryCompressing)")
                 }
             }
         }
@@ -60,6 +62,36 @@ import Testing
         let full = try new.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: 4, tryCompressing: all) }
         let delta = try new.withUnsafeBytes { input in try old.withUnsafeBytes { try codec.encodePlanes(input, base: $0, width: 4, tryCompressing: all) } }
         #expect(Double(delta.payload.count) < 0.8 * Double(full.payload.count), "delta \(delta.payload.count), planes \(full.payload.count)")
+    }
+
+    /// Values that move by a few units in the last place across a carry (0x…7fff → 0x…8000), between the
+    /// largest and smallest bit patterns (wrapping) and across the sign: the difference round-trips all of
+    /// them and, where carries are common, stores less than the XOR.
+    @Test func differenceDeltasWrapAndBeatXORAcrossCarries() throws {
+        let codec = FrameCodec(level: .default)
+        var random = SeededRandom(seed: 9)
+        var old = [UInt32](), new = [UInt32]()
+        for index in 0..<(1 << 18) {
+            let value = UInt32(truncatingIfNeeded: random.next())
+            old.append(value)
+            switch index % 4 {
+            case 0: new.append(value &+ UInt32(random.next() % 5))
+            case 1: new.append(value &- UInt32(random.next() % 5))
+            case 2: new.append(index % 8 == 2 ? UInt32.max &- UInt32(index % 3) : 0x8000_0000 | (value & 0xffff))
+            default: new.append(value)
+            }
+        }
+        let oldBytes = old.withUnsafeBytes { [UInt8]($0) }, newBytes = new.withUnsafeBytes { [UInt8]($0) }
+        let all = [true, true, true, true]
+        var sizes = [FrameEncoding: Int]()
+        for (delta, encoding) in [(ByteGrouping.Delta.xor, FrameEncoding.deltaPlanes), (.difference, .differencePlanes)] {
+            let (payload, _) = try newBytes.withUnsafeBytes { input in try oldBytes.withUnsafeBytes { try codec.encodePlanes(input, base: $0, delta: delta, width: 4, tryCompressing: all) } }
+            sizes[encoding] = payload.count
+            let decoded = try codec.decode(ChunkBytes(payload), encoding: encoding, rawLength: newBytes.count) { ChunkBytes(oldBytes) }
+            #expect(decoded.array == newBytes, "\(encoding)")
+        }
+        let difference = try #require(sizes[.differencePlanes]), xor = try #require(sizes[.deltaPlanes])
+        #expect(difference < xor, "difference \(difference), xor \(xor)")
     }
 
     @Test func damagedPlanePayloadsAreErrorsNotCrashes() throws {

@@ -123,7 +123,7 @@ final class TensorEncoder: Sendable {
            try baseDepth(base.digest).map({ $0 < maxDepth }) == true,
            let decoded = try loadBase(base.digest) {
             let encoded = try decoded.bytes.withUnsafeBytes { base in
-                try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: base, width: width, tryCompressing: probing ? allPlanes : hint.compressDeltaPlanes) }
+                try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: base, delta: .difference, width: width, tryCompressing: probing ? allPlanes : hint.compressDeltaPlanes) }
             }
             delta = (encoded.payload, encoded.outcome, base.digest)
         }
@@ -153,7 +153,7 @@ final class TensorEncoder: Sendable {
         let rawLimit = Double(bytes.count) * (1 - FrameCodec.minimumSaving)
         if let delta, delta.payload.count + (full == nil ? 0 : margin) < full?.payload.count ?? .max, Double(delta.payload.count) <= rawLimit {
             bases.withLock { _ = $0.insert(delta.base) }
-            return EncodedChunk(digest: digest, encoding: .deltaPlanes, rawLength: bytes.count, payload: delta.payload, base: delta.base)
+            return EncodedChunk(digest: digest, encoding: .differencePlanes, rawLength: bytes.count, payload: delta.payload, base: delta.base)
         }
         if let full, Double(full.payload.count) <= rawLimit {
             return EncodedChunk(digest: digest, encoding: .planes, rawLength: bytes.count, payload: full.payload)
