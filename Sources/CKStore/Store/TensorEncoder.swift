@@ -185,7 +185,8 @@ final class TensorEncoder: Sendable {
         guard let location = try store.withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else { return nil }
         do {
             // Checksums, not SHA-256: a delta only needs its base to decode to the same bytes on restore,
-            // where the SHA-256 of the chunk built on them covers them; re-hashing every base would cost a third of a put.
+            // where the SHA-256 of the chunk built on it covers them; re-hashing every base would cost a
+            // third of a put.
             return try store.loadChunkAndDepth(at: location, readers: readers, checks: .checksums)
         } catch let error as CKStoreError where error.code == .damaged {
             return nil
