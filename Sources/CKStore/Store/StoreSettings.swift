@@ -3,7 +3,7 @@
 public struct StoreSettings: Sendable, Equatable {
     /// The zstd level for new chunks.
     public var compressionLevel: CompressionLevel
-    /// The longest chain of XOR-delta frames a put may write: a chunk whose base is already this many
+    /// The longest chain of delta frames a put may write: a chunk whose base is already this many
     /// deltas deep is stored in full (a "keyframe"). Restoring a chunk decodes at most this many frames
     /// beyond its keyframe. 0 turns deltas off.
     public var maxDeltaDepth: Int
