@@ -16,8 +16,8 @@ struct TensorPlace: Sendable {
     var elementWidth: Int
 }
 
-/// Encodes the new chunks of tensors: byte planes, or a difference delta against the chunk at the same place in
-/// the parent checkpoint followed by planes, whichever is smaller; raw when neither saves anything.
+/// Encodes the new chunks of tensors: byte planes, or a difference delta against the chunk at the same
+/// place in the parent checkpoint followed by planes, whichever is smaller; raw when neither saves anything.
 ///
 /// Trying every encoding on every chunk would cost a base decode and two encodes per chunk, so the
 /// encoder remembers per tensor, and per file and element width for tensors not seen yet, what won (delta
