@@ -220,17 +220,12 @@ func system_munmap(_ pointer: UnsafeRawPointer, _ length: Int) {
 /// (MADV_POPULATE_READ, Linux 5.14+), which is much cheaper than taking one page fault per 4 KiB; on older
 /// kernels falls back to starting readahead. Advisory: a failure only means slower reads.
 func system_madvise_populate(_ pointer: UnsafeRawPointer, _ length: Int) {
-    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-    let start = Int(bitPattern: pointer) & ~(page - 1)
-    let end = Int(bitPattern: pointer) + length
     let populateRead: Int32 = 22
-    if madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, populateRead) != 0 {
-        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_WILLNEED)
+    if advisePages(pointer, length, populateRead) != 0 {
+        _ = advisePages(pointer, length, MADV_WILLNEED)
     }
 }
 
-/// Drops the page-table entries of a range of a read-only file mapping once it has been used, so the
-/// process's resident size does not grow with the packs it reads (the pages stay in the page cache).
 /// Keeps freed heap memory for reuse: buffers up to `mmapThreshold` come from the heap instead of fresh
 /// `mmap`s, and the heap is not trimmed back to the system below `trimThreshold`. No-op outside glibc.
 func system_keep_freed_memory(mmapThreshold: Int32, trimThreshold: Int32) {
@@ -241,17 +236,21 @@ func system_keep_freed_memory(mmapThreshold: Int32, trimThreshold: Int32) {
 
 /// Starts reading a mapped range in the background (MADV_WILLNEED); returns at once.
 func system_madvise_willneed(_ pointer: UnsafeRawPointer, _ length: Int) {
-    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-    let start = Int(bitPattern: pointer) & ~(page - 1)
-    let end = Int(bitPattern: pointer) + length
-    _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_WILLNEED)
+    _ = advisePages(pointer, length, MADV_WILLNEED)
 }
 
+/// Drops the page-table entries of a range of a read-only file mapping once it has been used, so the
+/// process's resident size does not grow with the packs it reads (the pages stay in the page cache).
 func system_madvise_dontneed(_ pointer: UnsafeRawPointer, _ length: Int) {
+    _ = advisePages(pointer, length, MADV_DONTNEED)
+}
+
+/// `madvise` over every page that `length` bytes at `pointer` touch (madvise wants a page-aligned start).
+private func advisePages(_ pointer: UnsafeRawPointer, _ length: Int, _ advice: Int32) -> Int32 {
     let page = Int(sysconf(Int32(_SC_PAGESIZE)))
     let start = Int(bitPattern: pointer) & ~(page - 1)
     let end = Int(bitPattern: pointer) + length
-    _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
+    return madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, advice)
 }
 
 /// Prepares fresh anonymous memory that is about to be filled: asks for transparent huge pages and
