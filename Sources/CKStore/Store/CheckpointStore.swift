@@ -155,27 +155,20 @@ public final class CheckpointStore: Sendable {
         }
     }
 
-    /// Reads, checks and decodes one chunk.
-    func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all) throws -> ChunkBytes {
-        try loadChunkAndDepth(at: location, readers: readers, checks: checks).bytes
-    }
-
     /// A delta chain longer than this is damage (a cycle, or frames no put writes): puts keep chains to
     /// the store's maximum delta depth, which is far below.
     static let hardChainLimit = 64
 
-    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one. `depth` is the
-    /// number of delta frames on the way to a full frame: 0 for a chunk that decodes on its own.
+    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one.
     ///
     /// Bases are checked with `checks` less `.digest`: when the decoded chunk is re-hashed, that covers
     /// every bit of its bases too (a wrong base bit is a wrong output bit), so they need no check of their
     /// own; with `.checksums`, every frame of the chain is checked.
-    func loadChunkAndDepth(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all, hops: Int = 0) throws -> (bytes: ChunkBytes, depth: Int) {
+    func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all, hops: Int = 0) throws -> ChunkBytes {
         let reader = try readers.reader(for: location.pack)
         framesRead.add(1, ordering: .relaxed)
         let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checks.contains(.checksums))
         let codec = FrameCodec(level: .default, contexts: contexts)
-        var depth = 0
         let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
             guard let base = header.base else { throw CKStoreError(.damaged, "chunk \(location.digest) is a delta frame without a base") }
             guard hops < Self.hardChainLimit else {
@@ -184,15 +177,13 @@ public final class CheckpointStore: Sendable {
             guard let baseLocation = try withCatalogue({ (catalogue) throws in try catalogue.location(of: base) }) else {
                 throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
             }
-            let decoded = try loadChunkAndDepth(at: baseLocation, readers: readers, checks: checks.subtracting(.digest), hops: hops + 1)
-            depth = decoded.depth + 1
-            return decoded.bytes
+            return try loadChunk(at: baseLocation, readers: readers, checks: checks.subtracting(.digest), hops: hops + 1)
         }
         if header.encoding != .raw { payload.releaseMapping() }
         guard !checks.contains(.digest) || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
             throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
         }
-        return (bytes, depth)
+        return bytes
     }
 }
 

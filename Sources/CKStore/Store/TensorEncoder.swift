@@ -87,7 +87,7 @@ final class TensorEncoder: Sendable {
     /// encodes it, so that a store whose packs left the page cache does not stall the workers on disk
     /// reads. Skipped for tensors whose file has shown that deltas do not pay.
     func prefetchBase(for place: TensorPlace, length: Int) {
-        guard place.index == 0 || hints.withLock({ $0[place.file + "\u{0}\u{0}\(place.elementWidth)"]?.deltaWins }) != false,
+        guard place.index == 0 || hints.withLock({ $0[Self.fileKey(place.file, width: place.elementWidth)]?.deltaWins }) != false,
               let base = baseChunk(for: place, length: length) else { return }
         let chain = (try? store.withCatalogue { (catalogue) throws in try catalogue.chainLocations(of: base.digest, limit: maxDepth) }) ?? []
         // A chain already at the maximum depth is not decoded (the chunk becomes a keyframe).
@@ -106,7 +106,7 @@ final class TensorEncoder: Sendable {
         // What this tensor showed so far; for a tensor not seen yet, what the other tensors of its file
         // with the same element width showed (its first chunk tries everything anyway). Chunks of one
         // tensor run in parallel, so a tensor's later chunks often start before its first is done.
-        let tensorKey = place.file + "\u{0}" + place.tensor, fileKey = place.file + "\u{0}\u{0}\(width)"
+        let tensorKey = place.file + "\u{0}" + place.tensor, fileKey = Self.fileKey(place.file, width: width)
         let (known, prior) = hints.withLock { ($0[tensorKey], $0[fileKey]) }
         let fresh = Hint(compressPlanes: Array(repeating: true, count: width), compressDeltaPlanes: Array(repeating: true, count: width))
         var hint = known ?? prior.map { Hint(deltaWins: $0.deltaWins, compressPlanes: $0.compressPlanes, compressDeltaPlanes: $0.compressDeltaPlanes) } ?? fresh
@@ -122,7 +122,7 @@ final class TensorEncoder: Sendable {
            // from the catalogue, so such a base is not decoded for nothing.
            try baseDepth(base.digest).map({ $0 < maxDepth }) == true,
            let decoded = try loadBase(base.digest) {
-            let encoded = try decoded.bytes.withUnsafeBytes { base in
+            let encoded = try decoded.withUnsafeBytes { base in
                 try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: base, delta: .difference, width: width, tryCompressing: probing ? allPlanes : hint.compressDeltaPlanes) }
             }
             delta = (encoded.payload, encoded.outcome, base.digest)
@@ -161,6 +161,11 @@ final class TensorEncoder: Sendable {
         return EncodedChunk(digest: digest, encoding: .raw, rawLength: bytes.count, payload: bytes)
     }
 
+    /// The hint key of the tensors of one file and element width (tensor keys are `file NUL tensor`).
+    private static func fileKey(_ file: String, width: Int) -> String {
+        file + "\u{0}\u{0}\(width)"
+    }
+
     /// How many delta frames lie between the base and a full frame, or nil when that is more than
     /// `maxDepth` (or a chunk on the way is missing).
     private func baseDepth(_ digest: ChunkDigest) throws -> Int? {
@@ -179,15 +184,15 @@ final class TensorEncoder: Sendable {
         }
     }
 
-    /// The base chunk's bytes and its delta depth. A base that is gone (a concurrent gc took it) or
+    /// The base chunk's bytes. A base that is gone (a concurrent gc took it) or
     /// damaged means no delta, and `verify` reports the damage; failing I/O fails the put.
-    private func loadBase(_ digest: ChunkDigest) throws -> (bytes: ChunkBytes, depth: Int)? {
+    private func loadBase(_ digest: ChunkDigest) throws -> ChunkBytes? {
         guard let location = try store.withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else { return nil }
         do {
             // Checksums, not SHA-256: a delta only needs its base to decode to the same bytes on restore,
             // where the SHA-256 of the chunk built on it covers them; re-hashing every base would cost a
             // third of a put.
-            return try store.loadChunkAndDepth(at: location, readers: readers, checks: .checksums)
+            return try store.loadChunk(at: location, readers: readers, checks: .checksums)
         } catch let error as CKStoreError where error.code == .damaged {
             return nil
         }
