@@ -1,11 +1,11 @@
 import Foundation
 
 extension CheckpointStore {
-    /// What re-encoding delta frames whose bases lost their checkpoints did.
     /// Re-encoding is not worth a new pack, and the dead frames it leaves until repacking, unless it frees
     /// at least this much in all.
     static let minimumRebaseSaving: Int64 = 1 << 20
 
+    /// What re-encoding delta frames whose bases lost their checkpoints did.
     struct RebaseOutcome {
         var chunks = 0
         /// Stored bytes the bases took that the re-encoded frames let go, minus what the frames grew by.
@@ -59,8 +59,9 @@ extension CheckpointStore {
                 base = deltas[current]?.base
             }
             guard pinned > 0, let location = try withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else { continue }
-            // The element width is the first byte of a byte-plane payload; read it before decoding anything.
-            let (_, payload) = try readers.reader(for: location.pack).readFrame(at: location.offset, storedLength: location.storedLength, expected: digest)
+            // The element width is the first byte of a byte-plane payload; read it before decoding anything
+            // (unchecked: readChunk below checks the whole frame).
+            let (_, payload) = try readers.reader(for: location.pack).readFrame(at: location.offset, storedLength: location.storedLength, expected: digest, checkChecksum: false)
             guard let width = payload.withUnsafeBytes({ $0.first.map(Int.init) }), ByteGrouping.widths.contains(width) else { continue }
             let bytes = try readChunk(at: location, readers: readers, what: "re-encoding chunk \(digest)")
             let (full, _) = try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: width, tryCompressing: Array(repeating: true, count: width)) }
