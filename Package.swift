@@ -24,7 +24,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
-        // Linux calls glibc declares only under _GNU_SOURCE (sync_file_range).
+        // Linux and glibc calls Swift's Glibc module does not export (sync_file_range, fallocate, mallopt).
         .systemLibrary(name: "CLinux"),
         .target(
             name: "CKStore",

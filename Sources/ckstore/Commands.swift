@@ -22,7 +22,7 @@ struct Init: AsyncParsableCommand {
 /// `--level` and `--max-delta-depth`, as `init` and `settings` take them.
 struct SettingsOptions: ParsableArguments {
     @Option(help: "The store's zstd level for new chunks (1-19; default 1).") var level: Int?
-    @Option(help: "The longest chain of XOR-delta frames a put may write before storing a chunk in full (0-32; 0 turns deltas off; default 3).")
+    @Option(help: "The longest chain of delta frames a put may write before storing a chunk in full (0-32; 0 turns deltas off; default 3).")
     var maxDeltaDepth: Int?
 
     func validate() throws {
