@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "CKStore", targets: ["CKStore"]),
+        .library(name: "CKStoreReports", targets: ["CKStoreReports"]),
         .library(name: "CKStoreTestSupport", targets: ["CKStoreTestSupport"]),
         .executable(name: "ckstore", targets: ["ckstore"]),
         .executable(name: "ckstore-gen", targets: ["ckstore-gen"]),
@@ -36,10 +37,17 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Reports rendered for people (the audit's HTML page), kept out of the core library.
+        .target(
+            name: "CKStoreReports",
+            dependencies: ["CKStore"],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "ckstore",
             dependencies: [
                 "CKStore",
+                "CKStoreReports",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -68,7 +76,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CKStoreTests",
-            dependencies: ["CKStore", "CKStoreTestSupport"],
+            dependencies: ["CKStore", "CKStoreReports", "CKStoreTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

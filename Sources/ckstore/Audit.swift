@@ -1,5 +1,6 @@
 import ArgumentParser
 import CKStore
+import CKStoreReports
 import Foundation
 
 struct Audit: AsyncParsableCommand {

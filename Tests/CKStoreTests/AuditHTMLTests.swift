@@ -1,4 +1,5 @@
 @testable import CKStore
+import CKStoreReports
 import CKStoreTestSupport
 import Foundation
 import Testing

@@ -182,7 +182,7 @@ import Testing
         try writer.append(try codec.encode(bytes, digest: id.digest), kind: .manifest)
         let sealed = try writer.seal()
         try store.withCatalogue { catalogue in
-            try catalogue.database.transaction {
+            try catalogue.write {
                 _ = try catalogue.insert(pack: sealed, now: 0)
                 try catalogue.insert(.init(id: id, manifest: manifest, contentDigest: id.digest, storedBytesAdded: 0, chunkUses: [digest: 1, id.digest: 1]), now: 0)
             }

@@ -141,7 +141,7 @@ private func tensorChunk(_ store: CheckpointStore, _ id: CheckpointID, tensor: S
             let (store, first, _, _) = try await twoCheckpoints(root)
             let before = try store.list()
             // Fold the WAL into the database file, then overwrite its second page with garbage.
-            try store.withCatalogue { try $0.database.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
+            try store.withCatalogue { try $0.truncateLog() }
             let path = root + "/store/ckstore.db"
             var bytes = try Files.read(path)
             for index in 4096..<min(bytes.count, 8192) { bytes[index] = UInt8(truncatingIfNeeded: index &* 31) }

@@ -137,16 +137,16 @@ import Testing
             let tensor = try #require(manifest.files.first { $0.path == "model.safetensors" }?.tensors?.first { $0.name == "layer2.weight" })
             #expect(tensor.chunkCount == 3)
 
-            let before = store.framesRead.load(ordering: .relaxed)
+            let before = store.framesRead.value
             var values = [Float](repeating: 0, count: 700_000)
             try values.withUnsafeMutableBytes { try store.readTensor(id, name: "layer2.weight", into: $0) }
-            #expect(store.framesRead.load(ordering: .relaxed) - before == tensor.chunkCount + 1, "its chunks and the manifest")
+            #expect(store.framesRead.value - before == tensor.chunkCount + 1, "its chunks and the manifest")
             #expect(values == Self.floats(700_000, seed: 2))
 
-            let middle = store.framesRead.load(ordering: .relaxed)
+            let middle = store.framesRead.value
             let loaded = try await store.loadTensors(id, matching: ["layer[13].*"])
             #expect(loaded.map(\.name) == ["layer1.weight", "layer3.weight"])
-            #expect(store.framesRead.load(ordering: .relaxed) - middle == 2 * 3 + 1)
+            #expect(store.framesRead.value - middle == 2 * 3 + 1)
             #expect(try loaded[1].floats() == Self.floats(700_000, seed: 3))
 
             // Bad requests name what is missing.

@@ -86,9 +86,10 @@ import Testing
             $0.keepTags = ["golden"]
         }
         let plan = RetentionPlanner.plan(policy, series)
-        #expect(plan.kept[Self.id(5)]?.contains("newest") == true)
-        #expect(plan.kept[Self.id(2)] == ["pinned"])
-        #expect(plan.kept[Self.id(3)] == ["keep-tag golden"])
+        #expect(plan.kept[Self.id(5)]?.contains(.newest) == true)
+        #expect(plan.kept[Self.id(2)] == [.pinned])
+        #expect(plan.kept[Self.id(3)] == [.keepTag("golden")])
+        #expect(plan.kept[Self.id(3)]?.map(\.description) == ["keep-tag golden"])
         #expect(plan.deleted == [Self.id(1), Self.id(4)])
         // The newest is kept even by a policy that keeps nothing else.
         #expect(Self.kept(Self.policy { $0.keepBest = [.init(count: 1, metric: "accuracy", order: .max)] }, Self.series(3)) == [3])

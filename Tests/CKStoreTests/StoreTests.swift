@@ -241,12 +241,12 @@ func smallCheckpoint(seed: UInt64 = 1, step: Int = 10) -> TrainerCheckpoint {
             let noiseLocation = try #require(try store.withCatalogue { try $0.location(of: noise) })
             #expect(noiseLocation.encoding == .raw)
 
-            let before = store.framesRead.load(ordering: .relaxed)
+            let before = store.framesRead.value
             _ = try await store.restore(put.id, to: root + "/out")
             #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/src")))
             // The manifest, each distinct chunk once, and the raw noise chunk again: raw frames are read
             // in place from the pack, so keeping them would save nothing.
-            #expect(store.framesRead.load(ordering: .relaxed) - before == 1 + distinct.count + 1)
+            #expect(store.framesRead.value - before == 1 + distinct.count + 1)
         }
     }
 

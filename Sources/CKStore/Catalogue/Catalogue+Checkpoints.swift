@@ -49,8 +49,14 @@ extension Catalogue {
         c.chunk_count, c.file_count, c.tensor_count, c.parent
         """
 
+    /// Summaries of the checkpoints of `run` (every run when nil), by run and step.
+    func summaries(run: String? = nil) throws -> [CheckpointSummary] {
+        if let run { return try summaries(where: "r.name = ?", [.text(run)]) }
+        return try summaries(where: "1", [])
+    }
+
     /// Summaries of the checkpoints matching `filter` (a SQL condition over `c` and `r`), oldest first.
-    func summaries(where filter: String = "1", _ values: [SQLiteStatement.Value] = []) throws -> [CheckpointSummary] {
+    private func summaries(where filter: String, _ values: [SQLiteStatement.Value]) throws -> [CheckpointSummary] {
         let sql = "SELECT \(Self.summaryColumns) FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE \(filter) ORDER BY r.name, c.step, c.created_at"
         var summaries = try statement(sql).rows(values) { (row) throws in
             CheckpointSummary(

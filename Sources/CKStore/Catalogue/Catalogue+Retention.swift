@@ -83,7 +83,7 @@ extension Catalogue {
     /// Records that `paths` and `tensors` (path → names; part `part`) are dropped from `id`, and re-counts
     /// its chunk references from what remains of `manifest`. In a dry run only the sweep's live set
     /// learns of it.
-    func drop(_ paths: [String], tensors: [String: [String]] = [:], part: String, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false, sweep: Bool = false) throws {
+    func drop(_ paths: [String], tensors: [String: [String]] = [:], part: CheckpointPart, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false, sweep: Bool = false) throws {
         let key = SQLiteStatement.Value.blob(id.digest.bytes)
         let droppedPaths = try Set(droppedFiles(of: id).keys).union(paths)
         var droppedNames = try droppedTensors(of: id)
@@ -98,8 +98,8 @@ extension Catalogue {
         guard !dryRun else { return }
         try forgetPieces(of: id, paths: paths, tensors: tensors)
         let record = try statement("INSERT OR IGNORE INTO dropped_files (checkpoint_id, path, tensor, part) VALUES (?, ?, ?, ?)")
-        for path in paths { try record.run([key, .text(path), .text(""), .text(part)]) }
-        for (path, names) in tensors { for name in names { try record.run([key, .text(path), .text(name), .text(part)]) } }
+        for path in paths { try record.run([key, .text(path), .text(""), .text(part.rawValue)]) }
+        for (path, names) in tensors { for name in names { try record.run([key, .text(path), .text(name), .text(part.rawValue)]) } }
         try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([key])
         let insert = try statement("INSERT INTO checkpoint_chunks (checkpoint_id, digest, uses) VALUES (?, ?, ?)")
         for (digest, count) in uses.sorted(by: { $0.key < $1.key }) { try insert.run([key, .blob(digest.bytes), .integer(Int64(count))]) }
@@ -119,66 +119,4 @@ extension Catalogue {
         uses[id.digest, default: 0] += 1
         return uses
     }
-
-    /// What a sweep found: the dead chunks, the live frames per pack, and the packs.
-    struct SweepOutcome: Sendable {
-        var deadChunks: Int
-        var deadBytes: Int64
-        var live: [PackID: (count: Int, bytes: Int64)]
-        var packs: [PackRow]
-    }
-
-    /// Starts a sweep inside a transaction: temporary tables for the live set, the checkpoints whose
-    /// references are counted separately, and `deleting`, whose references no longer count.
-    func prepareSweep(deleting: [CheckpointID]) throws {
-        try database.execute("""
-            CREATE TEMP TABLE IF NOT EXISTS gc_live (d BLOB PRIMARY KEY) WITHOUT ROWID;
-            CREATE TEMP TABLE IF NOT EXISTS gc_excluded (id BLOB PRIMARY KEY) WITHOUT ROWID;
-            CREATE TEMP TABLE IF NOT EXISTS gc_deleted (id BLOB PRIMARY KEY) WITHOUT ROWID;
-            DELETE FROM temp.gc_live;
-            DELETE FROM temp.gc_excluded;
-            DELETE FROM temp.gc_deleted;
-            """)
-        let exclude = try statement("INSERT OR IGNORE INTO temp.gc_excluded (id) VALUES (?)")
-        let delete = try statement("INSERT OR IGNORE INTO temp.gc_deleted (id) VALUES (?)")
-        for id in deleting {
-            try exclude.run([.blob(id.digest.bytes)])
-            try delete.run([.blob(id.digest.bytes)])
-        }
-    }
-
-    /// Computes the live set (references of every checkpoint not excluded, plus the explicitly added, plus
-    /// delta bases transitively), measures what is dead, and unless `dryRun` deletes the excluded
-    /// checkpoints in `gc_deleted` and the dead chunks.
-    func sweep(dryRun: Bool) throws -> SweepOutcome {
-        try database.execute("""
-            INSERT OR IGNORE INTO temp.gc_live (d) SELECT digest FROM chunks WHERE kind = \(FrameKind.annotation.rawValue);
-            INSERT OR IGNORE INTO temp.gc_live (d)
-                SELECT digest FROM checkpoint_chunks
-                WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE id NOT IN (SELECT id FROM temp.gc_excluded));
-            """)
-        // Delta bases of live chunks are live (I-4), to any depth.
-        let bases = try statement("""
-            INSERT OR IGNORE INTO temp.gc_live (d)
-                SELECT c.base FROM chunks c JOIN temp.gc_live l ON c.digest = l.d WHERE c.base IS NOT NULL
-            """)
-        repeat { try bases.run() } while database.changes > 0
-        let dead = try statement("SELECT count(*), coalesce(sum(stored_length), 0) FROM chunks WHERE digest NOT IN (SELECT d FROM temp.gc_live)")
-            .firstRow([]) { ($0.int(0), $0.int(1)) } ?? (0, 0)
-        var live = [PackID: (count: Int, bytes: Int64)]()
-        for (pack, count, bytes) in try statement("SELECT pack_id, count(*), sum(stored_length) FROM chunks WHERE digest IN (SELECT d FROM temp.gc_live) GROUP BY pack_id").rows([], { ($0.text(0), Int($0.int(1)), $0.int(2)) }) {
-            if let id = PackID(hex: pack) { live[id] = (count, bytes + Int64(count * PackFormat.frameHeaderSize)) }
-        }
-        let packs = try packRows()
-        if !dryRun {
-            try database.execute("""
-                DELETE FROM checkpoint_chunks WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
-                DELETE FROM checkpoint_labels WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
-                DELETE FROM checkpoints WHERE id IN (SELECT id FROM temp.gc_deleted);
-                DELETE FROM chunks WHERE digest NOT IN (SELECT d FROM temp.gc_live);
-                """)
-        }
-        return SweepOutcome(deadChunks: Int(dead.0), deadBytes: dead.1 + dead.0 * Int64(PackFormat.frameHeaderSize), live: live, packs: packs)
-    }
-
 }

@@ -20,9 +20,9 @@ extension Catalogue {
     }
 
     /// Every chunk row.
-    func chunkLocations(where filter: String = "1", _ values: [SQLiteStatement.Value] = []) throws -> [ChunkLocation] {
-        try statement("SELECT digest, pack_id, offset, stored_length, raw_length, encoding, kind FROM chunks WHERE \(filter)")
-            .rows(values) { (row) throws in
+    func chunkLocations() throws -> [ChunkLocation] {
+        try statement("SELECT digest, pack_id, offset, stored_length, raw_length, encoding, kind FROM chunks")
+            .rows([]) { (row) throws in
                 guard let pack = PackID(hex: row.text(1)),
                       let encoding = FrameEncoding(rawValue: UInt8(truncatingIfNeeded: row.int(5))),
                       let kind = FrameKind(rawValue: UInt8(truncatingIfNeeded: row.int(6))) else {

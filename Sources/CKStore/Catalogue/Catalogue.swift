@@ -6,6 +6,8 @@ import CSQLite
 /// the commit protocol relies on (WAL, `synchronous=FULL` so that a commit is durable when it returns,
 /// foreign keys) and migrates the schema.
 final class Catalogue {
+    /// The connection. Only `Catalogue/` uses it: everything else asks typed questions (a layering test
+    /// checks that no SQL is written outside this folder).
     let database: SQLiteDatabase
     /// The schema version the catalogue had when opened (0 when it was created now).
     private(set) var openedVersion = 0
@@ -19,7 +21,7 @@ final class Catalogue {
             try database.execute("PRAGMA foreign_keys = ON")
             // Up to 256 MiB of page cache (used only as pages are touched): a large sweep then writes each
             // changed page to the WAL once instead of spilling the 2 MiB default over and over.
-            try database.execute("PRAGMA cache_size = -262144")
+            try database.execute("PRAGMA cache_size = -\(Self.pageCacheKiB)")
             openedVersion = try Schema.migrate(database)
         } catch let error as CKStoreError where error.code == .catalogue && error.message.contains("not a database") {
             throw CKStoreError(.damaged, "catalogue \(path) is damaged; run `ckstore repair` to rebuild it from the packs", cause: error)
@@ -34,18 +36,41 @@ final class Catalogue {
         return prepared
     }
 
-    // MARK: Chunks
+    // MARK: Transactions
 
-    /// Where a frame is stored.
-    struct ChunkLocation: Sendable, Equatable {
-        var digest: ChunkDigest
-        var pack: PackID
-        var offset: Int64
-        var storedLength: Int
-        var rawLength: Int
-        var encoding: FrameEncoding
-        var kind: FrameKind
+    /// Runs `body` in a transaction of `kind` that commits or rolls back as `body` says.
+    func transaction<T>(_ kind: TransactionKind, _ body: () throws -> TransactionCompletion<T>) throws -> T {
+        try database.transaction(kind, body)
     }
+
+    /// Runs `body` in an immediate (write) transaction and commits it.
+    func write<T>(_ body: () throws -> T) throws -> T {
+        try database.transaction(.immediate) { .commit(try body()) }
+    }
+
+    /// Runs `body` in a deferred transaction: every read in it sees one snapshot of the catalogue, whatever
+    /// other connections commit meanwhile.
+    func read<T>(_ body: () throws -> T) throws -> T {
+        try database.transaction(.deferred) { .commit(try body()) }
+    }
+
+    /// Folds the write-ahead log into the catalogue file, so that its size on disk reflects a sweep now.
+    func truncateLog() throws {
+        try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    }
+
+    /// Runs `body` with SQLite's page cache set to `kibibytes` (a one-pass read gains nothing from the
+    /// large cache a sweep wants).
+    func withPageCache<T>(kibibytes: Int, _ body: () throws -> T) throws -> T {
+        try database.execute("PRAGMA cache_size = -\(kibibytes)")
+        defer { try? database.execute("PRAGMA cache_size = -\(Self.pageCacheKiB)") }
+        return try body()
+    }
+
+    /// The page cache a catalogue connection runs with.
+    static let pageCacheKiB = 262_144
+
+    // MARK: Chunks
 
     func containsChunk(_ digest: ChunkDigest) throws -> Bool {
         try statement("SELECT 1 FROM chunks WHERE digest = ?").firstRow([.blob(digest.bytes)]) { _ in true } ?? false
@@ -66,25 +91,45 @@ final class Catalogue {
     /// Inserts a sealed pack and its frames. Frames whose digest is already catalogued (a concurrent put
     /// stored the same chunk) are left as dead duplicates; returns the bytes of the frames that were new.
     func insert(pack: SealedPack, now: Double) throws -> Int64 {
+        try insertPackRow(pack.id, size: pack.size, frameCount: pack.frames.count, now: now)
+        var added: Int64 = 0
+        for frame in pack.frames where try insertChunk(frame.header, pack: pack.id, offset: frame.offset) {
+            added += Int64(PackFormat.frameHeaderSize + frame.header.storedLength)
+        }
+        return added
+    }
+
+    /// Records a pack file; its frames are recorded by ``insertChunk(_:pack:offset:)``.
+    func insertPackRow(_ id: PackID, size: Int64, frameCount: Int, now: Double) throws {
         try statement("INSERT INTO packs (id, size, frame_count, created_at) VALUES (?, ?, ?, ?)")
-            .run([.text(pack.id.hex), .integer(pack.size), .integer(Int64(pack.frames.count)), .real(now)])
-        let insertChunk = try statement("""
+            .run([.text(id.hex), .integer(size), .integer(Int64(frameCount)), .real(now)])
+    }
+
+    /// Records the frame at `offset` of `pack` as where chunk `header.digest` is; false (and nothing
+    /// changed) when the chunk is catalogued already.
+    @discardableResult
+    func insertChunk(_ header: FrameHeader, pack: PackID, offset: Int64) throws -> Bool {
+        try statement("""
             INSERT OR IGNORE INTO chunks (digest, pack_id, offset, stored_length, raw_length, encoding, kind, base)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            """)
-        var added: Int64 = 0
-        for frame in pack.frames {
-            let header = frame.header
-            try insertChunk.run([
-                .blob(header.digest.bytes), .text(pack.id.hex), .integer(frame.offset), .integer(Int64(header.storedLength)),
+            """).run([
+                .blob(header.digest.bytes), .text(pack.hex), .integer(offset), .integer(Int64(header.storedLength)),
                 .integer(Int64(header.rawLength)), .integer(Int64(header.encoding.rawValue)), .integer(Int64(header.kind.rawValue)),
                 header.base.map { .blob($0.bytes) } ?? .null,
             ])
-            if database.changes > 0 {
-                added += Int64(PackFormat.frameHeaderSize + header.storedLength)
-            }
+        return database.changes > 0
+    }
+
+    /// Where a chunk and its bases are, down to its full frame or `limit + 1` frames, whichever is first.
+    func chainLocations(of digest: ChunkDigest, limit: Int) throws -> [ChunkLocation] {
+        let base = try statement("SELECT base FROM chunks WHERE digest = ?")
+        var out = [ChunkLocation]()
+        var current: ChunkDigest? = digest
+        while let digest = current, out.count <= limit, let location = try location(of: digest) {
+            out.append(location)
+            current = try base.firstRow([.blob(digest.bytes)]) { (row) throws -> ChunkDigest? in row.isNull(0) ? nil : try row.digest(0) } ?? nil
         }
-        return added
+        return out
     }
 
     // MARK: Runs

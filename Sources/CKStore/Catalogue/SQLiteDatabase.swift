@@ -49,17 +49,29 @@ final class SQLiteDatabase {
         return SQLiteStatement(handle: statement, database: self, sql: sql)
     }
 
-    /// Runs `body` in a transaction started with `mode` (`IMMEDIATE` takes the write lock at once);
-    /// commits when it returns, rolls back when it throws.
-    func transaction<T>(_ mode: String = "IMMEDIATE", _ body: () throws -> T) throws -> T {
-        try execute("BEGIN \(mode)")
+    /// Runs `body` in a transaction of `kind`; commits or rolls back as `body` says, and rolls back when
+    /// it throws. The value is returned either way, so a dry run is the same work, rolled back.
+    func transaction<T>(_ kind: TransactionKind, _ body: () throws -> TransactionCompletion<T>) throws -> T {
+        try execute("BEGIN \(kind.rawValue)")
+        let completion: TransactionCompletion<T>
         do {
-            let value = try body()
-            try execute("COMMIT")
-            return value
+            completion = try body()
         } catch {
             try? execute("ROLLBACK")
             throw error
+        }
+        switch completion {
+        case .commit(let value):
+            do {
+                try execute("COMMIT")
+            } catch {
+                try? execute("ROLLBACK")
+                throw error
+            }
+            return value
+        case .rollback(let value):
+            try execute("ROLLBACK")
+            return value
         }
     }
 
@@ -80,6 +92,19 @@ final class SQLiteDatabase {
         }
         return CKStoreError(.catalogue, "catalogue \(path): \(message)" + (sql.map { " [\($0.prefix(80))]" } ?? ""))
     }
+}
+
+/// How a transaction takes SQLite's locks: `deferred` on first use (readers), `immediate` takes the write
+/// lock at once, so that a writer never fails half-way on a lock it could not upgrade.
+enum TransactionKind: String, Sendable {
+    case deferred = "DEFERRED"
+    case immediate = "IMMEDIATE"
+}
+
+/// How a transaction ends, with the value it computed.
+enum TransactionCompletion<T> {
+    case commit(T)
+    case rollback(T)
 }
 
 /// Owns one prepared statement; finalizes it in `deinit`.
@@ -135,6 +160,9 @@ final class SQLiteStatement {
         default: throw database.error(code, database.lastErrorMessage, sql: sql)
         }
     }
+
+    /// Resets the statement after a partial scan, so that it holds no read lock.
+    func reset() { sqlite3_reset(handle) }
 
     /// Runs a statement that returns no rows.
     func run(_ values: [Value] = []) throws {

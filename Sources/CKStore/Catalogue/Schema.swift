@@ -24,10 +24,10 @@ enum Schema {
             )
         }
         for migration in migrations where migration.version > version {
-            try database.transaction {
-                () throws in
+            try database.transaction(.immediate) { () throws -> TransactionCompletion<Void> in
                 try database.execute(migration.sql)
                 try database.execute("PRAGMA user_version = \(migration.version)")
+                return .commit(())
             }
         }
         return version

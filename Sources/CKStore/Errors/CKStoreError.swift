@@ -59,6 +59,8 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
             case unsafePath
             case conflict
             case overBudget
+            case cancelled
+            case internalInvariant
         }
 
         private var wrapped: Wrapped
@@ -92,6 +94,10 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
         public static let conflict = Code(.conflict)
         /// The store cannot be brought under a storage budget without deleting protected checkpoints.
         public static let overBudget = Code(.overBudget)
+        /// The operation was cancelled (its task was); nothing it had not committed was kept.
+        public static let cancelled = Code(.cancelled)
+        /// ckstore broke one of its own rules: a bug, to be reported with the message.
+        public static let internalInvariant = Code(.internalInvariant)
 
         public var description: String { String(describing: wrapped) }
     }
@@ -117,9 +123,38 @@ import Darwin
 #endif
 
 extension CKStoreError {
-    /// `error` as a ``CKStoreError``: itself if it is one, else wrapped as an I/O failure.
+    /// `error` as a ``CKStoreError``: itself if it is one, `cancelled` for a cancellation, else wrapped
+    /// as an I/O failure.
     static func wrap(_ error: any Error) -> CKStoreError {
         if let error = error as? CKStoreError { return error }
+        if error is CancellationError { return CKStoreError(.cancelled, "cancelled", cause: error as (any Error & Sendable)) }
         return CKStoreError(.ioFailure, "\(error)", cause: error as (any Error & Sendable))
+    }
+
+    /// Runs `body`, turning whatever it throws into a ``CKStoreError``: a foreign error becomes an
+    /// I/O failure described as `what`, a cancellation becomes `cancelled` with `what` said.
+    static func wrapping<T>(_ what: @autoclosure () -> String, _ body: () async throws -> T) async throws(CKStoreError) -> T {
+        do {
+            return try await body()
+        } catch let error as CKStoreError {
+            throw error
+        } catch is CancellationError {
+            throw CKStoreError(.cancelled, "\(what()) was cancelled; nothing was committed")
+        } catch {
+            throw CKStoreError(.ioFailure, "\(what()) failed: \(error)", cause: error as (any Error & Sendable))
+        }
+    }
+
+    /// The synchronous form of ``wrapping(_:_:)``.
+    static func wrapping<T>(_ what: @autoclosure () -> String, _ body: () throws -> T) throws(CKStoreError) -> T {
+        do {
+            return try body()
+        } catch let error as CKStoreError {
+            throw error
+        } catch is CancellationError {
+            throw CKStoreError(.cancelled, "\(what()) was cancelled; nothing was committed")
+        } catch {
+            throw CKStoreError(.ioFailure, "\(what()) failed: \(error)", cause: error as (any Error & Sendable))
+        }
     }
 }

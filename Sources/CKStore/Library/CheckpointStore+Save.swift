@@ -17,7 +17,7 @@ extension CheckpointStore {
     /// - Returns: the checkpoint's id and what storing it cost.
     /// - Throws: ``CKStoreError``: `invalidArgument` for malformed tensors or names, `conflict` when the
     ///   run already has different contents at this step.
-    public func save(_ contents: CheckpointContents, level: CompressionLevel? = nil) async throws -> PutResult {
+    public func save(_ contents: CheckpointContents, level: CompressionLevel? = nil) async throws(CKStoreError) -> PutResult {
         var options = PutOptions(run: contents.run, step: contents.step)
         options.epoch = contents.epoch
         options.metrics = contents.metrics
@@ -25,14 +25,8 @@ extension CheckpointStore {
         options.metadata = contents.metadata
         options.compressionLevel = level
         let what = "\(contents.run)@\(contents.step)"
-        do {
-            return try await put(try contents.inputs(), options: options, describing: what, defaultStep: contents.step)
-        } catch let error as CKStoreError {
-            throw error
-        } catch is CancellationError {
-            throw CKStoreError(.ioFailure, "save of \(what) was cancelled; nothing was committed")
-        } catch {
-            throw CKStoreError(.ioFailure, "save of \(what) failed: \(error)")
+        return try await CKStoreError.wrapping("save of \(what)") {
+            try await put(try contents.inputs(), options: options, describing: what, defaultStep: contents.step)
         }
     }
 }

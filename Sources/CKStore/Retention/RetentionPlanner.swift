@@ -37,7 +37,7 @@ public enum RetentionPlanner {
     /// The decision for one run.
     public struct Plan: Sendable, Equatable {
         /// Kept checkpoints and the rules that keep each (`newest`, `pinned`, `keep-last`, …).
-        public var kept: [CheckpointID: [String]]
+        public var kept: [CheckpointID: [RetentionReason]]
         /// Checkpoints no rule keeps, oldest first.
         public var deleted: [CheckpointID]
         /// Kept checkpoints whose optimizer part is dropped.
@@ -48,16 +48,16 @@ public enum RetentionPlanner {
     public static func plan(_ policy: RetentionPolicy, _ candidates: [Candidate]) -> Plan {
         // Newest first: by step, then by time, then by id so that the order is total.
         let ordered = candidates.sorted { ($0.step, $0.createdAt, $0.id) > ($1.step, $1.createdAt, $1.id) }
-        var reasons = [CheckpointID: [String]]()
-        func keep(_ candidate: Candidate, _ reason: String) { reasons[candidate.id, default: []].append(reason) }
+        var reasons = [CheckpointID: [RetentionReason]]()
+        func keep(_ candidate: Candidate, _ reason: RetentionReason) { reasons[candidate.id, default: []].append(reason) }
 
-        if let newest = ordered.first { keep(newest, "newest") }
-        for candidate in ordered where candidate.pinned { keep(candidate, "pinned") }
+        if let newest = ordered.first { keep(newest, .newest) }
+        for candidate in ordered where candidate.pinned { keep(candidate, .pinned) }
         if !policy.hasKeepRules {
-            for candidate in ordered where reasons[candidate.id] == nil { keep(candidate, "no policy") }
+            for candidate in ordered where reasons[candidate.id] == nil { keep(candidate, .noPolicy) }
         }
         if let count = policy.keepLast {
-            for candidate in ordered.prefix(max(0, count)) { keep(candidate, "keep-last \(count)") }
+            for candidate in ordered.prefix(max(0, count)) { keep(candidate, .keepLast(count)) }
         }
         for best in policy.keepBest {
             let scored = ordered.filter { $0.metrics[best.metric]?.isFinite == true }
@@ -67,25 +67,25 @@ public enum RetentionPlanner {
                 if a != b { return best.order == .min ? a < b : a > b }
                 return lhs.offset < rhs.offset
             }.map(\.element)
-            for candidate in ranked.prefix(best.count) { keep(candidate, "keep-best \(best)") }
+            for candidate in ranked.prefix(best.count) { keep(candidate, .keepBest(best)) }
         }
         if let every = policy.keepEvery, every > 0 {
             var seen = Set<Int64>()
             for candidate in ordered {
                 let bucket = floorDivide(candidate.step, every)
-                if seen.insert(bucket).inserted { keep(candidate, "keep-every \(every)") }
+                if seen.insert(bucket).inserted { keep(candidate, .keepEvery(every)) }
             }
         }
         if let within = policy.keepWithin, let newest = ordered.map(\.createdAt).max() {
             for candidate in ordered where candidate.createdAt >= newest - within {
-                keep(candidate, "keep-within \(RetentionPolicy.formatDuration(within))")
+                keep(candidate, .keepWithin(seconds: within))
             }
         }
-        let calendar: [(String, Int?, Calendar.Component)] = [
-            ("keep-hourly", policy.keepHourly, .hour), ("keep-daily", policy.keepDaily, .day),
-            ("keep-weekly", policy.keepWeekly, .weekOfYear), ("keep-monthly", policy.keepMonthly, .month),
+        let calendar: [(RetentionReason.Period, Int?, Calendar.Component)] = [
+            (.hourly, policy.keepHourly, .hour), (.daily, policy.keepDaily, .day),
+            (.weekly, policy.keepWeekly, .weekOfYear), (.monthly, policy.keepMonthly, .month),
         ]
-        for (name, count, component) in calendar {
+        for (rule, count, component) in calendar {
             guard let count, count > 0 else { continue }
             // restic's semantics: walking from the newest, the first checkpoint of each period fills that
             // period's slot, until `count` periods have one. A checkpoint may fill slots of several rules.
@@ -94,14 +94,14 @@ public enum RetentionPlanner {
             for candidate in ordered.sorted(by: { ($0.createdAt, $0.step) > ($1.createdAt, $1.step) }) where filled < count {
                 let period = periodKey(candidate.createdAt, component)
                 if period != last {
-                    keep(candidate, "\(name) \(count)")
+                    keep(candidate, .periodic(rule, count))
                     last = period
                     filled += 1
                 }
             }
         }
         for tag in policy.keepTags {
-            for candidate in ordered where candidate.tags.contains(tag) { keep(candidate, "keep-tag \(tag)") }
+            for candidate in ordered where candidate.tags.contains(tag) { keep(candidate, .keepTag(tag)) }
         }
 
         let deleted = ordered.reversed().filter { reasons[$0.id] == nil }.map(\.id)
@@ -129,6 +129,42 @@ public enum RetentionPlanner {
         case .day: return "\(parts.year ?? 0)-\(parts.month ?? 0)-\(parts.day ?? 0)"
         case .weekOfYear: return "\(parts.yearForWeekOfYear ?? 0)-W\(parts.weekOfYear ?? 0)"
         default: return "\(parts.year ?? 0)-\(parts.month ?? 0)"
+        }
+    }
+}
+
+/// Why a retention plan keeps a checkpoint: one rule of its policy, or a rule no policy can turn off.
+/// Decisions compare these values; the text is for people and for `--json` (`keep-last 3`).
+public enum RetentionReason: Sendable, Hashable, CustomStringConvertible {
+    /// The newest checkpoint of its run: the resume point, always kept.
+    case newest
+    /// Pinned by the user.
+    case pinned
+    /// The run has no keep rules, so nothing is deleted: the one reason `gc --budget` may override.
+    case noPolicy
+    case keepLast(Int)
+    case keepBest(RetentionPolicy.Best)
+    case keepEvery(Int64)
+    case keepWithin(seconds: Double)
+    case periodic(Period, Int)
+    case keepTag(String)
+
+    /// The calendar periods of `keep-hourly` … `keep-monthly`.
+    public enum Period: String, Sendable, Hashable {
+        case hourly, daily, weekly, monthly
+    }
+
+    public var description: String {
+        switch self {
+        case .newest: "newest"
+        case .pinned: "pinned"
+        case .noPolicy: "no policy"
+        case .keepLast(let count): "keep-last \(count)"
+        case .keepBest(let best): "keep-best \(best)"
+        case .keepEvery(let every): "keep-every \(every)"
+        case .keepWithin(let seconds): "keep-within \(RetentionPolicy.formatDuration(seconds))"
+        case .periodic(let period, let count): "keep-\(period.rawValue) \(count)"
+        case .keepTag(let tag): "keep-tag \(tag)"
         }
     }
 }

@@ -13,7 +13,7 @@ import Foundation
 /// ```
 public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// Keep the best `count` checkpoints by a metric.
-    public struct Best: Codable, Sendable, Equatable, CustomStringConvertible {
+    public struct Best: Codable, Sendable, Hashable, CustomStringConvertible {
         /// Whether smaller or larger values are better.
         public enum Order: String, Codable, Sendable { case min, max }
         /// How many to keep.

@@ -24,21 +24,21 @@ extension CheckpointStore {
     /// catalogue shows them.
     func commitAnnotated<T: Sendable>(_ changes: [Annotation], _ body: (Catalogue) throws -> T) throws -> T {
         guard !changes.isEmpty else {
-            return try withCatalogue { catalogue in try catalogue.database.transaction { try body(catalogue) } }
+            return try withCatalogue { catalogue in try catalogue.write { try body(catalogue) } }
         }
         let now = Date().timeIntervalSince1970
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let codec = FrameCodec(level: .default, contexts: contexts)
-        let writer = try PackWriter(layout: layout)
+        let sink = PackSink(layout: layout, targetSize: .max)
         for (sequence, change) in changes.enumerated() {
             let bytes = Array(try encoder.encode(AnnotationRecord(time: now, sequence: sequence, change: change)))
-            try writer.append(try codec.encode(bytes, digest: SHA256Hasher.digest(bytes)), kind: .annotation)
+            try sink.append(try codec.encode(bytes, digest: SHA256Hasher.digest(bytes)), kind: .annotation)
         }
-        let sealed = try writer.seal()
+        let sealed = try sink.seal()
         return try withCatalogue { catalogue in
-            try catalogue.database.transaction {
-                _ = try catalogue.insert(pack: sealed, now: now)
+            try catalogue.write {
+                for pack in sealed { _ = try catalogue.insert(pack: pack, now: now) }
                 return try body(catalogue)
             }
         }

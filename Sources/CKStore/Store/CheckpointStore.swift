@@ -16,10 +16,10 @@ public final class CheckpointStore: Sendable {
     /// The store's folder.
     public let path: String
     let layout: StoreLayout
-    private let catalogue: LockedCatalogue
+    let catalogue: LockedCatalogue
     let contexts = ZstdContextPool()
     /// Frames read since the store was opened (tests check that partial reads stay partial).
-    let framesRead = Atomic<Int>(0)
+    let framesRead = FrameCounter()
 
     private init(layout: StoreLayout, catalogue: Catalogue) {
         self.path = layout.root
@@ -72,7 +72,7 @@ public final class CheckpointStore: Sendable {
         for (id, runID) in try withCatalogue({ try $0.checkpointsWithoutPieces() }) {
             guard let manifest = try? manifest(of: id) else { continue }
             try withCatalogue { catalogue in
-                try catalogue.database.transaction {
+                try catalogue.write {
                     try catalogue.recordPieces(of: id, runID: runID, manifest: manifest)
                     let tensors = try catalogue.droppedTensors(of: id).mapValues { Array($0) }
                     try catalogue.forgetPieces(of: id, paths: Array(try catalogue.droppedFiles(of: id).keys), tensors: tensors)
@@ -101,12 +101,7 @@ public final class CheckpointStore: Sendable {
 
     /// The checkpoints of one run, or of every run, ordered by run and step.
     public func list(run: String? = nil) throws -> [CheckpointSummary] {
-        try withCatalogue { (catalogue) throws in
-            if let run {
-                return try catalogue.summaries(where: "r.name = ?", [.text(run)])
-            }
-            return try catalogue.summaries()
-        }
+        try withCatalogue { (catalogue) throws in try catalogue.summaries(run: run) }
     }
 
     /// The catalogue's summary of one checkpoint.
@@ -128,109 +123,22 @@ public final class CheckpointStore: Sendable {
         system_keep_freed_memory(mmapThreshold: 16 << 20, trimThreshold: 512 << 20)
     }
 
+    /// The catalogue's chunk lookups, for the operations that need only those.
+    var chunkIndex: ChunkIndex { ChunkIndex(catalogue: catalogue) }
+
+    /// A reader of this store's chunks for one operation (it keeps the packs it opens until it goes).
+    func chunkReader() -> ChunkReader {
+        ChunkReader(index: chunkIndex, packs: PackReaderCache(layout: layout), contexts: contexts, counter: framesRead)
+    }
+
     /// Reads, checks and parses a checkpoint's manifest.
     public func manifest(of id: CheckpointID) throws -> Manifest {
-        let reader = PackReaderCache(layout: layout)
-        let bytes = try readChunk(id.digest, readers: reader, what: "manifest of checkpoint \(id.short)")
+        try manifest(of: id, reader: chunkReader())
+    }
+
+    /// Reads, checks and parses a checkpoint's manifest through `reader`.
+    func manifest(of id: CheckpointID, reader: ChunkReader) throws -> Manifest {
+        let bytes = try reader.read(id.digest, what: "manifest of checkpoint \(id.short)")
         return try Manifest.decode(bytes.array, id: id)
-    }
-
-    /// Reads one chunk: locate it, read its frame, decode it and check its digest.
-    func readChunk(_ digest: ChunkDigest, readers: PackReaderCache, what: @autoclosure () -> String) throws -> ChunkBytes {
-        guard let location = try withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else {
-            throw CKStoreError(.damaged, "\(what()): chunk \(digest) is not in the store")
-        }
-        return try readChunk(at: location, readers: readers, what: what())
-    }
-
-    /// Reads one chunk from where the catalogue says it is; damage is reported as `what: …`.
-    func readChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all, what: @autoclosure () -> String) throws -> ChunkBytes {
-        do {
-            return try loadChunk(at: location, readers: readers, checks: checks)
-        } catch {
-            // Failing I/O stays what it is (the data may be fine); everything else is damage.
-            let wrapped = CKStoreError.wrap(error)
-            let code: CKStoreError.Code = [.ioFailure, .noSpace].contains(wrapped.code) ? wrapped.code : .damaged
-            throw CKStoreError(code, "\(what()): \(wrapped.message)", cause: wrapped)
-        }
-    }
-
-    /// A delta chain longer than this is damage (a cycle, or frames no put writes): puts keep chains to
-    /// the store's maximum delta depth, which is far below.
-    static let hardChainLimit = 64
-
-    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one.
-    ///
-    /// Bases are checked with `checks` less `.digest`: when the decoded chunk is re-hashed, that covers
-    /// every bit of its bases too (a wrong base bit is a wrong output bit), so they need no check of their
-    /// own; with `.checksums`, every frame of the chain is checked.
-    func loadChunk(at location: Catalogue.ChunkLocation, readers: PackReaderCache, checks: ChunkChecks = .all, hops: Int = 0) throws -> ChunkBytes {
-        let reader = try readers.reader(for: location.pack)
-        framesRead.add(1, ordering: .relaxed)
-        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checks.contains(.checksums))
-        let codec = FrameCodec(level: .default, contexts: contexts)
-        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
-            guard let base = header.base else { throw CKStoreError(.damaged, "chunk \(location.digest) is a delta frame without a base") }
-            guard hops < Self.hardChainLimit else {
-                throw CKStoreError(.damaged, "chunk \(location.digest): its delta chain is longer than \(Self.hardChainLimit) frames (a cycle?)")
-            }
-            guard let baseLocation = try withCatalogue({ (catalogue) throws in try catalogue.location(of: base) }) else {
-                throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
-            }
-            return try loadChunk(at: baseLocation, readers: readers, checks: checks.subtracting(.digest), hops: hops + 1)
-        }
-        if header.encoding != .raw { payload.releaseMapping() }
-        guard !checks.contains(.digest) || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
-            throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
-        }
-        return bytes
-    }
-}
-
-/// What reading a chunk checks.
-struct ChunkChecks: OptionSet, Sendable {
-    let rawValue: UInt8
-
-    /// Each frame's checksum: the stored bytes (header and payload) are the ones written.
-    static let checksums = ChunkChecks(rawValue: 1)
-    /// The decoded bytes' SHA-256 against the chunk's digest: what was stored decodes to what was put.
-    static let digest = ChunkChecks(rawValue: 2)
-    /// Both: what `verify --full` and single reads do.
-    static let all: ChunkChecks = [.checksums, .digest]
-}
-
-/// The catalogue connection and the lock that serializes its use.
-final class LockedCatalogue: @unchecked Sendable {
-    // `catalogue` is only touched while `lock` is held; each call holds it only for its SQL.
-    private let lock = Mutex<Void>(())
-    private let catalogue: Catalogue
-
-    init(_ catalogue: Catalogue) { self.catalogue = catalogue }
-
-    func with<T: Sendable>(_ body: (Catalogue) throws -> T) throws -> T {
-        try lock.withLock { _ in try body(catalogue) }
-    }
-}
-
-/// Opens each pack once per operation and shares the reader between tasks. A pack that failed to open
-/// stays failed for the operation: a later use gets the same error instead of quietly retrying (a
-/// prefetch that hit a failing disk must not hide it from the read that follows).
-final class PackReaderCache: Sendable {
-    private let layout: StoreLayout
-    // Open readers and failed opens by pack, protected by this mutex.
-    private let readers = Mutex<[PackID: Result<PackReader, CKStoreError>]>([:])
-
-    init(layout: StoreLayout) { self.layout = layout }
-
-    func reader(for id: PackID) throws -> PackReader {
-        if let known = readers.withLock({ $0[id] }) { return try known.get() }
-        let opened: Result<PackReader, CKStoreError>
-        do {
-            opened = .success(try PackReader(id: id, path: layout.packPath(id)))
-        } catch {
-            opened = .failure(CKStoreError.wrap(error))
-        }
-        readers.withLock { $0[id] = opened }
-        return try opened.get()
     }
 }

@@ -29,42 +29,6 @@ public struct StoreSettings: Sendable, Equatable {
     }
 }
 
-extension Catalogue {
-    /// Where a chunk and its bases are, down to its full frame or `limit + 1` frames, whichever is first.
-    func chainLocations(of digest: ChunkDigest, limit: Int) throws -> [ChunkLocation] {
-        let base = try statement("SELECT base FROM chunks WHERE digest = ?")
-        var out = [ChunkLocation]()
-        var current: ChunkDigest? = digest
-        while let digest = current, out.count <= limit, let location = try location(of: digest) {
-            out.append(location)
-            current = try base.firstRow([.blob(digest.bytes)]) { (row) throws -> ChunkDigest? in row.isNull(0) ? nil : try row.digest(0) } ?? nil
-        }
-        return out
-    }
-
-    func settings() throws -> StoreSettings {
-        var settings = StoreSettings.defaults
-        let rows = try statement("SELECT key, value FROM settings").rows([]) { ($0.text(0), $0.text(1)) }
-        for (key, value) in rows {
-            switch key {
-            case "compression_level":
-                if let level = Int(value).flatMap(CompressionLevel.init) { settings.compressionLevel = level }
-            case "max_delta_depth":
-                if let depth = Int(value), (0...StoreSettings.maxDeltaDepthLimit).contains(depth) { settings.maxDeltaDepth = depth }
-            default:
-                continue
-            }
-        }
-        return settings
-    }
-
-    func save(_ settings: StoreSettings) throws {
-        let upsert = try statement("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-        try upsert.run([.text("compression_level"), .text(String(settings.compressionLevel.rawValue))])
-        try upsert.run([.text("max_delta_depth"), .text(String(settings.maxDeltaDepth))])
-    }
-}
-
 extension CheckpointStore {
     /// The store's settings.
     public func settings() throws -> StoreSettings {
@@ -76,6 +40,6 @@ extension CheckpointStore {
     /// - Throws: `invalidArgument` for a delta depth outside 0…``StoreSettings/maxDeltaDepthLimit``.
     public func updateSettings(_ settings: StoreSettings) throws {
         try StoreSettings.checkDeltaDepth(settings.maxDeltaDepth)
-        try withCatalogue { catalogue in try catalogue.database.transaction { try catalogue.save(settings) } }
+        try withCatalogue { catalogue in try catalogue.write { try catalogue.save(settings) } }
     }
 }

@@ -54,14 +54,8 @@ extension CheckpointStore {
     /// - Parameters:
     ///   - path: the store's folder.
     ///   - dryRun: report what would be done, change nothing.
-    public static func repair(at path: String, dryRun: Bool = false) async throws -> RepairReport {
-        do {
-            return try repairChecked(at: path, dryRun: dryRun)
-        } catch let error as CKStoreError {
-            throw error
-        } catch {
-            throw CKStoreError.wrap(error)
-        }
+    public static func repair(at path: String, dryRun: Bool = false) async throws(CKStoreError) -> RepairReport {
+        try CKStoreError.wrapping("repair of \(path)") { try repairChecked(at: path, dryRun: dryRun) }
     }
 
     private static func repairChecked(at path: String, dryRun: Bool) throws -> RepairReport {
@@ -106,17 +100,14 @@ extension CheckpointStore {
         var newPacks = [SealedPack]()
         let damagedPacks = scan.filter { !$0.isIntact }
         if !damagedPacks.isEmpty && !dryRun {
-            var writer: PackWriter?
+            let copier = FrameCopier(packs: PackReaderCache(layout: layout), sink: PackSink(layout: layout))
             for pack in damagedPacks {
                 for frame in pack.intact {
-                    let current = try writer ?? PackWriter(layout: layout)
-                    writer = current
-                    let payload = pack.reader.frameBytes(Int(frame.offset) + PackFormat.frameHeaderSize ..< Int(frame.offset) + PackFormat.frameHeaderSize + frame.header.storedLength).array
-                    let written = try current.append(EncodedChunk(digest: frame.header.digest, encoding: frame.header.encoding, rawLength: frame.header.rawLength, payload: payload, base: frame.header.base), kind: frame.header.kind)
-                    moved[frame.header.digest] = (current.id, written.offset)
+                    let copy = try copier.copy(ChunkLocation(frame.header, pack: pack.id, offset: frame.offset))
+                    moved[frame.header.digest] = (copy.pack, copy.offset)
                 }
             }
-            if let writer { newPacks.append(try writer.seal()) }
+            newPacks = try copier.sink.seal()
             try FileSystem.createDirectory(layout.quarantineRoot)
             for pack in damagedPacks {
                 try FileSystem.rename(layout.packPath(pack.id), layout.quarantineRoot + "/" + pack.id.hex + ".pack")
@@ -157,45 +148,34 @@ extension CheckpointStore {
 
     private static func scanPacks(_ layout: StoreLayout) throws -> [ScannedPack] {
         var found = [(id: PackID, reader: PackReader, frames: [PackWriter.WrittenFrame], damage: [String], trailerIntact: Bool)]()
-        for folder in try FileSystem.contents(of: layout.packsRoot) where FileSystem.isDirectory(layout.packsRoot + "/" + folder) {
-            for name in try FileSystem.contents(of: layout.packsRoot + "/" + folder) where name.hasSuffix(".pack") {
-                guard let id = PackID(hex: String(name.dropLast(5))) else { continue }
-                let reader = try PackReader(id: id, path: layout.packPath(id))
-                var frames: [PackWriter.WrittenFrame]
-                var damage = [String]()
-                var trailerIntact = true
-                do {
-                    frames = try reader.readTrailer()
-                } catch {
-                    trailerIntact = false
-                    damage.append(CKStoreError.wrap(error).message)
-                    let walk = try reader.walkFrames()
-                    frames = walk.frames
-                    damage += walk.damage.map { "offset \($0.offset): \($0.reason)" }
-                }
-                found.append((id, reader, frames, damage, trailerIntact))
+        let packs = PackReaderCache(layout: layout)
+        for entry in try PackDirectory(layout: layout).entries() {
+            guard let id = entry.id else { continue }
+            let reader = try packs.reader(for: id)
+            var frames: [PackWriter.WrittenFrame]
+            var damage = [String]()
+            var trailerIntact = true
+            do {
+                frames = try reader.readTrailer()
+            } catch {
+                trailerIntact = false
+                damage.append(CKStoreError.wrap(error).message)
+                let walk = try reader.walkFrames()
+                frames = walk.frames
+                damage += walk.damage.map { "offset \($0.offset): \($0.reason)" }
             }
+            found.append((id, reader, frames, damage, trailerIntact))
         }
         // Every frame is decoded and its SHA-256 checked; a delta frame decodes through its base, found
         // in whichever pack holds it.
-        var framesByDigest = [ChunkDigest: (reader: PackReader, frame: PackWriter.WrittenFrame)]()
+        var framesByDigest = [ChunkDigest: ChunkLocation]()
         for pack in found {
-            for frame in pack.frames { framesByDigest[frame.header.digest] = (pack.reader, frame) }
+            for frame in pack.frames { framesByDigest[frame.header.digest] = ChunkLocation(frame.header, pack: pack.id, offset: frame.offset) }
         }
-        let codec = FrameCodec(level: .default)
-        func decode(_ reader: PackReader, _ frame: PackWriter.WrittenFrame, hops: Int) throws -> ChunkBytes {
-            let (header, payload) = try reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
-            let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
-                guard let base = header.base, let located = framesByDigest[base] else {
-                    throw CKStoreError(.damaged, "chunk \(header.digest) is a delta against chunk \(header.base.map(String.init(describing:)) ?? "(none)"), which no pack holds")
-                }
-                guard hops < CheckpointStore.hardChainLimit else { throw CKStoreError(.damaged, "chunk \(header.digest): delta chain too long (a cycle?)") }
-                return try decode(located.reader, located.frame, hops: hops + 1)
-            }
-            guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == header.digest else {
-                throw CKStoreError(.damaged, "pack \(reader.id): chunk \(header.digest) at offset \(frame.offset) decodes to other bytes")
-            }
-            return bytes
+        let reader = ChunkReader(index: ScannedFrames(locations: framesByDigest), packs: packs)
+        func decode(_ pack: PackID, _ frame: PackWriter.WrittenFrame) throws {
+            let location = ChunkLocation(frame.header, pack: pack, offset: frame.offset)
+            _ = try reader.read(at: location, what: "pack \(pack): chunk \(frame.header.digest) at offset \(frame.offset)")
         }
         var out = [ScannedPack]()
         for pack in found {
@@ -203,7 +183,7 @@ extension CheckpointStore {
             var damage = pack.damage
             for frame in pack.frames {
                 do {
-                    _ = try decode(pack.reader, frame, hops: 0)
+                    try decode(pack.id, frame)
                     intact.append(frame)
                 } catch {
                     damage.append(CKStoreError.wrap(error).message)
@@ -236,15 +216,12 @@ extension CheckpointStore {
         report.droppedChunks = drop.sorted()
         let stalePacks = try catalogue.packRows().map(\.id).filter { !packsOnDisk.contains($0) || quarantined.contains($0) }
         if !dryRun {
-            try catalogue.database.transaction {
+            try catalogue.write {
                 let now = Date().timeIntervalSince1970
                 for pack in newPacks { _ = try catalogue.insert(pack: pack, now: now) }
-                let delete = try catalogue.statement("DELETE FROM chunks WHERE digest = ?")
-                for digest in drop { try delete.run([.blob(digest.bytes)]) }
-                let move = try catalogue.statement("UPDATE chunks SET pack_id = ?, offset = ? WHERE digest = ?")
-                for (digest, pack, offset) in relocate { try move.run([.text(pack.hex), .integer(offset), .blob(digest.bytes)]) }
-                let deletePack = try catalogue.statement("DELETE FROM packs WHERE id = ?")
-                for pack in stalePacks { try deletePack.run([.text(pack.hex)]) }
+                for digest in drop { try catalogue.deleteChunk(digest) }
+                for (digest, pack, offset) in relocate { try catalogue.relocateChunk(digest, to: pack, offset: offset) }
+                for pack in stalePacks { try catalogue.deletePackRow(pack) }
             }
         }
         let missing = Set(drop)
@@ -324,29 +301,19 @@ extension CheckpointStore {
             report.damagedCatalogueMovedTo = aside
         }
         let catalogue = try Catalogue(path: layout.cataloguePath)
-        try catalogue.database.transaction {
+        try catalogue.write {
             let now = Date().timeIntervalSince1970
             var packRows = [PackID: SealedPack]()
             for pack in scan where pack.isIntact {
                 packRows[pack.id] = SealedPack(id: pack.id, size: pack.size, frames: [])
             }
             for pack in newPacks { packRows[pack.id] = SealedPack(id: pack.id, size: pack.size, frames: []) }
-            let insertPack = try catalogue.statement("INSERT INTO packs (id, size, frame_count, created_at) VALUES (?, ?, ?, ?)")
             for (id, pack) in packRows {
                 let frames = intact.values.filter { $0.pack == id }.count
-                try insertPack.run([.text(id.hex), .integer(pack.size), .integer(Int64(frames)), .real(now)])
+                try catalogue.insertPackRow(id, size: pack.size, frameCount: frames, now: now)
             }
-            let insertChunk = try catalogue.statement("""
-                INSERT OR IGNORE INTO chunks (digest, pack_id, offset, stored_length, raw_length, encoding, kind, base)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """)
-            for (digest, frame) in intact where packRows[frame.pack] != nil {
-                let header = frame.header
-                try insertChunk.run([
-                    .blob(digest.bytes), .text(frame.pack.hex), .integer(frame.offset), .integer(Int64(header.storedLength)),
-                    .integer(Int64(header.rawLength)), .integer(Int64(header.encoding.rawValue)), .integer(Int64(header.kind.rawValue)),
-                    header.base.map { .blob($0.bytes) } ?? .null,
-                ])
+            for (_, frame) in intact where packRows[frame.pack] != nil {
+                try catalogue.insertChunk(frame.header, pack: frame.pack, offset: frame.offset)
             }
             // Bytes each checkpoint added: the frames it was the first (oldest) to need.
             var attributed = Set<ChunkDigest>()
@@ -373,7 +340,7 @@ extension CheckpointStore {
                 case .tag(let id, let tag, let present) where try catalogue.summary(of: id) != nil: try catalogue.setTag(id, tag, present)
                 case .remove(let id): try catalogue.deleteCheckpoint(id)
                 case .drop(let id, let paths, let part, let tensors) where try catalogue.summary(of: id) != nil:
-                    if let manifest = byID[id] { try catalogue.drop(paths, tensors: tensors ?? [:], part: part, from: id, manifest: manifest) }
+                    if let manifest = byID[id] { try catalogue.drop(paths, tensors: tensors ?? [:], part: CheckpointPart(rawValue: part) ?? .optimizer, from: id, manifest: manifest) }
                 default: continue
                 }
             }

@@ -1,3 +1,4 @@
+public import CKStore
 import Foundation
 
 extension AuditReport {

@@ -12,7 +12,7 @@ public enum SyntheticCatalogue {
         let store = try CheckpointStore.open(at: path, create: true)
         let chunkSize = 1 << 20, storedSize = (1 << 20) - 4096
         try store.withCatalogue { catalogue in
-            try catalogue.database.transaction {
+            try catalogue.write {
                 var counter: UInt64 = 0
                 // Uniformly distributed, like real SHA-256 digests (a counter would make every digest share
                 // its first words, which is all a digest's hash looks at).

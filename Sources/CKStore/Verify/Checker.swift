@@ -10,14 +10,8 @@ extension CheckpointStore {
     ///
     /// - Returns: a report whose `ok` is false when any chunk a checkpoint needs is damaged or missing,
     ///   a pack disagrees with the catalogue, a manifest does not parse, or SQLite finds a problem.
-    public func verify(_ options: VerifyOptions = VerifyOptions()) async throws -> VerifyReport {
-        do {
-            return try await verifyChecked(options)
-        } catch let error as CKStoreError {
-            throw error
-        } catch {
-            throw CKStoreError.wrap(error)
-        }
+    public func verify(_ options: VerifyOptions = VerifyOptions()) async throws(CKStoreError) -> VerifyReport {
+        try await CKStoreError.wrapping("verify") { try await verifyChecked(options) }
     }
 
     private func verifyChecked(_ options: VerifyOptions) async throws -> VerifyReport {
@@ -32,7 +26,7 @@ extension CheckpointStore {
         let (catalogueProblems, packs, locations, needed) = try withCatalogue { catalogue in
             let problems = byCheckpoint ? [] : try catalogue.integrityProblems()
             let needed = try catalogue.referencedDigests(of: byCheckpoint ? options.checkpoints : nil)
-            var locations = [ChunkDigest: Catalogue.ChunkLocation]()
+            var locations = [ChunkDigest: ChunkLocation]()
             for location in try catalogue.chunkLocations() where !byCheckpoint || needed.contains(location.digest) {
                 locations[location.digest] = location
             }
@@ -46,9 +40,10 @@ extension CheckpointStore {
         // Packs: present, of the recorded size, with a trailer that lists every catalogued frame as catalogued.
         let packsInUse = Set(locations.values.map(\.pack))
         let packsToCheck = byCheckpoint ? packs.filter { packsInUse.contains($0.id) } : packs
-        var byPack = [PackID: [Catalogue.ChunkLocation]]()
+        var byPack = [PackID: [ChunkLocation]]()
         for location in locations.values { byPack[location.pack, default: []].append(location) }
-        let readers = PackReaderCache(layout: layout)
+        let chunkReader = chunkReader()
+        let readers = chunkReader.packs
         var unreadablePacks = Set<PackID>()
         for pack in packsToCheck {
             let rows = byPack[pack.id] ?? []
@@ -89,7 +84,7 @@ extension CheckpointStore {
         }
 
         // Full checks: every frame of the chosen packs read, checksummed, decoded and re-hashed.
-        var fullRows = [Catalogue.ChunkLocation]()
+        var fullRows = [ChunkLocation]()
         var mode = "quick"
         switch (byCheckpoint, options.depth) {
         case (true, _):
@@ -112,7 +107,7 @@ extension CheckpointStore {
         var checked = 0
         var storedBytes: Int64 = 0
         var logicalBytes: Int64 = 0
-        try await withThrowingTaskGroup(of: (Catalogue.ChunkLocation, String?).self) { group in
+        try await withThrowingTaskGroup(of: (ChunkLocation, String?).self) { group in
             var next = 0
             var inFlight = 0
             while next < fullRows.count || inFlight > 0 {
@@ -122,7 +117,7 @@ extension CheckpointStore {
                     inFlight += 1
                     group.addTask {
                         do {
-                            let bytes = try self.loadChunk(at: location, readers: readers, checks: .all)
+                            let bytes = try chunkReader.decode(at: location, checks: .all)
                             bytes.releaseMapping()
                             return (location, nil)
                         } catch {
@@ -144,7 +139,7 @@ extension CheckpointStore {
         var manifests = [CheckpointID: Manifest]()
         for id in checkpoints where damaged[id.digest] == nil && missing[id.digest] == nil {
             do {
-                manifests[id] = try manifest(of: id)
+                manifests[id] = try manifest(of: id, reader: chunkReader)
             } catch {
                 damaged[id.digest] = CKStoreError.wrap(error).message
             }

@@ -45,9 +45,9 @@ final class TensorEncoder: Sendable {
 
     static let probeInterval = 16
 
-    private let store: CheckpointStore
+    private let index: ChunkIndex
+    private let reader: ChunkReader
     private let codec: FrameCodec
-    private let readers: PackReaderCache
     private let maxDepth: Int
     /// The parent checkpoint's tensors by file path and tensor name.
     private let parent: [String: [String: ParentTensor]]
@@ -55,10 +55,11 @@ final class TensorEncoder: Sendable {
     /// The bases the frames of this put name; the commit checks they are still there.
     let bases = Mutex<Set<ChunkDigest>>([])
 
-    init(store: CheckpointStore, codec: FrameCodec, maxDepth: Int, parent: Manifest?) {
-        self.store = store
+    /// An encoder that finds delta bases through `index` and reads them with `reader`.
+    init(index: ChunkIndex, reader: ChunkReader, codec: FrameCodec, maxDepth: Int, parent: Manifest?) {
+        self.index = index
+        self.reader = reader
         self.codec = codec
-        self.readers = PackReaderCache(layout: store.layout)
         self.maxDepth = maxDepth
         var index = [String: [String: ParentTensor]]()
         for file in parent?.files ?? [] {
@@ -89,11 +90,11 @@ final class TensorEncoder: Sendable {
     func prefetchBase(for place: TensorPlace, length: Int) {
         guard place.index == 0 || hints.withLock({ $0[Self.fileKey(place.file, width: place.elementWidth)]?.deltaWins }) != false,
               let base = baseChunk(for: place, length: length) else { return }
-        let chain = (try? store.withCatalogue { (catalogue) throws in try catalogue.chainLocations(of: base.digest, limit: maxDepth) }) ?? []
+        let chain = (try? index.chain(of: base.digest, limit: maxDepth)) ?? []
         // A chain already at the maximum depth is not decoded (the chunk becomes a keyframe).
-        guard let depth = Self.depth(of: chain), depth < maxDepth else { return }
+        guard let depth = ChunkIndex.depth(of: chain), depth < maxDepth else { return }
         for location in chain {
-            try? readers.reader(for: location.pack).prefetch(offset: location.offset, storedLength: location.storedLength)
+            try? reader.packs.reader(for: location.pack).prefetch(offset: location.offset, storedLength: location.storedLength)
         }
     }
 
@@ -169,13 +170,7 @@ final class TensorEncoder: Sendable {
     /// How many delta frames lie between the base and a full frame, or nil when that is more than
     /// `maxDepth` (or a chunk on the way is missing).
     private func baseDepth(_ digest: ChunkDigest) throws -> Int? {
-        Self.depth(of: try store.withCatalogue { (catalogue) throws in try catalogue.chainLocations(of: digest, limit: maxDepth) })
-    }
-
-    /// The depth of a chain from ``Catalogue/chainLocations(of:limit:)``: nil unless it ends in a full frame.
-    private static func depth(of chain: [Catalogue.ChunkLocation]) -> Int? {
-        guard let last = chain.last, !last.encoding.hasBase else { return nil }
-        return chain.count - 1
+        try index.depth(of: digest, limit: maxDepth)
     }
 
     private static func learn(_ outcome: PlaneOutcome, into planes: inout [Bool]) {
@@ -187,12 +182,12 @@ final class TensorEncoder: Sendable {
     /// The base chunk's bytes. A base that is gone (a concurrent gc took it) or
     /// damaged means no delta, and `verify` reports the damage; failing I/O fails the put.
     private func loadBase(_ digest: ChunkDigest) throws -> ChunkBytes? {
-        guard let location = try store.withCatalogue({ (catalogue) throws in try catalogue.location(of: digest) }) else { return nil }
+        guard let location = try index.location(of: digest) else { return nil }
         do {
             // Checksums, not SHA-256: a delta only needs its base to decode to the same bytes on restore,
             // where the SHA-256 of the chunk built on it covers them; re-hashing every base would cost a
             // third of a put.
-            return try store.loadChunk(at: location, readers: readers, checks: .checksums)
+            return try reader.decode(at: location, checks: .checksums)
         } catch let error as CKStoreError where error.code == .damaged {
             return nil
         }

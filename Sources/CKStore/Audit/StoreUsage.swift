@@ -60,11 +60,20 @@ struct StoreUsage {
 
     /// Reads the whole catalogue; with `packs`, also which pack holds each chunk (``chunkPacks``).
     static func load(_ catalogue: Catalogue, layout: StoreLayout, packs withPacks: Bool = false) throws -> StoreUsage {
+        var usage = StoreUsage()
         // One pass over every table gains nothing from the 256 MiB page cache gc's sweep wants; keep the
         // audit's memory to its arrays.
-        try catalogue.database.execute("PRAGMA cache_size = -16384")
-        defer { try? catalogue.database.execute("PRAGMA cache_size = -262144") }
-        var usage = StoreUsage()
+        try catalogue.withPageCache(kibibytes: 16_384) {
+            try read(catalogue, into: &usage, packs: withPacks)
+        }
+        usage.catalogueBytes = ["", "-wal"].reduce(Int64(0)) { total, suffix in
+            total + FileSystem.size(of: layout.cataloguePath + suffix)
+        }
+        return usage
+    }
+
+    /// Fills `usage` from the catalogue's tables, one pass each.
+    private static func read(_ catalogue: Catalogue, into usage: inout StoreUsage, packs withPacks: Bool) throws {
         let summaries = try catalogue.summaries()
         var runIndex = [String: Int]()
         var checkpointIndex = [CheckpointID: Int]()
@@ -80,22 +89,21 @@ struct StoreUsage {
             checkpointIndex[summary.id] = usage.checkpoints.count
             usage.checkpoints.append(Checkpoint(summary: summary, run: run, logicalBytes: summary.logicalBytes, chunks: []))
         }
-        for (id, bytes) in try catalogue.statement("SELECT checkpoint_id, sum(logical_bytes) FROM checkpoint_labels GROUP BY checkpoint_id")
-            .rows([], { (row) throws in (CheckpointID(try row.digest(0)), row.int(1)) }) {
+        for (id, bytes) in try catalogue.logicalBytesByCheckpoint() {
             if let index = checkpointIndex[id] { usage.checkpoints[index].logicalBytes = bytes }
         }
 
         // Label ids are small row ids: an array maps them to positions.
         var labelIndex = [Int32]()
         func position(ofLabel id: Int64) -> Int32 { id >= 0 && id < labelIndex.count ? labelIndex[Int(id)] : none }
-        for (id, label) in try catalogue.statement("SELECT l.id, r.name, l.path, l.tensor FROM labels l JOIN runs r ON r.id = l.run_id ORDER BY l.id")
-            .rows([], { ($0.int(0), Label(run: $0.text(1), path: $0.text(2), tensor: $0.text(3))) }) where id >= 0 && id < 1 << 31 {
+        for row in try catalogue.labelRows() where row.id >= 0 && row.id < 1 << 31 {
+            let id = row.id, label = Label(run: row.run, path: row.path, tensor: row.tensor)
             if labelIndex.count <= Int(id) { labelIndex += Array(repeating: none, count: Int(id) + 1 - labelIndex.count) }
             labelIndex[Int(id)] = Int32(usage.labels.count)
             usage.labels.append(label)
         }
         usage.labelLogicalBytes = Array(repeating: 0, count: usage.labels.count)
-        for (label, bytes) in try catalogue.statement("SELECT label, sum(logical_bytes) FROM checkpoint_labels GROUP BY label").rows([], { ($0.int(0), $0.int(1)) }) {
+        for (label, bytes) in try catalogue.logicalBytesByLabel() {
             let index = position(ofLabel: label)
             if index >= 0 { usage.labelLogicalBytes[Int(index)] += bytes }
         }
@@ -108,38 +116,33 @@ struct StoreUsage {
 
         var baseDigests = [(Int32, ChunkDigest)]()
         // Which pack holds a chunk costs a string per row; only budget planning needs it.
-        let chunks = try catalogue.statement("SELECT digest, stored_length, raw_length, kind, base, label\(withPacks ? ", pack_id" : "") FROM chunks")
-        try chunks.bind([])
-        while try chunks.step() {
+        try catalogue.forEachChunkRow(withPacks: withPacks) { row in
             let index = Int32(usage.digests.count)
-            usage.digests.append(try chunks.digest(0))
-            usage.frameBytes.append(chunks.int(1) + Int64(PackFormat.frameHeaderSize))
-            usage.rawBytes.append(chunks.int(2))
-            usage.kinds.append(FrameKind(rawValue: UInt8(truncatingIfNeeded: chunks.int(3))) ?? .chunk)
-            if !chunks.isNull(4) { baseDigests.append((index, try chunks.digest(4))) }
-            usage.chunkLabels.append(chunks.isNull(5) ? none : position(ofLabel: chunks.int(5)))
-            if withPacks { usage.chunkPacks.append(packIndex[chunks.text(6)] ?? none) }
+            usage.digests.append(row.digest)
+            usage.frameBytes.append(row.storedLength + Int64(PackFormat.frameHeaderSize))
+            usage.rawBytes.append(row.rawLength)
+            usage.kinds.append(row.kind)
+            if let base = row.base { baseDigests.append((index, base)) }
+            usage.chunkLabels.append(row.label.map { position(ofLabel: $0) } ?? none)
+            if withPacks { usage.chunkPacks.append(packIndex[row.pack] ?? none) }
         }
         usage.digestIndex = DigestIndex(usage.digests)
         usage.bases = Array(repeating: none, count: usage.digests.count)
         for (index, base) in baseDigests { usage.bases[Int(index)] = usage.number(of: base) ?? none }
 
         // References come in primary-key order, so one checkpoint's rows are consecutive.
-        let references = try catalogue.statement("SELECT checkpoint_id, digest FROM checkpoint_chunks")
-        try references.bind([])
         var current: (id: CheckpointID, index: Int?)?
         var list = [Int32]()
         func flush() {
             if let index = current?.index { usage.checkpoints[index].chunks = list }
             list.removeAll(keepingCapacity: true)
         }
-        while try references.step() {
-            let id = CheckpointID(try references.digest(0))
+        try catalogue.forEachReference { id, digest in
             if current?.id != id {
                 flush()
                 current = (id, checkpointIndex[id])
             }
-            if let chunk = usage.number(of: try references.digest(1)) {
+            if let chunk = usage.number(of: digest) {
                 list.append(chunk)
             } else {
                 usage.missingReferences += 1
@@ -147,10 +150,6 @@ struct StoreUsage {
         }
         flush()
 
-        usage.catalogueBytes = ["", "-wal"].reduce(Int64(0)) { total, suffix in
-            total + FileSystem.size(of: layout.cataloguePath + suffix)
-        }
-        return usage
     }
 
     /// For every chunk, the one checkpoint that needs it, ``shared`` or ``none``; likewise by run. A
@@ -277,7 +276,7 @@ struct UsageSimulation {
     private func size(ofPack pack: Int) -> Int64 {
         if packLive[pack].frames == 0 { return 0 }
         if packAllLive[pack] { return usage.packs[pack].size }
-        return CheckpointStore.packSize(frames: packLive[pack].frames, frameBytes: packLive[pack].bytes)
+        return GCPlan.packSize(frames: packLive[pack].frames, frameBytes: packLive[pack].bytes)
     }
 
     /// Deletes one more checkpoint.

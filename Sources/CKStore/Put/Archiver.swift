@@ -23,16 +23,8 @@ extension CheckpointStore {
     /// - Returns: the new checkpoint's id and what the put cost.
     /// - Throws: ``CKStoreError`` naming the file concerned; `conflict` when the run already has a
     ///   different checkpoint at this step.
-    public func put(directory: String, options: PutOptions) async throws -> PutResult {
-        do {
-            return try await putChecked(directory: directory, options: options)
-        } catch let error as CKStoreError {
-            throw error
-        } catch is CancellationError {
-            throw CKStoreError(.ioFailure, "put of \(directory) was cancelled; nothing was committed")
-        } catch {
-            throw CKStoreError(.ioFailure, "put of \(directory) failed: \(error)")
-        }
+    public func put(directory: String, options: PutOptions) async throws(CKStoreError) -> PutResult {
+        try await CKStoreError.wrapping("put of \(directory)") { try await putChecked(directory: directory, options: options) }
     }
 
     private func putChecked(directory: String, options: PutOptions) async throws -> PutResult {
@@ -97,7 +89,7 @@ extension CheckpointStore {
         } catch let error as CKStoreError where error.code == .damaged {
             parentManifest = nil
         }
-        let session = try PutSession(store: self, options: options, settings: try self.settings(), parent: parentManifest)
+        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout), reader: chunkReader(), contexts: contexts, options: options, settings: try self.settings(), parent: parentManifest)
         var files = [FileEntry]()
         var warnings = [String]()
         for input in inputs {
@@ -188,30 +180,37 @@ extension CheckpointStore {
     }
 }
 
-/// The state of one put: its pack writers, the chunks it stored and the chunks it reused.
+/// Stores the files of one put: chunks them, hashes and encodes the chunks in parallel, appends the new
+/// frames to its pack sink, and commits them with the checkpoint in one catalogue transaction.
+///
+/// Its seams are the catalogue's chunk lookups (``ChunkIndex``), a ``ChunkReader`` for delta bases, a
+/// ``PackSink`` for new frames, and the catalogue connection for the commit alone.
 ///
 /// Not Sendable: owned by the put's coordinating task. Worker tasks get only Sendable values (the bytes
-/// of one chunk, the store, the codec) and return their results to the coordinator.
-final class PutSession {
-    private let store: CheckpointStore
+/// of one chunk, the index, the codec) and return their results to the coordinator.
+final class Archiver {
+    private let catalogue: LockedCatalogue
+    private let index: ChunkIndex
+    private let sink: PackSink
     private let codec: FrameCodec
     private let tensorEncoder: TensorEncoder
     private let maxInFlight: Int
     /// Digests this put has claimed for writing, shared with the workers (see ``ChunkClaims``).
     private let claims = ChunkClaims()
-    private var writer: PackWriter?
     private var sealed = [SealedPack]()
     /// Chunks found in the store, with where to read them again if a concurrent gc removes them first.
     private var reused = [ChunkDigest: (source: any PutSource, path: String, offset: Int64, length: Int)]()
     private(set) var newChunkCount = 0
     private(set) var bytesAdded: Int64 = 0
 
-    init(store: CheckpointStore, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
-        self.store = store
-        self.codec = FrameCodec(level: options.compressionLevel ?? settings.compressionLevel, contexts: store.contexts)
+    init(catalogue: LockedCatalogue, sink: PackSink, reader: ChunkReader, contexts: ZstdContextPool, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
+        self.catalogue = catalogue
+        self.index = ChunkIndex(catalogue: catalogue)
+        self.sink = sink
+        self.codec = FrameCodec(level: options.compressionLevel ?? settings.compressionLevel, contexts: contexts)
         let maxDepth = options.maxDeltaDepth ?? settings.maxDeltaDepth
         try StoreSettings.checkDeltaDepth(maxDepth)
-        self.tensorEncoder = TensorEncoder(store: store, codec: codec, maxDepth: maxDepth, parent: parent)
+        self.tensorEncoder = TensorEncoder(index: index, reader: reader, codec: codec, maxDepth: maxDepth, parent: parent)
         self.maxInFlight = max(2, options.maxChunksInFlight)
     }
 
@@ -236,7 +235,7 @@ final class PutSession {
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
 
-        let store = self.store, codec = self.codec, claims = self.claims, tensorEncoder = self.tensorEncoder
+        let chunkIndex = self.index, codec = self.codec, claims = self.claims, tensorEncoder = self.tensorEncoder
         try await withThrowingTaskGroup(of: ChunkResult.self) { group in
             var inFlight = 0
             var exhausted = false
@@ -257,7 +256,7 @@ final class PutSession {
                         if claims.isClaimed(digest) {
                             return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
                         }
-                        if try store.withCatalogue({ (catalogue) throws in try catalogue.containsChunk(digest) }) {
+                        if try chunkIndex.contains(digest) {
                             return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: true)
                         }
                         guard claims.claim(digest) else {
@@ -308,13 +307,7 @@ final class PutSession {
     }
 
     private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
-        let current = try writer ?? PackWriter(layout: store.layout)
-        writer = current
-        try current.append(chunk, kind: kind)
-        if current.size >= PackFormat.targetSize {
-            sealed.append(try current.seal())
-            writer = nil
-        }
+        try sink.append(chunk, kind: kind)
     }
 
     /// Appends the manifest frame (compressed: manifests are repetitive JSON).
@@ -329,14 +322,11 @@ final class PutSession {
     /// transaction is rolled back, the missing chunks are written again from the input files into a new
     /// pack, and the commit is retried.
     func commit<T: Sendable>(_ record: (Catalogue, _ bytesAdded: Int64) throws -> T) throws -> T {
-        if let writer {
-            sealed.append(try writer.seal())
-            self.writer = nil
-        }
+        sealed += try sink.seal()
         for attempt in 1...5 {
             var missing = [ChunkDigest]()
-            let outcome: T? = try store.withCatalogue { (catalogue) throws -> T? in
-                try catalogue.database.transaction { () throws -> T? in
+            let outcome: T? = try catalogue.with { (catalogue) throws -> T? in
+                try catalogue.write { () throws -> T? in
                     for (digest, _) in reused where try !catalogue.containsChunk(digest) {
                         missing.append(digest)
                     }
@@ -367,10 +357,7 @@ final class PutSession {
                 try append(try codec.encode(bytes, digest: digest), kind: .chunk)
                 newChunkCount += 1
             }
-            if let writer {
-                sealed.append(try writer.seal())
-                self.writer = nil
-            }
+            sealed += try sink.seal()
         }
         throw CKStoreError(.conflict, "could not commit: chunks kept vanishing under a concurrent garbage collection; try the put again")
     }

@@ -300,12 +300,8 @@ extension CheckpointStore {
     /// let report = try await store.audit(AuditOptions(budget: 500 << 30))
     /// for checkpoint in report.checkpoints { print(checkpoint.step, checkpoint.exclusiveBytes) }
     /// ```
-    public func audit(_ options: AuditOptions = AuditOptions()) async throws -> AuditReport {
-        do {
-            return try auditChecked(options)
-        } catch {
-            throw CKStoreError.wrap(error)
-        }
+    public func audit(_ options: AuditOptions = AuditOptions()) async throws(CKStoreError) -> AuditReport {
+        try CKStoreError.wrapping("audit") { try auditChecked(options) }
     }
 
     private func auditChecked(_ options: AuditOptions) throws -> AuditReport {
@@ -416,7 +412,7 @@ extension CheckpointStore {
         if let policy = options.whatIf {
             var gc = GCOptions(run: options.run, dryRun: true)
             gc.policyOverride = policy
-            let outcome = try gcChecked(gc)
+            let outcome = try planGC(gc).report(dryRun: true)
             report.whatIf = AuditReport.WhatIf(
                 policy: policy.summary, run: options.run, deleted: outcome.deletedCheckpoints,
                 slimmed: outcome.kept.filter { !$0.dropped.isEmpty }.count,

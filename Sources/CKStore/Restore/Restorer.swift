@@ -23,14 +23,8 @@ extension CheckpointStore {
     ///   `options.force`), `notFound` for a file or tensor pattern that matches nothing, `damaged` with
     ///   the file and chunk named when stored data fails a check, `unsafePath` for a manifest path that
     ///   would leave `destination`.
-    public func restore(_ id: CheckpointID, to destination: String, options: RestoreOptions = RestoreOptions()) async throws -> RestoreResult {
-        do {
-            return try await restoreChecked(id, to: destination, options: options)
-        } catch let error as CKStoreError {
-            throw error
-        } catch {
-            throw CKStoreError(.ioFailure, "restore of \(id.short) failed: \(error)")
-        }
+    public func restore(_ id: CheckpointID, to destination: String, options: RestoreOptions = RestoreOptions()) async throws(CKStoreError) -> RestoreResult {
+        try await CKStoreError.wrapping("restore of \(id.short)") { try await restoreChecked(id, to: destination, options: options) }
     }
 
     /// One file to write: where, and from which chunks (with the bytes to put first, for a tensor subset).
@@ -76,7 +70,7 @@ extension CheckpointStore {
         }
         try FileSystem.createDirectory(staging)
 
-        let readers = PackReaderCache(layout: layout)
+        let reader = chunkReader()
         let chunks = RestoreChunks(outputs)
         var bytes: Int64 = 0
         // Files are restored two at a time, so that small files do not leave a core idle. Chunks in flight
@@ -87,14 +81,14 @@ extension CheckpointStore {
             let filesAtOnce = 2
             while next < outputs.count && next < filesAtOnce {
                 let output = outputs[next]
-                group.addTask { try await self.write(output, into: staging, readers: readers, chunks: chunks, checkpoint: id, window: window); return output.size }
+                group.addTask { try await self.write(output, into: staging, reader: reader, chunks: chunks, checkpoint: id, window: window); return output.size }
                 next += 1
             }
             while let size = try await group.next() {
                 bytes += size
                 if next < outputs.count {
                     let output = outputs[next]
-                    group.addTask { try await self.write(output, into: staging, readers: readers, chunks: chunks, checkpoint: id, window: window); return output.size }
+                    group.addTask { try await self.write(output, into: staging, reader: reader, chunks: chunks, checkpoint: id, window: window); return output.size }
                     next += 1
                 }
             }
@@ -191,11 +185,11 @@ extension CheckpointStore {
 
     /// The `__metadata__` of a stored safetensors file, read from its header chunk(s).
     private func originalMetadata(of file: FileEntry, id: CheckpointID) throws -> [String: String]? {
-        let readers = PackReaderCache(layout: layout)
+        let reader = chunkReader()
         let headerEnd = file.tensors?.map(\.begin).min() ?? file.size
         var header = [UInt8]()
         for chunk in file.chunks where Int64(header.count) < headerEnd {
-            header += try readChunk(chunk.digest, readers: readers, what: "\(file.path) in checkpoint \(id.short)").array
+            header += try reader.read(chunk.digest, what: "\(file.path) in checkpoint \(id.short)").array
         }
         guard header.count >= 8 else { return nil }
         let length = Int(header.loadLittleEndian(UInt64.self, at: 0))
@@ -221,7 +215,7 @@ extension CheckpointStore {
 
     /// Reads, decodes, checks and writes the chunks of one output in parallel, each at its offset; at most
     /// `window` chunks are in flight.
-    private func write(_ output: Output, into staging: String, readers: PackReaderCache, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int) async throws {
+    private func write(_ output: Output, into staging: String, reader: ChunkReader, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int) async throws {
         let path = staging + "/" + output.path
         try FileSystem.createDirectory(parentFolder(of: path))
         let file = try SharedOutputFile(creating: path, mode: 0o600)
@@ -229,7 +223,7 @@ extension CheckpointStore {
         if !output.prefix.isEmpty {
             try output.prefix.withUnsafeBytes { try file.write($0, at: 0) }
         }
-        let locations = try withCatalogue { (catalogue) throws -> [Catalogue.ChunkLocation] in
+        let locations = try withCatalogue { (catalogue) throws -> [ChunkLocation] in
             try output.chunks.map { (chunk) throws in
                 guard let location = try catalogue.location(of: chunk.digest) else {
                     throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
@@ -260,7 +254,7 @@ extension CheckpointStore {
                     try Task.checkCancellation()
                     let named = "\(what) (\(output.describe(index)))"
                     let bytes = try await chunks.bytes(at: location) { checks in
-                        try self.readChunk(at: location, readers: readers, checks: checks, what: named)
+                        try reader.read(at: location, checks: checks, what: named)
                     }
                     guard bytes.count == length else {
                         throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
@@ -334,7 +328,7 @@ private final class RestoreChunks: Sendable {
     /// The first read of a chunk re-hashes its decoded bytes; a later one (a raw frame, which is read in
     /// place and not worth keeping, or a chunk over the budget) checks its frames' checksums, which proves
     /// the stored bytes are the ones that hashed right and so decode the same way.
-    func bytes(at location: Catalogue.ChunkLocation, read: @escaping @Sendable (ChunkChecks) throws -> ChunkBytes) async throws -> ChunkBytes {
+    func bytes(at location: ChunkLocation, read: @escaping @Sendable (ChunkChecks) throws -> ChunkBytes) async throws -> ChunkBytes {
         enum Plan {
             case shared(Task<ChunkBytes, any Error>)
             case alone(ChunkChecks)

@@ -69,9 +69,9 @@ extension CheckpointStore {
         }
         var bytes = [UInt8]()
         bytes.reserveCapacity(Int(file.size))
-        let readers = PackReaderCache(layout: layout)
+        let reader = chunkReader()
         for (index, chunk) in file.chunks.enumerated() {
-            bytes += try readChunk(chunk.digest, readers: readers, what: "checkpoint \(id.short), \(path), chunk \(index)").array
+            bytes += try reader.read(chunk.digest, what: "checkpoint \(id.short), \(path), chunk \(index)").array
         }
         guard bytes.count == file.size, SHA256Hasher.digest(bytes) == file.sha256 else {
             throw CKStoreError(.damaged, "checkpoint \(id.short): \(path) does not match its SHA-256 once read")
@@ -95,10 +95,10 @@ extension CheckpointStore {
         guard !chosen.isEmpty else {
             throw CKStoreError(.notFound, "checkpoint \(id.short): no tensor of \(file) matches \(patterns.joined(separator: ", "))")
         }
-        let readers = PackReaderCache(layout: layout)
+        let reader = chunkReader()
         return try chosen.map { tensor in
             var bytes = [UInt8](repeating: 0, count: Int(tensor.byteCount))
-            try bytes.withUnsafeMutableBytes { try copyTensor(tensor, of: entry, id: id, into: $0, readers: readers) }
+            try bytes.withUnsafeMutableBytes { try copyTensor(tensor, of: entry, id: id, into: $0, reader: reader) }
             return try TensorValue(name: tensor.name, dtype: tensor.dtype ?? .f32, shape: tensor.shape ?? [], bytes: bytes)
         }
     }
@@ -122,7 +122,7 @@ extension CheckpointStore {
         guard buffer.count == tensor.byteCount else {
             throw CKStoreError(.invalidArgument, "tensor \(name) has \(tensor.byteCount) bytes; the buffer has \(buffer.count)")
         }
-        try copyTensor(tensor, of: entry, id: id, into: buffer, readers: PackReaderCache(layout: layout))
+        try copyTensor(tensor, of: entry, id: id, into: buffer, reader: chunkReader())
     }
 
     private func fileEntry(_ path: String, of id: CheckpointID, manifest: Manifest) throws -> FileEntry {
@@ -134,10 +134,10 @@ extension CheckpointStore {
 
     /// Copies a tensor's chunks into `buffer`: tensors are cut into chunks aligned to their start, so the
     /// tensor is its chunks back to back.
-    private func copyTensor(_ tensor: TensorEntry, of file: FileEntry, id: CheckpointID, into buffer: UnsafeMutableRawBufferPointer, readers: PackReaderCache) throws {
+    private func copyTensor(_ tensor: TensorEntry, of file: FileEntry, id: CheckpointID, into buffer: UnsafeMutableRawBufferPointer, reader: ChunkReader) throws {
         var written = 0
         for index in tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount) {
-            let chunk = try readChunk(file.chunks[index].digest, readers: readers, what: "checkpoint \(id.short), \(file.path), tensor \(tensor.name)")
+            let chunk = try reader.read(file.chunks[index].digest, what: "checkpoint \(id.short), \(file.path), tensor \(tensor.name)")
             let count = min(chunk.count, buffer.count - written)
             chunk.withUnsafeBytes { source in
                 UnsafeMutableRawBufferPointer(rebasing: buffer[written..<(written + count)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<count]))

@@ -1,0 +1,106 @@
+import Synchronization
+
+/// Reads chunks: finds a frame, reads it with a positioned read, decodes its delta chain and checks what
+/// it is told to. The one decoder of delta chains: restores, loads, verify, the put's delta bases, gc's
+/// re-encoding and repair's scan all read through it.
+///
+/// Takes only a way to find frames (``ChunkLocating``) and the packs to read them from, so it serves a
+/// store with a catalogue and a store being rebuilt from its packs alike.
+final class ChunkReader: Sendable {
+    /// A delta chain longer than this is damage (a cycle, or frames no put writes): puts keep chains to
+    /// the store's maximum delta depth, which is far below.
+    static let hardChainLimit = 64
+
+    private let index: any ChunkLocating
+    let packs: PackReaderCache
+    private let contexts: ZstdContextPool
+    private let counter: FrameCounter?
+
+    /// A reader over `packs` that finds frames through `index`; every frame read is counted on `counter`.
+    init(index: any ChunkLocating, packs: PackReaderCache, contexts: ZstdContextPool = ZstdContextPool(), counter: FrameCounter? = nil) {
+        self.index = index
+        self.packs = packs
+        self.contexts = contexts
+        self.counter = counter
+    }
+
+    /// Reads one chunk: locate it, read its frame, decode it and check it; damage is reported as `what: …`.
+    func read(_ digest: ChunkDigest, checks: ChunkChecks = .all, what: @autoclosure () -> String) throws -> ChunkBytes {
+        guard let location = try index.location(of: digest) else {
+            throw CKStoreError(.damaged, "\(what()): chunk \(digest) is not in the store")
+        }
+        return try read(at: location, checks: checks, what: what())
+    }
+
+    /// Reads one chunk from `location`; damage is reported as `what: …`.
+    func read(at location: ChunkLocation, checks: ChunkChecks = .all, what: @autoclosure () -> String) throws -> ChunkBytes {
+        do {
+            return try decode(at: location, checks: checks)
+        } catch {
+            // Failing I/O stays what it is (the data may be fine); everything else is damage.
+            let wrapped = CKStoreError.wrap(error)
+            let code: CKStoreError.Code = [.ioFailure, .noSpace, .cancelled].contains(wrapped.code) ? wrapped.code : .damaged
+            throw CKStoreError(code, "\(what()): \(wrapped.message)", cause: wrapped)
+        }
+    }
+
+    /// Reads, checks and decodes one chunk, decoding its delta base first when it has one.
+    ///
+    /// Bases are checked with `checks` less `.digest`: when the decoded chunk is re-hashed, that covers
+    /// every bit of its bases too (a wrong base bit is a wrong output bit), so they need no check of their
+    /// own; with `.checksums`, every frame of the chain is checked.
+    func decode(at location: ChunkLocation, checks: ChunkChecks = .all, hops: Int = 0) throws -> ChunkBytes {
+        let reader = try packs.reader(for: location.pack)
+        counter?.add()
+        let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checks.contains(.checksums))
+        let codec = FrameCodec(level: .default, contexts: contexts)
+        let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
+            guard let base = header.base else { throw CKStoreError(.damaged, "chunk \(location.digest) is a delta frame without a base") }
+            guard hops < Self.hardChainLimit else {
+                throw CKStoreError(.damaged, "chunk \(location.digest): its delta chain is longer than \(Self.hardChainLimit) frames (a cycle?)")
+            }
+            guard let baseLocation = try index.location(of: base) else {
+                throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
+            }
+            return try decode(at: baseLocation, checks: checks.subtracting(.digest), hops: hops + 1)
+        }
+        if header.encoding != .raw { payload.releaseMapping() }
+        guard !checks.contains(.digest) || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
+            throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
+        }
+        return bytes
+    }
+}
+
+/// Counts frames read (tests check that partial reads stay partial).
+final class FrameCounter: Sendable {
+    private let count = Atomic<Int>(0)
+
+    func add() { count.add(1, ordering: .relaxed) }
+
+    /// Frames read so far.
+    var value: Int { count.load(ordering: .relaxed) }
+}
+
+/// Opens each pack once per operation and shares the reader between tasks. A pack that failed to open
+/// stays failed for the operation: a later use gets the same error instead of quietly retrying (a
+/// prefetch that hit a failing disk must not hide it from the read that follows).
+final class PackReaderCache: Sendable {
+    private let layout: StoreLayout
+    // Open readers and failed opens by pack, protected by this mutex.
+    private let readers = Mutex<[PackID: Result<PackReader, CKStoreError>]>([:])
+
+    init(layout: StoreLayout) { self.layout = layout }
+
+    func reader(for id: PackID) throws -> PackReader {
+        if let known = readers.withLock({ $0[id] }) { return try known.get() }
+        let opened: Result<PackReader, CKStoreError>
+        do {
+            opened = .success(try PackReader(id: id, path: layout.packPath(id)))
+        } catch {
+            opened = .failure(CKStoreError.wrap(error))
+        }
+        readers.withLock { $0[id] = opened }
+        return try opened.get()
+    }
+}

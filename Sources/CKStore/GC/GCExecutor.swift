@@ -1,0 +1,132 @@
+import Foundation
+
+/// Carries out a ``GCPlan``: records the deletions and dropped parts and sweeps, stores the planned delta
+/// frames in full and sweeps the bases they freed, rewrites the planned packs, and deletes packs and
+/// orphans under the store's exclusive lock.
+///
+/// The sweeps are computed again inside their own transactions, so a put that committed after planning
+/// keeps what it reused (I-8); with nothing running beside it, the report equals the plan's.
+struct GCExecutor {
+    let store: CheckpointStore
+
+    /// Executes `plan`; returns what was done, counted as it was done.
+    func execute(_ plan: GCPlan) throws -> GCReport {
+        let layout = store.layout
+        var report = plan.report(dryRun: false)
+        let annotations: [Annotation] = plan.deleted.map { .remove($0.id) } + plan.drops.sorted { $0.key < $1.key }.map {
+            .drop($0.key, paths: $0.value.files, part: $0.value.part.rawValue, tensors: $0.value.tensors)
+        }
+        let first = try store.commitAnnotated(annotations) { catalogue -> Catalogue.SweepOutcome in
+            try catalogue.prepareSweep(deleting: plan.deleted.map(\.id))
+            for (id, drop) in plan.drops {
+                try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
+            }
+            return try catalogue.sweep(dryRun: false)
+        }
+        report.chunksFreed = first.deadChunks
+        report.bytesUnreferenced = first.deadBytes
+        var freed: Int64 = 0
+
+        // Delta frames stored in full, then a second sweep lets their bases go.
+        let (reencoded, reencodedPack) = try reencode(plan.reencodes)
+        report.chunksReencoded = reencoded
+        if let reencodedPack {
+            freed -= reencodedPack
+            let second = try store.withCatalogue { catalogue in
+                try catalogue.write { () throws -> Catalogue.SweepOutcome in
+                    try catalogue.prepareSweep(deleting: [])
+                    return try catalogue.sweep(dryRun: false)
+                }
+            }
+            report.chunksFreed += second.deadChunks
+            report.bytesUnreferenced += second.deadBytes
+        }
+
+        // Rewrite mostly-dead packs: copy live frames out, then point the catalogue at the copies.
+        var retired = plan.packsToDelete.map(\.id)
+        report.packsRewritten = 0
+        for repack in plan.packsToRewrite {
+            let frames = try store.withCatalogue { try $0.chunkLocations(inPack: repack.pack.id) }
+            let sink = PackSink(layout: layout, targetSize: .max)
+            let copier = FrameCopier(packs: PackReaderCache(layout: layout), sink: sink)
+            let moved = try frames.map { ($0.digest, try copier.copy($0)) }
+            let sealed = try sink.seal()
+            try store.withCatalogue { catalogue in
+                try catalogue.write {
+                    let now = Date().timeIntervalSince1970
+                    for pack in sealed { try catalogue.insertPackRow(pack.id, size: pack.size, frameCount: pack.frames.count, now: now) }
+                    for (digest, location) in moved { try catalogue.moveChunk(digest, from: repack.pack.id, to: location) }
+                }
+            }
+            freed += repack.pack.size - sealed.reduce(0) { $0 + $1.size }
+            retired.append(repack.pack.id)
+            report.packsRewritten += 1
+        }
+
+        // Files go only under the exclusive lock: no put or get is running then. What is known must be
+        // read under the lock too: a put that committed while gc waited for it owns packs that an
+        // earlier reading would take for orphans.
+        let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
+        defer { withExtendedLifetime(lock) {} }
+        // Retire packs that hold no live frame: their rows first (one transaction), files after.
+        let gone = try store.withCatalogue { catalogue in
+            try catalogue.write { () throws -> [PackID] in
+                let used = try catalogue.packsInUse()
+                let gone = retired.filter { !used.contains($0) }
+                for id in gone { try catalogue.deletePackRow(id) }
+                return gone
+            }
+        }
+        let planned = Set(plan.packsToDelete.map(\.id))
+        report.packsDeleted = 0
+        for id in gone {
+            let path = layout.packPath(id)
+            let size = FileSystem.size(of: path)
+            try FileSystem.removeFile(path)
+            if planned.contains(id) {
+                freed += size
+                report.packsDeleted += 1
+            }
+        }
+        let stillKnown = Set(try store.withCatalogue { try $0.packRows() }.map(\.id))
+        let orphans = Set(try PackDirectory(layout: layout).orphans(olderThan: plan.orphanGrace, known: stillKnown).map(\.path))
+        report.orphansRemoved = 0
+        for orphan in plan.orphans where orphans.contains(orphan.path) {
+            let size = FileSystem.size(of: orphan.path)
+            try FileSystem.removeFile(orphan.path)
+            freed += size
+            report.orphansRemoved += 1
+        }
+        report.bytesFreed = freed
+        // The removals are not fsynced: a removal a crash undoes leaves an orphan the next gc removes.
+        // Fold the sweep's log into the catalogue file so the store's size on disk reflects it now.
+        try store.withCatalogue { try $0.truncateLog() }
+        return report
+    }
+
+    /// Stores the planned delta frames in full in a new pack and points the catalogue at them; returns
+    /// how many were and the new pack's size (nil when none were).
+    private func reencode(_ planned: [GCPlan.Reencode]) throws -> (Int, Int64?) {
+        guard !planned.isEmpty else { return (0, nil) }
+        let reader = store.chunkReader()
+        let codec = FrameCodec(level: try store.settings().compressionLevel, contexts: store.contexts)
+        let sink = PackSink(layout: store.layout, targetSize: .max)
+        var moved = [(digest: ChunkDigest, base: ChunkDigest, location: ChunkLocation)]()
+        for frame in planned {
+            // A frame that changed since planning (another gc) is left as it is.
+            guard let location = try store.chunkIndex.location(of: frame.digest), location.encoding.hasBase,
+                  let full = try CheckpointStore.fullFrame(of: location, reader: reader, codec: codec) else { continue }
+            moved.append((frame.digest, frame.base, try sink.append(full, kind: .chunk)))
+        }
+        let sealed = try sink.seal()
+        guard !sealed.isEmpty else { return (0, nil) }
+        let count = try store.withCatalogue { catalogue in
+            try catalogue.write { () throws -> Int in
+                // The frames are known digests, so the insert records only the pack; the rebase moves them.
+                for pack in sealed { _ = try catalogue.insert(pack: pack, now: Date().timeIntervalSince1970) }
+                return try moved.filter { try catalogue.rebase($0.digest, from: $0.base, to: $0.location) }.count
+            }
+        }
+        return (count, sealed.reduce(0) { $0 + $1.size })
+    }
+}
