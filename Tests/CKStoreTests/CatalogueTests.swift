@@ -1,0 +1,120 @@
+@testable import CKStore
+import CKStoreTestSupport
+import Foundation
+import Testing
+
+/// The catalogue's typed queries on a real SQLite database, without a store around it.
+@Suite struct CatalogueTests {
+    static func header(_ seed: UInt8, base: ChunkDigest? = nil, length: Int = 100) -> FrameHeader {
+        let digest = SHA256Hasher.digest([seed])
+        let chunk = EncodedChunk(digest: digest, encoding: base == nil ? .zstd : .differencePlanes, rawLength: 4096, payload: Array(repeating: seed, count: length), base: base)
+        return FrameHeader(kind: .chunk, chunk: chunk)
+    }
+
+    static func withCatalogue(_ body: (Catalogue) throws -> Void) async throws {
+        try await withTemporaryDirectory { root in try body(try Catalogue(path: root + "/ckstore.db")) }
+    }
+
+    @Test func chunksAreRecordedOnceAndFoundWithTheirChains() async throws {
+        try await Self.withCatalogue { catalogue in
+            let pack = PackID.random()
+            let key = Self.header(1), middle = Self.header(2, base: key.digest), top = Self.header(3, base: middle.digest)
+            try catalogue.write {
+                try catalogue.insertPackRow(pack, size: 1000, frameCount: 3, now: 0)
+                #expect(try catalogue.insertChunk(key, pack: pack, offset: 16))
+                #expect(try catalogue.insertChunk(middle, pack: pack, offset: 200))
+                #expect(try catalogue.insertChunk(top, pack: pack, offset: 400))
+                // A second frame of a known chunk (a concurrent put's) is not recorded.
+                #expect(try !catalogue.insertChunk(key, pack: pack, offset: 600))
+            }
+            let location = try #require(try catalogue.location(of: top.digest))
+            #expect(location == ChunkLocation(top, pack: pack, offset: 400))
+            #expect(try catalogue.containsChunk(key.digest))
+            #expect(try !catalogue.containsChunk(SHA256Hasher.digest([9])))
+            #expect(try catalogue.chainLocations(of: top.digest, limit: 5).map(\.digest) == [top.digest, middle.digest, key.digest])
+            #expect(ChunkIndex.depth(of: try catalogue.chainLocations(of: top.digest, limit: 5)) == 2)
+            // A limit below the depth stops early: no full frame at the end, so no depth.
+            #expect(ChunkIndex.depth(of: try catalogue.chainLocations(of: top.digest, limit: 1)) == nil)
+            #expect(try catalogue.chunkLocations(inPack: pack).map(\.offset) == [16, 200, 400])
+            #expect(try catalogue.packsInUse() == [pack])
+        }
+    }
+
+    @Test func rebaseAndMoveChangeOnlyWhatTheyNameAndRollbacksKeepNothing() async throws {
+        try await Self.withCatalogue { catalogue in
+            let old = PackID.random(), new = PackID.random()
+            let key = Self.header(1), delta = Self.header(2, base: key.digest)
+            try catalogue.write {
+                try catalogue.insertPackRow(old, size: 1000, frameCount: 2, now: 0)
+                try catalogue.insertPackRow(new, size: 1000, frameCount: 2, now: 0)
+                try catalogue.insertChunk(key, pack: old, offset: 16)
+                try catalogue.insertChunk(delta, pack: old, offset: 200)
+            }
+            let full = ChunkLocation(digest: delta.digest, pack: new, offset: 16, storedLength: 300, rawLength: 4096, encoding: .planes, kind: .chunk)
+            // Against the wrong base nothing changes; against its own it becomes a full frame.
+            #expect(try catalogue.write { try catalogue.rebase(delta.digest, from: delta.digest, to: full) } == false)
+            #expect(try catalogue.write { try catalogue.rebase(delta.digest, from: key.digest, to: full) })
+            #expect(try catalogue.location(of: delta.digest) == full)
+            #expect(try catalogue.chainLocations(of: delta.digest, limit: 5).count == 1)
+
+            // A move names the pack it moves from.
+            let moved = ChunkLocation(digest: key.digest, pack: new, offset: 500, storedLength: key.storedLength, rawLength: 4096, encoding: .zstd, kind: .chunk)
+            try catalogue.write { try catalogue.moveChunk(key.digest, from: new, to: moved) }
+            #expect(try catalogue.location(of: key.digest)?.pack == old)
+            try catalogue.write { try catalogue.moveChunk(key.digest, from: old, to: moved) }
+            #expect(try catalogue.location(of: key.digest) == moved)
+            #expect(try catalogue.packsInUse() == [new])
+
+            // A rolled-back transaction returns its value and keeps none of its changes.
+            let value = try catalogue.transaction(.immediate) { () throws -> TransactionCompletion<Int> in
+                try catalogue.deleteChunk(key.digest)
+                try catalogue.deletePackRow(old)
+                return .rollback(42)
+            }
+            #expect(value == 42)
+            #expect(try catalogue.containsChunk(key.digest))
+            #expect(try catalogue.packRows().map(\.id).contains(old))
+        }
+    }
+
+    @Test func summariesFilterByRun() async throws {
+        try await withTemporaryDirectory { root in
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            for (run, step) in [("a", 1), ("b", 1), ("a", 2)] {
+                try FileManager.default.createDirectory(atPath: root + "/\(run)\(step)", withIntermediateDirectories: true)
+                try Data("\(run) \(step)".utf8).write(to: URL(fileURLWithPath: root + "/\(run)\(step)/state.json"))
+                _ = try await store.put(directory: root + "/\(run)\(step)", options: PutOptions(run: run, step: Int64(step)))
+            }
+            let all = try store.withCatalogue { try $0.summaries() }
+            #expect(all.map { "\($0.run)@\($0.step)" } == ["a@1", "a@2", "b@1"])
+            #expect(try store.withCatalogue { try $0.summaries(run: "a") }.map(\.step) == [1, 2])
+            #expect(try store.withCatalogue { try $0.summaries(run: "c") }.isEmpty)
+        }
+    }
+}
+
+/// The layering the design promises, checked on the sources: SQL only in `Catalogue/`.
+@Suite struct LayeringTests {
+    static let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/Sources/CKStore"
+
+    @Test func noSQLOutsideTheCatalogue() throws {
+        var offenders = [String]()
+        let keywords = ["SELECT", "INSERT", "UPDATE", "DELETE FROM", "PRAGMA", "BEGIN", ".database"]
+        let enumerator = try #require(FileManager.default.enumerator(atPath: Self.sources))
+        var files = 0
+        for case let path as String in enumerator where path.hasSuffix(".swift") {
+            files += 1
+            guard !path.hasPrefix("Catalogue/") else { continue }
+            let text = try String(contentsOfFile: Self.sources + "/" + path, encoding: .utf8)
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let code = line.trimmingCharacters(in: .whitespaces)
+                guard !code.hasPrefix("//") else { continue }
+                for keyword in keywords where code.contains(keyword) {
+                    offenders.append("\(path):\(number + 1): \(code)")
+                }
+            }
+        }
+        #expect(files > 50, "the sources were not found at \(Self.sources)")
+        #expect(offenders.isEmpty, "\(offenders.joined(separator: "\n"))")
+    }
+}
