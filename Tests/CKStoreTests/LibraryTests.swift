@@ -138,8 +138,10 @@ import Testing
             #expect(tensor.chunkCount == 3)
 
             let before = store.framesRead.value
-            var values = [Float](repeating: 0, count: 700_000)
-            try values.withUnsafeMutableBytes { try store.readTensor(id, name: "layer2.weight", into: $0) }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 700_000 * 4, alignment: 64)
+            defer { buffer.deallocate() }
+            try await store.readTensor(id, name: "layer2.weight", into: buffer)
+            let values = Array(buffer.bindMemory(to: Float.self))
             #expect(store.framesRead.value - before == tensor.chunkCount + 1, "its chunks and the manifest")
             #expect(values == Self.floats(700_000, seed: 2))
 
@@ -150,7 +152,11 @@ import Testing
             #expect(try loaded[1].floats() == Self.floats(700_000, seed: 3))
 
             // Bad requests name what is missing.
-            #expect(throws: CKStoreError.self) { try values.withUnsafeMutableBytes { try store.readTensor(id, name: "nope", into: $0) } }
+            await #expect(throws: CKStoreError.self) { try await store.readTensor(id, name: "nope", into: buffer) }
+            let short = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 64)
+            defer { short.deallocate() }
+            let wrongSize = await #expect(throws: CKStoreError.self) { try await store.readTensor(id, name: "layer2.weight", into: short) }
+            #expect(wrongSize?.code == .invalidArgument)
             await #expect(throws: CKStoreError.self) { _ = try await store.loadTensors(id, matching: ["nope*"]) }
             #expect(throws: CKStoreError.self) { try TensorValue(name: "w", shape: [3], floats: [1, 2]) }
             var duplicate = CheckpointContents(run: "part", step: 2)

@@ -26,9 +26,9 @@ func train(storePath: String, run: String, steps: Int64) async throws -> [Float]
         }
     }
     try await saver.finish()                           // every checkpoint committed, or the first error
-    var latest = [Float](repeating: 0, count: 1024)    // one tensor straight into a buffer
+    var latest = [Float]()                             // one tensor, reading only its chunks
     if let id = try store.latest(run: run) {
-        try latest.withUnsafeMutableBytes { try store.readTensor(id, name: "w", into: $0) }
+        latest = try await store.loadTensors(id, matching: ["w"]).first?.floats() ?? []
     }
     _ = try await store.gc()                           // apply the retention policies, as `ckstore gc` does
     return weights

@@ -33,7 +33,7 @@ extension CheckpointStore {
         try withCatalogue { try $0.latest(run: run) }
     }
 
-    /// Reads a whole checkpoint into memory, every chunk and file checked against its SHA-256.
+    /// Reads a whole checkpoint into memory, every chunk checked against its SHA-256.
     ///
     /// ```swift
     /// if let id = try? await store.latestValid(run: "mnist-mlp") {
@@ -41,42 +41,36 @@ extension CheckpointStore {
     ///     let weights = try checkpoint.tensors()
     /// }
     /// ```
-    public func load(_ id: CheckpointID) async throws -> LoadedCheckpoint {
-        let manifest = try manifest(of: id)
-        let dropped = try withCatalogue { try $0.droppedFiles(of: id) }
-        var files = [String: [UInt8]]()
-        for file in manifest.files where file.format != .symlink && dropped[file.path] == nil {
-            files[file.path] = try await loadFile(id, path: file.path, manifest: manifest)
+    ///
+    /// - Throws: ``CKStoreError``: `notFound` when a file lost tensors to a part rule (load those with
+    ///   ``loadTensors(_:matching:in:)``), `damaged` naming the chunk when stored bytes fail their check.
+    public func load(_ id: CheckpointID) async throws(CKStoreError) -> LoadedCheckpoint {
+        try await CKStoreError.wrapping("load of \(id.short)") {
+            let restorer = restorer()
+            return try await restorer.locked {
+                let manifest = try restorer.manifest(of: id)
+                let dropped = try restorer.dropped(of: id)
+                let plans = try manifest.files.filter { $0.format != .symlink && dropped.files[$0.path] == nil }.map { file in
+                    try RestorePlan.wholeFile(file.path, of: manifest, id: id, dropped: dropped)
+                }
+                let plan = RestorePlan(id: id, manifest: manifest, outputs: plans.flatMap(\.outputs), links: [])
+                return LoadedCheckpoint(id: id, manifest: manifest, files: try await Self.read(plan, with: restorer))
+            }
         }
-        return LoadedCheckpoint(id: id, manifest: manifest, files: files)
     }
 
-    /// Reads one file of a checkpoint into memory, checked against its SHA-256.
+    /// Reads one file of a checkpoint into memory, every chunk checked against its SHA-256.
     ///
     /// - Throws: ``CKStoreError``: `notFound` when the checkpoint has no such file or a part rule dropped
     ///   it, `damaged` naming the chunk when stored bytes fail their check.
-    public func loadFile(_ id: CheckpointID, path: String) async throws -> [UInt8] {
-        try await loadFile(id, path: path, manifest: manifest(of: id))
-    }
-
-    private func loadFile(_ id: CheckpointID, path: String, manifest: Manifest) async throws -> [UInt8] {
-        let file = try fileEntry(path, of: id, manifest: manifest)
-        if let part = try withCatalogue({ try $0.droppedFiles(of: id) })[path] {
-            throw CKStoreError(.notFound, "checkpoint \(id.short): \(path) was dropped by the retention rule for part \(part)")
+    public func loadFile(_ id: CheckpointID, path: String) async throws(CKStoreError) -> [UInt8] {
+        try await CKStoreError.wrapping("load of \(path) from \(id.short)") {
+            let restorer = restorer()
+            return try await restorer.locked {
+                let plan = try RestorePlan.wholeFile(path, of: try restorer.manifest(of: id), id: id, dropped: try restorer.dropped(of: id))
+                return try await Self.read(plan, with: restorer)[path] ?? []
+            }
         }
-        if try withCatalogue({ try $0.droppedTensors(of: id) })[path] != nil {
-            throw CKStoreError(.notFound, "checkpoint \(id.short): tensors of \(path) were dropped by a retention rule; load the remaining ones with loadTensors")
-        }
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(Int(file.size))
-        let reader = chunkReader()
-        for (index, chunk) in file.chunks.enumerated() {
-            bytes += try reader.read(chunk.digest, what: "checkpoint \(id.short), \(path), chunk \(index)").array
-        }
-        guard bytes.count == file.size, SHA256Hasher.digest(bytes) == file.sha256 else {
-            throw CKStoreError(.damaged, "checkpoint \(id.short): \(path) does not match its SHA-256 once read")
-        }
-        return bytes
     }
 
     /// Reads the tensors whose names match `patterns` (globs; all when empty) from one safetensors file of
@@ -85,21 +79,16 @@ extension CheckpointStore {
     /// - Parameters:
     ///   - file: the safetensors file (`model.safetensors` by default).
     /// - Throws: ``CKStoreError`` (`notFound`) when no tensor matches.
-    public func loadTensors(_ id: CheckpointID, matching patterns: [String] = [], in file: String = "model.safetensors") async throws -> [TensorValue] {
-        let manifest = try manifest(of: id)
-        let entry = try fileEntry(file, of: id, manifest: manifest)
-        let dropped = try withCatalogue { try $0.droppedTensors(of: id) }[file] ?? []
-        let chosen = (entry.tensors ?? []).filter { tensor in
-            tensor.dtype != nil && !dropped.contains(tensor.name) && (patterns.isEmpty || patterns.contains { fnmatch($0, tensor.name, 0) == 0 })
-        }
-        guard !chosen.isEmpty else {
-            throw CKStoreError(.notFound, "checkpoint \(id.short): no tensor of \(file) matches \(patterns.joined(separator: ", "))")
-        }
-        let reader = chunkReader()
-        return try chosen.map { tensor in
-            var bytes = [UInt8](repeating: 0, count: Int(tensor.byteCount))
-            try bytes.withUnsafeMutableBytes { try copyTensor(tensor, of: entry, id: id, into: $0, reader: reader) }
-            return try TensorValue(name: tensor.name, dtype: tensor.dtype ?? .f32, shape: tensor.shape ?? [], bytes: bytes)
+    public func loadTensors(_ id: CheckpointID, matching patterns: [String] = [], in file: String = "model.safetensors") async throws(CKStoreError) -> [TensorValue] {
+        try await CKStoreError.wrapping("load of tensors of \(file) from \(id.short)") {
+            let restorer = restorer()
+            return try await restorer.locked {
+                let (plan, tensors) = try RestorePlan.tensors(of: try restorer.manifest(of: id), id: id, dropped: try restorer.dropped(of: id), in: file, .matching(patterns))
+                let bytes = try await Self.read(plan, with: restorer)
+                return try tensors.map { tensor in
+                    try TensorValue(name: tensor.name, dtype: tensor.dtype ?? .f32, shape: tensor.shape ?? [], bytes: bytes[tensor.name] ?? [])
+                }
+            }
         }
     }
 
@@ -107,45 +96,34 @@ extension CheckpointStore {
     /// tensor's chunks are read, each checked against its SHA-256.
     ///
     /// ```swift
-    /// var weights = [Float](repeating: 0, count: 128 * 784)
-    /// try await weights.withUnsafeMutableBytes { try await store.readTensor(id, name: "fc1.weight", into: $0) }
+    /// let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 128 * 784 * 4, alignment: 64)
+    /// defer { buffer.deallocate() }
+    /// try await store.readTensor(id, name: "fc1.weight", into: buffer)
     /// ```
-    public func readTensor(_ id: CheckpointID, name: String, in file: String = "model.safetensors", into buffer: UnsafeMutableRawBufferPointer) throws {
-        let manifest = try manifest(of: id)
-        let entry = try fileEntry(file, of: id, manifest: manifest)
-        guard let tensor = entry.tensors?.first(where: { $0.name == name }) else {
-            throw CKStoreError(.notFound, "checkpoint \(id.short): \(file) has no tensor \(name)")
-        }
-        if try withCatalogue({ try $0.droppedTensors(of: id) })[file]?.contains(name) == true {
-            throw CKStoreError(.notFound, "checkpoint \(id.short): tensor \(name) of \(file) was dropped by a retention rule")
-        }
-        guard buffer.count == tensor.byteCount else {
-            throw CKStoreError(.invalidArgument, "tensor \(name) has \(tensor.byteCount) bytes; the buffer has \(buffer.count)")
-        }
-        try copyTensor(tensor, of: entry, id: id, into: buffer, reader: chunkReader())
-    }
-
-    private func fileEntry(_ path: String, of id: CheckpointID, manifest: Manifest) throws -> FileEntry {
-        guard let file = manifest.files.first(where: { $0.path == path }), file.format != .symlink else {
-            throw CKStoreError(.notFound, "checkpoint \(id.short) has no file \(path)")
-        }
-        return file
-    }
-
-    /// Copies a tensor's chunks into `buffer`: tensors are cut into chunks aligned to their start, so the
-    /// tensor is its chunks back to back.
-    private func copyTensor(_ tensor: TensorEntry, of file: FileEntry, id: CheckpointID, into buffer: UnsafeMutableRawBufferPointer, reader: ChunkReader) throws {
-        var written = 0
-        for index in tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount) {
-            let chunk = try reader.read(file.chunks[index].digest, what: "checkpoint \(id.short), \(file.path), tensor \(tensor.name)")
-            let count = min(chunk.count, buffer.count - written)
-            chunk.withUnsafeBytes { source in
-                UnsafeMutableRawBufferPointer(rebasing: buffer[written..<(written + count)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<count]))
+    ///
+    /// - Throws: ``CKStoreError``: `notFound` when there is no such tensor (or a part rule dropped it),
+    ///   `invalidArgument` when `buffer` is not the tensor's size.
+    public func readTensor(_ id: CheckpointID, name: String, in file: String = "model.safetensors", into buffer: UnsafeMutableRawBufferPointer) async throws(CKStoreError) {
+        try await CKStoreError.wrapping("read of tensor \(name) from \(id.short)") {
+            let restorer = restorer()
+            try await restorer.locked {
+                let (plan, tensors) = try RestorePlan.tensors(of: try restorer.manifest(of: id), id: id, dropped: try restorer.dropped(of: id), in: file, .named(name))
+                guard let tensor = tensors.first, buffer.count == tensor.byteCount else {
+                    throw CKStoreError(.invalidArgument, "tensor \(name) has \(tensors.first?.byteCount ?? 0) bytes; the buffer has \(buffer.count)")
+                }
+                let target = MemoryTarget(borrowing: buffer)
+                _ = try await restorer.fill(plan) { _ in target }
             }
-            written += count
         }
-        guard written == buffer.count else {
-            throw CKStoreError(.damaged, "checkpoint \(id.short): tensor \(tensor.name) of \(file.path) has \(written) bytes in its chunks, \(buffer.count) expected")
+    }
+
+    /// Reads every output of `plan` into memory, by output path.
+    private static func read(_ plan: RestorePlan, with restorer: Restorer) async throws -> [String: [UInt8]] {
+        let targets = Dictionary(plan.outputs.map { ($0.path, MemoryTarget(count: Int($0.size))) }, uniquingKeysWith: { first, _ in first })
+        _ = try await restorer.fill(plan) { output in
+            guard let target = targets[output.path] else { throw CKStoreError(.internalInvariant, "no buffer for \(output.path)") }
+            return target
         }
+        return Dictionary(uniqueKeysWithValues: plan.outputs.compactMap { output in targets[output.path].map { (output.path, $0.bytes(count: Int(output.size))) } })
     }
 }

@@ -5,7 +5,173 @@ import Glibc
 import Darwin
 #endif
 
+/// Reads checkpoints out of the store. Every read of stored files goes through here, whether into a
+/// folder (`get`) or into memory (the library's `load`, `loadFile`, `loadTensors` and `readTensor`), so
+/// that all of them hold the store's shared lock while they read, check each chunk against its SHA-256
+/// once, and decode a chunk used more than once only once.
+///
+/// Its seams: the catalogue (chunk locations and dropped parts), the store's layout (its lock) and a
+/// ``ChunkReader``.
+struct Restorer {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let reader: ChunkReader
+    /// How many chunks may be read and decoded at once.
+    var maxChunksInFlight = 8
+
+    /// Runs `body` holding the store's lock shared: gc deletes pack files only under the exclusive one, so
+    /// no pack this read uses goes away meanwhile.
+    func locked<T>(_ body: () async throws -> T) async throws -> T {
+        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+        return try await body()
+    }
+
+    /// The checkpoint's manifest, read and checked.
+    func manifest(of id: CheckpointID) throws -> Manifest {
+        let bytes = try reader.read(id.digest, what: "manifest of checkpoint \(id.short)")
+        return try Manifest.decode(bytes.array, id: id)
+    }
+
+    /// What part rules took from the checkpoint.
+    func dropped(of id: CheckpointID) throws -> DroppedParts {
+        try catalogue.with { DroppedParts(files: try $0.droppedFiles(of: id), tensors: try $0.droppedTensors(of: id)) }
+    }
+
+    /// Produces every output of `plan` into the target `target` makes for it, two outputs at a time (so
+    /// that small files do not leave a core idle), each with its own window of half the chunks in flight.
+    ///
+    /// - Returns: the bytes produced.
+    /// - Throws: `damaged` naming the checkpoint, output and chunk when stored data fails a check.
+    func fill(_ plan: RestorePlan, target: @escaping @Sendable (RestorePlan.Output) throws -> any RestoreTarget) async throws -> Int64 {
+        let chunks = RestoreChunks(plan.outputs)
+        let window = max(2, maxChunksInFlight / 2)
+        let outputs = plan.outputs, id = plan.id
+        var bytes: Int64 = 0
+        try await withThrowingTaskGroup(of: Int64.self) { group in
+            var next = 0
+            func start() {
+                let output = outputs[next]
+                group.addTask { try await self.fill(output, into: try target(output), chunks: chunks, checkpoint: id, window: window); return output.size }
+                next += 1
+            }
+            while next < outputs.count && next < 2 { start() }
+            while let size = try await group.next() {
+                bytes += size
+                if next < outputs.count { start() }
+            }
+        }
+        return bytes
+    }
+
+    /// Reads, decodes, checks and writes the chunks of one output in parallel, each at its offset; at most
+    /// `window` chunks are in flight.
+    private func fill(_ output: RestorePlan.Output, into target: any RestoreTarget, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int) async throws {
+        var position = Int64(output.prefix.count)
+        let locations = try catalogue.with { (catalogue) throws -> [ChunkLocation] in
+            try output.chunks.map { (chunk) throws in
+                guard let location = try catalogue.location(of: chunk.digest) else {
+                    throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
+                }
+                return location
+            }
+        }
+        var offsets = [Int64]()
+        offsets.reserveCapacity(output.chunks.count)
+        for chunk in output.chunks {
+            offsets.append(position)
+            position += Int64(chunk.length)
+        }
+        guard position == output.size else {
+            throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): the manifest's chunks add up to \(position) bytes, its size says \(output.size)")
+        }
+        try target.allocate(output.size)
+        if !output.prefix.isEmpty {
+            try output.prefix.withUnsafeBytes { try target.write($0, at: 0) }
+        }
+        let what = "checkpoint \(checkpoint.short): \(output.path)"
+        let reader = self.reader
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var inFlight = 0
+            for (index, location) in locations.enumerated() {
+                if inFlight == window {
+                    try await group.next()
+                    inFlight -= 1
+                }
+                let offset = offsets[index], length = output.chunks[index].length
+                group.addTask {
+                    try Task.checkCancellation()
+                    let named = "\(what) (\(output.describe(index)))"
+                    let bytes = try await chunks.bytes(at: location) { checks in
+                        try reader.read(at: location, checks: checks, what: named)
+                    }
+                    guard bytes.count == length else {
+                        throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
+                    }
+                    try bytes.withUnsafeBytes { try target.write($0, at: offset) }
+                    bytes.releaseMapping()
+                }
+                inFlight += 1
+            }
+            try await group.waitForAll()
+        }
+    }
+}
+
+/// Where a restored output's bytes go: a file in the staging folder, or memory.
+protocol RestoreTarget: Sendable {
+    /// Writes `buffer` at `offset`; writes of one output go to disjoint ranges, from several tasks.
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws
+    /// Makes room for `length` bytes before any is written.
+    func allocate(_ length: Int64) throws
+}
+
+extension SharedOutputFile: RestoreTarget {}
+
+/// Restored bytes in memory: a buffer the caller lends (``CheckpointStore/readTensor(_:name:in:into:)``)
+/// or one this target allocates and hands over as an array.
+final class MemoryTarget: RestoreTarget, @unchecked Sendable {
+    // The buffer is fixed at init; writes go to disjoint ranges (one per chunk), so they need no lock.
+    private let buffer: UnsafeMutableRawBufferPointer
+    private let owned: Bool
+
+    /// A target that writes into `buffer`, which must outlive it.
+    init(borrowing buffer: UnsafeMutableRawBufferPointer) {
+        self.buffer = buffer
+        self.owned = false
+    }
+
+    /// A target with a buffer of its own of `count` bytes.
+    init(count: Int) {
+        self.buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        self.owned = true
+    }
+
+    deinit { if owned { buffer.deallocate() } }
+
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        guard offset >= 0, Int(offset) + bytes.count <= buffer.count else {
+            throw CKStoreError(.internalInvariant, "a restore wrote \(bytes.count) bytes at \(offset) into a buffer of \(buffer.count)")
+        }
+        UnsafeMutableRawBufferPointer(rebasing: buffer[Int(offset)..<(Int(offset) + bytes.count)]).copyMemory(from: bytes)
+    }
+
+    func allocate(_ length: Int64) throws {
+        guard length <= buffer.count else {
+            throw CKStoreError(.invalidArgument, "\(length) bytes do not fit a buffer of \(buffer.count)")
+        }
+    }
+
+    /// The first `count` bytes written.
+    func bytes(count: Int) -> [UInt8] { Array(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) }
+}
+
 extension CheckpointStore {
+    /// A restorer over this store for one operation.
+    func restorer(maxChunksInFlight: Int = 8) -> Restorer {
+        Restorer(catalogue: catalogue, layout: layout, reader: chunkReader(), maxChunksInFlight: maxChunksInFlight)
+    }
+
     /// Restores a checkpoint (or some of its files or tensors) into a folder.
     ///
     /// Every chunk is checked against its SHA-256 (the manifest's, whose own SHA-256 is the checkpoint id),
@@ -24,285 +190,24 @@ extension CheckpointStore {
     ///   the file and chunk named when stored data fails a check, `unsafePath` for a manifest path that
     ///   would leave `destination`.
     public func restore(_ id: CheckpointID, to destination: String, options: RestoreOptions = RestoreOptions()) async throws(CKStoreError) -> RestoreResult {
-        try await CKStoreError.wrapping("restore of \(id.short)") { try await restoreChecked(id, to: destination, options: options) }
-    }
-
-    /// One file to write: where, and from which chunks (with the bytes to put first, for a tensor subset).
-    fileprivate struct Output: Sendable {
-        var path: String
-        var mode: UInt32
-        var prefix: [UInt8]
-        var chunks: [ChunkRef]
-        var size: Int64
-        /// The tensor each chunk belongs to, for error messages.
-        var tensorOfChunk: [Int: String] = [:]
-
-        /// "chunk 3 (tensor layers.0.attn.weight)", to name what damage breaks.
-        func describe(_ index: Int) -> String {
-            tensorOfChunk[index].map { "chunk \(index), tensor \($0)" } ?? "chunk \(index)"
-        }
-    }
-
-    private func restoreChecked(_ id: CheckpointID, to destination: String, options: RestoreOptions) async throws -> RestoreResult {
-        let started = ContinuousClock.now
-        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
-        defer { withExtendedLifetime(lock) {} }
-        let manifest = try self.manifest(of: id)
-        for file in manifest.files {
-            guard RelativePath.isSafe(file.path) else {
-                throw CKStoreError(.unsafePath, "checkpoint \(id.short): manifest names the path \(file.path.debugDescription), which would leave the target folder; refused")
-            }
-            if let target = file.linkTarget {
-                let folder = file.path.split(separator: "/").dropLast().joined(separator: "/")
-                guard !target.hasPrefix("/"), RelativePath.normalize(folder.isEmpty ? target : folder + "/" + target) != nil else {
-                    throw CKStoreError(.unsafePath, "checkpoint \(id.short): symbolic link \(file.path) points to \(target), outside the target folder; refused")
-                }
+        try await CKStoreError.wrapping("restore of \(id.short)") {
+            let started = ContinuousClock.now
+            let restorer = restorer(maxChunksInFlight: options.maxChunksInFlight)
+            return try await restorer.locked {
+                let manifest = try restorer.manifest(of: id)
+                try RestoreDestination.checkPaths(of: manifest, id: id)
+                let plan = try RestorePlan.files(of: manifest, id: id, dropped: try restorer.dropped(of: id), files: options.files, tensors: options.tensors, reader: restorer.reader)
+                let bytes = try await RestoreDestination(destination, force: options.force).write(plan, with: restorer)
+                return RestoreResult(id: id, files: plan.paths, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
             }
         }
-
-        let (outputs, links) = try plan(manifest, id: id, options: options)
-        let created = try prepareDestination(destination, force: options.force)
-        let staging = destination + "/.ckstore-restore-" + PackID.random().hex.prefix(12)
-        var succeeded = false
-        defer {
-            FileSystem.removeTree(staging)
-            if !succeeded && created { FileSystem.removeTree(destination) }
-        }
-        try FileSystem.createDirectory(staging)
-
-        let reader = chunkReader()
-        let chunks = RestoreChunks(outputs)
-        var bytes: Int64 = 0
-        // Files are restored two at a time, so that small files do not leave a core idle. Chunks in flight
-        // stay bounded: each file has its own window of half the chunks.
-        let window = max(2, options.maxChunksInFlight / 2)
-        try await withThrowingTaskGroup(of: Int64.self) { group in
-            var next = 0
-            let filesAtOnce = 2
-            while next < outputs.count && next < filesAtOnce {
-                let output = outputs[next]
-                group.addTask { try await self.write(output, into: staging, reader: reader, chunks: chunks, checkpoint: id, window: window); return output.size }
-                next += 1
-            }
-            while let size = try await group.next() {
-                bytes += size
-                if next < outputs.count {
-                    let output = outputs[next]
-                    group.addTask { try await self.write(output, into: staging, reader: reader, chunks: chunks, checkpoint: id, window: window); return output.size }
-                    next += 1
-                }
-            }
-        }
-        for link in links {
-            let path = staging + "/" + link.path
-            try FileSystem.createDirectory(parentFolder(of: path))
-            if case .failure(let error) = system_symlink(link.linkTarget ?? "", path) {
-                throw CKStoreError.io("cannot create symbolic link \(link.path)", error)
-            }
-        }
-        // Everything verified: move into place.
-        let names = outputs.map(\.path) + links.map(\.path)
-        for name in names {
-            try moveIntoPlace(name, from: staging, to: destination)
-        }
-        succeeded = true
-        return RestoreResult(id: id, files: names, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
-    }
-
-    /// Decides which files (or tensor subsets) to write.
-    private func plan(_ manifest: Manifest, id: CheckpointID, options: RestoreOptions) throws -> ([Output], [FileEntry]) {
-        let dropped = try withCatalogue { try $0.droppedFiles(of: id) }
-        for path in options.files {
-            if let part = dropped[RelativePath.normalize(path) ?? path] {
-                throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) no longer has \(path): retention dropped its \(part) part")
-            }
-        }
-        var selected = manifest.files.filter { dropped[$0.path] == nil }
-        if !options.files.isEmpty {
-            var byPath = [String: FileEntry]()
-            for file in manifest.files { byPath[file.path] = file }
-            selected = []
-            for path in options.files {
-                let normalized = RelativePath.normalize(path) ?? path
-                guard let file = byPath[normalized] else {
-                    throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no file \(path); its files: \(manifest.files.map(\.path).joined(separator: ", "))")
-                }
-                selected.append(file)
-            }
-        }
-        // Tensors a part rule dropped: such a file comes back as a valid safetensors file without them.
-        let droppedTensors = try withCatalogue { try $0.droppedTensors(of: id) }
-        var outputs = [Output]()
-        let links = options.tensors.isEmpty ? selected.filter { $0.format == .symlink } : []
-        if options.tensors.isEmpty {
-            for file in selected where file.format != .symlink {
-                if let gone = droppedTensors[file.path] {
-                    outputs.append(try subsetOutput(of: file, tensors: (file.tensors ?? []).filter { !gone.contains($0.name) }, id: id))
-                    continue
-                }
-                var output = Output(path: file.path, mode: file.mode, prefix: [], chunks: file.chunks, size: file.size)
-                for tensor in file.tensors ?? [] {
-                    for index in tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount) { output.tensorOfChunk[index] = tensor.name }
-                }
-                outputs.append(output)
-            }
-            return (outputs, links)
-        }
-        var matchedPatterns = Set<String>()
-        for file in selected where file.format == .safetensors {
-            let tensors = (file.tensors ?? []).filter { tensor in
-                guard droppedTensors[file.path]?.contains(tensor.name) != true else { return false }
-                let hits = options.tensors.filter { fnmatch($0, tensor.name, 0) == 0 }
-                matchedPatterns.formUnion(hits)
-                return !hits.isEmpty
-            }
-            guard !tensors.isEmpty else { continue }
-            outputs.append(try subsetOutput(of: file, tensors: tensors, id: id))
-        }
-        let unmatched = options.tensors.filter { !matchedPatterns.contains($0) }
-        guard unmatched.isEmpty else {
-            throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no safetensors tensor matching \(unmatched.joined(separator: ", "))")
-        }
-        return (outputs, [])
-    }
-
-    /// A valid safetensors file holding `tensors` of `file`, in their order, with the file's metadata.
-    private func subsetOutput(of file: FileEntry, tensors: [TensorEntry], id: CheckpointID) throws -> Output {
-        let metadata = try originalMetadata(of: file, id: id)
-        var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
-        var chunks = [ChunkRef]()
-        var tensorOfChunk = [Int: String]()
-        for tensor in tensors {
-            guard let dtype = tensor.dtype, let shape = tensor.shape else { continue }
-            described.append((tensor.name, dtype, shape, tensor.byteCount))
-            for offset in 0..<tensor.chunkCount { tensorOfChunk[chunks.count + offset] = tensor.name }
-            chunks += file.chunks[tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)]
-        }
-        let header = SafetensorsFile.header(tensors: described, metadata: metadata)
-        let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
-        return Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, size: size, tensorOfChunk: tensorOfChunk)
-    }
-
-    /// The `__metadata__` of a stored safetensors file, read from its header chunk(s).
-    private func originalMetadata(of file: FileEntry, id: CheckpointID) throws -> [String: String]? {
-        let reader = chunkReader()
-        let headerEnd = file.tensors?.map(\.begin).min() ?? file.size
-        var header = [UInt8]()
-        for chunk in file.chunks where Int64(header.count) < headerEnd {
-            header += try reader.read(chunk.digest, what: "\(file.path) in checkpoint \(id.short)").array
-        }
-        guard header.count >= 8 else { return nil }
-        let length = Int(header.loadLittleEndian(UInt64.self, at: 0))
-        guard 8 + length <= header.count else { return nil }
-        return try? SafetensorsFile.parse(header: Array(header[8..<(8 + length)]), size: file.size, name: file.path).metadata
-    }
-
-    /// Creates `destination` if missing (returns true), or checks that it is empty unless `force`.
-    private func prepareDestination(_ destination: String, force: Bool) throws -> Bool {
-        if FileSystem.exists(destination) {
-            guard FileSystem.isDirectory(destination) else {
-                throw CKStoreError(.alreadyExists, "\(destination) exists and is not a folder")
-            }
-            let contents = try FileSystem.contents(of: destination).filter { !$0.hasPrefix(".ckstore-restore-") }
-            guard contents.isEmpty || force else {
-                throw CKStoreError(.alreadyExists, "\(destination) is not empty; restore into an empty folder or pass --force to replace files in it")
-            }
-            return false
-        }
-        try FileSystem.createDirectory(destination)
-        return true
-    }
-
-    /// Reads, decodes, checks and writes the chunks of one output in parallel, each at its offset; at most
-    /// `window` chunks are in flight.
-    private func write(_ output: Output, into staging: String, reader: ChunkReader, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int) async throws {
-        let path = staging + "/" + output.path
-        try FileSystem.createDirectory(parentFolder(of: path))
-        let file = try SharedOutputFile(creating: path, mode: 0o600)
-        var position = Int64(output.prefix.count)
-        if !output.prefix.isEmpty {
-            try output.prefix.withUnsafeBytes { try file.write($0, at: 0) }
-        }
-        let locations = try withCatalogue { (catalogue) throws -> [ChunkLocation] in
-            try output.chunks.map { (chunk) throws in
-                guard let location = try catalogue.location(of: chunk.digest) else {
-                    throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
-                }
-                return location
-            }
-        }
-        var offsets = [Int64]()
-        offsets.reserveCapacity(output.chunks.count)
-        for chunk in output.chunks {
-            offsets.append(position)
-            position += Int64(chunk.length)
-        }
-        guard position == output.size else {
-            throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): the manifest's chunks add up to \(position) bytes, its size says \(output.size)")
-        }
-        try file.allocate(output.size)
-        let what = "checkpoint \(checkpoint.short): \(output.path)"
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var inFlight = 0
-            for (index, location) in locations.enumerated() {
-                if inFlight == window {
-                    try await group.next()
-                    inFlight -= 1
-                }
-                let offset = offsets[index], length = output.chunks[index].length
-                group.addTask {
-                    try Task.checkCancellation()
-                    let named = "\(what) (\(output.describe(index)))"
-                    let bytes = try await chunks.bytes(at: location) { checks in
-                        try reader.read(at: location, checks: checks, what: named)
-                    }
-                    guard bytes.count == length else {
-                        throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(length)")
-                    }
-                    try bytes.withUnsafeBytes { try file.write($0, at: offset) }
-                    bytes.releaseMapping()
-                }
-                inFlight += 1
-            }
-            try await group.waitForAll()
-        }
-        if case .failure(let error) = system_chmod(path, mode_t(output.mode)) {
-            throw CKStoreError.io("cannot set the mode of \(output.path)", error)
-        }
-    }
-
-    /// Renames `staging/name` to `destination/name`, creating real folders on the way and refusing to
-    /// pass through a symbolic link that a `--force` target already had.
-    private func moveIntoPlace(_ name: String, from staging: String, to destination: String) throws {
-        var folder = destination
-        for component in name.split(separator: "/").dropLast() {
-            folder += "/" + component
-            switch system_lstat(folder) {
-            case .success(let info):
-                guard info.st_mode & S_IFMT == S_IFDIR else {
-                    throw CKStoreError(.unsafePath, "\(folder) exists and is not a folder (a file or symbolic link); cannot restore \(name) there")
-                }
-            case .failure:
-                try FileSystem.createDirectory(folder)
-            }
-        }
-        let target = destination + "/" + name
-        if case .success(let info) = system_lstat(target), info.st_mode & S_IFMT == S_IFDIR {
-            throw CKStoreError(.alreadyExists, "\(target) is a folder; cannot replace it with a file")
-        }
-        try FileSystem.rename(staging + "/" + name, target)
-    }
-
-    private func parentFolder(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return String(path[..<slash])
     }
 }
 
 /// What a restore knows about the chunks it reads, shared by its tasks: which it re-hashed already, and
 /// one read shared by every use of a chunk that occurs more than once (a zero-filled chunk used a hundred
 /// times is decoded once), its bytes kept until the last use, up to `budget` bytes at a time.
-private final class RestoreChunks: Sendable {
+final class RestoreChunks: Sendable {
     private struct State {
         var verified = Set<ChunkDigest>()
         /// Uses still to come of chunks used more than once.
@@ -314,7 +219,7 @@ private final class RestoreChunks: Sendable {
     private let state: Mutex<State>
     private let budget: Int
 
-    init(_ outputs: [CheckpointStore.Output], budget: Int = 32 << 20) {
+    init(_ outputs: [RestorePlan.Output], budget: Int = 32 << 20) {
         var uses = [ChunkDigest: Int]()
         for output in outputs {
             for chunk in output.chunks { uses[chunk.digest, default: 0] += 1 }
