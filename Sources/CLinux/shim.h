@@ -20,6 +20,11 @@ static inline int ckstore_allocate(int fd, long long length) {
     return fallocate(fd, 0, 0, length);
 }
 
+/// madvise advice from Linux 5.14 that older <sys/mman.h> headers lack: populate the page tables of a
+/// range for reading (a file mapping) or for writing (fresh anonymous memory) in one call.
+#define CKSTORE_MADV_POPULATE_READ 22
+#define CKSTORE_MADV_POPULATE_WRITE 23
+
 extern int mallopt(int param, int value);
 
 /// glibc's M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1) from <malloc.h>, which Glibc does not export.

@@ -26,9 +26,8 @@ func train(storePath: String, run: String, steps: Int64) async throws -> [Float]
         }
     }
     try await saver.finish()                           // every checkpoint committed, or the first error
-    var latest = [Float]()                             // one tensor, reading only its chunks
-    if let id = try store.latest(run: run) {
-        latest = try await store.loadTensors(id, matching: ["w"]).first?.floats() ?? []
+    if let id = try store.latest(run: run) {           // one tensor back, reading only its chunks
+        weights = try await store.loadTensors(id, matching: ["w"]).first?.floats() ?? weights
     }
     _ = try await store.gc()                           // apply the retention policies, as `ckstore gc` does
     return weights

@@ -25,7 +25,7 @@ enum FileSystem {
 
     /// fsyncs a folder so that renames and creations inside it are durable.
     static func syncDirectory(_ path: String) throws {
-        try FileHandle.openDirectory(path).sync()
+        try SystemFile.openDirectory(path).sync()
     }
 
     /// Renames atomically.

@@ -10,7 +10,7 @@ final class MappedFile: Sendable {
 
     init(path: String) throws {
         self.path = path
-        let file = try FileHandle.openForReading(path)
+        let file = try SystemFile.openForReading(path)
         let size = Int(try file.size())
         if size == 0 {
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)

@@ -1,17 +1,29 @@
 // Every POSIX call ckstore makes goes through this file, as in swift-system's Internals/Syscalls.swift:
 // one place converts `-1/errno` (retrying on EINTR) and one place lets tests inject faults.
 
-#if canImport(Glibc)
+#if os(Linux)
 import CLinux
+#endif
+#if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 import Synchronization
 
-/// The system calls that fault injection can target.
+/// The system calls that fault injection can target: one per `system_*` wrapper, named as it is.
+///
+/// A wrapper never names its operation itself: ``valueOrErrno(_:function:_:)`` takes it from the
+/// wrapper's own name (`#function`), so a call cannot be recorded under another call's name.
 package enum SyscallOperation: String, Sendable, CaseIterable {
-    case open, pread, pwrite, fsync, rename, unlink, mkdir, flock, fstat, close, readlink, mmap, fallocate
+    case open, close, pread, pwrite, fsync, fallocate, rename, unlink, mkdir, flock, fstat, stat, lstat, readlink, chmod, symlink, mmap
+
+    /// The operation of the wrapper `function` (`system_chmod(_:_:)` → `chmod`), as `#function` names it.
+    init?(wrapper function: StaticString) {
+        let name = function.description
+        guard name.hasPrefix("system_") else { return nil }
+        self.init(rawValue: String(name.dropFirst("system_".count).prefix { $0 != "(" }))
+    }
 }
 
 /// A fault injection seam for tests: rules decide, per call, whether to fail it with an errno (or to make
@@ -55,9 +67,12 @@ package final class FaultInjector: Sendable {
         return try await body()
     }
 
-    func fault(_ operation: SyscallOperation, _ path: String?) -> Fault? {
+    /// The fault to inject into the call that the wrapper `function` makes on `path`, if a rule says so.
+    func fault(_ function: StaticString, _ path: String?) -> Fault? {
         guard let path else { return nil }
         return rules.withLock { rules in
+            // Most calls run with no rule installed: the wrapper's name is read only when one is.
+            guard !rules.isEmpty, let operation = SyscallOperation(wrapper: function) else { return nil }
             for (token, var installed) in rules where path.hasPrefix(installed.scope) {
                 let index = installed.counts[operation] ?? 0
                 installed.counts[operation] = index + 1
@@ -72,12 +87,12 @@ package final class FaultInjector: Sendable {
 /// Runs `body` until it does not fail with EINTR; converts -1 into a thrown ``Errno``.
 @inline(__always)
 func valueOrErrno<I: FixedWidthInteger>(
-    _ operation: SyscallOperation,
     _ path: String?,
     retryOnInterrupt: Bool = true,
+    function: StaticString = #function,
     _ body: () -> I
 ) -> Result<I, Errno> {
-    if case .fail(let code) = FaultInjector.shared.fault(operation, path) {
+    if case .fail(let code) = FaultInjector.shared.fault(function, path) {
         return .failure(Errno(rawValue: code))
     }
     while true {
@@ -92,20 +107,20 @@ func valueOrErrno<I: FixedWidthInteger>(
 }
 
 func system_open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o644) -> Result<Int32, Errno> {
-    valueOrErrno(.open, path) { open(path, flags | O_CLOEXEC, mode) }
+    valueOrErrno(path) { open(path, flags | O_CLOEXEC, mode) }
 }
 
 func system_close(_ fd: Int32) -> Result<Int32, Errno> {
     // close must not be retried on EINTR: the descriptor is gone either way on Linux.
-    valueOrErrno(.close, nil, retryOnInterrupt: false) { close(fd) }
+    valueOrErrno(nil, retryOnInterrupt: false) { close(fd) }
 }
 
 func system_pread(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ offset: Int64, path: String?) -> Result<Int, Errno> {
-    valueOrErrno(.pread, path) { pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
+    valueOrErrno(path) { pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
 }
 
 func system_pwrite(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ offset: Int64, path: String?) -> Result<Int, Errno> {
-    switch FaultInjector.shared.fault(.pwrite, path) {
+    switch FaultInjector.shared.fault(#function, path) {
     case .fail(let code):
         return .failure(Errno(rawValue: code))
     case .shortWrite(let count):
@@ -128,7 +143,7 @@ private func valueOrErrnoNoInjection<I: FixedWidthInteger>(_ body: () -> I) -> R
 }
 
 func system_fsync(_ fd: Int32, path: String?) -> Result<Int32, Errno> {
-    valueOrErrno(.fsync, path) { fsync(fd) }
+    valueOrErrno(path) { fsync(fd) }
 }
 
 /// Starts writeback of a byte range without waiting for it (Linux `sync_file_range`, `SYNC_FILE_RANGE_WRITE`);
@@ -142,9 +157,9 @@ func system_start_writeback(_ fd: Int32, _ offset: Int64, _ count: Int64) {
 /// Allocates the first `length` bytes of a file's blocks (Linux `fallocate`), so that writing them later
 /// cannot run out of space and skips the file system's per-page delayed allocation. Succeeds without
 /// doing anything where the file system or the platform cannot.
-func system_allocate(_ fd: Int32, _ length: Int64, path: String?) -> Result<Int32, Errno> {
+func system_fallocate(_ fd: Int32, _ length: Int64, path: String?) -> Result<Int32, Errno> {
     #if os(Linux)
-    let result = valueOrErrno(.fallocate, path) { ckstore_allocate(fd, length) }
+    let result = valueOrErrno(path) { ckstore_allocate(fd, length) }
     if case .failure(let error) = result, error.rawValue == EOPNOTSUPP || error.rawValue == ENOSYS {
         return .success(0)
     }
@@ -155,41 +170,41 @@ func system_allocate(_ fd: Int32, _ length: Int64, path: String?) -> Result<Int3
 }
 
 func system_rename(_ from: String, _ to: String) -> Result<Int32, Errno> {
-    valueOrErrno(.rename, to) { rename(from, to) }
+    valueOrErrno(to) { rename(from, to) }
 }
 
 func system_unlink(_ path: String) -> Result<Int32, Errno> {
-    valueOrErrno(.unlink, path) { unlink(path) }
+    valueOrErrno(path) { unlink(path) }
 }
 
 func system_mkdir(_ path: String, _ mode: mode_t = 0o755) -> Result<Int32, Errno> {
-    valueOrErrno(.mkdir, path) { mkdir(path, mode) }
+    valueOrErrno(path) { mkdir(path, mode) }
 }
 
 func system_flock(_ fd: Int32, _ operation: Int32, path: String?) -> Result<Int32, Errno> {
-    valueOrErrno(.flock, path) { flock(fd, operation) }
+    valueOrErrno(path) { flock(fd, operation) }
 }
 
 func system_fstat(_ fd: Int32, path: String?) -> Result<stat, Errno> {
     var info = stat()
-    return valueOrErrno(.fstat, path) { fstat(fd, &info) }.map { _ in info }
+    return valueOrErrno(path) { fstat(fd, &info) }.map { _ in info }
 }
 
 func system_stat(_ path: String) -> Result<stat, Errno> {
     var info = stat()
-    return valueOrErrno(.fstat, path) { stat(path, &info) }.map { _ in info }
+    return valueOrErrno(path) { stat(path, &info) }.map { _ in info }
 }
 
 func system_lstat(_ path: String) -> Result<stat, Errno> {
     var info = stat()
-    return valueOrErrno(.fstat, path) { lstat(path, &info) }.map { _ in info }
+    return valueOrErrno(path) { lstat(path, &info) }.map { _ in info }
 }
 
 func system_readlink(_ path: String) -> Result<String, Errno> {
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     let count = buffer.withUnsafeMutableBufferPointer { pointer -> Result<Int, Errno> in
         guard let base = pointer.baseAddress else { return .failure(Errno(rawValue: EINVAL)) }
-        return valueOrErrno(.readlink, path) { readlink(path, base, pointer.count - 1) }
+        return valueOrErrno(path) { readlink(path, base, pointer.count - 1) }
     }
     return count.map { length in
         String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -197,15 +212,15 @@ func system_readlink(_ path: String) -> Result<String, Errno> {
 }
 
 func system_chmod(_ path: String, _ mode: mode_t) -> Result<Int32, Errno> {
-    valueOrErrno(.fstat, path) { chmod(path, mode) }
+    valueOrErrno(path) { chmod(path, mode) }
 }
 
 func system_symlink(_ target: String, _ path: String) -> Result<Int32, Errno> {
-    valueOrErrno(.open, path) { symlink(target, path) }
+    valueOrErrno(path) { symlink(target, path) }
 }
 
 func system_mmap(_ fd: Int32, _ length: Int, path: String) -> Result<UnsafeRawPointer, Errno> {
-    if case .fail(let code) = FaultInjector.shared.fault(.mmap, path) { return .failure(Errno(rawValue: code)) }
+    if case .fail(let code) = FaultInjector.shared.fault(#function, path) { return .failure(Errno(rawValue: code)) }
     guard let pointer = mmap(nil, length, PROT_READ, MAP_SHARED, fd, 0), pointer != MAP_FAILED else {
         return .failure(Errno(rawValue: errno))
     }
@@ -220,10 +235,10 @@ func system_munmap(_ pointer: UnsafeRawPointer, _ length: Int) {
 /// (MADV_POPULATE_READ, Linux 5.14+), which is much cheaper than taking one page fault per 4 KiB; on older
 /// kernels falls back to starting readahead. Advisory: a failure only means slower reads.
 func system_madvise_populate(_ pointer: UnsafeRawPointer, _ length: Int) {
-    let populateRead: Int32 = 22
-    if advisePages(pointer, length, populateRead) != 0 {
-        _ = advisePages(pointer, length, MADV_WILLNEED)
-    }
+    #if os(Linux)
+    if advisePages(pointer, length, CKSTORE_MADV_POPULATE_READ) == 0 { return }
+    #endif
+    _ = advisePages(pointer, length, MADV_WILLNEED)
 }
 
 /// Keeps freed heap memory for reuse: buffers up to `mmapThreshold` come from the heap instead of fresh
@@ -262,7 +277,8 @@ func system_madvise_prepare_write(_ pointer: UnsafeMutableRawPointer, _ length: 
     let start = (Int(bitPattern: pointer) + page - 1) & ~(page - 1)
     let end = (Int(bitPattern: pointer) + length) & ~(page - 1)
     guard end > start, let base = UnsafeMutableRawPointer(bitPattern: start) else { return }
+    #if os(Linux)
     _ = madvise(base, end - start, MADV_HUGEPAGE)
-    let populateWrite: Int32 = 23
-    _ = madvise(base, end - start, populateWrite)
+    _ = madvise(base, end - start, CKSTORE_MADV_POPULATE_WRITE)
+    #endif
 }

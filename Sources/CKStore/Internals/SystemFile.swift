@@ -9,7 +9,7 @@ import Darwin
 /// Every read and write goes through the syscall layer and turns failures into ``CKStoreError``s that
 /// name the file. Not `Sendable`: one owner at a time. Positioned reads and writes do not move a shared
 /// offset, so `SharedFile` (below) may hand the descriptor to several tasks.
-final class FileHandle {
+final class SystemFile {
     let descriptor: Int32
     let path: String
 
@@ -23,28 +23,28 @@ final class FileHandle {
     }
 
     /// Opens an existing file for reading.
-    static func openForReading(_ path: String) throws -> FileHandle {
+    static func openForReading(_ path: String) throws -> SystemFile {
         try open(path, O_RDONLY, action: "open")
     }
 
     /// Creates a new file for writing; fails if it exists.
-    static func createNew(_ path: String, mode: mode_t = 0o644) throws -> FileHandle {
+    static func createNew(_ path: String, mode: mode_t = 0o644) throws -> SystemFile {
         try open(path, O_RDWR | O_CREAT | O_EXCL, mode: mode, action: "create")
     }
 
     /// Opens a file read-write, creating it if missing.
-    static func openOrCreate(_ path: String, mode: mode_t = 0o644) throws -> FileHandle {
+    static func openOrCreate(_ path: String, mode: mode_t = 0o644) throws -> SystemFile {
         try open(path, O_RDWR | O_CREAT, mode: mode, action: "open")
     }
 
     /// Opens a directory so that it can be fsynced.
-    static func openDirectory(_ path: String) throws -> FileHandle {
+    static func openDirectory(_ path: String) throws -> SystemFile {
         try open(path, O_RDONLY | O_DIRECTORY, action: "open folder")
     }
 
-    private static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644, action: String) throws -> FileHandle {
+    private static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644, action: String) throws -> SystemFile {
         switch system_open(path, flags, mode) {
-        case .success(let fd): return FileHandle(descriptor: fd, path: path)
+        case .success(let fd): return SystemFile(descriptor: fd, path: path)
         case .failure(let error): throw CKStoreError.io("cannot \(action) \(path)", error)
         }
     }
@@ -122,11 +122,11 @@ final class FileHandle {
 /// descriptor itself is immutable after init and closed when the last reference goes.
 final class SharedFile: @unchecked Sendable {
     // Immutable after init; only positioned reads are issued, so no lock is needed.
-    private let handle: FileHandle
+    private let handle: SystemFile
     var path: String { handle.path }
 
     init(path: String) throws {
-        handle = try FileHandle.openForReading(path)
+        handle = try SystemFile.openForReading(path)
     }
 
     func size() throws -> Int64 { try handle.size() }
@@ -144,11 +144,11 @@ final class SharedFile: @unchecked Sendable {
 /// A file being written by concurrent positioned writes (a restore's temporary file).
 final class SharedOutputFile: @unchecked Sendable {
     // Immutable after init; positioned writes to disjoint ranges need no lock.
-    private let handle: FileHandle
+    private let handle: SystemFile
     var path: String { handle.path }
 
     init(creating path: String, mode: mode_t) throws {
-        handle = try FileHandle.createNew(path, mode: mode)
+        handle = try SystemFile.createNew(path, mode: mode)
     }
 
     func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws {
@@ -159,7 +159,7 @@ final class SharedOutputFile: @unchecked Sendable {
     /// at once, and the writes skip delayed allocation (a third of the kernel's work per written page).
     func allocate(_ length: Int64) throws {
         guard length > 0 else { return }
-        if case .failure(let error) = system_allocate(handle.descriptor, length, path: handle.path) {
+        if case .failure(let error) = system_fallocate(handle.descriptor, length, path: handle.path) {
             throw CKStoreError.io("cannot allocate \(length) bytes for \(handle.path)", error)
         }
     }

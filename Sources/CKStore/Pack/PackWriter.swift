@@ -12,7 +12,7 @@ final class PackWriter {
 
     let id: PackID
     private let layout: StoreLayout
-    private let file: FileHandle
+    private let file: SystemFile
     private(set) var size: Int64
     private(set) var frames: [WrittenFrame] = []
     private var sealed = false
@@ -25,7 +25,7 @@ final class PackWriter {
     init(layout: StoreLayout) throws {
         self.layout = layout
         self.id = PackID.random()
-        let file = try FileHandle.createNew(layout.temporaryPackPath(id))
+        let file = try SystemFile.createNew(layout.temporaryPackPath(id))
         let header = PackFormat.fileHeader()
         do {
             try file.write(header, at: 0)

@@ -173,7 +173,7 @@ extension CheckpointStore {
     }
 
     static func readSmallFile(_ path: String) throws -> [UInt8] {
-        let file = try FileHandle.openForReading(path)
+        let file = try SystemFile.openForReading(path)
         let size = try file.size()
         guard size <= 64 << 20 else { return [] }
         return try file.read(count: Int(size), at: 0)

@@ -55,7 +55,7 @@ public final class CheckpointStore: Sendable {
                 try FileSystem.createDirectory(layout.packsRoot + "/" + [UInt8(prefix)].hexString)
             }
             try FileSystem.createDirectory(layout.temporaryRoot)
-            _ = try FileHandle.openOrCreate(layout.lockPath)
+            _ = try SystemFile.openOrCreate(layout.lockPath)
         }
         let catalogue = try Catalogue(path: layout.cataloguePath)
         if !exists {

@@ -11,10 +11,10 @@ import Darwin
 final class StoreLock {
     enum Mode { case shared, exclusive }
 
-    private let file: FileHandle
+    private let file: SystemFile
 
     init(path: String, mode: Mode) throws {
-        file = try FileHandle.openOrCreate(path)
+        file = try SystemFile.openOrCreate(path)
         if case .failure(let error) = system_flock(file.descriptor, mode == .shared ? LOCK_SH : LOCK_EX, path: path) {
             throw CKStoreError.io("cannot lock \(path)", error)
         }
