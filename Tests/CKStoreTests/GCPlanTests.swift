@@ -75,7 +75,7 @@ import Testing
             let whatIf = try #require(try await store.audit(AuditOptions(whatIf: policy)).whatIf)
             var options = GCOptions(dryRun: true)
             options.policyOverride = policy
-            let plan = try store.planGC(options)
+            let plan = try store.gcPlanner().plan(options)
             #expect(whatIf.deleted == plan.deleted)
             #expect(whatIf.diskBytesFreed == plan.bytesFreed)
             #expect(whatIf.storedBytesFreed == plan.bytesUnreferenced)

@@ -147,6 +147,13 @@ final class Catalogue {
         return id
     }
 
+    /// Throws `notFound` when `run` is given and the catalogue has no such run.
+    func requireRun(_ run: String?) throws {
+        if let run, try runID(named: run) == nil {
+            throw CKStoreError(.notFound, "no run \(run) in the store")
+        }
+    }
+
     func runNames() throws -> [String] {
         try statement("SELECT name FROM runs ORDER BY name").rows { $0.text(0) }
     }

@@ -104,3 +104,11 @@ final class PackReaderCache: Sendable {
         return try opened.get()
     }
 }
+
+extension ChunkReader {
+    /// Reads, checks and parses a checkpoint's manifest (its frame's SHA-256 is the checkpoint id).
+    func manifest(of id: CheckpointID) throws -> Manifest {
+        let bytes = try read(id.digest, what: "manifest of checkpoint \(id.short)")
+        return try Manifest.decode(bytes.array, id: id)
+    }
+}

@@ -1,11 +1,11 @@
-extension CheckpointStore {
+extension GCPlanner {
     /// The checkpoints `gc --budget` deletes beyond the policies, oldest first, so that packs and catalogue
     /// fit in `budget` once the sweep has rewritten every pack with a dead frame.
     ///
     /// - Throws: ``CKStoreError/Code/overBudget`` when even deleting every unprotected checkpoint is not
     ///   enough; nothing is deleted then.
     func planBudget(_ budget: Int64, plans: [GCPlan.RunRetention], deleted: [CheckpointID], drops: [CheckpointID: GCPlan.PartDrop]) throws -> GCReport.BudgetOutcome {
-        let (usage, remaining) = try withCatalogue { catalogue -> (StoreUsage, [CheckpointID: [ChunkDigest]]) in
+        let (usage, remaining) = try catalogue.with { catalogue -> (StoreUsage, [CheckpointID: [ChunkDigest]]) in
             var remaining = [CheckpointID: [ChunkDigest]]()
             for (id, drop) in drops {
                 let paths = Set(try catalogue.droppedFiles(of: id).keys).union(drop.files)

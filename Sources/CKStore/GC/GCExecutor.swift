@@ -6,17 +6,22 @@ import Foundation
 ///
 /// The sweeps are computed again inside their own transactions, so a put that committed after planning
 /// keeps what it reused (I-8); with nothing running beside it, the report equals the plan's.
+///
+/// Its seams: the catalogue, the store's layout (packs and lock), the annotation log that records
+/// deletions in packs before the catalogue, and the zstd contexts to encode with.
 struct GCExecutor {
-    let store: CheckpointStore
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let annotations: AnnotationLog
+    let contexts: ZstdContextPool
 
     /// Executes `plan`; returns what was done, counted as it was done.
     func execute(_ plan: GCPlan) throws -> GCReport {
-        let layout = store.layout
         var report = plan.report(dryRun: false)
         let annotations: [Annotation] = plan.deleted.map { .remove($0.id) } + plan.drops.sorted { $0.key < $1.key }.map {
             .drop($0.key, paths: $0.value.files, part: $0.value.part.rawValue, tensors: $0.value.tensors)
         }
-        let first = try store.commitAnnotated(annotations) { catalogue -> Catalogue.SweepOutcome in
+        let first = try self.annotations.commit(annotations) { catalogue -> Catalogue.SweepOutcome in
             try catalogue.prepareSweep(deleting: plan.deleted.map(\.id))
             for (id, drop) in plan.drops {
                 try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
@@ -32,7 +37,7 @@ struct GCExecutor {
         report.chunksReencoded = reencoded
         if let reencodedPack {
             freed -= reencodedPack
-            let second = try store.withCatalogue { catalogue in
+            let second = try catalogue.with { catalogue in
                 try catalogue.write { () throws -> Catalogue.SweepOutcome in
                     try catalogue.prepareSweep(deleting: [])
                     return try catalogue.sweep(dryRun: false)
@@ -46,12 +51,12 @@ struct GCExecutor {
         var retired = plan.packsToDelete.map(\.id)
         report.packsRewritten = 0
         for repack in plan.packsToRewrite {
-            let frames = try store.withCatalogue { try $0.chunkLocations(inPack: repack.pack.id) }
+            let frames = try catalogue.with { try $0.chunkLocations(inPack: repack.pack.id) }
             let sink = PackSink(layout: layout, targetSize: .max)
             let copier = FrameCopier(packs: PackReaderCache(layout: layout), sink: sink)
             let moved = try frames.map { ($0.digest, try copier.copy($0)) }
             let sealed = try sink.seal()
-            try store.withCatalogue { catalogue in
+            try catalogue.with { catalogue in
                 try catalogue.write {
                     let now = Date().timeIntervalSince1970
                     for pack in sealed { try catalogue.insertPackRow(pack.id, size: pack.size, frameCount: pack.frames.count, now: now) }
@@ -69,7 +74,7 @@ struct GCExecutor {
         let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
         defer { withExtendedLifetime(lock) {} }
         // Retire packs that hold no live frame: their rows first (one transaction), files after.
-        let gone = try store.withCatalogue { catalogue in
+        let gone = try catalogue.with { catalogue in
             try catalogue.write { () throws -> [PackID] in
                 let used = try catalogue.packsInUse()
                 let gone = retired.filter { !used.contains($0) }
@@ -88,7 +93,7 @@ struct GCExecutor {
                 report.packsDeleted += 1
             }
         }
-        let stillKnown = Set(try store.withCatalogue { try $0.packRows() }.map(\.id))
+        let stillKnown = Set(try catalogue.with { try $0.packRows() }.map(\.id))
         let orphans = Set(try PackDirectory(layout: layout).orphans(olderThan: plan.orphanGrace, known: stillKnown).map(\.path))
         report.orphansRemoved = 0
         for orphan in plan.orphans where orphans.contains(orphan.path) {
@@ -100,7 +105,7 @@ struct GCExecutor {
         report.bytesFreed = freed
         // The removals are not fsynced: a removal a crash undoes leaves an orphan the next gc removes.
         // Fold the sweep's log into the catalogue file so the store's size on disk reflects it now.
-        try store.withCatalogue { try $0.truncateLog() }
+        try catalogue.with { try $0.truncateLog() }
         return report
     }
 
@@ -108,19 +113,19 @@ struct GCExecutor {
     /// how many were and the new pack's size (nil when none were).
     private func reencode(_ planned: [GCPlan.Reencode]) throws -> (Int, Int64?) {
         guard !planned.isEmpty else { return (0, nil) }
-        let reader = store.chunkReader()
-        let codec = FrameCodec(level: try store.settings().compressionLevel, contexts: store.contexts)
-        let sink = PackSink(layout: store.layout, targetSize: .max)
+        let reader = ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: PackReaderCache(layout: layout), contexts: contexts)
+        let codec = FrameCodec(level: try catalogue.with { try $0.settings() }.compressionLevel, contexts: contexts)
+        let sink = PackSink(layout: layout, targetSize: .max)
         var moved = [(digest: ChunkDigest, base: ChunkDigest, location: ChunkLocation)]()
         for frame in planned {
             // A frame that changed since planning (another gc) is left as it is.
-            guard let location = try store.chunkIndex.location(of: frame.digest), location.encoding.hasBase,
-                  let full = try CheckpointStore.fullFrame(of: location, reader: reader, codec: codec) else { continue }
+            guard let location = try ChunkIndex(catalogue: catalogue).location(of: frame.digest), location.encoding.hasBase,
+                  let full = try GCPlanner.fullFrame(of: location, reader: reader, codec: codec) else { continue }
             moved.append((frame.digest, frame.base, try sink.append(full, kind: .chunk)))
         }
         let sealed = try sink.seal()
         guard !sealed.isEmpty else { return (0, nil) }
-        let count = try store.withCatalogue { catalogue in
+        let count = try catalogue.with { catalogue in
             try catalogue.write { () throws -> Int in
                 // The frames are known digests, so the insert records only the pack; the rebase moves them.
                 for pack in sealed { _ = try catalogue.insert(pack: pack, now: Date().timeIntervalSince1970) }

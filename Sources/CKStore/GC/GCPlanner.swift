@@ -1,9 +1,14 @@
 import Foundation
 
 extension CheckpointStore {
+    /// The gc planner over this store.
+    func gcPlanner() -> GCPlanner {
+        GCPlanner(catalogue: catalogue, layout: layout, reader: chunkReader(), contexts: contexts)
+    }
+
     /// Applies the retention policies and sweeps what nothing needs any more.
     ///
-    /// Plans first (``planGC(_:)``), then, unless `options.dryRun`, executes that plan: a dry run reports
+    /// Plans first (``GCPlanner``), then, unless `options.dryRun`, executes that plan: a dry run reports
     /// exactly what the real gc would do. Deleting checkpoints and unreferenced chunks happens in one
     /// short write transaction; a concurrent put that reused a swept chunk notices in its own commit and
     /// writes the chunk again (I-8). Pack files are deleted only under the store's exclusive lock, after
@@ -15,23 +20,29 @@ extension CheckpointStore {
     /// ```
     public func gc(_ options: GCOptions = GCOptions()) async throws(CKStoreError) -> GCReport {
         try CKStoreError.wrapping("gc") {
-            let plan = try planGC(options)
+            let plan = try gcPlanner().plan(options)
             if options.dryRun { return plan.report(dryRun: true) }
-            return try GCExecutor(store: self).execute(plan)
+            return try GCExecutor(catalogue: catalogue, layout: layout, annotations: annotations, contexts: contexts).execute(plan)
         }
     }
+}
 
-    /// Throws `notFound` when `run` is given and the store has no such run.
-    func requireRun(_ run: String?) throws {
-        if let run, try withCatalogue({ try $0.runID(named: run) }) == nil {
-            throw CKStoreError(.notFound, "no run \(run) in the store")
-        }
-    }
+/// Decides what a gc does (``GCPlan``) without changing anything: the retention decision per run, the
+/// parts to drop, a budget's extra deletions, the sweep, the delta frames to store in full, the packs to
+/// delete or rewrite and the orphans. `gc --dry-run` prints its plan; `audit --what-if` reports it.
+///
+/// Its seams: the catalogue, the store's layout (its packs, for orphans), a ``ChunkReader`` (manifests,
+/// and the frames it weighs re-encoding) and the zstd contexts to encode with.
+struct GCPlanner {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let reader: ChunkReader
+    let contexts: ZstdContextPool
 
     /// The retention decision for every run (or one), without side effects, with the run and step of
     /// every checkpoint considered.
     func retentionPlans(run: String?, policyOverride: RetentionPolicy? = nil) throws -> (plans: [GCPlan.RunRetention], steps: [CheckpointID: (run: String, step: Int64)]) {
-        try withCatalogue { catalogue in
+        try catalogue.with { catalogue in
             var steps = [CheckpointID: (run: String, step: Int64)]()
             let runs = try run.map { [$0] } ?? catalogue.runNames()
             let plans = try runs.map { name in
@@ -48,8 +59,8 @@ extension CheckpointStore {
 
     /// Decides everything a gc with `options` does, changing nothing: the plan `gc --dry-run` prints,
     /// `audit --what-if` reports and ``GCExecutor`` runs.
-    func planGC(_ options: GCOptions) throws -> GCPlan {
-        try requireRun(options.run)
+    func plan(_ options: GCOptions) throws -> GCPlan {
+        try catalogue.with { try $0.requireRun(options.run) }
         let (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
         var drops = try partDrops(plans)
         var deleted = plans.flatMap(\.plan.deleted)
@@ -70,7 +81,7 @@ extension CheckpointStore {
 
         // The sweep as it would run, in one transaction rolled back: the live set is computed where the
         // dead would be deleted, so what a put committed before is seen.
-        let sweep = try withCatalogue { catalogue in
+        let sweep = try catalogue.with { catalogue in
             try catalogue.transaction(.immediate) { () throws -> TransactionCompletion<SweepView> in
                 .rollback(try SweepView(catalogue, deleting: deleted, drops: drops))
             }
@@ -106,8 +117,8 @@ extension CheckpointStore {
         var drops = [CheckpointID: GCPlan.PartDrop]()
         for retention in plans {
             for id in retention.plan.slimmed {
-                let manifest = try manifest(of: id)
-                let (already, alreadyTensors) = try withCatalogue { (try $0.droppedFiles(of: id), try $0.droppedTensors(of: id)) }
+                let manifest = try reader.manifest(of: id)
+                let (already, alreadyTensors) = try catalogue.with { (try $0.droppedFiles(of: id), try $0.droppedTensors(of: id)) }
                 let globs = retention.policy.optimizerGlobs
                 let files = manifest.files.map(\.path).filter { path in
                     already[path] == nil && globs.contains { fnmatch($0, path, 0) == 0 }
@@ -141,8 +152,7 @@ extension CheckpointStore {
     private func planReencodes(_ sweep: SweepView) throws -> [GCPlan.Reencode] {
         var dependents = [ChunkDigest: Int]()
         for delta in sweep.deltas.values { dependents[delta.base, default: 0] += 1 }
-        let reader = chunkReader()
-        let codec = FrameCodec(level: try settings().compressionLevel, contexts: contexts)
+        let codec = FrameCodec(level: try catalogue.with { try $0.settings() }.compressionLevel, contexts: contexts)
         var planned = [GCPlan.Reencode]()
         var saved: Int64 = 0
         for (digest, delta) in sweep.deltas.sorted(by: { $0.key < $1.key }) where sweep.direct.contains(digest) && !sweep.direct.contains(delta.base) {

@@ -67,93 +67,8 @@ extension CheckpointStore {
     /// Puts the files `inputs` as one checkpoint: the core of ``put(directory:options:)`` and of saves from
     /// memory. `what` names the checkpoint in errors.
     func put(_ inputs: [PutInput], options: PutOptions, describing what: String, defaultStep: Int64?) async throws -> PutResult {
-        let started = ContinuousClock.now
-        try Self.validateRunName(options.run)
-        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
-        defer { withExtendedLifetime(lock) {} }
-
-        let trainerState = try inputs.first { $0.path == "trainer_state.json" }?.smallContents().flatMap { TrainerState(bytes: $0) }
-        let modelConfig = try inputs.first { $0.path == "config.json" }?.smallContents()
-            .flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0)) }
-        guard let step = options.step ?? trainerState?.globalStep ?? defaultStep else {
-            throw CKStoreError(.invalidArgument, "no step for \(what): give --step N (there is no trainer_state.json with global_step, and the folder is not named checkpoint-N)")
-        }
-        guard step >= 0 else { throw CKStoreError(.invalidArgument, "step \(step) is negative") }
-
-        // The parent (the run's checkpoint before this step) gives tensor chunks their delta bases. A
-        // damaged parent manifest only means no deltas (`verify` reports the damage); failing I/O fails.
-        let parent = try withCatalogue { (catalogue) throws in try catalogue.parent(run: options.run, before: step) }
-        var parentManifest: Manifest?
-        do {
-            parentManifest = try parent.map { try self.manifest(of: $0) }
-        } catch let error as CKStoreError where error.code == .damaged {
-            parentManifest = nil
-        }
-        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout), reader: chunkReader(), contexts: contexts, options: options, settings: try self.settings(), parent: parentManifest)
-        var files = [FileEntry]()
-        var warnings = [String]()
-        for input in inputs {
-            let stored: (FileEntry, warning: String?)
-            switch input.content {
-            case .symlink(let target):
-                files.append(FileEntry(path: input.path, mode: input.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
-                                       format: .symlink, linkTarget: target, chunks: [], tensors: nil))
-                continue
-            case .file(let source): stored = try await session.store(SharedFile(path: source), path: input.path, mode: input.mode)
-            case .memory(let file): stored = try await session.store(file, path: input.path, mode: input.mode)
-            }
-            files.append(stored.0)
-            if let warning = stored.warning { warnings.append(warning) }
-        }
-
-        var metrics = trainerState?.metrics ?? [:]
-        metrics.merge(options.metrics) { _, new in new }
-        var manifest = Manifest(
-            format: Manifest.currentFormat, run: options.run, step: step, epoch: options.epoch ?? trainerState?.epoch,
-            createdAt: Date().timeIntervalSince1970, metrics: metrics, tags: Array(Set(options.tags)).sorted(),
-            metadata: options.metadata, parent: nil, modelConfig: modelConfig, trainerState: trainerState?.json, files: files
-        )
-        manifest.parent = parent
-        let contentDigest = try manifest.contentDigest()
-
-        func existing(in catalogue: Catalogue) throws -> CheckpointID? {
-            guard let found = try catalogue.checkpoint(run: options.run, step: step) else { return nil }
-            guard found.content == contentDigest else {
-                throw CKStoreError(.conflict, "run \(options.run) already has a different checkpoint at step \(step) (\(found.id.short)); put under another step or remove that checkpoint first")
-            }
-            return found.id
-        }
-        let seconds = { (ContinuousClock.now - started) / .seconds(1) }
-        if let id = try withCatalogue({ catalogue in try existing(in: catalogue) }) {
-            // Already stored. Chunks the store lacked (dropped by `repair` after damage) were written
-            // again: commit them, which makes the existing checkpoint whole again.
-            if session.newChunkCount > 0 {
-                _ = try session.commit { _, _ in (id: id, alreadyStored: true) }
-            }
-            return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
-                             chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: true, warnings: warnings)
-        }
-
-        let manifestBytes = try manifest.canonicalJSON()
-        let id = CheckpointID(SHA256Hasher.digest(manifestBytes))
-        var uses = [ChunkDigest: Int]()
-        for file in files { for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 } }
-        uses[id.digest, default: 0] += 1
-        try session.appendManifest(manifestBytes, digest: id.digest)
-
-        let stored = try session.commit { (catalogue, added) throws in
-            if let id = try existing(in: catalogue) { return (id: id, alreadyStored: true) }
-            try catalogue.insert(
-                Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses),
-                now: Date().timeIntervalSince1970
-            )
-            return (id: id, alreadyStored: false)
-        }
-        return PutResult(
-            id: stored.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes,
-            storedBytesAdded: session.bytesAdded, chunksTotal: manifest.chunkCount,
-            chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: stored.alreadyStored, warnings: warnings
-        )
+        try await Archiver.put(inputs, options: options, describing: what, defaultStep: defaultStep,
+                               catalogue: catalogue, layout: layout, reader: chunkReader(), contexts: contexts)
     }
 
     static func validateRunName(_ name: String) throws {
@@ -373,4 +288,104 @@ final class ChunkClaims: Sendable {
 
     /// Claims `digest`; false when another worker claimed it first.
     func claim(_ digest: ChunkDigest) -> Bool { claimed.withLock { $0.insert(digest).inserted } }
+}
+
+extension Archiver {
+    /// Puts the files `inputs` as one checkpoint: the core of ``put(directory:options:)`` and of saves from
+    /// memory. `what` names the checkpoint in errors.
+    ///
+    /// Reads the trainer's state and config from the inputs, finds the parent checkpoint (whose tensors
+    /// give delta bases), stores every file through one archiver, and commits the manifest with them.
+    static func put(
+        _ inputs: [CheckpointStore.PutInput], options: PutOptions, describing what: String, defaultStep: Int64?,
+        catalogue: LockedCatalogue, layout: StoreLayout, reader: ChunkReader, contexts: ZstdContextPool
+    ) async throws -> PutResult {
+        let started = ContinuousClock.now
+        try CheckpointStore.validateRunName(options.run)
+        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+
+        let trainerState = try inputs.first { $0.path == "trainer_state.json" }?.smallContents().flatMap { TrainerState(bytes: $0) }
+        let modelConfig = try inputs.first { $0.path == "config.json" }?.smallContents()
+            .flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0)) }
+        guard let step = options.step ?? trainerState?.globalStep ?? defaultStep else {
+            throw CKStoreError(.invalidArgument, "no step for \(what): give --step N (there is no trainer_state.json with global_step, and the folder is not named checkpoint-N)")
+        }
+        guard step >= 0 else { throw CKStoreError(.invalidArgument, "step \(step) is negative") }
+
+        // The parent (the run's checkpoint before this step) gives tensor chunks their delta bases. A
+        // damaged parent manifest only means no deltas (`verify` reports the damage); failing I/O fails.
+        let parent = try catalogue.with { (catalogue) throws in try catalogue.parent(run: options.run, before: step) }
+        var parentManifest: Manifest?
+        do {
+            parentManifest = try parent.map { try reader.manifest(of: $0) }
+        } catch let error as CKStoreError where error.code == .damaged {
+            parentManifest = nil
+        }
+        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
+        var files = [FileEntry]()
+        var warnings = [String]()
+        for input in inputs {
+            let stored: (FileEntry, warning: String?)
+            switch input.content {
+            case .symlink(let target):
+                files.append(FileEntry(path: input.path, mode: input.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
+                                       format: .symlink, linkTarget: target, chunks: [], tensors: nil))
+                continue
+            case .file(let source): stored = try await session.store(SharedFile(path: source), path: input.path, mode: input.mode)
+            case .memory(let file): stored = try await session.store(file, path: input.path, mode: input.mode)
+            }
+            files.append(stored.0)
+            if let warning = stored.warning { warnings.append(warning) }
+        }
+
+        var metrics = trainerState?.metrics ?? [:]
+        metrics.merge(options.metrics) { _, new in new }
+        var manifest = Manifest(
+            format: Manifest.currentFormat, run: options.run, step: step, epoch: options.epoch ?? trainerState?.epoch,
+            createdAt: Date().timeIntervalSince1970, metrics: metrics, tags: Array(Set(options.tags)).sorted(),
+            metadata: options.metadata, parent: nil, modelConfig: modelConfig, trainerState: trainerState?.json, files: files
+        )
+        manifest.parent = parent
+        let contentDigest = try manifest.contentDigest()
+
+        func existing(in catalogue: Catalogue) throws -> CheckpointID? {
+            guard let found = try catalogue.checkpoint(run: options.run, step: step) else { return nil }
+            guard found.content == contentDigest else {
+                throw CKStoreError(.conflict, "run \(options.run) already has a different checkpoint at step \(step) (\(found.id.short)); put under another step or remove that checkpoint first")
+            }
+            return found.id
+        }
+        let seconds = { (ContinuousClock.now - started) / .seconds(1) }
+        if let id = try catalogue.with({ catalogue in try existing(in: catalogue) }) {
+            // Already stored. Chunks the store lacked (dropped by `repair` after damage) were written
+            // again: commit them, which makes the existing checkpoint whole again.
+            if session.newChunkCount > 0 {
+                _ = try session.commit { _, _ in (id: id, alreadyStored: true) }
+            }
+            return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
+                             chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: true, warnings: warnings)
+        }
+
+        let manifestBytes = try manifest.canonicalJSON()
+        let id = CheckpointID(SHA256Hasher.digest(manifestBytes))
+        var uses = [ChunkDigest: Int]()
+        for file in files { for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 } }
+        uses[id.digest, default: 0] += 1
+        try session.appendManifest(manifestBytes, digest: id.digest)
+
+        let stored = try session.commit { (catalogue, added) throws in
+            if let id = try existing(in: catalogue) { return (id: id, alreadyStored: true) }
+            try catalogue.insert(
+                Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses),
+                now: Date().timeIntervalSince1970
+            )
+            return (id: id, alreadyStored: false)
+        }
+        return PutResult(
+            id: stored.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes,
+            storedBytesAdded: session.bytesAdded, chunksTotal: manifest.chunkCount,
+            chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: stored.alreadyStored, warnings: warnings
+        )
+    }
 }

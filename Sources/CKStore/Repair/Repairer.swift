@@ -55,11 +55,20 @@ extension CheckpointStore {
     ///   - path: the store's folder.
     ///   - dryRun: report what would be done, change nothing.
     public static func repair(at path: String, dryRun: Bool = false) async throws(CKStoreError) -> RepairReport {
-        try CKStoreError.wrapping("repair of \(path)") { try repairChecked(at: path, dryRun: dryRun) }
+        try CKStoreError.wrapping("repair of \(path)") { try Repairer(layout: StoreLayout(root: path)).repair(dryRun: dryRun) }
     }
+}
 
-    private static func repairChecked(at path: String, dryRun: Bool) throws -> RepairReport {
-        let layout = StoreLayout(root: path)
+/// Repairs a store (`repair`) from its folder alone: it does not need, or trust, the catalogue.
+///
+/// Its seam is the store's layout; it reads the packs through ``PackDirectory`` and a ``ChunkReader``
+/// over the frames it finds, copies intact frames with a ``FrameCopier``, and opens the catalogue itself.
+struct Repairer {
+    let layout: StoreLayout
+
+    /// Repairs the store, or with `dryRun` reports what a repair would do.
+    func repair(dryRun: Bool) throws -> RepairReport {
+        let path = layout.root
         guard FileSystem.isDirectory(layout.packsRoot) else {
             throw CKStoreError(.notFound, "no ckstore store at \(path) (no packs folder)")
         }
@@ -89,7 +98,7 @@ extension CheckpointStore {
         report.catalogueRebuilt = catalogue == nil
 
         // 2. Every pack on disk, every frame checked (checksum, decode, SHA-256).
-        let scan = try scanPacks(layout)
+        let scan = try scanPacks()
         report.packsScanned = scan.count
         report.framesIntact = scan.reduce(0) { $0 + $1.intact.count }
         let contexts = ZstdContextPool()
@@ -130,7 +139,7 @@ extension CheckpointStore {
         if let catalogue {
             try repairCatalogue(catalogue, scan: scan, intact: intact, newPacks: newPacks, dryRun: dryRun, report: &report)
         } else {
-            try rebuildCatalogue(layout, scan: scan, intact: intact, newPacks: newPacks, codec: codec, dryRun: dryRun, report: &report)
+            try rebuildCatalogue(scan: scan, intact: intact, newPacks: newPacks, codec: codec, dryRun: dryRun, report: &report)
         }
         return report
     }
@@ -146,7 +155,7 @@ extension CheckpointStore {
         var isIntact: Bool { trailerIntact && damage.isEmpty }
     }
 
-    private static func scanPacks(_ layout: StoreLayout) throws -> [ScannedPack] {
+    private func scanPacks() throws -> [ScannedPack] {
         var found = [(id: PackID, reader: PackReader, frames: [PackWriter.WrittenFrame], damage: [String], trailerIntact: Bool)]()
         let packs = PackReaderCache(layout: layout)
         for entry in try PackDirectory(layout: layout).entries() {
@@ -195,7 +204,7 @@ extension CheckpointStore {
     }
 
     /// The catalogue is sound: make it agree with the packs.
-    private static func repairCatalogue(
+    private func repairCatalogue(
         _ catalogue: Catalogue, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
         newPacks: [SealedPack], dryRun: Bool, report: inout RepairReport
     ) throws {
@@ -233,8 +242,8 @@ extension CheckpointStore {
     }
 
     /// The catalogue is missing or damaged: move it aside and rebuild it from pack frames and manifests.
-    private static func rebuildCatalogue(
-        _ layout: StoreLayout, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
+    private func rebuildCatalogue(
+        scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
         newPacks: [SealedPack], codec: FrameCodec, dryRun: Bool, report: inout RepairReport
     ) throws {
         // Annotations (changes made after puts), from the intact annotation frames, in the order made.

@@ -29,8 +29,7 @@ struct Restorer {
 
     /// The checkpoint's manifest, read and checked.
     func manifest(of id: CheckpointID) throws -> Manifest {
-        let bytes = try reader.read(id.digest, what: "manifest of checkpoint \(id.short)")
-        return try Manifest.decode(bytes.array, id: id)
+        try reader.manifest(of: id)
     }
 
     /// What part rules took from the checkpoint.

@@ -18,13 +18,19 @@ struct AnnotationRecord: Codable, Sendable {
     var change: Annotation
 }
 
-extension CheckpointStore {
+/// Records changes made after puts: each goes into a pack as an annotation frame before the catalogue
+/// records it, so that a rebuild from the packs replays it (I-2).
+struct AnnotationLog {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let contexts: ZstdContextPool
+
     /// Writes `changes` as annotation frames into a new sealed pack, then runs `body` in a write
     /// transaction that also records that pack: the changes are durable in the packs before the
     /// catalogue shows them.
-    func commitAnnotated<T: Sendable>(_ changes: [Annotation], _ body: (Catalogue) throws -> T) throws -> T {
+    func commit<T: Sendable>(_ changes: [Annotation], _ body: (Catalogue) throws -> T) throws -> T {
         guard !changes.isEmpty else {
-            return try withCatalogue { catalogue in try catalogue.write { try body(catalogue) } }
+            return try catalogue.with { catalogue in try catalogue.write { try body(catalogue) } }
         }
         let now = Date().timeIntervalSince1970
         let encoder = JSONEncoder()
@@ -36,11 +42,16 @@ extension CheckpointStore {
             try sink.append(try codec.encode(bytes, digest: SHA256Hasher.digest(bytes)), kind: .annotation)
         }
         let sealed = try sink.seal()
-        return try withCatalogue { catalogue in
+        return try catalogue.with { catalogue in
             try catalogue.write {
                 for pack in sealed { _ = try catalogue.insert(pack: pack, now: now) }
                 return try body(catalogue)
             }
         }
     }
+}
+
+extension CheckpointStore {
+    /// The log that records this store's annotations.
+    var annotations: AnnotationLog { AnnotationLog(catalogue: catalogue, layout: layout, contexts: contexts) }
 }

@@ -11,32 +11,32 @@ extension CheckpointStore {
                 }
             }
         }
-        try commitAnnotated(ids.map { .remove($0) }) { catalogue in
+        try annotations.commit(ids.map { .remove($0) }) { catalogue in
             for id in ids { try catalogue.deleteCheckpoint(id) }
         }
     }
 
     /// Pins or unpins a checkpoint.
     public func setPinned(_ id: CheckpointID, _ pinned: Bool) throws {
-        try commitAnnotated([.pin(id, pinned: pinned)]) { try $0.setPinned(id, pinned) }
+        try annotations.commit([.pin(id, pinned: pinned)]) { try $0.setPinned(id, pinned) }
     }
 
     /// Adds or removes a tag.
     public func setTag(_ id: CheckpointID, _ tag: String, present: Bool) throws {
         guard !tag.isEmpty else { throw CKStoreError(.invalidArgument, "a tag may not be empty") }
-        try commitAnnotated([.tag(id, tag: tag, present: present)]) { try $0.setTag(id, tag, present) }
+        try annotations.commit([.tag(id, tag: tag, present: present)]) { try $0.setTag(id, tag, present) }
     }
 
     /// Stores the policy of `run`, or the store default when `run` is nil.
     public func setPolicy(_ policy: RetentionPolicy, run: String?) throws {
         if let run { try Self.validateRunName(run) }
-        try commitAnnotated([.policy(scope: run ?? "*", policy: policy)]) { try $0.setPolicy(policy, scope: run ?? "*") }
+        try annotations.commit([.policy(scope: run ?? "*", policy: policy)]) { try $0.setPolicy(policy, scope: run ?? "*") }
     }
 
     /// Removes the policy of `run` (or the default); returns whether there was one.
     public func clearPolicy(run: String?) throws -> Bool {
         guard try withCatalogue({ try $0.policy(scope: run ?? "*") }) != nil else { return false }
-        return try commitAnnotated([.policy(scope: run ?? "*", policy: nil)]) { try $0.clearPolicy(scope: run ?? "*") }
+        return try annotations.commit([.policy(scope: run ?? "*", policy: nil)]) { try $0.clearPolicy(scope: run ?? "*") }
     }
 
     /// The policy that applies to `run` and where it comes from (`run`, `default`, `none`); the store

@@ -7,11 +7,14 @@ import Synchronization
 /// ```swift
 /// let store = try CheckpointStore.open(at: "/data/ckstore", create: true)
 /// let result = try await store.put(directory: "out/checkpoint-500", options: PutOptions(run: "gpt2-finetune"))
-/// try await store.restore(.latest(run: "gpt2-finetune"), to: "resume/")
+/// let id = try store.resolve(.latest(run: "gpt2-finetune"))
+/// _ = try await store.restore(id, to: "resume/")
 /// ```
 ///
 /// Safe to share between tasks: the catalogue connection is behind a mutex, and pack files are written by
 /// one put at a time per writer and read with positioned reads.
+///
+/// (`CheckpointStoreDocTests` compiles and runs this example.)
 public final class CheckpointStore: Sendable {
     /// The store's folder.
     public let path: String
@@ -133,12 +136,6 @@ public final class CheckpointStore: Sendable {
 
     /// Reads, checks and parses a checkpoint's manifest.
     public func manifest(of id: CheckpointID) throws -> Manifest {
-        try manifest(of: id, reader: chunkReader())
-    }
-
-    /// Reads, checks and parses a checkpoint's manifest through `reader`.
-    func manifest(of id: CheckpointID, reader: ChunkReader) throws -> Manifest {
-        let bytes = try reader.read(id.digest, what: "manifest of checkpoint \(id.short)")
-        return try Manifest.decode(bytes.array, id: id)
+        try chunkReader().manifest(of: id)
     }
 }

@@ -1,20 +1,17 @@
 import Foundation
 
-extension CheckpointStore {
-    /// Checks the store's integrity and reports what any damage breaks.
-    ///
-    /// ```swift
-    /// let report = try await store.verify(VerifyOptions(depth: .full))
-    /// for damage in report.damage { print(damage.chunk, damage.affects.map(\.file)) }
-    /// ```
-    ///
-    /// - Returns: a report whose `ok` is false when any chunk a checkpoint needs is damaged or missing,
-    ///   a pack disagrees with the catalogue, a manifest does not parse, or SQLite finds a problem.
-    public func verify(_ options: VerifyOptions = VerifyOptions()) async throws(CKStoreError) -> VerifyReport {
-        try await CKStoreError.wrapping("verify") { try await verifyChecked(options) }
-    }
+/// Checks a store's integrity (`verify`): the catalogue, the packs against it, the frames (all, a sample,
+/// or those some checkpoints need), the manifests, and which checkpoints, files and tensors any damage
+/// breaks. Reads only: it holds the store's lock shared.
+///
+/// Its seams: the catalogue, the store's layout (lock and packs) and a ``ChunkReader``.
+struct Checker {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let reader: ChunkReader
 
-    private func verifyChecked(_ options: VerifyOptions) async throws -> VerifyReport {
+    /// Checks what `options` asks for and reports what any damage breaks.
+    func check(_ options: VerifyOptions) async throws -> VerifyReport {
         let started = ContinuousClock.now
         let lock = try StoreLock(path: layout.lockPath, mode: .shared)
         defer { withExtendedLifetime(lock) {} }
@@ -23,7 +20,7 @@ extension CheckpointStore {
         var damaged = [ChunkDigest: String]()
         var missing = [ChunkDigest: String]()
 
-        let (catalogueProblems, packs, locations, needed) = try withCatalogue { catalogue in
+        let (catalogueProblems, packs, locations, needed) = try catalogue.with { catalogue in
             let problems = byCheckpoint ? [] : try catalogue.integrityProblems()
             let needed = try catalogue.referencedDigests(of: byCheckpoint ? options.checkpoints : nil)
             var locations = [ChunkDigest: ChunkLocation]()
@@ -42,8 +39,7 @@ extension CheckpointStore {
         let packsToCheck = byCheckpoint ? packs.filter { packsInUse.contains($0.id) } : packs
         var byPack = [PackID: [ChunkLocation]]()
         for location in locations.values { byPack[location.pack, default: []].append(location) }
-        let chunkReader = chunkReader()
-        let readers = chunkReader.packs
+        let readers = reader.packs
         var unreadablePacks = Set<PackID>()
         for pack in packsToCheck {
             let rows = byPack[pack.id] ?? []
@@ -117,7 +113,7 @@ extension CheckpointStore {
                     inFlight += 1
                     group.addTask {
                         do {
-                            let bytes = try chunkReader.decode(at: location, checks: .all)
+                            let bytes = try reader.decode(at: location, checks: .all)
                             bytes.releaseMapping()
                             return (location, nil)
                         } catch {
@@ -135,11 +131,11 @@ extension CheckpointStore {
         }
 
         // Manifests: every checkpoint's must read and parse (when its frame is not already known damaged).
-        let checkpoints = byCheckpoint ? options.checkpoints : try withCatalogue { try $0.allCheckpointIDs() }
+        let checkpoints = byCheckpoint ? options.checkpoints : try catalogue.with { try $0.allCheckpointIDs() }
         var manifests = [CheckpointID: Manifest]()
         for id in checkpoints where damaged[id.digest] == nil && missing[id.digest] == nil {
             do {
-                manifests[id] = try manifest(of: id, reader: chunkReader)
+                manifests[id] = try reader.manifest(of: id)
             } catch {
                 damaged[id.digest] = CKStoreError.wrap(error).message
             }
@@ -149,13 +145,13 @@ extension CheckpointStore {
         var damage = [VerifyReport.Damage]()
         var affected = Set<CheckpointID>()
         let broken = damaged.map { ($0.key, false, $0.value) } + missing.filter { damaged[$0.key] == nil }.map { ($0.key, true, $0.value) }
-        let usersByDigest = try withCatalogue { try $0.checkpoints(using: Set(broken.map(\.0))) }
+        let usersByDigest = try catalogue.with { try $0.checkpoints(using: Set(broken.map(\.0))) }
         for (digest, isMissing, problem) in broken.sorted(by: { $0.0 < $1.0 }) {
             let users = usersByDigest[digest] ?? []
             var affects = [VerifyReport.Affected]()
             for id in users {
                 affected.insert(id)
-                guard let manifest = manifests[id] ?? (try? self.manifest(of: id)) else {
+                guard let manifest = manifests[id] ?? (try? reader.manifest(of: id)) else {
                     affects.append(.init(checkpoint: id, run: "?", step: -1, file: nil, tensor: "manifest"))
                     continue
                 }
@@ -184,6 +180,23 @@ extension CheckpointStore {
             damagedChunks: damagedChunks, missingChunks: missingChunks, affectedCheckpoints: affected.sorted(),
             problems: problems, damage: damage, seconds: (ContinuousClock.now - started) / .seconds(1)
         )
+    }
+}
+
+extension CheckpointStore {
+    /// Checks the store's integrity and reports what any damage breaks.
+    ///
+    /// ```swift
+    /// let report = try await store.verify(VerifyOptions(depth: .full))
+    /// for damage in report.damage { print(damage.chunk, damage.affects.map(\.file)) }
+    /// ```
+    ///
+    /// - Returns: a report whose `ok` is false when any chunk a checkpoint needs is damaged or missing,
+    ///   a pack disagrees with the catalogue, a manifest does not parse, or SQLite finds a problem.
+    public func verify(_ options: VerifyOptions = VerifyOptions()) async throws(CKStoreError) -> VerifyReport {
+        try await CKStoreError.wrapping("verify") {
+            try await Checker(catalogue: catalogue, layout: layout, reader: chunkReader()).check(options)
+        }
     }
 
     /// The newest checkpoint of `run` whose every needed chunk verifies fully: where a resuming trainer
