@@ -23,7 +23,8 @@ import Glibc
                 return loaded
             }
             try await Task.sleep(for: .milliseconds(500))
-            #expect(!finished.load(ordering: .sequentiallyConsistent), "the load read while the store was locked exclusively")
+            let readWhileLocked = finished.load(ordering: .sequentiallyConsistent)
+            #expect(!readWhileLocked, "the load read while the store was locked exclusively")
             withExtendedLifetime(lock) {}
             lock = nil
             #expect(try await load.value == (try Files.read(root + "/src/model.safetensors")))
