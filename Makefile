@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test demo build release schema bench compare real-series bench-deps fuzz clean
+.PHONY: deps test-deps test demo build release schema bench compare real-series bench-deps fuzz clean man install uninstall
 
 deps:
 	@missing=""; \
@@ -27,9 +27,40 @@ release: deps
 test-deps: deps
 	@command -v chromium >/dev/null || { echo "installing: chromium"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
+# The man page is generated before the tests run: InstallTests installs it (the plugin cannot run while
+# `swift test` holds the build folder).
 test: test-deps
 	$(SWIFT) build --build-tests
+	$(MAKE) man MAN_CONFIG=debug
 	$(SWIFT) test --skip-build
+
+# ckstore.1 from the command's own help, with swift-argument-parser's generate-manual plugin.
+MAN_CONFIG ?= release
+man: deps
+	$(SWIFT) package generate-manual --configuration $(MAN_CONFIG)
+	cp .build/plugins/GenerateManual/outputs/ckstore/ckstore.1 ckstore.1
+
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: the release binary, its man page and bash, zsh and fish
+# completions. BIN=folder installs an already built ckstore from there instead of building (tests do).
+PREFIX ?= /usr/local
+BIN ?=
+INSTALL_ROOT = $(DESTDIR)$(PREFIX)
+install: $(if $(BIN),,release man)
+	@test -f ckstore.1 || { echo "ckstore.1 is missing: run make man first"; exit 1; }
+	$(eval FROM := $(if $(BIN),$(BIN),$(shell $(SWIFT) build -c release --show-bin-path)))
+	install -d $(INSTALL_ROOT)/bin $(INSTALL_ROOT)/share/man/man1 $(INSTALL_ROOT)/share/bash-completion/completions \
+		$(INSTALL_ROOT)/share/zsh/site-functions $(INSTALL_ROOT)/share/fish/vendor_completions.d
+	install -m 755 $(FROM)/ckstore $(INSTALL_ROOT)/bin/ckstore
+	install -m 644 ckstore.1 $(INSTALL_ROOT)/share/man/man1/ckstore.1
+	$(FROM)/ckstore completion bash > $(INSTALL_ROOT)/share/bash-completion/completions/ckstore
+	$(FROM)/ckstore completion zsh > $(INSTALL_ROOT)/share/zsh/site-functions/_ckstore
+	$(FROM)/ckstore completion fish > $(INSTALL_ROOT)/share/fish/vendor_completions.d/ckstore.fish
+	@echo "installed ckstore $$($(INSTALL_ROOT)/bin/ckstore --version) into $(INSTALL_ROOT)"
+
+uninstall:
+	rm -f $(INSTALL_ROOT)/bin/ckstore $(INSTALL_ROOT)/share/man/man1/ckstore.1 \
+		$(INSTALL_ROOT)/share/bash-completion/completions/ckstore $(INSTALL_ROOT)/share/zsh/site-functions/_ckstore \
+		$(INSTALL_ROOT)/share/fish/vendor_completions.d/ckstore.fish
 
 # Regenerates the schema copy the binary carries from schema/*.sql (SchemaTests checks they match).
 schema:
@@ -71,4 +102,4 @@ fuzz: deps
 	scripts/fuzz.sh
 
 clean:
-	rm -rf .build Benchmarks/.build Fuzz/.build Fuzz/work $(DEMO)
+	rm -rf .build Benchmarks/.build Fuzz/.build Fuzz/work $(DEMO) ckstore.1

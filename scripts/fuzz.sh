@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make fuzz`: build the libFuzzer targets in Fuzz/ with AddressSanitizer and run each for FUZZ_SECONDS
-# (default 60) on a seed corpus made from real files: shared/fixtures and the packs of a fresh store.
+# (default 60) on a seed corpus made from real files: Tests/Fixtures/real and the packs of a fresh store.
 # A crash leaves its input in Fuzz/work/crashes/ and makes this script fail; turn it into a test in
 # Tests/CKStoreTests/FuzzRegressionTests.swift.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
-fixtures="$(cd .. && pwd)/shared/fixtures"
+fixtures="$PWD/Tests/Fixtures/real"
 work="Fuzz/work"
 flags=(-c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld)
 (cd Fuzz && swift build "${flags[@]}")

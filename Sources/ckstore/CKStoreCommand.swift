@@ -15,10 +15,21 @@ struct CKStoreCommand: AsyncParsableCommand {
         abstract: "A content-addressed checkpoint store for machine-learning training.",
         discussion: """
             Stores trainer checkpoint folders deduplicated and compressed, and gives them back byte for byte.
-            The store is --store PATH, else $CKSTORE_PATH, else ./.ckstore.
+
+            Environment:
+              CKSTORE_PATH          the store folder when --store is not given (else ./.ckstore)
+              CKSTORE_LOCK_TIMEOUT  seconds to wait for another process's lock on the catalogue before
+                                    failing with "locked" (default 60)
+
             Exit codes: 0 success, 1 a failure you can act on (bad input, damage, not found), 2 usage error.
+            With --json, a failure also prints {"error": {"code": …, "message": …}} on standard error; the
+            codes are listed in the README.
             """,
-        subcommands: [Init.self, Put.self, Get.self, List.self, Show.self, Verify.self, Repair.self, Settings.self, Policy.self, Pin.self, Unpin.self, Tag.self, Untag.self, Remove.self, GC.self, Audit.self, DiskUsage.self]
+        version: CKStoreVersion.release,
+        subcommands: [
+            Init.self, Put.self, Get.self, List.self, Show.self, Verify.self, Repair.self, Settings.self, Policy.self, Pin.self, Unpin.self,
+            Tag.self, Untag.self, Remove.self, GC.self, Audit.self, DiskUsage.self, Version.self, Completion.self,
+        ]
     )
 }
 
@@ -34,7 +45,11 @@ enum Main {
                 try command.run()
             }
         } catch let error as CKStoreError {
-            Terminal.error(error.description)
+            if Terminal.wantsJSON {
+                Terminal.jsonError(code: error.code.name, message: error.message, detail: ["kind": error.code.description])
+            } else {
+                Terminal.error(error.description)
+            }
             exit(1)
         } catch let code as ExitCode {
             exit(code.rawValue)
@@ -45,7 +60,11 @@ enum Main {
                 print(message)
                 exit(0)
             }
-            Terminal.standardError(message)
+            if Terminal.wantsJSON {
+                Terminal.jsonError(code: "usage", message: CKStoreCommand.message(for: error), detail: [:])
+            } else {
+                Terminal.standardError(message)
+            }
             // Usage errors exit with 2, as the CLI contract says (ArgumentParser's default is 64).
             exit(2)
         }
@@ -83,5 +102,20 @@ enum Terminal {
     }
 
     static func error(_ text: String) { standardError("ckstore: error: " + text) }
+
+    /// Whether the command line asked for JSON output (`--json`): errors are then JSON too, even when
+    /// the command line did not parse.
+    static var wantsJSON: Bool { CommandLine.arguments.dropFirst().contains("--json") }
+
+    /// `{"error": {"code": …, "message": …, …}}` on standard error, one line.
+    static func jsonError(code: String, message: String, detail: [String: String]) {
+        var object = detail
+        object["code"] = code
+        object["message"] = message
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(["error": object])) ?? Data(#"{"error":{"code":"internal","message":"could not encode the error"}}"#.utf8)
+        standardError(String(decoding: data, as: UTF8.self))
+    }
     static func warning(_ text: String) { standardError("ckstore: warning: " + text) }
 }

@@ -92,6 +92,7 @@ struct Put: AsyncParsableCommand {
     @Option(help: "The longest delta chain this put may extend (0-32, 0: no deltas); default: the store's.") var maxDeltaDepth: Int?
     @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
     @Flag(help: "Print a JSON object instead of the id.") var json = false
+    @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
         for pair in metrics {
@@ -124,7 +125,10 @@ struct Put: AsyncParsableCommand {
         options.followSymlinks = followSymlinks
         if let level, let compression = CompressionLevel(level) { options.compressionLevel = compression }
         options.maxDeltaDepth = maxDeltaDepth
+        let renderer = progress.renderer()
+        options.progress = renderer?.handler
         let result = try await checkpointStore.put(directory: directory, options: options)
+        renderer?.finish()
         for warning in result.warnings { Terminal.warning(warning) }
         if json {
             try JSONOutput.print(result)
@@ -151,10 +155,15 @@ struct Get: AsyncParsableCommand {
     @Option(name: .customLong("tensor"), help: "Write a safetensors file with only the tensors matching this glob (repeatable).") var tensors: [String] = []
     @Flag(help: "Restore into a non-empty folder, replacing files with the same names.") var force = false
     @Flag(help: "Print a JSON object describing what was written.") var json = false
+    @OptionGroup var progress: ProgressOptions
 
     func run() async throws {
         let (checkpointStore, id) = try await store.resolve(reference)
-        let result = try await checkpointStore.restore(id, to: destination, options: RestoreOptions(files: files, tensors: tensors, force: force))
+        var options = RestoreOptions(files: files, tensors: tensors, force: force)
+        let renderer = progress.renderer()
+        options.progress = renderer?.handler
+        let result = try await checkpointStore.restore(id, to: destination, options: options)
+        renderer?.finish()
         if json {
             try JSONOutput.print(result)
         } else {

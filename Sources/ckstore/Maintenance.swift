@@ -18,6 +18,7 @@ struct Verify: AsyncParsableCommand {
     @Flag(help: "Read, decode and re-hash every frame.") var full = false
     @Option(help: "Fully check a random PERCENT of the packs (at least one).") var sample: Double?
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
         if full && sample != nil { throw ValidationError("--full and --sample exclude each other") }
@@ -31,7 +32,11 @@ struct Verify: AsyncParsableCommand {
             ids.append(try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference)))
         }
         let depth: VerifyDepth = full ? .full : sample.map { .sample(percent: $0) } ?? .quick
-        let report = try await checkpointStore.verify(VerifyOptions(depth: depth, checkpoints: ids))
+        var options = VerifyOptions(depth: depth, checkpoints: ids)
+        let renderer = progress.renderer()
+        options.progress = renderer?.handler
+        let report = try await checkpointStore.verify(options)
+        renderer?.finish()
         if json {
             try JSONOutput.print(report)
         } else {
@@ -76,9 +81,12 @@ struct Repair: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Flag(help: "Report what would be done; change nothing.") var dryRun = false
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var progress: ProgressOptions
 
     func run() async throws {
-        let report = try await CheckpointStore.repair(at: store.path, dryRun: dryRun)
+        let renderer = progress.renderer()
+        let report = try await CheckpointStore.repair(at: store.path, dryRun: dryRun, progress: renderer?.handler)
+        renderer?.finish()
         if json {
             try JSONOutput.print(report)
         } else {

@@ -197,6 +197,28 @@ struct Remove: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The checkpoints.") var references: [String]
     @Flag(help: "Also delete pinned checkpoints.") var force = false
+    @Flag(help: "Say what would be removed and what the next gc would then free; change nothing.") var dryRun = false
+    @Flag(help: "Print JSON.") var json = false
+
+    /// What `rm --json` prints.
+    struct Report: Encodable {
+        var dryRun: Bool
+        var removed: [GCReport.Deleted]
+        /// What the next gc frees because of these checkpoints alone (dry runs only).
+        var bytesFreed: Int64?
+        var chunksFreed: Int?
+        var packsDeleted: Int?
+        var packsRewritten: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case removed
+            case dryRun = "dry_run"
+            case bytesFreed = "bytes_freed"
+            case chunksFreed = "chunks_freed"
+            case packsDeleted = "packs_deleted"
+            case packsRewritten = "packs_rewritten"
+        }
+    }
 
     func validate() throws {
         if references.isEmpty { throw ValidationError("name at least one checkpoint") }
@@ -206,7 +228,23 @@ struct Remove: AsyncParsableCommand {
         let checkpointStore = try store.open()
         var ids = [CheckpointID]()
         for reference in references { ids.append(try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))) }
+        if dryRun {
+            let plan = try checkpointStore.planRemoval(ids, force: force)
+            if json {
+                try JSONOutput.print(Report(dryRun: true, removed: plan.deletedCheckpoints, bytesFreed: plan.bytesFreed, chunksFreed: plan.chunksFreed,
+                                            packsDeleted: plan.packsDeleted, packsRewritten: plan.packsRewritten))
+                return
+            }
+            for checkpoint in plan.deletedCheckpoints { print("would remove \(checkpoint.id.short) (\(checkpoint.run)@\(checkpoint.step))") }
+            print("the next gc would then free \(ByteCount(plan.bytesFreed)) (\(plan.chunksFreed) chunks; \(plan.packsDeleted) packs deleted, \(plan.packsRewritten) rewritten)")
+            return
+        }
+        let summaries = try ids.map { try checkpointStore.summary(of: $0) }
         try checkpointStore.remove(ids, force: force)
+        if json {
+            try JSONOutput.print(Report(dryRun: false, removed: summaries.map { GCReport.Deleted(id: $0.id, run: $0.run, step: $0.step) }))
+            return
+        }
         print("removed \(ids.map(\.short).joined(separator: ", ")); run `ckstore gc` to free their bytes")
     }
 }
@@ -230,6 +268,7 @@ struct GC: AsyncParsableCommand {
     @Option(help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
     @Option(help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
         guard repackThreshold >= 0 && repackThreshold <= 1 else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
@@ -245,7 +284,10 @@ struct GC: AsyncParsableCommand {
         options.repackThreshold = repackThreshold
         options.orphanGrace = try RetentionPolicy.parseDuration(grace)
         options.budget = try budget.map { try ByteCount(parsing: $0).value }
+        let renderer = progress.renderer()
+        options.progress = renderer?.handler
         let report = try await store.open().gc(options)
+        renderer?.finish()
         if json {
             try JSONOutput.print(report)
             return

@@ -49,6 +49,15 @@ private struct PackBench {
         return digest
     }
 
+    /// A sealed pack of a keyframe and one delta against it.
+    mutating func keyframeAndDelta() throws -> (key: ChunkDigest, keyBytes: [UInt8], delta: ChunkDigest, deltaBytes: [UInt8]) {
+        let keyBytes = Self.floats(step: 0), deltaBytes = Self.floats(step: 1)
+        let key = try full(keyBytes)
+        let delta = try delta(deltaBytes, against: keyBytes, named: key)
+        _ = try sink.seal()
+        return (key, keyBytes, delta, deltaBytes)
+    }
+
     func reader(without missing: Set<ChunkDigest> = []) -> ChunkReader {
         ChunkReader(index: ScannedFrames(locations: locations.filter { !missing.contains($0.key) }), packs: PackReaderCache(layout: layout))
     }
@@ -96,10 +105,7 @@ private struct PackBench {
     @Test func aDamagedOrMissingBaseIsDamageNamingTheChunk() async throws {
         try await withTemporaryDirectory { root in
             var bench = try PackBench(root + "/store")
-            let keyBytes = PackBench.floats(step: 0), deltaBytes = PackBench.floats(step: 1)
-            let key = try bench.full(keyBytes)
-            let delta = try bench.delta(deltaBytes, against: keyBytes, named: key)
-            _ = try bench.sink.seal()
+            let (key, keyBytes, delta, deltaBytes) = try bench.keyframeAndDelta()
 
             let missing = try #require(throws: CKStoreError.self) { try bench.reader(without: [key]).read(delta, what: "tensor w") }
             #expect(missing.code == .damaged)
@@ -121,10 +127,7 @@ private struct PackBench {
     @Test func copiesFramesAsStoredIntoANewPack() async throws {
         try await withTemporaryDirectory { root in
             var bench = try PackBench(root + "/store")
-            let keyBytes = PackBench.floats(step: 0), deltaBytes = PackBench.floats(step: 1)
-            let key = try bench.full(keyBytes)
-            let delta = try bench.delta(deltaBytes, against: keyBytes, named: key)
-            _ = try bench.sink.seal()
+            let (key, keyBytes, delta, deltaBytes) = try bench.keyframeAndDelta()
             let originals = bench.locations
 
             let copier = FrameCopier(packs: PackReaderCache(layout: bench.layout), sink: PackSink(layout: bench.layout))

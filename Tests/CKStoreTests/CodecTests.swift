@@ -121,7 +121,7 @@ import Testing
 @Suite struct TorchPickleTests {
     @Test func storageTypesComeFromTheRealPickles() throws {
         // The optimizer state real PyTorch wrote: every storage is a FloatStorage (step, exp_avg, exp_avg_sq).
-        let optimizer = SharedFixtures.path("hf-tiny/checkpoint-2/optimizer.pt")
+        let optimizer = RealFixtures.path("hf-tiny/checkpoint-2/optimizer.pt")
         let handle = try SharedFile(path: optimizer)
         let archive = try TorchZipFile.parse(handle, size: try handle.size(), name: optimizer)
         let widths = archive.storageElementWidths(reading: handle)
@@ -129,7 +129,7 @@ import Testing
         #expect(!storages.isEmpty && Set(widths.keys) == Set(storages), "\(widths) vs \(storages)")
         #expect(Set(widths.values) == [4])
         // rng_state.pth holds a ByteStorage (1-byte elements): not grouped.
-        let rng = SharedFixtures.path("hf-tiny/checkpoint-2/rng_state.pth")
+        let rng = RealFixtures.path("hf-tiny/checkpoint-2/rng_state.pth")
         let rngHandle = try SharedFile(path: rng)
         let rngWidths = try TorchZipFile.parse(rngHandle, size: try rngHandle.size(), name: rng).storageElementWidths(reading: rngHandle)
         #expect(rngWidths.values.contains(1), "\(rngWidths)")

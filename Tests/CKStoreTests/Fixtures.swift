@@ -1,12 +1,13 @@
 import CKStoreTestSupport
 import Foundation
 
-/// Where `../shared/fixtures` (files written by real PyTorch and safetensors) lives, from this file.
-enum SharedFixtures {
+/// `Tests/Fixtures/real`: small files written by real PyTorch and safetensors (its README says which
+/// versions wrote what), inside the repository so that a clone alone passes.
+enum RealFixtures {
     static let root: String = {
         var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<4 { url.deleteLastPathComponent() }
-        return url.path + "/shared/fixtures"
+        for _ in 0..<2 { url.deleteLastPathComponent() }
+        return url.path + "/Fixtures/real"
     }()
 
     static func path(_ relative: String) -> String { root + "/" + relative }

@@ -44,12 +44,12 @@ import Testing
 
     @Test func parsesFilesWrittenByTheReferenceLibrary() async throws {
         for name in ["dtypes.safetensors", "hf-tiny/checkpoint-2/model.safetensors", "sharded/model-00001-of-00002.safetensors", "sharded/model-00002-of-00002.safetensors"] {
-            let path = SharedFixtures.path(name)
+            let path = RealFixtures.path(name)
             let file = try SharedFile(path: path)
             let parsed = try SafetensorsFile.parse(file, size: try file.size(), name: name)
             #expect(!parsed.tensors.isEmpty, "\(name)")
         }
-        let dtypes = try SafetensorsFile.parse(try SharedFile(path: SharedFixtures.path("dtypes.safetensors")), size: 941, name: "dtypes")
+        let dtypes = try SafetensorsFile.parse(try SharedFile(path: RealFixtures.path("dtypes.safetensors")), size: 941, name: "dtypes")
         #expect(Set(dtypes.tensors.map(\.dtype.name)) == ["F32", "F16", "BF16", "F64", "I64", "I32", "I8", "U8", "BOOL"])
         #expect(dtypes.tensors.first { $0.name == "scalar" }?.shape == [])
         #expect(dtypes.tensors.first { $0.name == "empty" }?.shape == [0, 4])
@@ -121,17 +121,17 @@ import Testing
     }
 
     @Test func parsesArchivesWrittenByTorchSave() throws {
-        let optimizer = SharedFixtures.path("hf-tiny/checkpoint-2/optimizer.pt")
+        let optimizer = RealFixtures.path("hf-tiny/checkpoint-2/optimizer.pt")
         let file = try SharedFile(path: optimizer)
         let parsed = try TorchZipFile.parse(file, size: try file.size(), name: "optimizer.pt")
         #expect(parsed.entries.filter { TorchZipFile.isStorage($0.name) }.count == 21)
         #expect(parsed.layout.regions.filter { if case .tensor = $0.kind { true } else { false } }.count == 21)
 
-        let shared = try SharedFile(path: SharedFixtures.path("shared_storage.pt"))
+        let shared = try SharedFile(path: RealFixtures.path("shared_storage.pt"))
         let sharedParsed = try TorchZipFile.parse(shared, size: try shared.size(), name: "shared_storage.pt")
         #expect(sharedParsed.entries.filter { TorchZipFile.isStorage($0.name) }.map(\.name) == ["shared_storage/data/0", "shared_storage/data/1"])
 
-        let legacy = try SharedFile(path: SharedFixtures.path("legacy_format.pt"))
+        let legacy = try SharedFile(path: RealFixtures.path("legacy_format.pt"))
         #expect(throws: CKStoreError.self) { try TorchZipFile.parse(legacy, size: try legacy.size(), name: "legacy_format.pt") }
         let (layout, warning) = FormatDetector.layout(of: legacy, path: "legacy_format.pt", size: try legacy.size())
         #expect(layout.format == .opaque && warning == nil)

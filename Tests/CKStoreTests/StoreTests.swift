@@ -42,7 +42,7 @@ func smallCheckpoint(seed: UInt64 = 1, step: Int = 10) -> TrainerCheckpoint {
         try await withTemporaryDirectory { root in
             let store = try CheckpointStore.open(at: root + "/store", create: true)
             for (index, name) in ["hf-tiny/checkpoint-2", "hf-tiny/checkpoint-4", "sharded"].enumerated() {
-                let source = SharedFixtures.path(name)
+                let source = RealFixtures.path(name)
                 let result = try await store.put(directory: source, options: PutOptions(run: "real", step: Int64(index) * 10 + 1))
                 #expect(result.warnings.isEmpty, "\(result.warnings)")
                 _ = try await store.restore(result.id, to: root + "/out\(index)")
@@ -51,7 +51,7 @@ func smallCheckpoint(seed: UInt64 = 1, step: Int = 10) -> TrainerCheckpoint {
             let loose = root + "/loose"
             for name in ["dtypes.safetensors", "shared_storage.pt", "legacy_format.pt"] {
                 try FileManager.default.createDirectory(atPath: loose, withIntermediateDirectories: true)
-                try FileManager.default.copyItem(atPath: SharedFixtures.path(name), toPath: loose + "/" + name)
+                try FileManager.default.copyItem(atPath: RealFixtures.path(name), toPath: loose + "/" + name)
             }
             let result = try await store.put(directory: loose, options: PutOptions(run: "real", step: 100))
             let manifest = try store.manifest(of: result.id)

@@ -88,7 +88,7 @@ extension Catalogue {
         let droppedPaths = try Set(droppedFiles(of: id).keys).union(paths)
         var droppedNames = try droppedTensors(of: id)
         for (path, names) in tensors { droppedNames[path, default: []].formUnion(names) }
-        let uses = Self.remainingUses(of: id, manifest: manifest, droppedPaths: droppedPaths, droppedTensors: droppedNames)
+        let uses = manifest.chunkUses(id: id, droppedPaths: droppedPaths, droppedTensors: droppedNames)
         if sweep {
             // The sweep counts this checkpoint's references from what remains only.
             try statement("INSERT OR IGNORE INTO temp.gc_excluded (id) VALUES (?)").run([key])
@@ -103,20 +103,5 @@ extension Catalogue {
         try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([key])
         let insert = try statement("INSERT INTO checkpoint_chunks (checkpoint_id, digest, uses) VALUES (?, ?, ?)")
         for (digest, count) in uses.sorted(by: { $0.key < $1.key }) { try insert.run([key, .blob(digest.bytes), .integer(Int64(count))]) }
-    }
-
-    /// The chunks a checkpoint still needs once `droppedPaths` and `droppedTensors` (path → names) are
-    /// gone from it, with their number of uses; its manifest frame included.
-    static func remainingUses(of id: CheckpointID, manifest: Manifest, droppedPaths: Set<String>, droppedTensors: [String: Set<String>]) -> [ChunkDigest: Int] {
-        var uses = [ChunkDigest: Int]()
-        for file in manifest.files where !droppedPaths.contains(file.path) {
-            var skipped = Set<Int>()
-            for tensor in file.tensors ?? [] where droppedTensors[file.path]?.contains(tensor.name) == true {
-                skipped.formUnion(tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount))
-            }
-            for (index, chunk) in file.chunks.enumerated() where !skipped.contains(index) { uses[chunk.digest, default: 0] += 1 }
-        }
-        uses[id.digest, default: 0] += 1
-        return uses
     }
 }

@@ -1,4 +1,9 @@
 import CSQLite
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Owns one `sqlite3*` connection; closes it in `deinit`. Not Sendable: one owner at a time.
 ///
@@ -19,7 +24,7 @@ final class SQLiteDatabase {
         }
         self.handle = db
         self.path = path
-        sqlite3_busy_timeout(db, 60_000)
+        sqlite3_busy_timeout(db, Self.busyTimeoutMilliseconds)
         sqlite3_extended_result_codes(db, 1)
         _ = ckstore_sqlite_db_config_int(db, SQLITE_DBCONFIG_DEFENSIVE, 1)
     }
@@ -27,6 +32,13 @@ final class SQLiteDatabase {
     deinit {
         sqlite3_close_v2(handle)
     }
+
+    /// How long a statement waits for another process's lock on the catalogue before failing with
+    /// `locked`: `CKSTORE_LOCK_TIMEOUT` seconds when set, else 60 s.
+    static let busyTimeoutMilliseconds: Int32 = {
+        guard let text = getenv("CKSTORE_LOCK_TIMEOUT").map({ String(cString: $0) }), let seconds = Double(text), seconds >= 0 else { return 60_000 }
+        return Int32(min(seconds * 1000, Double(Int32.max)))
+    }()
 
     /// Runs one or more statements that return no rows.
     func execute(_ sql: String) throws {
@@ -88,7 +100,7 @@ final class SQLiteDatabase {
             return CKStoreError(.damaged, "catalogue \(path) is damaged (\(message)); run `ckstore repair` to rebuild it from the packs")
         }
         if primary == SQLITE_BUSY {
-            return CKStoreError(.catalogue, "catalogue \(path) is busy: another ckstore process holds it (\(message))")
+            return CKStoreError(.locked, "catalogue \(path) is busy: another ckstore process holds it (\(message))")
         }
         return CKStoreError(.catalogue, "catalogue \(path): \(message)" + (sql.map { " [\($0.prefix(80))]" } ?? ""))
     }

@@ -61,6 +61,7 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
             case overBudget
             case cancelled
             case internalInvariant
+            case locked
         }
 
         private var wrapped: Wrapped
@@ -98,8 +99,31 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
         public static let cancelled = Code(.cancelled)
         /// ckstore broke one of its own rules: a bug, to be reported with the message.
         public static let internalInvariant = Code(.internalInvariant)
+        /// Another process holds the store (its catalogue stayed busy past the wait).
+        public static let locked = Code(.locked)
 
         public var description: String { String(describing: wrapped) }
+
+        /// The stable name of the code that `--json` errors carry and scripts match on; several codes share
+        /// a name where a script has nothing different to do (the README lists them).
+        public var name: String {
+            switch wrapped {
+            case .invalidArgument, .malformedFile: "invalid_input"
+            case .notFound: "not_found"
+            case .ambiguousReference: "ambiguous_reference"
+            case .alreadyExists: "already_exists"
+            case .ioFailure, .catalogue: "io"
+            case .noSpace: "no_space"
+            case .damaged, .compression: "damaged"
+            case .unsupportedSchema: "unsupported_version"
+            case .unsafePath: "unsafe_path"
+            case .conflict: "conflict"
+            case .overBudget: "over_budget"
+            case .cancelled: "cancelled"
+            case .internalInvariant: "internal"
+            case .locked: "locked"
+            }
+        }
     }
 }
 
@@ -131,17 +155,12 @@ extension CKStoreError {
         return CKStoreError(.ioFailure, "\(error)", cause: error as (any Error & Sendable))
     }
 
-    /// Runs `body`, turning whatever it throws into a ``CKStoreError``: a foreign error becomes an
-    /// I/O failure described as `what`, a cancellation becomes `cancelled` with `what` said.
+    /// Runs `body`, turning whatever it throws into a ``CKStoreError`` (``converting(_:doing:)``).
     static func wrapping<T>(_ what: @autoclosure () -> String, _ body: () async throws -> T) async throws(CKStoreError) -> T {
         do {
             return try await body()
-        } catch let error as CKStoreError {
-            throw error
-        } catch is CancellationError {
-            throw CKStoreError(.cancelled, "\(what()) was cancelled; nothing was committed")
         } catch {
-            throw CKStoreError(.ioFailure, "\(what()) failed: \(error)", cause: error as (any Error & Sendable))
+            throw converting(error, doing: what())
         }
     }
 
@@ -149,12 +168,16 @@ extension CKStoreError {
     static func wrapping<T>(_ what: @autoclosure () -> String, _ body: () throws -> T) throws(CKStoreError) -> T {
         do {
             return try body()
-        } catch let error as CKStoreError {
-            throw error
-        } catch is CancellationError {
-            throw CKStoreError(.cancelled, "\(what()) was cancelled; nothing was committed")
         } catch {
-            throw CKStoreError(.ioFailure, "\(what()) failed: \(error)", cause: error as (any Error & Sendable))
+            throw converting(error, doing: what())
         }
+    }
+
+    /// `error` as the error of the operation `what`: itself if it is a ``CKStoreError``, `cancelled`
+    /// for a cancellation, else an I/O failure naming `what`.
+    static func converting(_ error: any Error, doing what: String) -> CKStoreError {
+        if let error = error as? CKStoreError { return error }
+        if error is CancellationError { return CKStoreError(.cancelled, "\(what) was cancelled; nothing was committed") }
+        return CKStoreError(.ioFailure, "\(what) failed: \(error)", cause: error as (any Error & Sendable))
     }
 }

@@ -11,7 +11,7 @@ extension GCPlanner {
                 let paths = Set(try catalogue.droppedFiles(of: id).keys).union(drop.files)
                 var tensors = try catalogue.droppedTensors(of: id)
                 for (path, names) in drop.tensors { tensors[path, default: []].formUnion(names) }
-                remaining[id] = Array(Catalogue.remainingUses(of: id, manifest: drop.manifest, droppedPaths: paths, droppedTensors: tensors).keys)
+                remaining[id] = Array(drop.manifest.chunkUses(id: id, droppedPaths: paths, droppedTensors: tensors).keys)
             }
             return (try StoreUsage.load(catalogue, layout: layout, packs: true), remaining)
         }

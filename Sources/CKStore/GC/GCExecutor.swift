@@ -14,6 +14,8 @@ struct GCExecutor {
     let layout: StoreLayout
     let annotations: AnnotationLog
     let contexts: ZstdContextPool
+    /// Told how many bytes of packs have been rewritten.
+    var progress: ProgressHandler? = nil
 
     /// Executes `plan`; returns what was done, counted as it was done.
     func execute(_ plan: GCPlan) throws -> GCReport {
@@ -50,6 +52,7 @@ struct GCExecutor {
         // Rewrite mostly-dead packs: copy live frames out, then point the catalogue at the copies.
         var retired = plan.packsToDelete.map(\.id)
         report.packsRewritten = 0
+        let meter = ProgressMeter("gc", total: plan.packsToRewrite.reduce(0) { $0 + $1.pack.size }, handler: progress)
         for repack in plan.packsToRewrite {
             let frames = try catalogue.with { try $0.chunkLocations(inPack: repack.pack.id) }
             let sink = PackSink(layout: layout, targetSize: .max)
@@ -66,6 +69,7 @@ struct GCExecutor {
             freed += repack.pack.size - sealed.reduce(0) { $0 + $1.size }
             retired.append(repack.pack.id)
             report.packsRewritten += 1
+            meter.add(repack.pack.size)
         }
 
         // Files go only under the exclusive lock: no put or get is running then. What is known must be

@@ -22,7 +22,7 @@ extension CheckpointStore {
         try CKStoreError.wrapping("gc") {
             let plan = try gcPlanner().plan(options)
             if options.dryRun { return plan.report(dryRun: true) }
-            return try GCExecutor(catalogue: catalogue, layout: layout, annotations: annotations, contexts: contexts).execute(plan)
+            return try GCExecutor(catalogue: catalogue, layout: layout, annotations: annotations, contexts: contexts, progress: options.progress).execute(plan)
         }
     }
 }
@@ -61,9 +61,13 @@ struct GCPlanner {
     /// `audit --what-if` reports and ``GCExecutor`` runs.
     func plan(_ options: GCOptions) throws -> GCPlan {
         try catalogue.with { try $0.requireRun(options.run) }
-        let (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
-        var drops = try partDrops(plans)
+        var (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
         var deleted = plans.flatMap(\.plan.deleted)
+        if let removing = options.removing {
+            plans = []
+            deleted = removing
+        }
+        var drops = try partDrops(plans)
         var repackThreshold = options.repackThreshold
         var budgetOutcome: GCReport.BudgetOutcome?
         if let budget = options.budget {
@@ -101,7 +105,7 @@ struct GCPlanner {
                 packsToRewrite.append(GCPlan.Repack(pack: pack, liveFrames: frames.count, newSize: rewritten))
             }
         }
-        let orphans = try PackDirectory(layout: layout).orphans(olderThan: options.orphanGrace, known: Set(sweep.outcome.packs.map(\.id)))
+        let orphans = options.removing != nil ? [] : try PackDirectory(layout: layout).orphans(olderThan: options.orphanGrace, known: Set(sweep.outcome.packs.map(\.id)))
         return GCPlan(
             kept: kept,
             deleted: deleted.map { GCReport.Deleted(id: $0, run: steps[$0]?.run ?? "", step: steps[$0]?.step ?? -1) },

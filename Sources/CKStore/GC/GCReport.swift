@@ -16,6 +16,11 @@ public struct GCOptions: Sendable {
     public var budget: Int64?
     /// Plans with this policy instead of the stored ones (what `audit --what-if` simulates).
     public var policyOverride: RetentionPolicy?
+    /// Told how many bytes of packs have been rewritten, as gc repacks.
+    public var progress: ProgressHandler?
+    /// Plans the deletion of exactly these checkpoints, with no retention rule and no orphans: what
+    /// `rm --dry-run` reports the next gc would free.
+    var removing: [CheckpointID]?
 
     /// Options for a gc of one run (or all) that may be a dry run.
     public init(run: String? = nil, dryRun: Bool = false) {
@@ -48,6 +53,13 @@ public struct GCReport: Sendable, Codable, Equatable {
         public var run: String
         /// Its step.
         public var step: Int64
+
+        /// A checkpoint, named by id, run and step.
+        public init(id: CheckpointID, run: String, step: Int64) {
+            self.id = id
+            self.run = run
+            self.step = step
+        }
     }
 
     /// Whether nothing was changed.

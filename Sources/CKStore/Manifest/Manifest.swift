@@ -161,3 +161,21 @@ public struct TensorEntry: Codable, Sendable, Equatable {
     /// The tensor's size in bytes.
     public var byteCount: Int64 { end - begin }
 }
+
+extension Manifest {
+    /// The chunks checkpoint `id` (this manifest's) needs, with their number of uses, its manifest frame
+    /// included; without `droppedPaths` and the tensors in `droppedTensors` (path → names) when a part
+    /// rule took them.
+    func chunkUses(id: CheckpointID, droppedPaths: Set<String> = [], droppedTensors: [String: Set<String>] = [:]) -> [ChunkDigest: Int] {
+        var uses = [ChunkDigest: Int]()
+        for file in files where !droppedPaths.contains(file.path) {
+            var skipped = Set<Int>()
+            for tensor in file.tensors ?? [] where droppedTensors[file.path]?.contains(tensor.name) == true {
+                skipped.formUnion(tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount))
+            }
+            for (index, chunk) in file.chunks.enumerated() where !skipped.contains(index) { uses[chunk.digest, default: 0] += 1 }
+        }
+        uses[id.digest, default: 0] += 1
+        return uses
+    }
+}

@@ -54,6 +54,15 @@ extension CheckpointStore {
         var mode: UInt32
         var content: Content
 
+        /// The file's size as it is now (0 for a link).
+        var size: Int64 {
+            switch content {
+            case .file(let source): FileSystem.size(of: source)
+            case .memory(let file): file.size()
+            case .symlink: 0
+            }
+        }
+
         /// The bytes of a small regular file (`trainer_state.json`, `config.json`); empty above 64 MiB.
         func smallContents() throws -> [UInt8]? {
             switch content {
@@ -117,6 +126,8 @@ final class Archiver {
     private var reused = [ChunkDigest: (source: any PutSource, path: String, offset: Int64, length: Int)]()
     private(set) var newChunkCount = 0
     private(set) var bytesAdded: Int64 = 0
+    /// Counts the bytes of every chunk read and stored (or found stored).
+    var progress: ProgressMeter?
 
     init(catalogue: LockedCatalogue, sink: PackSink, reader: ChunkReader, contexts: ZstdContextPool, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
         self.catalogue = catalogue
@@ -183,6 +194,7 @@ final class Archiver {
                 }
                 guard let result = try await group.next() else { break }
                 inFlight -= 1
+                progress?.add(Int64(result.length))
                 chunks[result.index] = ChunkRef(digest: result.digest, length: result.length)
                 if let encoded = result.encoded {
                     try append(encoded, kind: .chunk)
@@ -323,6 +335,7 @@ extension Archiver {
             parentManifest = nil
         }
         let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
+        session.progress = ProgressMeter("put", total: inputs.reduce(0) { $0 + $1.size }, handler: options.progress)
         var files = [FileEntry]()
         var warnings = [String]()
         for input in inputs {
@@ -369,9 +382,7 @@ extension Archiver {
 
         let manifestBytes = try manifest.canonicalJSON()
         let id = CheckpointID(SHA256Hasher.digest(manifestBytes))
-        var uses = [ChunkDigest: Int]()
-        for file in files { for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 } }
-        uses[id.digest, default: 0] += 1
+        let uses = manifest.chunkUses(id: id)
         try session.appendManifest(manifestBytes, digest: id.digest)
 
         let stored = try session.commit { (catalogue, added) throws in

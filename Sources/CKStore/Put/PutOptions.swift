@@ -22,6 +22,8 @@ public struct PutOptions: Sendable {
     public var followSymlinks = false
     /// How many chunks may be read, hashed or compressed at once; bounds memory at about twice this many MiB.
     public var maxChunksInFlight = 8
+    /// Told how many of the checkpoint's bytes have been read and stored, as the put goes.
+    public var progress: ProgressHandler?
 
     /// Options for a put to `run`, with step and epoch when known.
     public init(run: String, step: Int64? = nil, epoch: Double? = nil) {

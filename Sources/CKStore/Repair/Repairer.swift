@@ -54,8 +54,9 @@ extension CheckpointStore {
     /// - Parameters:
     ///   - path: the store's folder.
     ///   - dryRun: report what would be done, change nothing.
-    public static func repair(at path: String, dryRun: Bool = false) async throws(CKStoreError) -> RepairReport {
-        try CKStoreError.wrapping("repair of \(path)") { try Repairer(layout: StoreLayout(root: path)).repair(dryRun: dryRun) }
+    ///   - progress: told how many bytes of packs have been read and checked.
+    public static func repair(at path: String, dryRun: Bool = false, progress: ProgressHandler? = nil) async throws(CKStoreError) -> RepairReport {
+        try CKStoreError.wrapping("repair of \(path)") { try Repairer(layout: StoreLayout(root: path), progress: progress).repair(dryRun: dryRun) }
     }
 }
 
@@ -65,6 +66,8 @@ extension CheckpointStore {
 /// over the frames it finds, copies intact frames with a ``FrameCopier``, and opens the catalogue itself.
 struct Repairer {
     let layout: StoreLayout
+    /// Told how many bytes of packs have been read and checked.
+    var progress: ProgressHandler? = nil
 
     /// Repairs the store, or with `dryRun` reports what a repair would do.
     func repair(dryRun: Bool) throws -> RepairReport {
@@ -187,7 +190,9 @@ struct Repairer {
             _ = try reader.read(at: location, what: "pack \(pack): chunk \(frame.header.digest) at offset \(frame.offset)")
         }
         var out = [ScannedPack]()
+        let meter = ProgressMeter("repair", total: try found.reduce(0) { $0 + (try $1.reader.size()) }, handler: progress)
         for pack in found {
+            defer { meter.add((try? pack.reader.size()) ?? 0) }
             var intact = [PackWriter.WrittenFrame]()
             var damage = pack.damage
             for frame in pack.frames {
@@ -327,9 +332,7 @@ struct Repairer {
             // Bytes each checkpoint added: the frames it was the first (oldest) to need.
             var attributed = Set<ChunkDigest>()
             for (id, manifest) in kept {
-                var uses = [ChunkDigest: Int]()
-                for file in manifest.files { for chunk in file.chunks { uses[chunk.digest, default: 0] += 1 } }
-                uses[id.digest, default: 0] += 1
+                let uses = manifest.chunkUses(id: id)
                 var added: Int64 = 0
                 for digest in uses.keys where attributed.insert(digest).inserted {
                     if let frame = intact[digest] { added += Int64(PackFormat.frameHeaderSize + frame.header.storedLength) }

@@ -9,6 +9,8 @@ public struct RestoreOptions: Sendable {
     public var force = false
     /// How many chunks may be read and decoded at once.
     public var maxChunksInFlight = 8
+    /// Told how many bytes have been restored, as the restore goes.
+    public var progress: ProgressHandler?
 
     /// Restore only `files`, or a safetensors file of only `tensors` (globs); `force` allows a non-empty target.
     public init(files: [String] = [], tensors: [String] = [], force: Bool = false) {

@@ -18,6 +18,8 @@ struct Restorer {
     let reader: ChunkReader
     /// How many chunks may be read and decoded at once.
     var maxChunksInFlight = 8
+    /// Told how many bytes have been produced.
+    var progress: ProgressHandler?
 
     /// Runs `body` holding the store's lock shared: gc deletes pack files only under the exclusive one, so
     /// no pack this read uses goes away meanwhile.
@@ -46,12 +48,13 @@ struct Restorer {
         let chunks = RestoreChunks(plan.outputs)
         let window = max(2, maxChunksInFlight / 2)
         let outputs = plan.outputs, id = plan.id
+        let meter = ProgressMeter("get", total: outputs.reduce(0) { $0 + $1.size }, handler: progress)
         var bytes: Int64 = 0
         try await withThrowingTaskGroup(of: Int64.self) { group in
             var next = 0
             func start() {
                 let output = outputs[next]
-                group.addTask { try await self.fill(output, into: try target(output), chunks: chunks, checkpoint: id, window: window); return output.size }
+                group.addTask { try await self.fill(output, into: try target(output), chunks: chunks, checkpoint: id, window: window, meter: meter); return output.size }
                 next += 1
             }
             while next < outputs.count && next < 2 { start() }
@@ -65,7 +68,7 @@ struct Restorer {
 
     /// Reads, decodes, checks and writes the chunks of one output in parallel, each at its offset; at most
     /// `window` chunks are in flight.
-    private func fill(_ output: RestorePlan.Output, into target: any RestoreTarget, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int) async throws {
+    private func fill(_ output: RestorePlan.Output, into target: any RestoreTarget, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int, meter: ProgressMeter) async throws {
         var position = Int64(output.prefix.count)
         let locations = try catalogue.with { (catalogue) throws -> [ChunkLocation] in
             try output.chunks.map { (chunk) throws in
@@ -87,6 +90,7 @@ struct Restorer {
         try target.allocate(output.size)
         if !output.prefix.isEmpty {
             try output.prefix.withUnsafeBytes { try target.write($0, at: 0) }
+            meter.add(Int64(output.prefix.count))
         }
         let what = "checkpoint \(checkpoint.short): \(output.path)"
         let reader = self.reader
@@ -109,6 +113,7 @@ struct Restorer {
                     }
                     try bytes.withUnsafeBytes { try target.write($0, at: offset) }
                     bytes.releaseMapping()
+                    meter.add(Int64(length))
                 }
                 inFlight += 1
             }
@@ -191,7 +196,8 @@ extension CheckpointStore {
     public func restore(_ id: CheckpointID, to destination: String, options: RestoreOptions = RestoreOptions()) async throws(CKStoreError) -> RestoreResult {
         try await CKStoreError.wrapping("restore of \(id.short)") {
             let started = ContinuousClock.now
-            let restorer = restorer(maxChunksInFlight: options.maxChunksInFlight)
+            var restorer = restorer(maxChunksInFlight: options.maxChunksInFlight)
+            restorer.progress = options.progress
             return try await restorer.locked {
                 let manifest = try restorer.manifest(of: id)
                 try RestoreDestination.checkPaths(of: manifest, id: id)
@@ -200,72 +206,5 @@ extension CheckpointStore {
                 return RestoreResult(id: id, files: plan.paths, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
             }
         }
-    }
-}
-
-/// What a restore knows about the chunks it reads, shared by its tasks: which it re-hashed already, and
-/// one read shared by every use of a chunk that occurs more than once (a zero-filled chunk used a hundred
-/// times is decoded once), its bytes kept until the last use, up to `budget` bytes at a time.
-final class RestoreChunks: Sendable {
-    private struct State {
-        var verified = Set<ChunkDigest>()
-        /// Uses still to come of chunks used more than once.
-        var remainingUses: [ChunkDigest: Int]
-        var shared = [ChunkDigest: (read: Task<ChunkBytes, any Error>, length: Int)]()
-        var sharedBytes = 0
-    }
-
-    private let state: Mutex<State>
-    private let budget: Int
-
-    init(_ outputs: [RestorePlan.Output], budget: Int = 32 << 20) {
-        var uses = [ChunkDigest: Int]()
-        for output in outputs {
-            for chunk in output.chunks { uses[chunk.digest, default: 0] += 1 }
-        }
-        state = Mutex(State(remainingUses: uses.filter { $0.value > 1 }))
-        self.budget = budget
-    }
-
-    /// The bytes of the chunk at `location`, from `read` (told what to check) or from another use's read.
-    ///
-    /// The first read of a chunk re-hashes its decoded bytes; a later one (a raw frame, which is read in
-    /// place and not worth keeping, or a chunk over the budget) checks its frames' checksums, which proves
-    /// the stored bytes are the ones that hashed right and so decode the same way.
-    func bytes(at location: ChunkLocation, read: @escaping @Sendable (ChunkChecks) throws -> ChunkBytes) async throws -> ChunkBytes {
-        enum Plan {
-            case shared(Task<ChunkBytes, any Error>)
-            case alone(ChunkChecks)
-        }
-        let digest = location.digest
-        let plan = state.withLock { state -> Plan in
-            defer { countUse(of: digest, in: &state) }
-            if let shared = state.shared[digest] { return .shared(shared.read) }
-            if (state.remainingUses[digest] ?? 0) > 1, location.encoding != .raw, state.sharedBytes + location.rawLength <= budget {
-                let task = Task { try read(.digest) }
-                state.shared[digest] = (task, location.rawLength)
-                state.sharedBytes += location.rawLength
-                return .shared(task)
-            }
-            return .alone(state.verified.contains(digest) ? .checksums : .digest)
-        }
-        switch plan {
-        case .shared(let task):
-            return try await task.value
-        case .alone(let checks):
-            let bytes = try read(checks)
-            if checks.contains(.digest) { _ = state.withLock { $0.verified.insert(digest) } }
-            return bytes
-        }
-    }
-
-    private func countUse(of digest: ChunkDigest, in state: inout State) {
-        guard let remaining = state.remainingUses[digest] else { return }
-        if remaining > 1 {
-            state.remainingUses[digest] = remaining - 1
-            return
-        }
-        state.remainingUses[digest] = nil
-        if let shared = state.shared.removeValue(forKey: digest) { state.sharedBytes -= shared.length }
     }
 }

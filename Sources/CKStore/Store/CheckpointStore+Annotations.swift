@@ -3,6 +3,25 @@ import Foundation
 extension CheckpointStore {
     /// Deletes checkpoints explicitly; pinned ones only with `force`. Their chunks stay until `gc`.
     public func remove(_ ids: [CheckpointID], force: Bool = false) throws {
+        try checkRemovable(ids, force: force)
+        try annotations.commit(ids.map { .remove($0) }) { catalogue in
+            for id in ids { try catalogue.deleteCheckpoint(id) }
+        }
+    }
+
+    /// What removing `ids` would do, changing nothing: the checkpoints, and what the next gc would then
+    /// free because of them alone (no retention rule, no orphans) — `rm --dry-run`.
+    ///
+    /// - Throws: as ``remove(_:force:)`` would.
+    public func planRemoval(_ ids: [CheckpointID], force: Bool = false) throws -> GCReport {
+        try checkRemovable(ids, force: force)
+        var options = GCOptions(dryRun: true)
+        options.removing = ids
+        return try gcPlanner().plan(options).report(dryRun: true)
+    }
+
+    /// Throws `notFound` for an id that is not a checkpoint, `invalidArgument` for a pinned one unless `force`.
+    private func checkRemovable(_ ids: [CheckpointID], force: Bool) throws {
         try withCatalogue { catalogue in
             for id in ids {
                 guard try catalogue.summary(of: id) != nil else { throw CKStoreError(.notFound, "no checkpoint \(id.short)") }
@@ -10,9 +29,6 @@ extension CheckpointStore {
                     throw CKStoreError(.invalidArgument, "checkpoint \(id.short) is pinned; unpin it or pass --force to remove it")
                 }
             }
-        }
-        try annotations.commit(ids.map { .remove($0) }) { catalogue in
-            for id in ids { try catalogue.deleteCheckpoint(id) }
         }
     }
 

@@ -100,6 +100,7 @@ struct Checker {
         fullRows = fullRows.filter { damaged[$0.digest] == nil && missing[$0.digest] == nil && !unreadablePacks.contains($0.pack) }
         fullRows.sort { ($0.pack.hex, $0.offset) < ($1.pack.hex, $1.offset) }
         let window = max(2, options.maxChunksInFlight)
+        let meter = ProgressMeter("verify", total: fullRows.reduce(0) { $0 + Int64($1.storedLength) }, handler: options.progress)
         var checked = 0
         var storedBytes: Int64 = 0
         var logicalBytes: Int64 = 0
@@ -124,6 +125,7 @@ struct Checker {
                 guard let (location, failure) = try await group.next() else { break }
                 inFlight -= 1
                 checked += 1
+                meter.add(Int64(location.storedLength))
                 storedBytes += Int64(location.storedLength)
                 logicalBytes += Int64(location.rawLength)
                 if let failure { damaged[location.digest] = failure }

@@ -17,6 +17,8 @@ public struct VerifyOptions: Sendable {
     public var checkpoints: [CheckpointID]
     /// How many frames may be checked at once.
     public var maxChunksInFlight = 8
+    /// Told how many bytes of frames have been read and checked, as a full or sampled check goes.
+    public var progress: ProgressHandler?
 
     /// Verify `checkpoints` (all when empty) at `depth`.
     public init(depth: VerifyDepth = .quick, checkpoints: [CheckpointID] = []) {
