@@ -32,6 +32,12 @@ let package = Package(
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // SIGKILL trials with deleted catalogues and logs, checked after every trial (issue 14).
+        .executableTarget(
+            name: "ckstore-torture",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         .executableTarget(
             name: "ckstore-train-bench",
             dependencies: [

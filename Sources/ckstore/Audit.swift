@@ -17,10 +17,10 @@ struct Audit: AsyncParsableCommand {
 
     @OptionGroup var store: StoreOptions
     @Option(help: "Only this run (store totals stay store-wide).") var run: String?
-    @Option(help: "A budget for the store on disk (500GiB, 2TB).") var budget: String?
+    @Option(parsing: .unconditional, help: "A budget for the store on disk (500GiB, 2TB).") var budget: String?
     @Option(help: "Simulate a policy: rules as in `policy set`, comma-separated (keep-last=2,keep-best=1:loss:min).") var whatIf: String?
     @Option(help: "Write a self-contained HTML report to FILE.") var html: String?
-    @Option(help: "How many of the largest tensors to list.") var top = 10
+    @Option(parsing: .unconditional, help: "How many of the largest tensors to list.") var top = 10
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {

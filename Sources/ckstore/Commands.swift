@@ -21,7 +21,7 @@ struct Init: AsyncParsableCommand {
 
 /// `--level` and `--max-delta-depth`, as `init` and `settings` take them.
 struct SettingsOptions: ParsableArguments {
-    @Option(help: "The store's zstd level for new chunks (1-19; default 1).") var level: Int?
+    @Option(parsing: .unconditional, help: "The store's zstd level for new chunks (1-19; default 1).") var level: Int?
     @Option(help: "The longest chain of delta frames a put may write before storing a chunk in full (0-32; 0 turns deltas off; default 3).")
     var maxDeltaDepth: Int?
 
@@ -83,18 +83,20 @@ struct Put: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The checkpoint folder.") var directory: String
     @Option(help: "The run this checkpoint belongs to.") var run: String
-    @Option(help: "The training step.") var step: Int64?
-    @Option(help: "The epoch.") var epoch: Double?
+    @Option(parsing: .unconditional, help: "The training step.") var step: Int64?
+    @Option(parsing: .unconditional, help: "The epoch.") var epoch: Double?
     @Option(name: .customLong("metric"), help: "A metric, KEY=VALUE (repeatable).") var metrics: [String] = []
     @Option(name: .customLong("tag"), help: "A tag (repeatable).") var tags: [String] = []
     @Option(name: .customLong("meta"), help: "Free-form metadata, KEY=VALUE (repeatable).") var meta: [String] = []
-    @Option(help: "zstd compression level (1-19) for this put; default: the store's.") var level: Int?
-    @Option(help: "The longest delta chain this put may extend (0-32, 0: no deltas); default: the store's.") var maxDeltaDepth: Int?
+    @Option(parsing: .unconditional, help: "zstd compression level (1-19) for this put; default: the store's.") var level: Int?
+    @Option(parsing: .unconditional, help: "The longest delta chain this put may extend (0-32, 0: no deltas); default: the store's.") var maxDeltaDepth: Int?
     @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
     @Flag(help: "Print a JSON object instead of the id.") var json = false
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
+        if let epoch, !epoch.isFinite { throw ValidationError("--epoch takes a finite number, not \(epoch)") }
+        if let step, step < 0 { throw ValidationError("--step takes a step of 0 or more, not \(step)") }
         for pair in metrics {
             guard let (_, value) = Self.split(pair), Double(value) != nil else {
                 throw ValidationError("--metric takes KEY=NUMBER, not \(pair)")
@@ -154,12 +156,14 @@ struct Get: AsyncParsableCommand {
     @Option(name: .customLong("file"), help: "Restore only this file (repeatable).") var files: [String] = []
     @Option(name: .customLong("tensor"), help: "Write a safetensors file with only the tensors matching this glob (repeatable).") var tensors: [String] = []
     @Flag(help: "Restore into a non-empty folder, replacing files with the same names.") var force = false
+    @Flag(help: "Restore setuid, setgid and sticky bits as stored (by default only permission bits are).") var keepSpecialBits = false
     @Flag(help: "Print a JSON object describing what was written.") var json = false
     @OptionGroup var progress: ProgressOptions
 
     func run() async throws {
         let (checkpointStore, id) = try await store.resolve(reference)
         var options = RestoreOptions(files: files, tensors: tensors, force: force)
+        options.keepSpecialModeBits = keepSpecialBits
         let renderer = progress.renderer()
         options.progress = renderer?.handler
         let result = try await checkpointStore.restore(id, to: destination, options: options)

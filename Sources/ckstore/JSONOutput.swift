@@ -5,6 +5,8 @@ enum JSONOutput {
     static func print(_ value: some Encodable) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        // A diverged run's NaN or infinite loss prints as the strings "NaN", "Infinity", "-Infinity".
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         let data = try encoder.encode(value)
         Swift.print(String(decoding: data, as: UTF8.self))
     }

@@ -16,7 +16,7 @@ struct Verify: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "Checkpoints to check fully (id prefix, RUN@STEP, RUN@latest).") var references: [String] = []
     @Flag(help: "Read, decode and re-hash every frame.") var full = false
-    @Option(help: "Fully check a random PERCENT of the packs (at least one).") var sample: Double?
+    @Option(parsing: .unconditional, help: "Fully check a random PERCENT of the packs (at least one).") var sample: Double?
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var progress: ProgressOptions
 

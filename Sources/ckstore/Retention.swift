@@ -24,23 +24,25 @@ struct PolicySet: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The run.") var run: String?
     @Flag(name: .customLong("default"), help: "Set the store-wide default, used by runs without a policy.") var isDefault = false
-    @Option(help: "Keep the newest N checkpoints.") var keepLast: Int?
+    @Option(parsing: .unconditional, help: "Keep the newest N checkpoints.") var keepLast: Int?
     @Option(help: "Keep the best N by a metric: N:METRIC:min|max (repeatable).") var keepBest: [String] = []
-    @Option(help: "Keep the newest checkpoint of each step bucket floor(step/K).") var keepEvery: Int64?
+    @Option(parsing: .unconditional, help: "Keep the newest checkpoint of each step bucket floor(step/K).") var keepEvery: Int64?
     @Option(help: "Keep what is within a duration (90m, 36h, 7d) of the run's newest checkpoint.") var keepWithin: String?
-    @Option(help: "Keep the newest checkpoint of each of the last N hours that have one.") var keepHourly: Int?
-    @Option(help: "… of each of the last N days.") var keepDaily: Int?
-    @Option(help: "… of each of the last N ISO weeks.") var keepWeekly: Int?
-    @Option(help: "… of each of the last N months.") var keepMonthly: Int?
+    @Option(parsing: .unconditional, help: "Keep the newest checkpoint of each of the last N hours that have one.") var keepHourly: Int?
+    @Option(parsing: .unconditional, help: "… of each of the last N days.") var keepDaily: Int?
+    @Option(parsing: .unconditional, help: "… of each of the last N ISO weeks.") var keepWeekly: Int?
+    @Option(parsing: .unconditional, help: "… of each of the last N months.") var keepMonthly: Int?
     @Option(help: "Keep checkpoints with this tag (repeatable).") var keepTag: [String] = []
-    @Option(help: "Drop the optimizer part (optimizer*.pt and --part optimizer=GLOB files) of all kept checkpoints but the newest N.") var dropOptimizerAfter: Int?
+    @Option(parsing: .unconditional, help: "Drop the optimizer part (optimizer*.pt and --part optimizer=GLOB files) of all kept checkpoints but the newest N.") var dropOptimizerAfter: Int?
     @Option(help: "Add files to a part: NAME=GLOB (repeatable), e.g. optimizer=*.opt.bin.") var part: [String] = []
     @Flag(help: "Print the stored policy as JSON.") var json = false
 
     func validate() throws {
         guard (run != nil) != isDefault else { throw ValidationError("give a RUN or --default") }
-        for value in [keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, dropOptimizerAfter].compactMap({ $0 }) where value < 0 {
-            throw ValidationError("counts may not be negative")
+        let counts: [(String, Int?)] = [("--keep-last", keepLast), ("--keep-hourly", keepHourly), ("--keep-daily", keepDaily), ("--keep-weekly", keepWeekly),
+                                         ("--keep-monthly", keepMonthly), ("--drop-optimizer-after", dropOptimizerAfter)]
+        for (flag, value) in counts {
+            if let value, value < 0 { throw ValidationError("\(flag) takes a count of 0 or more, not \(value)") }
         }
         if let keepEvery, keepEvery <= 0 { throw ValidationError("--keep-every takes a positive step count") }
         for spec in part where !spec.contains("=") { throw ValidationError("--part takes NAME=GLOB, not \(spec)") }
@@ -264,9 +266,9 @@ struct GC: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Option(help: "Apply only this run's policy.") var run: String?
     @Flag(help: "Decide and report; change nothing.") var dryRun = false
-    @Option(help: "Rewrite packs whose dead share exceeds this fraction.") var repackThreshold = 0.3
-    @Option(help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
-    @Option(help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
+    @Option(parsing: .unconditional, help: "Rewrite packs whose dead share exceeds this fraction.") var repackThreshold = 0.3
+    @Option(parsing: .unconditional, help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
+    @Option(parsing: .unconditional, help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var progress: ProgressOptions
 
@@ -274,6 +276,7 @@ struct GC: AsyncParsableCommand {
         guard repackThreshold >= 0 && repackThreshold <= 1 else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
         do {
             _ = try budget.map { try ByteCount(parsing: $0) }
+            _ = try RetentionPolicy.parseDuration(grace)
         } catch let error as CKStoreError {
             throw ValidationError(error.message)
         }

@@ -105,7 +105,7 @@ private struct PackBench {
     @Test func aDamagedOrMissingBaseIsDamageNamingTheChunk() async throws {
         try await withTemporaryDirectory { root in
             var bench = try PackBench(root + "/store")
-            let (key, keyBytes, delta, deltaBytes) = try bench.keyframeAndDelta()
+            let (key, _, delta, _) = try bench.keyframeAndDelta()
 
             let missing = try #require(throws: CKStoreError.self) { try bench.reader(without: [key]).read(delta, what: "tensor w") }
             #expect(missing.code == .damaged)

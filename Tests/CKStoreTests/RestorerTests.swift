@@ -155,7 +155,7 @@ import Glibc
             // The target file system has no room for model.safetensors: its blocks are reserved before any
             // chunk is read, so the restore stops there with the disk-full error.
             let error = await #expect(throws: CKStoreError.self) {
-                try await FaultInjector.shared.with(scope: root + "/out", { operation, path, _ in
+                try await FaultInjector.shared.with(scope: root, { operation, path, _ in
                     if operation == .pwrite && path.hasSuffix("/model.safetensors") { writes.withLock { $0 += 1 } }
                     return operation == .fallocate && path.hasSuffix("/model.safetensors") ? .fail(ENOSPC) : nil
                 }) {

@@ -73,7 +73,7 @@ extension Catalogue {
         let pinned = try statement("SELECT 1 FROM pins WHERE checkpoint_id = ?")
         for index in summaries.indices {
             let id = SQLiteStatement.Value.blob(summaries[index].id.digest.bytes)
-            for (key, value) in try metrics.rows([id], { ($0.text(0), $0.double(1)) }) {
+            for (key, value) in try metrics.rows([id], { ($0.text(0), $0.number(1)) }) {
                 summaries[index].metrics[key] = value
             }
             summaries[index].tags = try tags.rows([id]) { $0.text(0) }
@@ -145,6 +145,7 @@ extension Catalogue {
         let tag = try statement("INSERT OR IGNORE INTO tags (checkpoint_id, tag) VALUES (?, ?)")
         for name in manifest.tags { try tag.run([id, .text(name)]) }
         let metric = try statement("INSERT INTO metrics (checkpoint_id, key, value) VALUES (?, ?, ?)")
-        for (key, value) in manifest.metrics.sorted(by: { $0.key < $1.key }) { try metric.run([id, .text(key), .real(value)]) }
+        // SQLite stores a NaN REAL as NULL; a diverged run's loss is kept as the text NaN instead.
+        for (key, value) in manifest.metrics.sorted(by: { $0.key < $1.key }) { try metric.run([id, .text(key), value.isNaN ? .text("NaN") : .real(value)]) }
     }
 }

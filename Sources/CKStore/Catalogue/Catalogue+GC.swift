@@ -132,6 +132,22 @@ extension Catalogue {
         Set(try statement("SELECT DISTINCT pack_id FROM chunks").rows([]) { PackID(hex: $0.text(0)) }.compactMap { $0 })
     }
 
+    /// Forgets the frames of `packs` that no checkpoint references and no frame is a delta against, and
+    /// the packs left with none: what a put whose commit it had to take back leaves behind. Frames a
+    /// concurrent put reused meanwhile stay. The files become orphans for gc.
+    func forgetUnusedFrames(inPacks packs: [PackID]) throws {
+        let frames = try statement("""
+            DELETE FROM chunks WHERE pack_id = ?
+              AND digest NOT IN (SELECT digest FROM checkpoint_chunks)
+              AND digest NOT IN (SELECT base FROM chunks WHERE base IS NOT NULL)
+            """)
+        let pack = try statement("DELETE FROM packs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack_id = ?)")
+        for id in packs {
+            try frames.run([.text(id.hex)])
+            try pack.run([.text(id.hex), .text(id.hex)])
+        }
+    }
+
     /// Forgets a pack row (its file is deleted after the commit).
     func deletePackRow(_ id: PackID) throws {
         try statement("DELETE FROM packs WHERE id = ?").run([.text(id.hex)])

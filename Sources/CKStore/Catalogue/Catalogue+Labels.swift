@@ -17,7 +17,9 @@ struct CheckpointPiece: Equatable {
             var inTensors = Set<Int>()
             var tensorBytes: Int64 = 0
             for tensor in tensors {
-                let range = tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)
+                // Clamped: a manifest that names chunks it does not have is reported by verify, not here.
+                let lower = min(max(tensor.firstChunk, 0), file.chunks.count)
+                let range = lower..<min(max(lower, tensor.firstChunk + tensor.chunkCount), file.chunks.count)
                 inTensors.formUnion(range)
                 tensorBytes += tensor.byteCount
                 pieces.append(CheckpointPiece(path: file.path, tensor: tensor.name, logicalBytes: tensor.byteCount, chunks: Array(range)))

@@ -54,6 +54,19 @@ final class Catalogue {
         try database.transaction(.deferred) { .commit(try body()) }
     }
 
+    /// Starts a read transaction that stays open: every later read on this connection sees the catalogue
+    /// as it is now, whatever other connections commit, until ``endSnapshot()`` (or the connection closes).
+    func beginSnapshot() throws {
+        try database.execute("BEGIN DEFERRED")
+        // A deferred transaction takes its snapshot at its first read.
+        _ = try statement("SELECT count(*) FROM packs").firstRow([]) { $0.int(0) }
+    }
+
+    /// Ends the snapshot ``beginSnapshot()`` started.
+    func endSnapshot() {
+        try? database.execute("ROLLBACK")
+    }
+
     /// Folds the write-ahead log into the catalogue file, so that its size on disk reflects a sweep now.
     func truncateLog() throws {
         try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")

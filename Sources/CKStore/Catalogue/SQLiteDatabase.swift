@@ -203,6 +203,11 @@ final class SQLiteStatement {
     func int(_ column: Int32) -> Int64 { sqlite3_column_int64(handle, column) }
     func double(_ column: Int32) -> Double { sqlite3_column_double(handle, column) }
 
+    /// A REAL column that may hold the text `NaN` (SQLite cannot store a NaN REAL).
+    func number(_ column: Int32) -> Double {
+        sqlite3_column_type(handle, column) == SQLITE_TEXT ? Double(text(column)) ?? .nan : double(column)
+    }
+
     func text(_ column: Int32) -> String {
         guard let pointer = sqlite3_column_text(handle, column) else { return "" }
         return String(cString: pointer)

@@ -23,6 +23,8 @@ struct GCExecutor {
         let annotations: [Annotation] = plan.deleted.map { .remove($0.id) } + plan.drops.sorted { $0.key < $1.key }.map {
             .drop($0.key, paths: $0.value.files, part: $0.value.part.rawValue, tensors: $0.value.tensors)
         }
+        let commits = CommitLog(layout: layout)
+        for checkpoint in plan.deleted { try commits.remove(checkpoint.id, run: checkpoint.run, step: checkpoint.step) }
         let first = try self.annotations.commit(annotations) { catalogue -> Catalogue.SweepOutcome in
             try catalogue.prepareSweep(deleting: plan.deleted.map(\.id))
             for (id, drop) in plan.drops {

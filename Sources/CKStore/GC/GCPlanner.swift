@@ -61,6 +61,7 @@ struct GCPlanner {
     /// `audit --what-if` reports and ``GCExecutor`` runs.
     func plan(_ options: GCOptions) throws -> GCPlan {
         try catalogue.with { try $0.requireRun(options.run) }
+        try checkNoCommittedCheckpointIsMissing()
         var (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
         var deleted = plans.flatMap(\.plan.deleted)
         if let removing = options.removing {
@@ -113,6 +114,18 @@ struct GCPlanner {
             packsToDelete: packsToDelete, packsToRewrite: packsToRewrite, orphans: orphans, orphanGrace: options.orphanGrace,
             chunksFreed: final.deadChunks, bytesUnreferenced: final.deadBytes
         )
+    }
+
+    /// Refuses to plan when a commit record names a checkpoint the catalogue does not list: its packs would
+    /// look like orphans and its chunks like dead ones, and gc must never delete what a committed checkpoint
+    /// needs (I-9). `repair` brings such checkpoints back.
+    private func checkNoCommittedCheckpointIsMissing() throws {
+        let listed = Set(try catalogue.with { try $0.allCheckpointIDs() })
+        let missing = try CommitLog(layout: layout).records().filter { !listed.contains($0.id) }
+        guard missing.isEmpty else {
+            let names = missing.prefix(5).map { "\($0.run)@\($0.step) (\($0.id.short))" }.joined(separator: ", ")
+            throw CKStoreError(.damaged, "the catalogue does not list \(missing.count) committed checkpoint(s): \(names); nothing was deleted. Run `ckstore repair` to bring them back, then gc again")
+        }
     }
 
     /// Part rules: which files, and which tensors of the remaining safetensors files, each slimmed

@@ -35,6 +35,23 @@ enum FileSystem {
         }
     }
 
+    /// Gives the file at `from` the new name `to`, atomically; false (and nothing changed) when `to`
+    /// exists already. Of two processes linking one name, exactly one gets true.
+    static func linkExclusively(_ from: String, _ to: String) throws -> Bool {
+        switch system_link(from, to) {
+        case .success: return true
+        case .failure(let error) where error.rawValue == EEXIST: return false
+        case .failure(let error): throw CKStoreError.io("cannot link \(from) to \(to)", error)
+        }
+    }
+
+    /// Removes an empty folder.
+    static func removeEmptyDirectory(_ path: String) throws {
+        if case .failure(let error) = system_rmdir(path) {
+            throw CKStoreError.io("cannot remove the empty folder \(path)", error)
+        }
+    }
+
     /// Removes a file; a file that is already gone is not an error.
     static func removeFile(_ path: String) throws {
         switch system_unlink(path) {
@@ -72,6 +89,13 @@ enum FileSystem {
     /// Removes a folder tree (used for temporary restore folders only).
     static func removeTree(_ path: String) {
         try? FileManager.default.removeItem(atPath: path)
+    }
+
+    /// The absolute, symlink-free form of `path`, or nil when it does not resolve (a missing file, a loop).
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     /// The absolute, symlink-free form of `path`.

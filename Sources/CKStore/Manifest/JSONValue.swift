@@ -1,3 +1,5 @@
+import Foundation
+
 /// Any JSON value, kept as parsed so that it can be embedded in a manifest (a model's `config.json`, a
 /// trainer's `trainer_state.json`) and handed back to the caller.
 public enum JSONValue: Sendable, Hashable, Codable {
@@ -35,8 +37,9 @@ public enum JSONValue: Sendable, Hashable, Codable {
         case .bool(let value): try container.encode(value)
         case .integer(let value): try container.encode(value)
         case .number(let value):
-            // JSON has no NaN or infinity; such values become null rather than failing the whole manifest.
-            if value.isFinite { try container.encode(value) } else { try container.encodeNil() }
+            // JSON has no NaN or infinity: the encoder's strategy writes them (manifests: "NaN", "Infinity",
+            // "-Infinity"); an encoder without one fails rather than changing the value.
+            try container.encode(value)
         case .string(let value): try container.encode(value)
         case .array(let value): try container.encode(value)
         case .object(let value): try container.encode(value)
@@ -56,5 +59,47 @@ public enum JSONValue: Sendable, Hashable, Codable {
     public subscript(key: String) -> JSONValue? {
         if case .object(let members) = self { return members[key] }
         return nil
+    }
+}
+
+/// NaN and ±Infinity, which Python's `json` writes as bare `NaN`, `Infinity` and `-Infinity` and JSON has
+/// no literal for: ckstore writes and reads them as the strings `"NaN"`, `"Infinity"` and `"-Infinity"`.
+enum NonFiniteJSON {
+    static let encoding = JSONEncoder.NonConformingFloatEncodingStrategy.convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+    static let decoding = JSONDecoder.NonConformingFloatDecodingStrategy.convertFromString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+
+    /// Decodes JSON that may hold Python's bare non-finite numbers.
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = decoding
+        return try decoder.decode(type, from: Data(quotingBareTokens(bytes)))
+    }
+
+    /// `bytes` with every bare `NaN`, `Infinity` and `-Infinity` outside strings put in quotes.
+    static func quotingBareTokens(_ bytes: [UInt8]) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count + 16)
+        var index = 0, inString = false, escaped = false
+        let tokens: [[UInt8]] = [Array("-Infinity".utf8), Array("Infinity".utf8), Array("NaN".utf8)]
+        while index < bytes.count {
+            let byte = bytes[index]
+            if inString {
+                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+                out.append(byte)
+                index += 1
+                continue
+            }
+            if byte == UInt8(ascii: "\"") { inString = true }
+            if let token = tokens.first(where: { bytes[index...].starts(with: $0) }) {
+                out.append(UInt8(ascii: "\""))
+                out += token
+                out.append(UInt8(ascii: "\""))
+                index += token.count
+                continue
+            }
+            out.append(byte)
+            index += 1
+        }
+        return out
     }
 }

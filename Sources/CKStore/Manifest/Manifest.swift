@@ -57,6 +57,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public func canonicalJSON() throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.nonConformingFloatEncodingStrategy = NonFiniteJSON.encoding
         do {
             return Array(try encoder.encode(self))
         } catch {
@@ -67,9 +68,14 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// Parses manifest bytes.
     public static func decode(_ bytes: [UInt8], id: CheckpointID) throws -> Manifest {
         do {
-            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(bytes))
+            let decoder = JSONDecoder()
+            decoder.nonConformingFloatDecodingStrategy = NonFiniteJSON.decoding
+            let manifest = try decoder.decode(Manifest.self, from: Data(bytes))
             guard manifest.format <= currentFormat else {
                 throw CKStoreError(.unsupportedSchema, "checkpoint \(id.short): manifest format \(manifest.format) is newer than this ckstore understands (\(currentFormat))")
+            }
+            if let problem = manifest.problem() {
+                throw CKStoreError(.damaged, "checkpoint \(id.short): manifest is invalid: \(problem)")
             }
             return manifest
         } catch let error as CKStoreError {
@@ -177,5 +183,57 @@ extension Manifest {
         }
         uses[id.digest, default: 0] += 1
         return uses
+    }
+}
+
+extension Manifest {
+    /// The largest chunk any put writes is far below this; a larger length is damage, not data.
+    static let maximumChunkLength = 1 << 30
+
+    /// What makes this manifest one no put writes, or nil when it is sound: every count, range and size is
+    /// checked against the chunks, so that nothing that reads a manifest can index out of range (a hostile
+    /// or damaged manifest is reported as damage, never a crash).
+    func problem() -> String? {
+        guard format >= 1 else { return "format \(format)" }
+        guard !run.isEmpty else { return "empty run name" }
+        guard step >= 0 else { return "negative step \(step)" }
+        var paths = Set<String>()
+        for file in files {
+            let name = file.path.debugDescription
+            guard !file.path.isEmpty, paths.insert(file.path).inserted else { return "file \(name) is empty or listed twice" }
+            guard file.mode <= 0o7777 else { return "file \(name) has mode \(String(file.mode, radix: 8)), beyond 7777" }
+            guard file.size >= 0 else { return "file \(name) has negative size \(file.size)" }
+            if file.format == .symlink {
+                guard file.linkTarget != nil, file.chunks.isEmpty, file.tensors == nil || file.tensors?.isEmpty == true else {
+                    return "symbolic link \(name) has no target or has content"
+                }
+                continue
+            }
+            var total: Int64 = 0
+            var ends = [Int64]()
+            for chunk in file.chunks {
+                guard chunk.length > 0, chunk.length <= Self.maximumChunkLength else { return "file \(name) has a chunk of \(chunk.length) bytes" }
+                total += Int64(chunk.length)
+                ends.append(total)
+            }
+            guard total == file.size else { return "file \(name): its chunks add up to \(total) bytes, its size says \(file.size)" }
+            for tensor in file.tensors ?? [] {
+                let what = "file \(name), tensor \(tensor.name.debugDescription)"
+                guard tensor.firstChunk >= 0, tensor.chunkCount >= 0, tensor.firstChunk <= file.chunks.count,
+                      tensor.chunkCount <= file.chunks.count - tensor.firstChunk else {
+                    return "\(what): chunks \(tensor.firstChunk) + \(tensor.chunkCount) are not among the file's \(file.chunks.count)"
+                }
+                guard tensor.begin >= 0, tensor.begin <= tensor.end, tensor.end <= file.size else {
+                    return "\(what): byte range \(tensor.begin)..<\(tensor.end) is not inside the file's \(file.size) bytes"
+                }
+                if let shape = tensor.shape, shape.contains(where: { $0 < 0 }) { return "\(what): negative dimension in \(shape)" }
+                guard tensor.chunkCount > 0 else { continue }
+                let start = tensor.firstChunk == 0 ? 0 : ends[tensor.firstChunk - 1]
+                guard start == tensor.begin, ends[tensor.firstChunk + tensor.chunkCount - 1] == tensor.end else {
+                    return "\(what): its chunks do not cover exactly bytes \(tensor.begin)..<\(tensor.end)"
+                }
+            }
+        }
+        return nil
     }
 }

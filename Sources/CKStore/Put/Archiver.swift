@@ -80,12 +80,21 @@ extension CheckpointStore {
                                catalogue: catalogue, layout: layout, reader: chunkReader(), contexts: contexts)
     }
 
+    /// The characters a run name may hold besides letters and digits (of any script).
+    static let runNamePunctuation: Set<Character> = [".", "_", "-", "+", "=", ",", ":"]
+
+    /// Throws `invalidArgument` unless `name` is a run name: 1 to 128 letters, digits and `. _ - + = , :`,
+    /// not starting with `.` or `-`. No `/` (remote keys and paths), no spaces (shell scripts), no `@`
+    /// (`RUN@STEP` references).
     static func validateRunName(_ name: String) throws {
-        guard !name.trimmingCharacters(in: .whitespaces).isEmpty else {
-            throw CKStoreError(.invalidArgument, "the run name is empty")
+        let rule = "a run name is 1 to 128 letters, digits and . _ - + = , : (not starting with . or -)"
+        guard !name.isEmpty else { throw CKStoreError(.invalidArgument, "the run name is empty; \(rule)") }
+        guard name.count <= 128 else { throw CKStoreError(.invalidArgument, "the run name is \(name.count) characters long; \(rule)") }
+        if let bad = name.first(where: { !($0.isLetter || $0.isNumber || runNamePunctuation.contains($0)) }) {
+            throw CKStoreError(.invalidArgument, "the run name \(name.debugDescription) holds \(String(bad).debugDescription); \(rule)")
         }
-        guard !name.contains("@"), !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
-            throw CKStoreError(.invalidArgument, "run name \(name) may not contain @ or control characters (RUN@STEP references would be ambiguous)")
+        guard let first = name.first, first != ".", first != "-" else {
+            throw CKStoreError(.invalidArgument, "the run name \(name.debugDescription) starts with \(name.prefix(1)); \(rule)")
         }
     }
 
@@ -126,6 +135,10 @@ final class Archiver {
     private var reused = [ChunkDigest: (source: any PutSource, path: String, offset: Int64, length: Int)]()
     private(set) var newChunkCount = 0
     private(set) var bytesAdded: Int64 = 0
+    /// Whether this put appended any frame (chunks or a manifest) that a commit must record.
+    private(set) var hasNewFrames = false
+    /// The packs this put recorded in the catalogue.
+    var committedPacks: [PackID] { sealed.map(\.id) }
     /// Counts the bytes of every chunk read and stored (or found stored).
     var progress: ProgressMeter?
 
@@ -235,6 +248,7 @@ final class Archiver {
 
     private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
         try sink.append(chunk, kind: kind)
+        hasNewFrames = true
     }
 
     /// Appends the manifest frame (compressed: manifests are repetitive JSON).
@@ -362,8 +376,16 @@ extension Archiver {
         manifest.parent = parent
         let contentDigest = try manifest.contentDigest()
 
+        let commits = CommitLog(layout: layout)
         func existing(in catalogue: Catalogue) throws -> CheckpointID? {
-            guard let found = try catalogue.checkpoint(run: options.run, step: step) else { return nil }
+            guard let found = try catalogue.checkpoint(run: options.run, step: step) else {
+                // A commit record the catalogue does not know: the catalogue lost committed checkpoints
+                // (its write-ahead log was deleted, or it was rebuilt from a partial copy).
+                if let record = try commits.record(run: options.run, step: step) {
+                    throw CKStoreError(.damaged, "run \(options.run) has a committed checkpoint at step \(step) (\(record.id.short)) that the catalogue does not list; run `ckstore repair` to bring it back before putting more")
+                }
+                return nil
+            }
             guard found.content == contentDigest else {
                 throw CKStoreError(.conflict, "run \(options.run) already has a different checkpoint at step \(step) (\(found.id.short)); put under another step or remove that checkpoint first")
             }
@@ -372,10 +394,19 @@ extension Archiver {
         let seconds = { (ContinuousClock.now - started) / .seconds(1) }
         if let id = try catalogue.with({ catalogue in try existing(in: catalogue) }) {
             // Already stored. Chunks the store lacked (dropped by `repair` after damage) were written
-            // again: commit them, which makes the existing checkpoint whole again.
-            if session.newChunkCount > 0 {
+            // again; so is the manifest frame if it was lost: the stored checkpoint's manifest is this one
+            // with the catalogue's creation time and parent, and its SHA-256 says whether it is.
+            if try !ChunkIndex(catalogue: catalogue).contains(id.digest), let summary = try catalogue.with({ try $0.summary(of: id) }) {
+                var original = manifest
+                original.createdAt = summary.createdAt
+                original.parent = summary.parent
+                let bytes = try original.canonicalJSON()
+                if SHA256Hasher.digest(bytes) == id.digest { try session.appendManifest(bytes, digest: id.digest) }
+            }
+            if session.hasNewFrames {
                 _ = try session.commit { _, _ in (id: id, alreadyStored: true) }
             }
+            _ = try commits.commit(CommitLog.Record(id: id, run: options.run, step: step, content: contentDigest, createdAt: manifest.createdAt))
             return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
                              chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: true, warnings: warnings)
         }
@@ -392,6 +423,27 @@ extension Archiver {
                 now: Date().timeIntervalSince1970
             )
             return (id: id, alreadyStored: false)
+        }
+        // The commit point a rebuild sees (I-9), written before the put reports success. A put that cannot
+        // write it fails, and takes its checkpoint out of the catalogue again: nothing is listed that a
+        // rebuild would not bring back.
+        let record: CommitLog.Record
+        do {
+            record = try commits.commit(CommitLog.Record(id: stored.id, run: options.run, step: step, content: contentDigest, createdAt: manifest.createdAt))
+        } catch {
+            if !stored.alreadyStored {
+                let packs = session.committedPacks
+                try? catalogue.with { catalogue in
+                    try catalogue.write {
+                        try catalogue.deleteCheckpoint(stored.id)
+                        try catalogue.forgetUnusedFrames(inPacks: packs)
+                    }
+                }
+            }
+            throw error
+        }
+        guard record.content == contentDigest else {
+            throw CKStoreError(.conflict, "run \(options.run) already has a different committed checkpoint at step \(step) (\(record.id.short)); run `ckstore repair` if `ls` does not list it")
         }
         return PutResult(
             id: stored.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes,

@@ -38,6 +38,14 @@ struct DirectoryScanner {
         }
         var entries = [Entry]()
         try walk(relative: "", into: &entries)
+        // A link kept as a link must stay inside the folder when every link on its way is followed, not
+        // only lexically: `k -> ..` inside a chain of `b/k/b/k/…/../..` climbs out (I-7).
+        var links = [String: String]()
+        for entry in entries { if case .symlink(let target) = entry.kind { links[entry.relativePath] = target } }
+        for (index, entry) in entries.enumerated() {
+            guard case .symlink(let target) = entry.kind, !RelativePath.linkStaysInside(entry.relativePath, target: target, links: links) else { continue }
+            entries[index] = try external(relativePath: entry.relativePath, absolute: entry.sourcePath, target: target)
+        }
         return entries
     }
 
@@ -50,6 +58,9 @@ struct DirectoryScanner {
             let info: stat
             switch system_lstat(absolute) {
             case .success(let value): info = value
+            case .failure(let error) where error.rawValue == ENOENT && name.contains("\u{FFFD}"):
+                // The listing replaced bytes that are not UTF-8, so the name no longer finds the file.
+                throw CKStoreError(.invalidArgument, "a file name in \(folder) is not valid UTF-8 (\(name.debugDescription)); ckstore stores UTF-8 names only: rename the file")
             case .failure(let error): throw CKStoreError.io("cannot read \(absolute)", error)
             }
             switch info.st_mode & S_IFMT {
@@ -73,10 +84,19 @@ struct DirectoryScanner {
         }
         let linkFolder = relativePath.split(separator: "/").dropLast().joined(separator: "/")
         if !target.hasPrefix("/"), RelativePath.normalize(linkFolder.isEmpty ? target : linkFolder + "/" + target) != nil {
-            // Relative and lexically inside the folder: keep it as a link.
+            // Relative and lexically inside the folder: kept as a link, unless following the other links
+            // of the folder takes it out (checked once every link is known).
             return Entry(relativePath: relativePath, sourcePath: absolute, kind: .symlink(target: target), mode: 0o777, size: 0)
         }
-        let resolved = FileSystem.canonicalPath(absolute)
+        return try external(relativePath: relativePath, absolute: absolute, target: target)
+    }
+
+    /// A link whose target is absolute or leaves the folder: the file it points to when that is inside the
+    /// folder or `--follow-symlinks` says so, else refused.
+    private func external(relativePath: String, absolute: String, target: String) throws -> Entry {
+        guard let resolved = FileSystem.realPath(absolute) else {
+            throw CKStoreError(.unsafePath, "\(absolute) is a symbolic link to \(target), which does not resolve to a file (missing, a loop, or outside \(root)); refused")
+        }
         let canonicalRoot = FileSystem.canonicalPath(root)
         let inside = resolved.hasPrefix(canonicalRoot + "/")
         guard inside || followExternalLinks else {
@@ -114,6 +134,33 @@ public enum RelativePath {
             }
         }
         return parts.isEmpty ? nil : parts.joined(separator: "/")
+    }
+
+    /// Whether the link at `path` with `target` resolves inside the tree when the tree's own `links` (path →
+    /// target) are followed on the way, as the kernel would once they are restored. An absolute target, a
+    /// climb above the root or more than 40 links in a row (a loop) is outside.
+    public static func linkStaysInside(_ path: String, target: String, links: [String: String]) -> Bool {
+        var resolved = path.split(separator: "/").dropLast().map(String.init)
+        var pending = target.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        var hops = 0
+        guard !target.hasPrefix("/") else { return false }
+        while !pending.isEmpty {
+            let component = pending.removeFirst()
+            switch component {
+            case "", ".": continue
+            case "..":
+                guard !resolved.isEmpty else { return false }
+                resolved.removeLast()
+            default:
+                resolved.append(component)
+                guard let next = links[resolved.joined(separator: "/")] else { continue }
+                hops += 1
+                guard hops <= 40, !next.hasPrefix("/") else { return false }
+                resolved.removeLast()
+                pending = next.split(separator: "/", omittingEmptySubsequences: false).map(String.init) + pending
+            }
+        }
+        return true
     }
 
     /// True when `path` is already normal: relative, no `.`/`..`/empty components. Manifests only hold these.

@@ -10,15 +10,16 @@ struct TrainerState {
 
     /// Parses `trainer_state.json`; nil when it is not a JSON object.
     init?(bytes: [UInt8]) {
-        guard let json = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)), case .object = json else { return nil }
+        // Python's json writes a diverged loss as a bare NaN or Infinity, which JSON has no literal for.
+        guard let json = try? NonFiniteJSON.decode(JSONValue.self, from: bytes), case .object = json else { return nil }
         self.json = json
         if case .integer(let step)? = json["global_step"] { globalStep = step }
-        epoch = json["epoch"]?.doubleValue
+        epoch = json["epoch"]?.doubleValue.flatMap { $0.isFinite ? $0 : nil }
         metrics = [:]
         if case .array(let history)? = json["log_history"] {
             for case .object(let entry) in history {
                 for (key, value) in entry where key != "step" && key != "epoch" {
-                    if let number = value.doubleValue, number.isFinite { metrics[key] = number }
+                    if let number = value.doubleValue { metrics[key] = number }
                 }
             }
         }

@@ -25,8 +25,11 @@ public struct RepairReport: Sendable, Codable, Equatable {
     public var quarantinedPacks: [String]
     /// Checkpoints that need a chunk the store no longer has.
     public var incompleteCheckpoints: [CheckpointID]
-    /// Manifests found in packs but not recorded, with the reason (another checkpoint holds the same run and step).
+    /// Manifests found in packs but not recorded, with the reason (never committed, or another checkpoint
+    /// holds the same run and step).
     public var skippedManifests: [String]
+    /// Committed checkpoints the catalogue had lost and that were brought back from their manifests.
+    public var importedCheckpoints: [CheckpointID] = []
 
     enum CodingKeys: String, CodingKey {
         case checkpoints
@@ -41,6 +44,7 @@ public struct RepairReport: Sendable, Codable, Equatable {
         case quarantinedPacks = "quarantined_packs"
         case incompleteCheckpoints = "incomplete_checkpoints"
         case skippedManifests = "skipped_manifests"
+        case importedCheckpoints = "imported_checkpoints"
     }
 }
 
@@ -94,6 +98,10 @@ struct Repairer {
                 } else {
                     report.catalogueProblem = "SQLite finds damage: " + problems.prefix(3).joined(separator: "; ")
                 }
+            } catch let error as CKStoreError where error.code == .unsupportedSchema {
+                // A newer ckstore's catalogue is not damage: rebuilding it at this version would lose what
+                // that version recorded.
+                throw error
             } catch {
                 report.catalogueProblem = CKStoreError.wrap(error).message
             }
@@ -238,20 +246,69 @@ struct Repairer {
                 for pack in stalePacks { try catalogue.deletePackRow(pack) }
             }
         }
-        let missing = Set(drop)
+        // Committed checkpoints the catalogue does not list (its write-ahead log was lost): brought back
+        // from their manifest frames, with the packs and frames the catalogue did not know.
+        let commits = CommitLog(layout: layout)
+        let records = try commits.records()
+        let removed = try removedCheckpoints(scan)
+        let listed = Set(try catalogue.allCheckpointIDs())
+        var lost = [CheckpointID]()
+        var imports = [(CheckpointID, Manifest)]()
+        for record in records where !listed.contains(record.id) && !removed.contains(record.id) {
+            if let manifest = try manifestFrame(record.id, scan: scan, intact: intact) {
+                imports.append((record.id, manifest))
+            } else {
+                lost.append(record.id)
+            }
+        }
+        report.importedCheckpoints = imports.map(\.0).sorted()
+        if !dryRun {
+            try catalogue.write {
+                let now = Date().timeIntervalSince1970
+                let catalogued = Set(try catalogue.packRows().map(\.id))
+                if !imports.isEmpty {
+                    for pack in scan where pack.isIntact && !catalogued.contains(pack.id) {
+                        try catalogue.insertPackRow(pack.id, size: pack.size, frameCount: pack.intact.count, now: now)
+                        for frame in pack.intact { try catalogue.insertChunk(frame.header, pack: pack.id, offset: frame.offset) }
+                    }
+                }
+                for (id, manifest) in imports.sorted(by: { $0.1.createdAt < $1.1.createdAt }) {
+                    try catalogue.insert(
+                        Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: try manifest.contentDigest(), storedBytesAdded: 0, chunkUses: manifest.chunkUses(id: id)),
+                        now: manifest.createdAt
+                    )
+                }
+            }
+            // Every listed checkpoint gets its commit record (one a crash kept a put from writing), and
+            // records of removed checkpoints go.
+            for summary in try catalogue.summaries() {
+                guard let content = try catalogue.checkpoint(run: summary.run, step: summary.step)?.content else { continue }
+                _ = try commits.commit(CommitLog.Record(id: summary.id, run: summary.run, step: summary.step, content: content, createdAt: summary.createdAt))
+            }
+            for record in records where removed.contains(record.id) { try commits.remove(record.id, run: record.run, step: record.step) }
+        }
+
+        // Incomplete: every listed checkpoint that needs a chunk with no intact frame, whether this repair
+        // dropped it or an earlier one did.
+        let rows = Set(try catalogue.chunkLocations().map(\.digest)).subtracting(dryRun ? drop : [])
         let ids = try catalogue.allCheckpointIDs()
-        report.checkpoints = ids.count
-        report.incompleteCheckpoints = try ids.filter { id in
-            try !catalogue.referencedDigests(of: [id]).isDisjoint(with: missing)
-        }.sorted()
+        report.checkpoints = ids.count + (dryRun ? imports.count : 0)
+        report.incompleteCheckpoints = (try ids.filter { id in
+            try catalogue.referencedDigests(of: [id]).contains { !rows.contains($0) || intact[$0] == nil }
+        } + lost).sorted()
     }
 
-    /// The catalogue is missing or damaged: move it aside and rebuild it from pack frames and manifests.
-    private func rebuildCatalogue(
-        scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
-        newPacks: [SealedPack], codec: FrameCodec, dryRun: Bool, report: inout RepairReport
-    ) throws {
-        // Annotations (changes made after puts), from the intact annotation frames, in the order made.
+    /// The checkpoints removal annotations in the packs delete.
+    private func removedCheckpoints(_ scan: [ScannedPack]) throws -> Set<CheckpointID> {
+        Set(try annotations(scan).compactMap { record -> CheckpointID? in
+            if case .remove(let id) = record.change { return id }
+            return nil
+        })
+    }
+
+    /// Annotations (changes made after puts), from the intact annotation frames, in the order made.
+    private func annotations(_ scan: [ScannedPack]) throws -> [AnnotationRecord] {
+        let codec = FrameCodec(level: .default)
         var annotations = [AnnotationRecord]()
         for pack in scan {
             for frame in pack.intact where frame.header.kind == .annotation {
@@ -260,7 +317,23 @@ struct Repairer {
                 if let record = try? JSONDecoder().decode(AnnotationRecord.self, from: Data(bytes.array)) { annotations.append(record) }
             }
         }
-        annotations.sort { ($0.time, $0.sequence) < ($1.time, $1.sequence) }
+        return annotations.sorted { ($0.time, $0.sequence) < ($1.time, $1.sequence) }
+    }
+
+    /// The manifest whose frame has digest `id`, if an intact frame holds it.
+    private func manifestFrame(_ id: CheckpointID, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)]) throws -> Manifest? {
+        guard let frame = intact[id.digest], frame.header.kind == .manifest, let pack = scan.first(where: { $0.id == frame.pack }) else { return nil }
+        let (header, payload) = try pack.reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
+        let bytes = try FrameCodec(level: .default).decode(payload, encoding: header.encoding, rawLength: header.rawLength)
+        return try? Manifest.decode(bytes.array, id: id)
+    }
+
+    /// The catalogue is missing or damaged: move it aside and rebuild it from pack frames and manifests.
+    private func rebuildCatalogue(
+        scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
+        newPacks: [SealedPack], codec: FrameCodec, dryRun: Bool, report: inout RepairReport
+    ) throws {
+        let annotations = try self.annotations(scan)
 
         // Manifests, from the intact manifest frames.
         var manifests = [(CheckpointID, Manifest)]()
@@ -274,15 +347,34 @@ struct Repairer {
                 }
             }
         }
-        // One checkpoint per run and step: the newest manifest wins (an older one was replaced or never committed).
-        manifests.sort { ($0.1.createdAt, $0.0) > ($1.1.createdAt, $1.0) }
-        var seen = Set<String>()
         var kept = [(CheckpointID, Manifest)]()
-        for (id, manifest) in manifests {
-            if seen.insert("\(manifest.run)@\(manifest.step)").inserted {
-                kept.append((id, manifest))
-            } else {
-                report.skippedManifests.append("\(id.short) (\(manifest.run)@\(manifest.step)): a newer manifest holds the same run and step")
+        let commits = CommitLog(layout: layout)
+        if commits.isKept {
+            // Exactly the committed checkpoints (I-9): a manifest no commit record names was never reported
+            // as saved (a killed put, a put refused as a conflict, a race's loser, a pack copied in).
+            var committed = [String: CheckpointID]()
+            for record in try commits.records() { committed["\(record.run)@\(record.step)"] = record.id }
+            var found = Set<CheckpointID>()
+            for (id, manifest) in manifests {
+                if committed["\(manifest.run)@\(manifest.step)"] == id {
+                    kept.append((id, manifest))
+                    found.insert(id)
+                } else {
+                    report.skippedManifests.append("\(id.short) (\(manifest.run)@\(manifest.step)): never committed")
+                }
+            }
+            let removed = try removedCheckpoints(scan)
+            report.incompleteCheckpoints += committed.values.filter { !found.contains($0) && !removed.contains($0) }
+        } else {
+            // A store from before commit records: one checkpoint per run and step, the newest manifest wins.
+            manifests.sort { ($0.1.createdAt, $0.0) > ($1.1.createdAt, $1.0) }
+            var seen = Set<String>()
+            for (id, manifest) in manifests {
+                if seen.insert("\(manifest.run)@\(manifest.step)").inserted {
+                    kept.append((id, manifest))
+                } else {
+                    report.skippedManifests.append("\(id.short) (\(manifest.run)@\(manifest.step)): a newer manifest holds the same run and step")
+                }
             }
         }
         kept.sort { ($0.1.createdAt, $0.0) < ($1.1.createdAt, $1.0) }
@@ -303,9 +395,14 @@ struct Repairer {
             let needed = Set(files.flatMap { $0.chunks.map(\.digest) } + [id.digest])
             if needed.contains(where: { intact[$0] == nil }) { incomplete.append(id) }
         }
-        report.incompleteCheckpoints = incomplete.sorted()
+        report.incompleteCheckpoints = (report.incompleteCheckpoints + incomplete).sorted()
         guard !dryRun else { return }
 
+        // Built beside and renamed into place: a repair killed half-way leaves no catalogue (every command
+        // then says to run repair), never a partial one that looks sound.
+        let building = layout.cataloguePath + ".rebuilding"
+        for suffix in ["", "-wal", "-shm"] { try FileSystem.removeFile(building + suffix) }
+        try fillCatalogue(at: building, kept: kept, annotations: annotations, intact: intact, scan: scan, newPacks: newPacks)
         if FileSystem.exists(layout.cataloguePath) {
             let aside = layout.cataloguePath + ".damaged-" + String(Int(Date().timeIntervalSince1970))
             try FileSystem.rename(layout.cataloguePath, aside)
@@ -314,7 +411,18 @@ struct Repairer {
             }
             report.damagedCatalogueMovedTo = aside
         }
-        let catalogue = try Catalogue(path: layout.cataloguePath)
+        try FileSystem.rename(building, layout.cataloguePath)
+        try FileSystem.syncDirectory(layout.root)
+    }
+
+    /// Writes a new catalogue at `path` holding the `kept` checkpoints, the intact frames and the changes
+    /// the annotations record; closed, with its log folded in, when this returns.
+    private func fillCatalogue(
+        at path: String, kept: [(CheckpointID, Manifest)], annotations: [AnnotationRecord],
+        intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)], scan: [ScannedPack], newPacks: [SealedPack]
+    ) throws {
+        let catalogue = try Catalogue(path: path)
+        defer { try? catalogue.truncateLog() }
         try catalogue.write {
             let now = Date().timeIntervalSince1970
             var packRows = [PackID: SealedPack]()

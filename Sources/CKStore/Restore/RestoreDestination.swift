@@ -9,14 +9,24 @@ import Darwin
 struct RestoreDestination {
     let path: String
     let force: Bool
+    /// The mode bits applied to restored files: 0o777, or 0o7777 when special bits are kept.
+    let modeMask: UInt32
 
-    init(_ path: String, force: Bool) {
-        self.path = path
+    init(_ path: String, force: Bool, keepSpecialModeBits: Bool = false) {
+        var trimmed = Substring(path)
+        while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed = trimmed.dropLast() }
+        self.path = String(trimmed)
         self.force = force
+        self.modeMask = keepSpecialModeBits ? 0o7777 : 0o777
     }
 
     /// Refuses a manifest whose paths or link targets would leave the destination (I-7).
     static func checkPaths(of manifest: Manifest, id: CheckpointID) throws {
+        var links = [String: String]()
+        for file in manifest.files { if let target = file.linkTarget { links[file.path] = target } }
+        for (path, target) in links where !RelativePath.linkStaysInside(path, target: target, links: links) {
+            throw CKStoreError(.unsafePath, "checkpoint \(id.short): symbolic link \(path) points to \(target), which leaves the target folder once the checkpoint's other links are followed; refused")
+        }
         for file in manifest.files {
             guard RelativePath.isSafe(file.path) else {
                 throw CKStoreError(.unsafePath, "checkpoint \(id.short): manifest names the path \(file.path.debugDescription), which would leave the target folder; refused")
@@ -31,15 +41,16 @@ struct RestoreDestination {
     }
 
     /// Writes every output and link of `plan` through `restorer` into a staging folder, then moves them
-    /// into place; a failure leaves the destination as it was (and removes it if this created it).
+    /// into place. A destination that does not exist yet, or is an empty folder, is staged whole beside
+    /// itself and renamed into place at once: whatever happens, it is then either untouched or complete.
+    /// Into a non-empty folder (`force`) files are staged inside it and renamed one by one.
     func write(_ plan: RestorePlan, with restorer: Restorer) async throws -> Int64 {
-        let created = try prepare()
-        let staging = path + "/.ckstore-restore-" + PackID.random().hex.prefix(12)
-        var succeeded = false
-        defer {
-            FileSystem.removeTree(staging)
-            if !succeeded && created { FileSystem.removeTree(path) }
-        }
+        let whole = try prepare()
+        let parent = Self.parentFolder(of: path)
+        // Staging folders of restores that were killed (their process is gone) are cleaned up here.
+        Self.removeStaleStaging(in: whole ? parent : path)
+        let staging = (whole ? parent : path) + "/" + Self.stagingPrefix + String(getpid()) + "-" + PackID.random().hex.prefix(12)
+        defer { FileSystem.removeTree(staging) }
         try FileSystem.createDirectory(staging)
         let bytes = try await restorer.fill(plan) { output in
             let file = staging + "/" + output.path
@@ -47,7 +58,7 @@ struct RestoreDestination {
             return try SharedOutputFile(creating: file, mode: 0o600)
         }
         for output in plan.outputs {
-            if case .failure(let error) = system_chmod(staging + "/" + output.path, mode_t(output.mode)) {
+            if case .failure(let error) = system_chmod(staging + "/" + output.path, mode_t(output.mode & modeMask)) {
                 throw CKStoreError.io("cannot set the mode of \(output.path)", error)
             }
         }
@@ -59,27 +70,49 @@ struct RestoreDestination {
             }
         }
         // Everything verified: move into place.
-        for name in plan.paths {
-            try moveIntoPlace(name, from: staging, to: path)
+        if whole {
+            if FileSystem.exists(path) { try FileSystem.removeEmptyDirectory(path) }
+            try FileSystem.rename(staging, path)
+            try FileSystem.syncDirectory(parent)
+        } else {
+            for name in plan.paths {
+                try moveIntoPlace(name, from: staging, to: path)
+            }
         }
-        succeeded = true
         return bytes
     }
 
-    /// Creates the destination if missing (returns true), or checks that it is empty unless `force`.
-    private func prepare() throws -> Bool {
-        if FileSystem.exists(path) {
-            guard FileSystem.isDirectory(path) else {
-                throw CKStoreError(.alreadyExists, "\(path) exists and is not a folder")
-            }
-            let contents = try FileSystem.contents(of: path).filter { !$0.hasPrefix(".ckstore-restore-") }
-            guard contents.isEmpty || force else {
-                throw CKStoreError(.alreadyExists, "\(path) is not empty; restore into an empty folder or pass --force to replace files in it")
-            }
-            return false
+    /// Staging folders are named `.ckstore-restore-<pid>-<random>`.
+    static let stagingPrefix = ".ckstore-restore-"
+
+    /// Removes staging folders in `folder` whose process is no longer running.
+    static func removeStaleStaging(in folder: String) {
+        guard let names = try? FileSystem.contents(of: folder) else { return }
+        for name in names where name.hasPrefix(stagingPrefix) {
+            let pid = name.dropFirst(stagingPrefix.count).prefix { $0 != "-" }
+            if let pid = Int32(pid), pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH { continue }
+            FileSystem.removeTree(folder + "/" + name)
         }
-        try FileSystem.createDirectory(path)
-        return true
+    }
+
+    /// Checks the destination: a missing one or an empty folder is restored whole (returns true); a
+    /// non-empty folder only with `force` (returns false).
+    private func prepare() throws -> Bool {
+        guard FileSystem.exists(path) else {
+            try FileSystem.createDirectory(Self.parentFolder(of: path))
+            return true
+        }
+        guard FileSystem.isDirectory(path) else {
+            throw CKStoreError(.alreadyExists, "\(path) exists and is not a folder")
+        }
+        Self.removeStaleStaging(in: path)
+        let all = try FileSystem.contents(of: path)
+        if all.isEmpty { return true }
+        let contents = all.filter { !$0.hasPrefix(Self.stagingPrefix) }
+        guard contents.isEmpty || force else {
+            throw CKStoreError(.alreadyExists, "\(path) is not empty; restore into an empty folder or pass --force to replace files in it")
+        }
+        return false
     }
 
     /// Renames `staging/name` to `destination/name`, creating real folders on the way and refusing to
@@ -104,8 +137,8 @@ struct RestoreDestination {
         try FileSystem.rename(staging + "/" + name, target)
     }
 
-    private static func parentFolder(of path: String) -> String {
+    static func parentFolder(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
-        return String(path[..<slash])
+        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }

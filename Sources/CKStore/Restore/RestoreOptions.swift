@@ -9,6 +9,9 @@ public struct RestoreOptions: Sendable {
     public var force = false
     /// How many chunks may be read and decoded at once.
     public var maxChunksInFlight = 8
+    /// Restore setuid, setgid and sticky bits as stored; without this only the permission bits (0o777)
+    /// are applied, so that a crafted manifest cannot make a restored file setuid.
+    public var keepSpecialModeBits = false
     /// Told how many bytes have been restored, as the restore goes.
     public var progress: ProgressHandler?
 

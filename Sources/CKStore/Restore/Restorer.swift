@@ -202,7 +202,7 @@ extension CheckpointStore {
                 let manifest = try restorer.manifest(of: id)
                 try RestoreDestination.checkPaths(of: manifest, id: id)
                 let plan = try RestorePlan.files(of: manifest, id: id, dropped: try restorer.dropped(of: id), files: options.files, tensors: options.tensors, reader: restorer.reader)
-                let bytes = try await RestoreDestination(destination, force: options.force).write(plan, with: restorer)
+                let bytes = try await RestoreDestination(destination, force: options.force, keepSpecialModeBits: options.keepSpecialModeBits).write(plan, with: restorer)
                 return RestoreResult(id: id, files: plan.paths, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
             }
         }

@@ -41,10 +41,12 @@ public final class CheckpointStore: Sendable {
         let layout = StoreLayout(root: path)
         let exists = FileSystem.exists(layout.cataloguePath)
         if !exists {
+            // A store whose packs hold checkpoints never silently gets a new, empty catalogue (I-9): a
+            // later gc would take every pack for an orphan.
+            if try Self.holdsPacks(layout) || !(try CommitLog(layout: layout).records().isEmpty) {
+                throw CKStoreError(.damaged, "store \(path) has packs but no catalogue (ckstore.db); run `ckstore repair` to rebuild it from the packs")
+            }
             guard create else {
-                if FileSystem.isDirectory(layout.packsRoot) {
-                    throw CKStoreError(.damaged, "store \(path) has packs but no catalogue (ckstore.db); run `ckstore repair` to rebuild it")
-                }
                 throw CKStoreError(.notFound, "no ckstore store at \(path); create one with `ckstore init` (or give --store / CKSTORE_PATH)")
             }
             if FileSystem.exists(path) && !FileSystem.isDirectory(path) {
@@ -58,6 +60,7 @@ public final class CheckpointStore: Sendable {
                 try FileSystem.createDirectory(layout.packsRoot + "/" + [UInt8(prefix)].hexString)
             }
             try FileSystem.createDirectory(layout.temporaryRoot)
+            try FileSystem.createDirectory(layout.commitsRoot)
             _ = try SystemFile.openOrCreate(layout.lockPath)
         }
         let catalogue = try Catalogue(path: layout.cataloguePath)
@@ -66,7 +69,35 @@ public final class CheckpointStore: Sendable {
         }
         let store = CheckpointStore(layout: layout, catalogue: catalogue)
         if (1..<3).contains(catalogue.openedVersion) { try store.recordMissingPieces() }
+        if !CommitLog(layout: layout).isKept { store.recordCommitsOfOlderStore() }
         return store
+    }
+
+    /// Whether any sealed pack is in `packs/`.
+    static func holdsPacks(_ layout: StoreLayout) throws -> Bool {
+        guard FileSystem.isDirectory(layout.packsRoot) else { return false }
+        return try PackDirectory(layout: layout).entries().contains { $0.id != nil }
+    }
+
+    /// Writes the commit records a store made before they existed lacks, one per catalogued checkpoint.
+    /// A store that cannot be written (a read-only mount) stays as it is: it is read the same way.
+    private func recordCommitsOfOlderStore() {
+        // Filled beside and renamed into place, so that an interrupted backfill leaves no partial set of
+        // records (a rebuild would keep only the checkpoints they name).
+        let filling = CommitLog(layout: layout, root: layout.commitsRoot + ".new")
+        guard let summaries = try? list() else { return }
+        do {
+            FileSystem.removeTree(filling.root)
+            try FileSystem.createDirectory(filling.root)
+            for summary in summaries {
+                guard let content = try withCatalogue({ try $0.checkpoint(run: summary.run, step: summary.step)?.content }) else { continue }
+                _ = try filling.commit(CommitLog.Record(id: summary.id, run: summary.run, step: summary.step, content: content, createdAt: summary.createdAt))
+            }
+            try FileSystem.rename(filling.root, layout.commitsRoot)
+            try FileSystem.syncDirectory(layout.root)
+        } catch {
+            FileSystem.removeTree(filling.root)
+        }
     }
 
     /// Records the pieces of checkpoints committed before schema version 3, from their manifests; a

@@ -8,6 +8,8 @@ struct StoreLayout: Sendable {
     var temporaryRoot: String { root + "/tmp" }
     var lockPath: String { root + "/lock" }
     var quarantineRoot: String { root + "/quarantine" }
+    /// Commit records: the durable commit point of every checkpoint (``CommitLog``).
+    var commitsRoot: String { root + "/commits" }
 
     func packFolder(_ id: PackID) -> String { packsRoot + "/" + id.hex.prefix(2) }
     func packPath(_ id: PackID) -> String { root + "/" + id.relativePath }

@@ -28,6 +28,7 @@ public struct ByteCount: Hashable, Sendable, Comparable, CustomStringConvertible
     /// `1.5G`, `1048576`.
     public init(parsing text: String) throws {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasPrefix("-") { throw CKStoreError(.invalidArgument, "a size may not be negative: \(text)") }
         let number = trimmed.prefix { $0.isNumber || $0 == "." }
         let unit = trimmed.dropFirst(number.count).trimmingCharacters(in: .whitespaces).lowercased()
         let factors: [String: Double] = [

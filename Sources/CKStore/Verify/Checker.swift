@@ -30,6 +30,12 @@ struct Checker {
             return (problems, try catalogue.packRows(), locations, needed)
         }
         problems += catalogueProblems.map { "catalogue: \($0)" }
+        if !byCheckpoint {
+            let listed = Set(try catalogue.with { try $0.allCheckpointIDs() })
+            for record in try CommitLog(layout: layout).records() where !listed.contains(record.id) {
+                problems.append("committed checkpoint \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
+            }
+        }
         for digest in needed where locations[digest] == nil {
             missing[digest] = "chunk \(digest) is needed but not in the catalogue"
         }
@@ -197,7 +203,17 @@ extension CheckpointStore {
     ///   a pack disagrees with the catalogue, a manifest does not parse, or SQLite finds a problem.
     public func verify(_ options: VerifyOptions = VerifyOptions()) async throws(CKStoreError) -> VerifyReport {
         try await CKStoreError.wrapping("verify") {
-            try await Checker(catalogue: catalogue, layout: layout, reader: chunkReader()).check(options)
+            // One consistent view: a connection of its own whose read transaction stays open for the whole
+            // check, so a gc that commits meanwhile cannot make a chunk look missing; the shared store lock
+            // keeps gc from deleting the packs that view names until the check is done.
+            let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+            defer { withExtendedLifetime(lock) {} }
+            let snapshot = try Catalogue(path: layout.cataloguePath)
+            try snapshot.beginSnapshot()
+            defer { snapshot.endSnapshot() }
+            let catalogue = LockedCatalogue(snapshot)
+            let reader = ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: PackReaderCache(layout: layout), contexts: contexts, counter: framesRead)
+            return try await Checker(catalogue: catalogue, layout: layout, reader: reader).check(options)
         }
     }
 

@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SIGKILL trials over `put`, `gc`, `repair` and `get` on a generated series with deltas (issue 14). Some
+/// trials delete the catalogue or its write-ahead log first; each trial ends with `repair`. After every
+/// trial: every checkpoint ever reported as saved is listed and restores byte for byte (or `verify` says
+/// why not), and nothing is listed that was not reported, except a put killed mid-way, whose checkpoint may
+/// or may not have reached its commit point.
+@main
+struct Torture: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ckstore-torture", abstract: "SIGKILL trials against a ckstore store.")
+
+    @Option(help: "Folder holding the ckstore and ckstore-gen binaries.") var bin = "../.build/release"
+    @Option(help: "Scratch folder.") var work = "/tmp/ckstore-torture"
+    @Option(help: "Trials.") var trials = 1000
+    @Option(help: "Checkpoints in the generated series (steps 100, 200, …).") var checkpoints = 40
+    @Option(help: "Model parameters per checkpoint.") var parameters = 300_000
+    @Option(help: "Random seed.") var seed: UInt64 = 1
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    struct Outcome {
+        var status: Int32
+        var killed: Bool
+        var stdout: String
+    }
+
+    func run() throws {
+        let ckstore = bin + "/ckstore", generator = bin + "/ckstore-gen"
+        let series = work + "/series", store = work + "/store"
+        try? FileManager.default.removeItem(atPath: work)
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        print("generating \(checkpoints) checkpoints of \(parameters) parameters (AdamW fp32, deltas) …")
+        _ = try Self.run([generator, series, "--checkpoints", String(checkpoints), "--parameters", String(parameters), "--simulate", "fp32", "--every", "5"])
+        let folders = try FileManager.default.contentsOfDirectory(atPath: series).filter { $0.hasPrefix("checkpoint-") }
+            .sorted { Int($0.dropFirst(11)) ?? 0 < Int($1.dropFirst(11)) ?? 0 }
+        _ = try Self.run([ckstore, "init", "--store", store])
+
+        var generator = SplitMix(seed: seed)
+        var reported = [Int: String]()       // step -> id, puts that exited 0
+        var maybe = Set<Int>()               // steps whose put was killed: may or may not be committed
+        var nextFolder = 0
+        var killsMidOperation = 0, losses = 0, catalogueDeletions = 0, walDeletions = 0
+        let started = Date()
+        for trial in 1...trials {
+            // Sometimes lose the catalogue or its log first.
+            let roll = generator.next() % 100
+            if roll < 4 {
+                try? FileManager.default.removeItem(atPath: store + "/ckstore.db")
+                try? FileManager.default.removeItem(atPath: store + "/ckstore.db-wal")
+                try? FileManager.default.removeItem(atPath: store + "/ckstore.db-shm")
+                catalogueDeletions += 1
+            } else if roll < 8 {
+                try? FileManager.default.removeItem(atPath: store + "/ckstore.db-wal")
+                walDeletions += 1
+            }
+            let operation = generator.next() % 4
+            let delay = Double(generator.next() % 400) / 1000
+            var arguments: [String]
+            var putStep: Int?
+            switch operation {
+            case 0 where nextFolder < folders.count:
+                let folder = folders[nextFolder]
+                putStep = Int(folder.dropFirst(11))
+                arguments = [ckstore, "put", series + "/" + folder, "--run", "t", "--store", store, "--quiet"]
+            case 1:
+                arguments = [ckstore, "gc", "--grace", "0s", "--store", store, "--quiet"]
+            case 2:
+                arguments = [ckstore, "repair", "--store", store, "--quiet"]
+            default:
+                guard let step = reported.keys.randomElement(using: &generator) else { continue }
+                try? FileManager.default.removeItem(atPath: work + "/out")
+                arguments = [ckstore, "get", "t@\(step)", work + "/out", "--store", store, "--quiet"]
+            }
+            let outcome = try Self.runAndKill(arguments, after: delay)
+            if outcome.killed { killsMidOperation += 1 }
+            if let step = putStep {
+                if outcome.status == 0 && !outcome.killed {
+                    reported[step] = outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                    nextFolder += 1
+                } else if outcome.killed {
+                    maybe.insert(step)
+                }
+            }
+            // Every trial ends with repair, run to completion.
+            _ = try? Self.run([ckstore, "repair", "--store", store, "--quiet"])
+            // Check: listed ⊆ reported ∪ maybe, and reported ⊆ listed.
+            let listed = try Self.listed(ckstore, store)
+            for (step, id) in reported where listed[step] != id {
+                losses += 1
+                throw Failure(description: "trial \(trial): t@\(step) (\(id.prefix(12))) was reported as saved and is \(listed[step].map { "listed as \($0.prefix(12))" } ?? "not listed")")
+            }
+            for step in listed.keys where reported[step] == nil && !maybe.contains(step) {
+                throw Failure(description: "trial \(trial): t@\(step) is listed but was never reported as saved")
+            }
+            // A checkpoint a killed put committed counts as saved from now on.
+            for step in maybe where listed[step] != nil && reported[step] == nil {
+                reported[step] = listed[step]
+                nextFolder = max(nextFolder, (folders.firstIndex { Int($0.dropFirst(11)) == step } ?? 0) + 1)
+            }
+            // Restore the newest and one other reported checkpoint byte for byte.
+            for step in [reported.keys.max(), reported.keys.randomElement(using: &generator)].compactMap({ $0 }) {
+                try? FileManager.default.removeItem(atPath: work + "/check")
+                let get = try Self.run([ckstore, "get", "t@\(step)", work + "/check", "--store", store, "--quiet"], allowFailure: true)
+                guard get.status == 0, try Self.same(work + "/check", series + "/checkpoint-\(step)") else {
+                    let verify = try Self.run([ckstore, "verify", "--full", "--store", store], allowFailure: true)
+                    throw Failure(description: "trial \(trial): t@\(step) does not restore byte for byte; verify says: \(verify.stdout)")
+                }
+            }
+            if trial % 50 == 0 {
+                print(String(format: "%5d trials, %4d killed mid-operation, %3d checkpoints saved, %.0f s", trial, killsMidOperation, reported.count, Date().timeIntervalSince(started)))
+            }
+        }
+        let verify = try Self.run([ckstore, "verify", "--full", "--store", store], allowFailure: true)
+        guard verify.status == 0 else { throw Failure(description: "final verify --full: \(verify.stdout)") }
+        print("trials: \(trials); killed mid-operation: \(killsMidOperation); catalogue deleted: \(catalogueDeletions); write-ahead log deleted: \(walDeletions); checkpoints saved: \(reported.count); losses: \(losses); final verify --full: ok")
+    }
+
+    static func listed(_ ckstore: String, _ store: String) throws -> [Int: String] {
+        let output = try run([ckstore, "ls", "--run", "t", "--json", "--store", store], allowFailure: true)
+        guard output.status == 0, let rows = try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [[String: Any]] else { return [:] }
+        var out = [Int: String]()
+        for row in rows { if let step = row["step"] as? Int, let id = row["id"] as? String { out[step] = id } }
+        return out
+    }
+
+    static func same(_ a: String, _ b: String) throws -> Bool {
+        try run(["/usr/bin/diff", "-r", a, b], allowFailure: true).status == 0
+    }
+
+    @discardableResult
+    static func run(_ arguments: [String], allowFailure: Bool = false) throws -> Outcome {
+        let outcome = try runAndKill(arguments, after: .infinity)
+        if !allowFailure && outcome.status != 0 { throw Failure(description: "\(arguments.joined(separator: " ")) exited \(outcome.status)") }
+        return outcome
+    }
+
+    /// Runs `arguments`, kills it with SIGKILL after `delay` seconds unless it finished.
+    static func runAndKill(_ arguments: [String], after delay: Double) throws -> Outcome {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(delay.isFinite ? delay : 3600)
+        var killed = false
+        nonisolated(unsafe) var data = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            data = out.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        while process.isRunning && Date() < deadline { usleep(1000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            killed = true
+        }
+        process.waitUntilExit()
+        group.wait()
+        return Outcome(status: process.terminationStatus, killed: killed && process.terminationReason == .uncaughtSignal, stdout: String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// A seeded random source, so a failing run can be repeated.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,112 @@
+import Foundation
+
+/// The commit points of a store's checkpoints, kept where a rebuild from the packs can see them: one small
+/// file per checkpoint, `commits/<run key>/<step>`, naming the checkpoint's id and content.
+///
+/// A put writes its record after the catalogue transaction that records the checkpoint and before it
+/// reports success; the record is created with `link(2)` onto its final name, so of two writers of the same
+/// run and step exactly one succeeds. A catalogue rebuilt from the packs holds exactly the checkpoints these
+/// records name (less those a removal annotation deleted): a manifest left by a killed put, a put refused as
+/// a conflict, the loser of a race or a pack copied in from elsewhere has no record and does not come back
+/// (I-9). The run key is the first 16 bytes of the run name's SHA-256, so any run name makes a short,
+/// safe folder name; the record itself holds the name.
+struct CommitLog {
+    let layout: StoreLayout
+    /// The records' folder: `commits/`, or another while it is being filled.
+    let root: String
+
+    init(layout: StoreLayout, root: String? = nil) {
+        self.layout = layout
+        self.root = root ?? layout.commitsRoot
+    }
+
+    /// One checkpoint's commit record.
+    struct Record: Codable, Sendable, Equatable {
+        var id: CheckpointID
+        var run: String
+        var step: Int64
+        /// The manifest's digest without its creation time and parent: what says whether two puts of one
+        /// run and step stored the same content.
+        var content: ChunkDigest
+        var createdAt: Double
+
+        enum CodingKeys: String, CodingKey {
+            case id, run, step, content
+            case createdAt = "created_at"
+        }
+    }
+
+    /// Whether this store keeps commit records (every store made or opened read-write since they exist).
+    var isKept: Bool { FileSystem.isDirectory(root) }
+
+    private func folder(run: String) -> String {
+        root + "/" + Array(SHA256Hasher.digest(Array(run.utf8)).bytes.prefix(16)).hexString
+    }
+
+    private func path(run: String, step: Int64) -> String { folder(run: run) + "/" + String(step) }
+
+    /// The record of `run` at `step`, if there is one.
+    func record(run: String, step: Int64) throws -> Record? {
+        try read(path(run: run, step: step))
+    }
+
+    /// Writes `record` unless `run` already has one at that step; returns the record that is there now
+    /// (`record` itself when this call wrote it). The record is durable when this returns.
+    func commit(_ record: Record) throws -> Record {
+        let folder = folder(run: record.run)
+        let final = path(run: record.run, step: record.step)
+        if let existing = try read(final) { return existing }
+        try FileSystem.createDirectory(folder)
+        let temporary = layout.temporaryRoot + "/commit-" + PackID.random().hex
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let file = try SystemFile.createNew(temporary)
+        defer { try? FileSystem.removeFile(temporary) }
+        try file.write(Array(try encoder.encode(record)), at: 0)
+        try file.sync()
+        guard try FileSystem.linkExclusively(temporary, final) else {
+            return try read(final) ?? record
+        }
+        do {
+            try FileSystem.syncDirectory(folder)
+        } catch {
+            // Not durable, so not a commit point: the put fails and takes the record back with it.
+            try? FileSystem.removeFile(final)
+            throw error
+        }
+        return record
+    }
+
+    /// Forgets the record of a checkpoint being deleted (`rm`, gc), before the catalogue deletes it: a
+    /// crash in between leaves a listed checkpoint without a record, which `repair` records again, never
+    /// a record of a checkpoint the catalogue no longer has. Only if it names `id`: a record of a later
+    /// checkpoint at the same run and step stays.
+    func remove(_ id: CheckpointID, run: String, step: Int64) throws {
+        let file = path(run: run, step: step)
+        guard let existing = try read(file), existing.id == id else { return }
+        try FileSystem.removeFile(file)
+    }
+
+    /// Every record in the store.
+    func records() throws -> [Record] {
+        guard isKept else { return [] }
+        var out = [Record]()
+        for folder in try FileSystem.contents(of: root) where FileSystem.isDirectory(root + "/" + folder) {
+            for name in try FileSystem.contents(of: root + "/" + folder) where Int64(name) != nil {
+                if let record = try read(root + "/" + folder + "/" + name) { out.append(record) }
+            }
+        }
+        return out
+    }
+
+    private func read(_ path: String) throws -> Record? {
+        guard FileSystem.exists(path) else { return nil }
+        let file = try SystemFile.openForReading(path)
+        let bytes = try file.read(count: Int(try file.size()), at: 0)
+        do {
+            return try JSONDecoder().decode(Record.self, from: Data(bytes))
+        } catch {
+            throw CKStoreError(.damaged, "commit record \(path) cannot be read: \(error); run `ckstore repair`")
+        }
+    }
+}

@@ -1,0 +1,79 @@
+import CKStoreTestSupport
+import Foundation
+import Testing
+
+/// Issue 14 through the binary: the lost-catalogue reproduction, killed restores, and bad numbers.
+@Suite struct HostileWorldCLITests {
+    /// Defect 1's reproduction: after `rm ckstore.db`, put refuses instead of starting an empty catalogue,
+    /// and repair brings every checkpoint back; gc then deletes nothing.
+    @Test func theLostCatalogueReproduction() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/r1"
+            for step in [100, 200] { try RandomCheckpoint.write(to: root + "/g1/checkpoint-\(step)", megabytes: 1, step: step) }
+            #expect(try CLI.run(["init", "--store", store]).status == 0)
+            #expect(try CLI.run(["put", root + "/g1/checkpoint-100", "--run", "a", "--store", store]).status == 0)
+            try FileManager.default.removeItem(atPath: store + "/ckstore.db")
+            let put = try CLI.run(["put", root + "/g1/checkpoint-200", "--run", "a", "--store", store, "--json"])
+            #expect(put.status == 1 && put.stderr.contains("repair"))
+            #expect(try CLI.run(["policy", "set", "a", "--keep-last", "1", "--store", store]).status == 1)
+            #expect(try CLI.run(["init", "--store", store]).status == 1)
+            let repair = try CLI.run(["repair", "--store", store, "--json"])
+            #expect(repair.status == 0, "\(repair.stderr)")
+            #expect(try CLI.run(["put", root + "/g1/checkpoint-200", "--run", "a", "--store", store]).status == 0)
+            let gc = try CLI.run(["gc", "--grace", "0s", "--store", store, "--json"])
+            #expect(gc.status == 0)
+            let collected = try #require(try CLI.json(gc.stdout) as? [String: Any])
+            #expect((collected["deleted"] as? [Any])?.isEmpty == true)
+            let listed = try CLI.json(try CLI.run(["ls", "--store", store, "--json"]).stdout) as? [[String: Any]]
+            #expect(listed?.compactMap { $0["step"] as? Int } == [100, 200])
+        }
+    }
+
+    /// Defect 10: get killed at any moment leaves a new destination absent or complete, never partial.
+    @Test func aKilledGetLeavesTheDestinationAbsentOrComplete() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            try RandomCheckpoint.write(to: root + "/src", megabytes: 48, step: 1)
+            #expect(try CLI.run(["put", root + "/src", "--run", "r", "--store", store]).status == 0)
+            let expected = try Files.tree(root + "/src")
+            var killed = 0
+            for trial in 0..<8 {
+                let destination = root + "/out-\(trial)"
+                let outcome = try CLI.runAndKill(["get", "r@1", destination, "--store", store], after: 0.02 + Double(trial) * 0.04)
+                if outcome.killed { killed += 1 }
+                if FileManager.default.fileExists(atPath: destination) {
+                    #expect(try Files.tree(destination) == expected, "trial \(trial): a partial destination")
+                }
+            }
+            #expect(killed > 0, "no trial killed a get mid-way")
+            // The next get cleans up what the killed ones left beside their destinations.
+            #expect(try CLI.run(["get", "r@1", root + "/final", "--store", store]).status == 0)
+            #expect(!(try FileManager.default.contentsOfDirectory(atPath: root)).contains { $0.hasPrefix(".ckstore-restore-") })
+        }
+    }
+
+    /// Smaller: negative numbers say what is wrong, and a bad duration is a usage error everywhere.
+    @Test func negativeNumbersAndBadDurationsAreUsageErrorsThatSayWhy() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            try RandomCheckpoint.write(to: root + "/src", megabytes: 1, step: 1)
+            #expect(try CLI.run(["init", "--store", store]).status == 0)
+            let cases: [([String], String)] = [
+                (["put", root + "/src", "--run", "r", "--step", "-1"], "--step"),
+                (["put", root + "/src", "--run", "r", "--epoch", "nan"], "--epoch"),
+                (["policy", "set", "r", "--keep-last", "-1"], "--keep-last"),
+                (["gc", "--budget", "-5GB"], "negative"),
+                (["verify", "--sample", "-3"], "--sample"),
+                (["gc", "--grace", "5x"], "duration"),
+            ]
+            for (arguments, says) in cases {
+                let output = try CLI.run(arguments + ["--store", store])
+                #expect(output.status == 2, "\(arguments): \(output.stderr)")
+                #expect(output.stderr.contains(says) && !output.stderr.contains("Missing value"), "\(arguments): \(output.stderr)")
+            }
+            let metric = try CLI.run(["put", root + "/src", "--run", "r", "--metric", "loss=nan", "--store", store, "--json"])
+            #expect(metric.status == 0, "\(metric.stderr)")
+            #expect(try CLI.run(["ls", "--store", store, "--json"]).stdout.contains("\"NaN\""))
+        }
+    }
+}
