@@ -29,9 +29,9 @@ extension Catalogue {
     }
 
     /// Computes the live set (references of every checkpoint not excluded, plus the explicitly added, plus
-    /// delta bases transitively), measures what is dead, and unless `dryRun` deletes the excluded
-    /// checkpoints in `gc_deleted` and the dead chunks.
-    func sweep(dryRun: Bool) throws -> SweepOutcome {
+    /// delta bases transitively), measures what is dead, and deletes the excluded checkpoints in
+    /// `gc_deleted` and the dead chunks. Planning runs it in a transaction it rolls back.
+    func sweep() throws -> SweepOutcome {
         try database.execute("""
             INSERT OR IGNORE INTO temp.gc_live (d) SELECT digest FROM chunks WHERE kind = \(FrameKind.annotation.rawValue);
             INSERT OR IGNORE INTO temp.gc_live (d)
@@ -54,7 +54,7 @@ extension Catalogue {
             if let id = PackID(hex: pack) { live[id] = (count, bytes + Int64(count * PackFormat.frameHeaderSize)) }
         }
         let packs = try packRows()
-        if !dryRun {
+        do {
             try database.execute("""
                 DELETE FROM checkpoint_chunks WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM checkpoint_labels WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);

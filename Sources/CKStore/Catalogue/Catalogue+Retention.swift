@@ -81,9 +81,9 @@ extension Catalogue {
     }
 
     /// Records that `paths` and `tensors` (path → names; part `part`) are dropped from `id`, and re-counts
-    /// its chunk references from what remains of `manifest`. In a dry run only the sweep's live set
-    /// learns of it.
-    func drop(_ paths: [String], tensors: [String: [String]] = [:], part: CheckpointPart, from id: CheckpointID, manifest: Manifest, dryRun: Bool = false, sweep: Bool = false) throws {
+    /// its chunk references from what remains of `manifest`. With `sweep`, the sweep in progress counts
+    /// this checkpoint's references from what remains too.
+    func drop(_ paths: [String], tensors: [String: [String]] = [:], part: CheckpointPart, from id: CheckpointID, manifest: Manifest, sweep: Bool = false) throws {
         let key = SQLiteStatement.Value.blob(id.digest.bytes)
         let droppedPaths = try Set(droppedFiles(of: id).keys).union(paths)
         var droppedNames = try droppedTensors(of: id)
@@ -95,7 +95,6 @@ extension Catalogue {
             let live = try statement("INSERT OR IGNORE INTO temp.gc_live (d) VALUES (?)")
             for digest in uses.keys { try live.run([.blob(digest.bytes)]) }
         }
-        guard !dryRun else { return }
         try forgetPieces(of: id, paths: paths, tensors: tensors)
         let record = try statement("INSERT OR IGNORE INTO dropped_files (checkpoint_id, path, tensor, part) VALUES (?, ?, ?, ?)")
         for path in paths { try record.run([key, .text(path), .text(""), .text(part.rawValue)]) }

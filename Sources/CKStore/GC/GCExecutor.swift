@@ -30,7 +30,7 @@ struct GCExecutor {
             for (id, drop) in plan.drops {
                 try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
             }
-            return try catalogue.sweep(dryRun: false)
+            return try catalogue.sweep()
         }
         report.chunksFreed = first.deadChunks
         report.bytesUnreferenced = first.deadBytes
@@ -44,7 +44,7 @@ struct GCExecutor {
             let second = try catalogue.with { catalogue in
                 try catalogue.write { () throws -> Catalogue.SweepOutcome in
                     try catalogue.prepareSweep(deleting: [])
-                    return try catalogue.sweep(dryRun: false)
+                    return try catalogue.sweep()
                 }
             }
             report.chunksFreed += second.deadChunks

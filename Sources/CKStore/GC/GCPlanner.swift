@@ -222,9 +222,9 @@ struct SweepView: Sendable {
     init(_ catalogue: Catalogue, deleting: [CheckpointID], drops: [CheckpointID: GCPlan.PartDrop]) throws {
         try catalogue.prepareSweep(deleting: deleting)
         for (id, drop) in drops {
-            try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, dryRun: true, sweep: true)
+            try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
         }
-        outcome = try catalogue.sweep(dryRun: true)
+        outcome = try catalogue.sweep()
         deltas = [:]
         for delta in try catalogue.liveDeltas() { deltas[delta.digest] = delta }
         direct = []

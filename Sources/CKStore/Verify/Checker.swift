@@ -87,16 +87,16 @@ struct Checker {
 
         // Full checks: every frame of the chosen packs read, checksummed, decoded and re-hashed.
         var fullRows = [ChunkLocation]()
-        var mode = "quick"
+        var mode = VerifyMode.quick
         switch (byCheckpoint, options.depth) {
         case (true, _):
-            mode = "checkpoints"
+            mode = .checkpoints
             fullRows = Array(locations.values)
         case (false, .full):
-            mode = "full"
+            mode = .full
             fullRows = Array(locations.values)
         case (false, .sample(let percent)):
-            mode = "sample"
+            mode = .sample
             let count = max(1, Int((Double(packs.count) * percent / 100).rounded(.up)))
             let chosen = Set(packs.map(\.id).shuffled().prefix(count))
             fullRows = locations.values.filter { chosen.contains($0.pack) }

@@ -27,6 +27,20 @@ public struct VerifyOptions: Sendable {
     }
 }
 
+/// How much a `verify` read.
+public enum VerifyMode: String, Sendable, Codable, CustomStringConvertible {
+    /// Catalogue, packs and trailers; no payloads.
+    case quick
+    /// Every frame read, decoded and re-hashed.
+    case full
+    /// Every frame of a random share of the packs.
+    case sample
+    /// Exactly what restoring some checkpoints needs, fully.
+    case checkpoints
+
+    public var description: String { rawValue }
+}
+
 /// What `verify` found.
 public struct VerifyReport: Sendable, Codable, Equatable {
     /// A checkpoint, file and tensor that a damaged or missing chunk belongs to.
@@ -57,8 +71,8 @@ public struct VerifyReport: Sendable, Codable, Equatable {
 
     /// True when no damage was found.
     public var ok: Bool
-    /// `quick`, `full` or `sample`.
-    public var mode: String
+    /// What was checked: `quick`, `full`, `sample` or `checkpoints` in JSON and text.
+    public var mode: VerifyMode
     /// Packs checked.
     public var packsChecked: Int
     /// Frames read, decoded and re-hashed (0 for a quick check, which reads no payloads).
