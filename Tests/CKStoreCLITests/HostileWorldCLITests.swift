@@ -76,4 +76,38 @@ import Testing
             #expect(try CLI.run(["ls", "--store", store, "--json"]).stdout.contains("\"NaN\""))
         }
     }
+
+    /// Defect 2's reproduction on a 16 MiB ext4 loop mount: a put onto a full disk says the disk is full,
+    /// and ls, get, verify, rm and gc keep working so that space can be freed.
+    @Test func aFullDiskSaysSoAndLetsSpaceBeFreed() async throws {
+        try await withTemporaryDirectory { root in
+            let mount = root + "/mnt"
+            guard ConventionsTests.shell("truncate -s 16M \(root)/img && mkfs.ext4 -q -m 0 \(root)/img && mkdir \(mount) && mount -o loop \(root)/img \(mount)") == 0 else {
+                print("HostileWorldCLITests.aFullDiskSaysSoAndLetsSpaceBeFreed: skipped, mounting a loop file system is not permitted here")
+                return
+            }
+            defer { _ = ConventionsTests.shell("umount \(mount)") }
+            let store = mount + "/st"
+            #expect(try CLI.run(["init", "--store", store]).status == 0)
+            try FileManager.default.createDirectory(atPath: root + "/t1", withIntermediateDirectories: true)
+            try Data("{}".utf8).write(to: URL(fileURLWithPath: root + "/t1/config.json"))
+            #expect(try CLI.run(["put", root + "/t1", "--run", "r", "--step", "1", "--store", store]).status == 0)
+            try FileManager.default.createDirectory(atPath: root + "/big", withIntermediateDirectories: true)
+            try Files.write(try RandomCheckpoint.randomBytes(190_000), to: root + "/big/data.bin")
+            #expect(ConventionsTests.shell("fallocate -l $(( $(df -k --output=avail \(mount) | tail -1) - 8 ))K \(mount)/filler") == 0)
+
+            let put = try CLI.run(["put", root + "/big", "--run", "r", "--step", "2", "--store", store, "--json"])
+            #expect(put.status == 1, "\(put.stderr)")
+            #expect(try ConventionsTests.error(put).code == "no_space", "\(put.stderr)")
+            #expect(put.stderr.contains("full"))
+            for arguments in [["ls"], ["show", "r@1"], ["verify"], ["get", "r@1", root + "/out"], ["rm", "r@1"], ["gc", "--grace", "0s"], ["ls"]] {
+                let output = try CLI.run(arguments + ["--store", store])
+                #expect(output.status == 0, "\(arguments) on a full disk: \(output.stderr)")
+            }
+            // With the filler gone, puts work again and the reserve is back.
+            try FileManager.default.removeItem(atPath: mount + "/filler")
+            #expect(try CLI.run(["put", root + "/big", "--run", "r", "--step", "2", "--store", store]).status == 0)
+            #expect(FileManager.default.fileExists(atPath: store + "/reserve"))
+        }
+    }
 }

@@ -30,12 +30,12 @@ struct Torture: ParsableCommand {
     }
 
     func run() throws {
-        let ckstore = bin + "/ckstore", generator = bin + "/ckstore-gen"
+        let ckstore = bin + "/ckstore", generatorBinary = bin + "/ckstore-gen"
         let series = work + "/series", store = work + "/store"
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         print("generating \(checkpoints) checkpoints of \(parameters) parameters (AdamW fp32, deltas) …")
-        _ = try Self.run([generator, series, "--checkpoints", String(checkpoints), "--parameters", String(parameters), "--simulate", "fp32", "--every", "5"])
+        _ = try Self.run([generatorBinary, series, "--checkpoints", String(checkpoints), "--parameters", String(parameters), "--series", "fp32", "--every", "5"])
         let folders = try FileManager.default.contentsOfDirectory(atPath: series).filter { $0.hasPrefix("checkpoint-") }
             .sorted { Int($0.dropFirst(11)) ?? 0 < Int($1.dropFirst(11)) ?? 0 }
         _ = try Self.run([ckstore, "init", "--store", store])

@@ -93,8 +93,10 @@ final class SQLiteDatabase {
 
     func error(_ code: Int32, _ message: String, sql: String? = nil) -> CKStoreError {
         let primary = code & 0xff
-        if primary == SQLITE_FULL {
-            return CKStoreError(.noSpace, "catalogue \(path): disk is full: \(message)")
+        // A full disk often reaches SQLite as an I/O error (growing the shared-memory or log file); the
+        // errno behind it says what it was.
+        if primary == SQLITE_FULL || (primary == SQLITE_IOERR && sqlite3_system_errno(handle) == ENOSPC) {
+            return CKStoreError(.noSpace, "catalogue \(path): the disk is full (\(message)); free some space, or run `ckstore gc` or `ckstore rm`")
         }
         if primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB {
             return CKStoreError(.damaged, "catalogue \(path) is damaged (\(message)); run `ckstore repair` to rebuild it from the packs")

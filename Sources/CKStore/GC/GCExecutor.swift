@@ -112,6 +112,8 @@ struct GCExecutor {
         // The removals are not fsynced: a removal a crash undoes leaves an orphan the next gc removes.
         // Fold the sweep's log into the catalogue file so the store's size on disk reflects it now.
         try catalogue.with { try $0.truncateLog() }
+        // Space was freed: keep the full-disk reserve again if it was given back.
+        try? CheckpointStore.makeReserve(layout)
         return report
     }
 

@@ -328,6 +328,11 @@ extension Archiver {
     ) async throws -> PutResult {
         let started = ContinuousClock.now
         try CheckpointStore.validateRunName(options.run)
+        do {
+            try CheckpointStore.makeReserve(layout)
+        } catch let error as CKStoreError where error.code == .noSpace {
+            throw CKStoreError(.noSpace, "the disk holding \(layout.root) is full (the store's reserve for `rm` and `gc` is in use); free some space, or run `ckstore gc` or `ckstore rm`, then put again", cause: error)
+        }
         let lock = try StoreLock(path: layout.lockPath, mode: .shared)
         defer { withExtendedLifetime(lock) {} }
 

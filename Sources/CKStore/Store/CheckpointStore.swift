@@ -63,14 +63,44 @@ public final class CheckpointStore: Sendable {
             try FileSystem.createDirectory(layout.commitsRoot)
             _ = try SystemFile.openOrCreate(layout.lockPath)
         }
-        let catalogue = try Catalogue(path: layout.cataloguePath)
+        let catalogue: Catalogue
+        do {
+            catalogue = try Catalogue(path: layout.cataloguePath)
+        } catch let error as CKStoreError where error.code == .noSpace && FileSystem.exists(layout.reservePath) {
+            // The disk is full: give back the space kept for this, so that reading, `rm` and `gc` work
+            // and can free space. Puts refuse until the reserve can be made again.
+            try FileSystem.removeFile(layout.reservePath)
+            catalogue = try Catalogue(path: layout.cataloguePath)
+        }
         if !exists {
+            try Self.makeReserve(layout)
             try FileSystem.syncDirectory(path)
         }
         let store = CheckpointStore(layout: layout, catalogue: catalogue)
         if (1..<3).contains(catalogue.openedVersion) { try store.recordMissingPieces() }
         if !CommitLog(layout: layout).isKept { store.recordCommitsOfOlderStore() }
         return store
+    }
+
+    /// The space a store keeps back in `reserve`, a file of allocated blocks: when the disk fills up, the
+    /// store gives it back so that `ls`, `get`, `verify`, `rm` and `gc` still work (SQLite needs room for
+    /// its shared memory and log even to read) and can free space.
+    static let reserveBytes: Int64 = 4 << 20
+
+    /// Allocates the reserve file if it is missing.
+    ///
+    /// - Throws: `noSpace` when the disk cannot hold it.
+    static func makeReserve(_ layout: StoreLayout) throws {
+        guard !FileSystem.exists(layout.reservePath) else { return }
+        let temporary = layout.temporaryRoot + "/reserve-" + PackID.random().hex
+        do {
+            let file = try SharedOutputFile(creating: temporary, mode: 0o600)
+            try file.allocate(reserveBytes)
+            try FileSystem.rename(temporary, layout.reservePath)
+        } catch {
+            try? FileSystem.removeFile(temporary)
+            throw error
+        }
     }
 
     /// Whether any sealed pack is in `packs/`.

@@ -8,6 +8,8 @@ struct StoreLayout: Sendable {
     var temporaryRoot: String { root + "/tmp" }
     var lockPath: String { root + "/lock" }
     var quarantineRoot: String { root + "/quarantine" }
+    /// Space kept back for a full disk (``CheckpointStore/reserveBytes``).
+    var reservePath: String { root + "/reserve" }
     /// Commit records: the durable commit point of every checkpoint (``CommitLog``).
     var commitsRoot: String { root + "/commits" }
 
