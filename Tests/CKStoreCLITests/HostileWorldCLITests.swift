@@ -1,6 +1,9 @@
 import CKStoreTestSupport
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Issue 14 through the binary: the lost-catalogue reproduction, killed restores, and bad numbers.
 @Suite struct HostileWorldCLITests {
@@ -108,6 +111,47 @@ import Testing
             try FileManager.default.removeItem(atPath: mount + "/filler")
             #expect(try CLI.run(["put", root + "/big", "--run", "r", "--step", "2", "--store", store]).status == 0)
             #expect(FileManager.default.fileExists(atPath: store + "/reserve"))
+        }
+    }
+
+    /// Smaller: a store on a read-only mount can be listed, shown, verified and restored from.
+    @Test func aReadOnlyStoreCanBeReadFrom() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store", readOnly = root + "/ro"
+            try RandomCheckpoint.write(to: root + "/src", megabytes: 2, step: 1)
+            #expect(try CLI.run(["put", root + "/src", "--run", "r", "--store", store]).status == 0)
+            try FileManager.default.createDirectory(atPath: readOnly, withIntermediateDirectories: true)
+            guard ConventionsTests.shell("mount --bind \(store) \(readOnly) && mount -o remount,ro,bind \(readOnly)") == 0 else {
+                print("HostileWorldCLITests.aReadOnlyStoreCanBeReadFrom: skipped, bind mounts are not permitted here")
+                return
+            }
+            defer { _ = ConventionsTests.shell("umount \(readOnly)") }
+            for arguments in [["ls", "--json"], ["show", "r@1"], ["verify", "--full"], ["audit"], ["get", "r@latest-valid", root + "/out"]] {
+                let output = try CLI.run(arguments + ["--store", readOnly])
+                #expect(output.status == 0, "\(arguments) on a read-only store: \(output.stderr)")
+            }
+            #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/src")))
+            let put = try CLI.run(["put", root + "/src", "--run", "r", "--step", "2", "--store", readOnly, "--json"])
+            #expect(put.status == 1)
+        }
+    }
+
+    /// Smaller: a file name that is not UTF-8 is refused with the reason, not "no such file".
+    @Test func aFileNameThatIsNotUTF8IsRefusedSayingWhy() async throws {
+        try await withTemporaryDirectory { root in
+            try FileManager.default.createDirectory(atPath: root + "/src", withIntermediateDirectories: true)
+            let name = root + "/src/bad-\u{FF}"
+            // A name with the byte 0xFF, which no UTF-8 string holds.
+            var bytes = Array((root + "/src/bad-").utf8) + [0xFF, 0]
+            let fd = bytes.withUnsafeMutableBufferPointer { buffer in
+                buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) { open($0, O_CREAT | O_WRONLY, 0o644) }
+            }
+            #expect(fd >= 0, "cannot create \(name)")
+            close(fd)
+            let put = try CLI.run(["put", root + "/src", "--run", "r", "--step", "1", "--store", root + "/store", "--json"])
+            #expect(put.status == 1)
+            let error = try ConventionsTests.error(put)
+            #expect(error.code == "invalid_input" && error.message.contains("not valid UTF-8"), "\(error)")
         }
     }
 }

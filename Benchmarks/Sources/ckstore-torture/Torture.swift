@@ -17,8 +17,8 @@ struct Torture: ParsableCommand {
     @Option(help: "Folder holding the ckstore and ckstore-gen binaries.") var bin = "../.build/release"
     @Option(help: "Scratch folder.") var work = "/tmp/ckstore-torture"
     @Option(help: "Trials.") var trials = 1000
-    @Option(help: "Checkpoints in the generated series (steps 100, 200, …).") var checkpoints = 40
-    @Option(help: "Model parameters per checkpoint.") var parameters = 300_000
+    @Option(help: "Checkpoints in the generated series; once all are saved they are put again under the next run name.") var checkpoints = 20
+    @Option(help: "Model parameters per checkpoint.") var parameters = 100_000
     @Option(help: "Random seed.") var seed: UInt64 = 1
 
     struct Failure: Error, CustomStringConvertible { var description: String }
@@ -34,16 +34,16 @@ struct Torture: ParsableCommand {
         let series = work + "/series", store = work + "/store"
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        print("generating \(checkpoints) checkpoints of \(parameters) parameters (AdamW fp32, deltas) …")
+        Self.say("generating \(checkpoints) checkpoints of \(parameters) parameters (AdamW fp32, deltas) …")
         _ = try Self.run([generatorBinary, series, "--checkpoints", String(checkpoints), "--parameters", String(parameters), "--series", "fp32", "--every", "5"])
         let folders = try FileManager.default.contentsOfDirectory(atPath: series).filter { $0.hasPrefix("checkpoint-") }
             .sorted { Int($0.dropFirst(11)) ?? 0 < Int($1.dropFirst(11)) ?? 0 }
         _ = try Self.run([ckstore, "init", "--store", store])
 
         var generator = SplitMix(seed: seed)
-        var reported = [Int: String]()       // step -> id, puts that exited 0
-        var maybe = Set<Int>()               // steps whose put was killed: may or may not be committed
-        var nextFolder = 0
+        var reported = [String: String]()    // RUN@STEP -> id, puts that exited 0
+        var maybe = Set<String>()            // RUN@STEPs whose put was killed: may or may not be committed
+        var nextFolder = 0, cycle = 1
         var killsMidOperation = 0, losses = 0, catalogueDeletions = 0, walDeletions = 0
         let started = Date()
         for trial in 1...trials {
@@ -61,70 +61,83 @@ struct Torture: ParsableCommand {
             let operation = generator.next() % 4
             let delay = Double(generator.next() % 400) / 1000
             var arguments: [String]
-            var putStep: Int?
+            var putName: String?
+            if nextFolder == folders.count {
+                nextFolder = 0
+                cycle += 1
+            }
             switch operation {
-            case 0 where nextFolder < folders.count:
+            case 0:
                 let folder = folders[nextFolder]
-                putStep = Int(folder.dropFirst(11))
-                arguments = [ckstore, "put", series + "/" + folder, "--run", "t", "--store", store, "--quiet"]
+                putName = "t\(cycle)@\(folder.dropFirst(11))"
+                arguments = [ckstore, "put", series + "/" + folder, "--run", "t\(cycle)", "--store", store, "--quiet"]
             case 1:
                 arguments = [ckstore, "gc", "--grace", "0s", "--store", store, "--quiet"]
             case 2:
                 arguments = [ckstore, "repair", "--store", store, "--quiet"]
             default:
-                guard let step = reported.keys.randomElement(using: &generator) else { continue }
+                guard let name = reported.keys.randomElement(using: &generator) else { continue }
                 try? FileManager.default.removeItem(atPath: work + "/out")
-                arguments = [ckstore, "get", "t@\(step)", work + "/out", "--store", store, "--quiet"]
+                arguments = [ckstore, "get", name, work + "/out", "--store", store, "--quiet"]
             }
             let outcome = try Self.runAndKill(arguments, after: delay)
             if outcome.killed { killsMidOperation += 1 }
-            if let step = putStep {
+            if let name = putName {
                 if outcome.status == 0 && !outcome.killed {
-                    reported[step] = outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                    reported[name] = outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
                     nextFolder += 1
                 } else if outcome.killed {
-                    maybe.insert(step)
+                    maybe.insert(name)
                 }
             }
             // Every trial ends with repair, run to completion.
             _ = try? Self.run([ckstore, "repair", "--store", store, "--quiet"])
             // Check: listed ⊆ reported ∪ maybe, and reported ⊆ listed.
             let listed = try Self.listed(ckstore, store)
-            for (step, id) in reported where listed[step] != id {
+            for (name, id) in reported where listed[name] != id {
                 losses += 1
-                throw Failure(description: "trial \(trial): t@\(step) (\(id.prefix(12))) was reported as saved and is \(listed[step].map { "listed as \($0.prefix(12))" } ?? "not listed")")
+                throw Failure(description: "trial \(trial): \(name) (\(id.prefix(12))) was reported as saved and is \(listed[name].map { "listed as \($0.prefix(12))" } ?? "not listed")")
             }
-            for step in listed.keys where reported[step] == nil && !maybe.contains(step) {
-                throw Failure(description: "trial \(trial): t@\(step) is listed but was never reported as saved")
+            for name in listed.keys where reported[name] == nil && !maybe.contains(name) {
+                throw Failure(description: "trial \(trial): \(name) is listed but was never reported as saved")
             }
             // A checkpoint a killed put committed counts as saved from now on.
-            for step in maybe where listed[step] != nil && reported[step] == nil {
-                reported[step] = listed[step]
-                nextFolder = max(nextFolder, (folders.firstIndex { Int($0.dropFirst(11)) == step } ?? 0) + 1)
+            for name in maybe where listed[name] != nil && reported[name] == nil {
+                reported[name] = listed[name]
+                if name.hasPrefix("t\(cycle)@"), let step = Int(name.split(separator: "@")[1]) {
+                    nextFolder = max(nextFolder, (folders.firstIndex { Int($0.dropFirst(11)) == step } ?? 0) + 1)
+                }
             }
             // Restore the newest and one other reported checkpoint byte for byte.
-            for step in [reported.keys.max(), reported.keys.randomElement(using: &generator)].compactMap({ $0 }) {
+            for name in [putName.flatMap { reported[$0] != nil ? $0 : nil }, reported.keys.randomElement(using: &generator)].compactMap({ $0 }) {
                 try? FileManager.default.removeItem(atPath: work + "/check")
-                let get = try Self.run([ckstore, "get", "t@\(step)", work + "/check", "--store", store, "--quiet"], allowFailure: true)
-                guard get.status == 0, try Self.same(work + "/check", series + "/checkpoint-\(step)") else {
+                let get = try Self.run([ckstore, "get", name, work + "/check", "--store", store, "--quiet"], allowFailure: true)
+                guard get.status == 0, try Self.same(work + "/check", series + "/checkpoint-" + name.split(separator: "@")[1]) else {
                     let verify = try Self.run([ckstore, "verify", "--full", "--store", store], allowFailure: true)
-                    throw Failure(description: "trial \(trial): t@\(step) does not restore byte for byte; verify says: \(verify.stdout)")
+                    throw Failure(description: "trial \(trial): \(name) does not restore byte for byte; verify says: \(verify.stdout)")
                 }
             }
             if trial % 50 == 0 {
-                print(String(format: "%5d trials, %4d killed mid-operation, %3d checkpoints saved, %.0f s", trial, killsMidOperation, reported.count, Date().timeIntervalSince(started)))
+                Self.say(String(format: "%5d trials, %4d killed mid-operation, %3d checkpoints saved, %.0f s", trial, killsMidOperation, reported.count, Date().timeIntervalSince(started)))
             }
         }
         let verify = try Self.run([ckstore, "verify", "--full", "--store", store], allowFailure: true)
         guard verify.status == 0 else { throw Failure(description: "final verify --full: \(verify.stdout)") }
-        print("trials: \(trials); killed mid-operation: \(killsMidOperation); catalogue deleted: \(catalogueDeletions); write-ahead log deleted: \(walDeletions); checkpoints saved: \(reported.count); losses: \(losses); final verify --full: ok")
+        Self.say("trials: \(trials); killed mid-operation: \(killsMidOperation); catalogue deleted: \(catalogueDeletions); write-ahead log deleted: \(walDeletions); checkpoints saved: \(reported.count); losses: \(losses); final verify --full: ok")
     }
 
-    static func listed(_ ckstore: String, _ store: String) throws -> [Int: String] {
-        let output = try run([ckstore, "ls", "--run", "t", "--json", "--store", store], allowFailure: true)
-        guard output.status == 0, let rows = try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [[String: Any]] else { return [:] }
-        var out = [Int: String]()
-        for row in rows { if let step = row["step"] as? Int, let id = row["id"] as? String { out[step] = id } }
+    /// A line on standard output, at once (a long run is watched as it goes).
+    static func say(_ line: String) {
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    }
+
+    static func listed(_ ckstore: String, _ store: String) throws -> [String: String] {
+        let output = try run([ckstore, "ls", "--json", "--store", store], allowFailure: true)
+        guard output.status == 0, let rows = try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [[String: Any]] else {
+            throw Failure(description: "ls failed after repair: \(output.stdout)")
+        }
+        var out = [String: String]()
+        for row in rows { if let run = row["run"] as? String, let step = row["step"] as? Int, let id = row["id"] as? String { out["\(run)@\(step)"] = id } }
         return out
     }
 

@@ -13,8 +13,21 @@ final class Catalogue {
     private(set) var openedVersion = 0
     private var statements: [String: SQLiteStatement] = [:]
 
-    init(path: String) throws {
-        database = try SQLiteDatabase(path: path)
+    /// Whether this connection reads a store on a read-only mount (it cannot write, and sees no changes).
+    let isReadOnly: Bool
+
+    init(path: String, readOnly: Bool = false) throws {
+        database = try SQLiteDatabase(path: path, immutable: readOnly)
+        isReadOnly = readOnly
+        if readOnly {
+            // Nothing to set up or migrate; a schema this version cannot read is still refused.
+            let version = try Schema.userVersion(database)
+            guard version <= Schema.currentVersion else {
+                throw CKStoreError(.unsupportedSchema, "catalogue \(path) has schema version \(version), but this ckstore knows versions up to \(Schema.currentVersion); upgrade ckstore to use this store")
+            }
+            openedVersion = version
+            return
+        }
         do {
             try database.execute("PRAGMA journal_mode = WAL")
             try database.execute("PRAGMA synchronous = FULL")

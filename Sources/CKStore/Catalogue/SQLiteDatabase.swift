@@ -13,10 +13,13 @@ final class SQLiteDatabase {
     private let handle: OpaquePointer
     let path: String
 
-    init(path: String) throws {
+    /// Opens (or creates) the database at `path`; `immutable` opens it read-only as a file that nothing
+    /// changes (a store on a read-only mount, where SQLite could not create its shared-memory file).
+    init(path: String, immutable: Bool = false) throws {
         var db: OpaquePointer?
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
-        let code = sqlite3_open_v2(path, &db, flags, nil)
+        let flags = immutable ? SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let name = immutable ? "file:" + (path.addingPercentEncodingForURI()) + "?immutable=1" : path
+        let code = sqlite3_open_v2(name, &db, flags, nil)
         guard code == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             if let db { sqlite3_close_v2(db) }
@@ -228,5 +231,21 @@ final class SQLiteStatement {
             throw CKStoreError(.damaged, "catalogue holds a digest that is not 32 bytes long; run `ckstore repair`")
         }
         return ChunkDigest(loading: UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+}
+
+extension String {
+    /// The path as the path part of a SQLite `file:` URI: `%`, `?` and `#` escaped.
+    func addingPercentEncodingForURI() -> String {
+        var out = ""
+        for character in self {
+            switch character {
+            case "%": out += "%25"
+            case "?": out += "%3f"
+            case "#": out += "%23"
+            default: out.append(character)
+            }
+        }
+        return out
     }
 }

@@ -45,6 +45,13 @@ enum FileSystem {
         }
     }
 
+    /// Whether `path` lies on a file system mounted read-only.
+    static func isReadOnlyMount(_ path: String) -> Bool {
+        var info = statvfs()
+        guard statvfs(path, &info) == 0 || statvfs(URL(fileURLWithPath: path).deletingLastPathComponent().path, &info) == 0 else { return false }
+        return info.f_flag & UInt(ST_RDONLY) != 0
+    }
+
     /// Removes an empty folder.
     static func removeEmptyDirectory(_ path: String) throws {
         if case .failure(let error) = system_rmdir(path) {

@@ -65,7 +65,7 @@ public final class CheckpointStore: Sendable {
         }
         let catalogue: Catalogue
         do {
-            catalogue = try Catalogue(path: layout.cataloguePath)
+            catalogue = try Catalogue(path: layout.cataloguePath, readOnly: exists && FileSystem.isReadOnlyMount(layout.cataloguePath))
         } catch let error as CKStoreError where error.code == .noSpace && FileSystem.exists(layout.reservePath) {
             // The disk is full: give back the space kept for this, so that reading, `rm` and `gc` work
             // and can free space. Puts refuse until the reserve can be made again.
@@ -78,7 +78,7 @@ public final class CheckpointStore: Sendable {
         }
         let store = CheckpointStore(layout: layout, catalogue: catalogue)
         if (1..<3).contains(catalogue.openedVersion) { try store.recordMissingPieces() }
-        if !CommitLog(layout: layout).isKept { store.recordCommitsOfOlderStore() }
+        if !CommitLog(layout: layout).isKept && !catalogue.isReadOnly { store.recordCommitsOfOlderStore() }
         return store
     }
 

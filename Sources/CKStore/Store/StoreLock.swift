@@ -14,7 +14,14 @@ final class StoreLock {
     private let file: SystemFile
 
     init(path: String, mode: Mode) throws {
-        file = try SystemFile.openOrCreate(path)
+        do {
+            file = try SystemFile.openOrCreate(path)
+        } catch let error as CKStoreError where mode == .shared && FileSystem.isReadOnlyMount(path) {
+            // A store on a read-only mount: nothing can change it, a shared lock on a read-only
+            // descriptor still orders readers against nothing, and reading goes on.
+            _ = error
+            file = try SystemFile.openForReading(path)
+        }
         if case .failure(let error) = system_flock(file.descriptor, mode == .shared ? LOCK_SH : LOCK_EX, path: path) {
             throw CKStoreError.io("cannot lock \(path)", error)
         }

@@ -208,7 +208,7 @@ extension CheckpointStore {
             // keeps gc from deleting the packs that view names until the check is done.
             let lock = try StoreLock(path: layout.lockPath, mode: .shared)
             defer { withExtendedLifetime(lock) {} }
-            let snapshot = try Catalogue(path: layout.cataloguePath)
+            let snapshot = try Catalogue(path: layout.cataloguePath, readOnly: FileSystem.isReadOnlyMount(layout.cataloguePath))
             try snapshot.beginSnapshot()
             defer { snapshot.endSnapshot() }
             let catalogue = LockedCatalogue(snapshot)
