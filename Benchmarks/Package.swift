@@ -35,7 +35,10 @@ let package = Package(
         // SIGKILL trials with deleted catalogues and logs, checked after every trial (issue 14).
         .executableTarget(
             name: "ckstore-torture",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                .product(name: "CKStoreTestSupport", package: "ckstore"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .executableTarget(

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CKStoreTestSupport
 import Foundation
 
 #if canImport(Glibc)
@@ -40,7 +41,7 @@ struct Torture: ParsableCommand {
             .sorted { Int($0.dropFirst(11)) ?? 0 < Int($1.dropFirst(11)) ?? 0 }
         _ = try Self.run([ckstore, "init", "--store", store])
 
-        var generator = SplitMix(seed: seed)
+        var generator = SeededRandom(seed: seed)
         var reported = [String: String]()    // RUN@STEP -> id, puts that exited 0
         var maybe = Set<String>()            // RUN@STEPs whose put was killed: may or may not be committed
         var nextFolder = 0, cycle = 1
@@ -178,18 +179,5 @@ struct Torture: ParsableCommand {
         process.waitUntilExit()
         group.wait()
         return Outcome(status: process.terminationStatus, killed: killed && process.terminationReason == .uncaughtSignal, stdout: String(decoding: data, as: UTF8.self))
-    }
-}
-
-/// A seeded random source, so a failing run can be repeated.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
