@@ -99,6 +99,10 @@ import Glibc
             try FileManager.default.createDirectory(atPath: stale + "/half", withIntermediateDirectories: true)
             _ = try await store.restore(id, to: root + "/out/")
             #expect(!FileManager.default.fileExists(atPath: stale))
+            // An existing empty folder (it could be the working directory) is filled in place.
+            try FileManager.default.createDirectory(atPath: root + "/empty", withIntermediateDirectories: true)
+            _ = try await store.restore(id, to: root + "/empty")
+            #expect(try Files.tree(root + "/empty") == (try Files.tree(root + "/src")))
             #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/src")))
             #expect(!(try FileManager.default.contentsOfDirectory(atPath: root)).contains { $0.hasPrefix(".ckstore-restore-") })
 

@@ -52,13 +52,6 @@ enum FileSystem {
         return info.f_flag & UInt(ST_RDONLY) != 0
     }
 
-    /// Removes an empty folder.
-    static func removeEmptyDirectory(_ path: String) throws {
-        if case .failure(let error) = system_rmdir(path) {
-            throw CKStoreError.io("cannot remove the empty folder \(path)", error)
-        }
-    }
-
     /// Removes a file; a file that is already gone is not an error.
     static func removeFile(_ path: String) throws {
         switch system_unlink(path) {

@@ -16,7 +16,7 @@ import Synchronization
 /// A wrapper never names its operation itself: ``valueOrErrno(_:function:_:)`` takes it from the
 /// wrapper's own name (`#function`), so a call cannot be recorded under another call's name.
 package enum SyscallOperation: String, Sendable, CaseIterable {
-    case open, close, pread, pwrite, fsync, fallocate, rename, link, unlink, mkdir, rmdir, flock, fstat, stat, lstat, readlink, chmod, symlink, mmap
+    case open, close, pread, pwrite, fsync, fallocate, rename, link, unlink, mkdir, flock, fstat, stat, lstat, readlink, chmod, symlink, mmap
 
     /// The operation of the wrapper `function` (`system_chmod(_:_:)` → `chmod`), as `#function` names it.
     init?(wrapper function: StaticString) {
@@ -177,10 +177,6 @@ func system_rename(_ from: String, _ to: String) -> Result<Int32, Errno> {
 /// linking the same name exactly one succeeds.
 func system_link(_ from: String, _ to: String) -> Result<Int32, Errno> {
     valueOrErrno(to) { link(from, to) }
-}
-
-func system_rmdir(_ path: String) -> Result<Int32, Errno> {
-    valueOrErrno(path) { rmdir(path) }
 }
 
 func system_unlink(_ path: String) -> Result<Int32, Errno> {

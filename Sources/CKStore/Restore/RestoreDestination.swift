@@ -41,9 +41,10 @@ struct RestoreDestination {
     }
 
     /// Writes every output and link of `plan` through `restorer` into a staging folder, then moves them
-    /// into place. A destination that does not exist yet, or is an empty folder, is staged whole beside
-    /// itself and renamed into place at once: whatever happens, it is then either untouched or complete.
-    /// Into a non-empty folder (`force`) files are staged inside it and renamed one by one.
+    /// into place. A destination that does not exist yet is staged whole beside itself and renamed into
+    /// place at once: whatever happens, it is then either absent or complete. Into an existing folder
+    /// (empty, or any with `force`) files are staged inside it and renamed one by one: it may be the
+    /// working directory, or a mount point, which cannot be replaced.
     func write(_ plan: RestorePlan, with restorer: Restorer) async throws -> Int64 {
         let whole = try prepare()
         let parent = Self.parentFolder(of: path)
@@ -71,7 +72,6 @@ struct RestoreDestination {
         }
         // Everything verified: move into place.
         if whole {
-            if FileSystem.exists(path) { try FileSystem.removeEmptyDirectory(path) }
             try FileSystem.rename(staging, path)
             try FileSystem.syncDirectory(parent)
         } else {
@@ -95,8 +95,8 @@ struct RestoreDestination {
         }
     }
 
-    /// Checks the destination: a missing one or an empty folder is restored whole (returns true); a
-    /// non-empty folder only with `force` (returns false).
+    /// Checks the destination: a missing one is restored whole (returns true); an existing folder must
+    /// be empty unless `force` (returns false).
     private func prepare() throws -> Bool {
         guard FileSystem.exists(path) else {
             try FileSystem.createDirectory(Self.parentFolder(of: path))
@@ -106,9 +106,7 @@ struct RestoreDestination {
             throw CKStoreError(.alreadyExists, "\(path) exists and is not a folder")
         }
         Self.removeStaleStaging(in: path)
-        let all = try FileSystem.contents(of: path)
-        if all.isEmpty { return true }
-        let contents = all.filter { !$0.hasPrefix(Self.stagingPrefix) }
+        let contents = try FileSystem.contents(of: path).filter { !$0.hasPrefix(Self.stagingPrefix) }
         guard contents.isEmpty || force else {
             throw CKStoreError(.alreadyExists, "\(path) is not empty; restore into an empty folder or pass --force to replace files in it")
         }
