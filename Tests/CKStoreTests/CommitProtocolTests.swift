@@ -60,6 +60,29 @@ import Testing
         }
     }
 
+    /// A lost committed checkpoint whose pack is also damaged: its manifest frame is salvaged into a new
+    /// pack, and repair imports it from there (reporting it incomplete, since one chunk is gone).
+    @Test func aLostCheckpointIsImportedFromASalvagedManifest() async throws {
+        try await withTemporaryDirectory { root in
+            let path = root + "/store"
+            let store = try CheckpointStore.open(at: path, create: true)
+            _ = try await Self.put(store, root, step: 100)
+            let second = try await Self.put(store, root, step: 200, seed: 2)
+            let manifestLocation = try #require(try store.withCatalogue { try $0.location(of: second.id.digest) })
+            let victim = try #require(try store.withCatalogue { try $0.chunkLocations(inPack: manifestLocation.pack) }.first { $0.kind == .chunk })
+            try store.withCatalogue { catalogue in try catalogue.write { try catalogue.deleteCheckpoint(second.id) } }
+            var bytes = try Files.read(store.layout.packPath(victim.pack))
+            bytes[Int(victim.offset) + PackFormat.frameHeaderSize + 3] ^= 0xFF
+            try Files.write(bytes, to: store.layout.packPath(victim.pack))
+
+            let report = try await CheckpointStore.repair(at: path)
+            #expect(report.quarantinedPacks == [victim.pack.hex])
+            #expect(report.importedCheckpoints == [second.id])
+            #expect(report.incompleteCheckpoints.contains(second.id))
+            #expect(try CheckpointStore.open(at: path).list().map(\.step) == [100, 200])
+        }
+    }
+
     /// Defect 4: a rebuild yields exactly the committed checkpoints: not a put refused as a conflict, not
     /// a manifest whose put died before its commit, not one in a pack copied in from another store.
     @Test func aRebuildYieldsExactlyTheCommittedCheckpoints() async throws {

@@ -112,8 +112,6 @@ struct Repairer {
         let scan = try scanPacks()
         report.packsScanned = scan.count
         report.framesIntact = scan.reduce(0) { $0 + $1.intact.count }
-        let contexts = ZstdContextPool()
-        let codec = FrameCodec(level: .default, contexts: contexts)
 
         // 3. Salvage intact frames of damaged packs into a new pack; quarantine the damaged ones.
         var moved = [ChunkDigest: (pack: PackID, offset: Int64)]()
@@ -150,7 +148,7 @@ struct Repairer {
         if let catalogue {
             try repairCatalogue(catalogue, scan: scan, intact: intact, newPacks: newPacks, dryRun: dryRun, report: &report)
         } else {
-            try rebuildCatalogue(scan: scan, intact: intact, newPacks: newPacks, codec: codec, dryRun: dryRun, report: &report)
+            try rebuildCatalogue(scan: scan, intact: intact, newPacks: newPacks, dryRun: dryRun, report: &report)
         }
         return report
     }
@@ -250,12 +248,13 @@ struct Repairer {
         // from their manifest frames, with the packs and frames the catalogue did not know.
         let commits = CommitLog(layout: layout)
         let records = try commits.records()
+        let readers = PackReaderCache(layout: layout)
         let removed = try removedCheckpoints(scan)
         let listed = Set(try catalogue.allCheckpointIDs())
         var lost = [CheckpointID]()
         var imports = [(CheckpointID, Manifest)]()
         for record in records where !listed.contains(record.id) && !removed.contains(record.id) {
-            if let manifest = try manifestFrame(record.id, scan: scan, intact: intact) {
+            if let manifest = try manifestFrame(record.id, intact: intact, readers: readers) {
                 imports.append((record.id, manifest))
             } else {
                 lost.append(record.id)
@@ -306,43 +305,48 @@ struct Repairer {
         })
     }
 
+    /// The decoded bytes of an intact, non-delta frame (an annotation or a manifest) at `offset` of `pack`,
+    /// read from whichever pack holds it now (a salvaged frame lives in a pack the scan did not see).
+    private func decodedFrame(_ header: FrameHeader, pack: PackID, offset: Int64, readers: PackReaderCache) throws -> [UInt8] {
+        let (stored, payload) = try readers.reader(for: pack).readFrame(at: offset, storedLength: header.storedLength, expected: header.digest)
+        return try FrameCodec(level: .default).decode(payload, encoding: stored.encoding, rawLength: stored.rawLength).array
+    }
+
     /// Annotations (changes made after puts), from the intact annotation frames, in the order made.
     private func annotations(_ scan: [ScannedPack]) throws -> [AnnotationRecord] {
-        let codec = FrameCodec(level: .default)
+        let readers = PackReaderCache(layout: layout)
         var annotations = [AnnotationRecord]()
         for pack in scan {
             for frame in pack.intact where frame.header.kind == .annotation {
-                let (header, payload) = try pack.reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
-                let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
-                if let record = try? JSONDecoder().decode(AnnotationRecord.self, from: Data(bytes.array)) { annotations.append(record) }
+                let bytes = try decodedFrame(frame.header, pack: pack.id, offset: frame.offset, readers: readers)
+                if let record = try? JSONDecoder().decode(AnnotationRecord.self, from: Data(bytes)) { annotations.append(record) }
             }
         }
         return annotations.sorted { ($0.time, $0.sequence) < ($1.time, $1.sequence) }
     }
 
     /// The manifest whose frame has digest `id`, if an intact frame holds it.
-    private func manifestFrame(_ id: CheckpointID, scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)]) throws -> Manifest? {
-        guard let frame = intact[id.digest], frame.header.kind == .manifest, let pack = scan.first(where: { $0.id == frame.pack }) else { return nil }
-        let (header, payload) = try pack.reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
-        let bytes = try FrameCodec(level: .default).decode(payload, encoding: header.encoding, rawLength: header.rawLength)
-        return try? Manifest.decode(bytes.array, id: id)
+    private func manifestFrame(_ id: CheckpointID, intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)], readers: PackReaderCache) throws -> Manifest? {
+        guard let frame = intact[id.digest], frame.header.kind == .manifest else { return nil }
+        return try? Manifest.decode(try decodedFrame(frame.header, pack: frame.pack, offset: frame.offset, readers: readers), id: id)
     }
 
     /// The catalogue is missing or damaged: move it aside and rebuild it from pack frames and manifests.
     private func rebuildCatalogue(
         scan: [ScannedPack], intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)],
-        newPacks: [SealedPack], codec: FrameCodec, dryRun: Bool, report: inout RepairReport
+        newPacks: [SealedPack], dryRun: Bool, report: inout RepairReport
     ) throws {
         let annotations = try self.annotations(scan)
 
-        // Manifests, from the intact manifest frames.
+        // Manifests, from the intact manifest frames (one per digest, wherever it was found first).
+        let readers = PackReaderCache(layout: layout)
         var manifests = [(CheckpointID, Manifest)]()
+        var seenManifests = Set<CheckpointID>()
         for pack in scan {
             for frame in pack.intact where frame.header.kind == .manifest {
                 let id = CheckpointID(frame.header.digest)
-                let (header, payload) = try pack.reader.readFrame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest)
-                let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength)
-                if let manifest = try? Manifest.decode(bytes.array, id: id), !manifests.contains(where: { $0.0 == id }) {
+                guard seenManifests.insert(id).inserted else { continue }
+                if let manifest = try? Manifest.decode(try decodedFrame(frame.header, pack: pack.id, offset: frame.offset, readers: readers), id: id) {
                     manifests.append((id, manifest))
                 }
             }

@@ -10,11 +10,10 @@ struct Checker {
     let layout: StoreLayout
     let reader: ChunkReader
 
-    /// Checks what `options` asks for and reports what any damage breaks.
+    /// Checks what `options` asks for and reports what any damage breaks. The caller holds the store's lock
+    /// shared (gc then deletes no pack this check reads) and gives it a catalogue snapshot.
     func check(_ options: VerifyOptions) async throws -> VerifyReport {
         let started = ContinuousClock.now
-        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
-        defer { withExtendedLifetime(lock) {} }
         let byCheckpoint = !options.checkpoints.isEmpty
         var problems = [String]()
         var damaged = [ChunkDigest: String]()
