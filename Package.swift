@@ -15,6 +15,7 @@ let package = Package(
     products: [
         .library(name: "CKStore", targets: ["CKStore"]),
         .library(name: "CKStoreReports", targets: ["CKStoreReports"]),
+        .library(name: "CKStoreS3", targets: ["CKStoreS3"]),
         .library(name: "CKStoreTestSupport", targets: ["CKStoreTestSupport"]),
         .executable(name: "ckstore", targets: ["ckstore"]),
         .executable(name: "ckstore-gen", targets: ["ckstore-gen"]),
@@ -23,6 +24,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", exact: "4.5.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", exact: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
     ],
     targets: [
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
@@ -39,6 +42,19 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The S3 transport for remotes: an `ObjectStore` over HTTP(S), with SigV4 signing on swift-crypto.
+        // Kept out of the core library so that it alone carries the HTTP stack.
+        .target(
+            name: "CKStoreS3",
+            dependencies: [
+                "CKStore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Reports rendered for people (the audit's HTML page), kept out of the core library.
         .target(
             name: "CKStoreReports",
@@ -50,6 +66,7 @@ let package = Package(
             dependencies: [
                 "CKStore",
                 "CKStoreReports",
+                "CKStoreS3",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -78,7 +95,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CKStoreTests",
-            dependencies: ["CKStore", "CKStoreReports", "CKStoreTestSupport"],
+            dependencies: ["CKStore", "CKStoreReports", "CKStoreS3", "CKStoreTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

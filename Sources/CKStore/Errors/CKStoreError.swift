@@ -62,6 +62,7 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
             case cancelled
             case internalInvariant
             case locked
+            case remote
         }
 
         private var wrapped: Wrapped
@@ -101,6 +102,9 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
         public static let internalInvariant = Code(.internalInvariant)
         /// Another process holds the store (its catalogue stayed busy past the wait).
         public static let locked = Code(.locked)
+        /// A remote (object storage) refused a request or could not be reached; the message names the
+        /// remote, the request and the HTTP status.
+        public static let remote = Code(.remote)
 
         public var description: String { String(describing: wrapped) }
 
@@ -122,6 +126,7 @@ public struct CKStoreError: Error, Sendable, CustomStringConvertible {
             case .cancelled: "cancelled"
             case .internalInvariant: "internal"
             case .locked: "locked"
+            case .remote: "remote"
             }
         }
     }

@@ -25,6 +25,24 @@ enum PackFormat {
     /// that rewriting a mostly-dead pack during gc is cheap.
     static let targetSize: Int64 = 256 << 20
 
+    /// The trailer (every frame's offset and header) and the footer that end a pack whose frames end at
+    /// `trailerOffset`.
+    static func trailerAndFooter(_ frames: [PackWriter.WrittenFrame], trailerOffset: Int64) -> [UInt8] {
+        var trailer = [UInt8]()
+        trailer.reserveCapacity(frames.count * trailerEntrySize + footerSize)
+        for frame in frames {
+            trailer.appendLittleEndian(UInt64(frame.offset))
+            trailer += frame.header.serialized()
+        }
+        var footer = [UInt8]()
+        footer.appendLittleEndian(UInt64(trailerOffset))
+        footer.appendLittleEndian(UInt64(frames.count))
+        footer.appendLittleEndian(XXH64.hash(trailer))
+        footer.appendLittleEndian(UInt64(0))
+        footer += footerMagic
+        return trailer + footer
+    }
+
     static func fileHeader() -> [UInt8] {
         var out = headerMagic
         out.appendLittleEndian(formatVersion)

@@ -61,21 +61,10 @@ final class PackWriter {
 
     /// Writes the trailer, fsyncs, renames into `packs/` and fsyncs the folder.
     func seal() throws -> SealedPack {
-        var trailer = [UInt8]()
-        trailer.reserveCapacity(frames.count * PackFormat.trailerEntrySize)
-        for frame in frames {
-            trailer.appendLittleEndian(UInt64(frame.offset))
-            trailer += frame.header.serialized()
-        }
         let trailerOffset = size
-        var footer = [UInt8]()
-        footer.appendLittleEndian(UInt64(trailerOffset))
-        footer.appendLittleEndian(UInt64(frames.count))
-        footer.appendLittleEndian(XXH64.hash(trailer))
-        footer.appendLittleEndian(UInt64(0))
-        footer += PackFormat.footerMagic
-        try file.write(trailer + footer, at: trailerOffset)
-        size = trailerOffset + Int64(trailer.count + footer.count)
+        let end = PackFormat.trailerAndFooter(frames, trailerOffset: trailerOffset)
+        try file.write(end, at: trailerOffset)
+        size = trailerOffset + Int64(end.count)
         try file.sync()
         let destination = layout.packPath(id)
         let folder = layout.packFolder(id)

@@ -39,8 +39,11 @@ struct CommitLog {
     /// Whether this store keeps commit records (every store made or opened read-write since they exist).
     var isKept: Bool { FileSystem.isDirectory(root) }
 
-    private func folder(run: String) -> String {
-        root + "/" + Array(SHA256Hasher.digest(Array(run.utf8)).bytes.prefix(16)).hexString
+    private func folder(run: String) -> String { root + "/" + Self.runKey(run) }
+
+    /// The folder name of a run's records, locally and in a remote's `commits/`.
+    static func runKey(_ run: String) -> String {
+        Array(SHA256Hasher.digest(Array(run.utf8)).bytes.prefix(16)).hexString
     }
 
     private func path(run: String, step: Int64) -> String { folder(run: run) + "/" + String(step) }

@@ -1,0 +1,92 @@
+/// The cache of what remotes hold (schema 005): index objects read, where their frames are, commit objects.
+extension Catalogue {
+    /// A frame a remote holds, with the index object that listed it and the pack it is in.
+    struct RemoteFrameRow: Sendable {
+        var frame: RemoteFrame
+        var index: String
+        var pack: String
+    }
+
+    func knownRemoteIndexes(_ remote: String) throws -> Set<String> {
+        Set(try statement("SELECT name FROM remote_indexes WHERE remote = ?").rows([.text(remote)]) { $0.text(0) })
+    }
+
+    /// Records an index object and the frames it lists (a digest already known keeps its first place).
+    func insertRemoteIndex(_ remote: String, name: String, index: RemoteIndex) throws {
+        try statement("INSERT OR IGNORE INTO remote_indexes (remote, name) VALUES (?, ?)").run([.text(remote), .text(name)])
+        let insert = try statement("""
+            INSERT OR IGNORE INTO remote_frames (remote, digest, index_name, pack, offset, stored_length, raw_length, encoding, kind, base)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for pack in index.packs {
+            for frame in pack.frames {
+                try insert.run([
+                    .text(remote), .blob(frame.digest.bytes), .text(name), .text(pack.name), .integer(frame.offset),
+                    .integer(Int64(frame.storedLength)), .integer(Int64(frame.rawLength)), .integer(Int64(frame.encoding)),
+                    .integer(Int64(frame.kind)), frame.base.map { .blob($0.bytes) } ?? .null,
+                ])
+            }
+        }
+    }
+
+    /// Forgets index objects (remote gc condemned or deleted them) and the frames known through them.
+    func forgetRemoteIndexes(_ remote: String, _ names: some Sequence<String>) throws {
+        let frames = try statement("DELETE FROM remote_frames WHERE remote = ? AND index_name = ?")
+        let indexes = try statement("DELETE FROM remote_indexes WHERE remote = ? AND name = ?")
+        for name in names {
+            try frames.run([.text(remote), .text(name)])
+            try indexes.run([.text(remote), .text(name)])
+        }
+    }
+
+    func remoteFrame(_ remote: String, _ digest: ChunkDigest) throws -> RemoteFrameRow? {
+        try statement("""
+            SELECT index_name, pack, offset, stored_length, raw_length, encoding, kind, base FROM remote_frames
+            WHERE remote = ? AND digest = ?
+            """).firstRow([.text(remote), .blob(digest.bytes)]) { (row) throws in
+                RemoteFrameRow(
+                    frame: RemoteFrame(digest: digest, offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
+                                       encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
+                                       base: row.isNull(7) ? nil : try row.digest(7)),
+                    index: row.text(0), pack: row.text(1))
+            }
+    }
+
+    func remoteCommitBodies(_ remote: String) throws -> [(key: String, body: String)] {
+        try statement("SELECT key, body FROM remote_commits WHERE remote = ? ORDER BY key").rows([.text(remote)]) { ($0.text(0), $0.text(1)) }
+    }
+
+    func setRemoteCommit(_ remote: String, key: String, id: CheckpointID, body: String) throws {
+        try statement("INSERT OR REPLACE INTO remote_commits (remote, key, id, body) VALUES (?, ?, ?, ?)")
+            .run([.text(remote), .text(key), .blob(id.digest.bytes), .text(body)])
+    }
+
+    func forgetRemoteCommit(_ remote: String, key: String) throws {
+        try statement("DELETE FROM remote_commits WHERE remote = ? AND key = ?").run([.text(remote), .text(key)])
+    }
+
+    func remoteSyncTime(_ remote: String) throws -> Double? {
+        try statement("SELECT synced_at FROM remote_state WHERE remote = ?").firstRow([.text(remote)]) { $0.double(0) }
+    }
+
+    func setRemoteSyncTime(_ remote: String, _ time: Double) throws {
+        try statement("INSERT OR REPLACE INTO remote_state (remote, synced_at) VALUES (?, ?)").run([.text(remote), .real(time)])
+    }
+
+    /// Forgets everything cached about a remote (`remote rm`).
+    func forgetRemote(_ remote: String) throws {
+        for table in ["remote_frames", "remote_indexes", "remote_commits", "remote_state"] {
+            try statement("DELETE FROM \(table) WHERE remote = ?").run([.text(remote)])
+        }
+    }
+}
+
+extension Catalogue {
+    /// The pack objects that the index objects `indexes` list frames in.
+    func remotePacks(_ remote: String, indexes: [String]) throws -> Set<String> {
+        let query = try statement("SELECT DISTINCT pack FROM remote_frames WHERE remote = ? AND index_name = ?")
+        var out = Set<String>()
+        for name in indexes { for pack in try query.rows([.text(remote), .text(name)], { $0.text(0) }) { out.insert(pack) } }
+        return out
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+
+extension CheckpointStore {
+    /// Uploads checkpoints to a remote: exactly the frames it lacks, as stored, then each checkpoint's
+    /// commit object (the remote's commit point, written last, by a conditional create).
+    ///
+    /// An interrupted push leaves nothing visible on the remote; run again, it uploads only what is still
+    /// missing from what the remote is known to hold.
+    ///
+    /// - Throws: `conflict` when the remote has a different checkpoint at one's run and step; `remote`
+    ///   when the remote refuses a request.
+    public func push(_ ids: [CheckpointID], to remote: Remote, jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> PushReport {
+        try await CKStoreError.wrapping("push to remote \(remote.name)") {
+            var pusher = Pusher(catalogue: catalogue, layout: layout, packs: PackReaderCache(layout: layout), remote: remote)
+            pusher.jobs = max(1, jobs)
+            pusher.progress = progress
+            return try await pusher.push(ids)
+        }
+    }
+
+    /// The checkpoints a remote holds (its commit objects), ordered by run and step.
+    public func remoteCheckpoints(_ remote: Remote, run: String? = nil) async throws(CKStoreError) -> [RemoteCommit] {
+        try await CKStoreError.wrapping("listing remote \(remote.name)") {
+            let session = RemoteSession(catalogue: catalogue, remote: remote)
+            try await session.ensureMarker(create: false)
+            return try await session.sync().map(\.commit)
+                .filter { run == nil || $0.run == run }
+                .sorted { ($0.run, $0.step) < ($1.run, $1.step) }
+        }
+    }
+
+    /// Resolves a reference among a remote's checkpoints. `RUN@latest-valid` is the newest of the run
+    /// whose closure is present (every index object and pack it needs exists); ``pull(_:from:jobs:progress:)``
+    /// then checks every byte.
+    public func resolve(_ reference: CheckpointReference, on remote: Remote) async throws(CKStoreError) -> RemoteCommit {
+        let commits = try await remoteCheckpoints(remote)
+        return try await CKStoreError.wrapping("resolving \(reference) on remote \(remote.name)") {
+            switch reference {
+            case .idPrefix(let prefix):
+                let matches = commits.filter { $0.id.hex.hasPrefix(prefix.lowercased()) }
+                guard let first = matches.first else { throw CKStoreError(.notFound, "remote \(remote.name) has no checkpoint \(prefix)") }
+                guard Set(matches.map(\.id)).count == 1 else {
+                    throw CKStoreError(.ambiguousReference, "\(prefix) matches \(Set(matches.map(\.id)).count) checkpoints on remote \(remote.name); give more of the id")
+                }
+                return first
+            case .step(let run, let step):
+                guard let commit = commits.first(where: { $0.run == run && $0.step == step }) else {
+                    throw CKStoreError(.notFound, "remote \(remote.name) has no checkpoint \(run)@\(step)")
+                }
+                return commit
+            case .latest(let run):
+                guard let commit = commits.last(where: { $0.run == run }) else {
+                    throw CKStoreError(.notFound, "remote \(remote.name) has no checkpoint of run \(run)")
+                }
+                return commit
+            case .latestValid(let run):
+                let candidates = commits.filter { $0.run == run }.reversed()
+                guard !candidates.isEmpty else { throw CKStoreError(.notFound, "remote \(remote.name) has no checkpoint of run \(run)") }
+                for commit in candidates where try await closureIsPresent(commit, remote: remote) { return commit }
+                throw CKStoreError(.damaged, "remote \(remote.name) has no checkpoint of run \(run) whose objects are all present")
+            }
+        }
+    }
+
+    /// Whether every object a remote checkpoint needs exists.
+    func closureIsPresent(_ commit: RemoteCommit, remote: Remote) async throws -> Bool {
+        let session = RemoteSession(catalogue: catalogue, remote: remote)
+        do {
+            try await session.loadIndexes(commit.indexes)
+        } catch let error as CKStoreError where error.code == .damaged {
+            return false
+        }
+        let packs = try withCatalogue { try $0.remotePacks(remote.url, indexes: commit.indexes) }
+        for pack in packs where try await remote.objects.head(RemoteLayout.pack(pack)) == nil { return false }
+        return true
+    }
+
+    /// Brings a remote checkpoint and every frame it needs into this store, checking each against its
+    /// SHA-256; for `RUN@latest-valid`, the newest that arrives whole.
+    public func pull(_ reference: CheckpointReference, from remote: Remote, jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> PullReport {
+        var candidates: [RemoteCommit]
+        if case .latestValid(let run) = reference {
+            candidates = try await remoteCheckpoints(remote, run: run).reversed()
+            guard !candidates.isEmpty else { throw CKStoreError(.notFound, "remote \(remote.name) has no checkpoint of run \(run)") }
+        } else {
+            candidates = [try await resolve(reference, on: remote)]
+        }
+        var failures = [String]()
+        for commit in candidates {
+            do {
+                return try await CKStoreError.wrapping("pull of \(commit.run)@\(commit.step) from remote \(remote.name)") {
+                    var puller = Puller(catalogue: catalogue, layout: layout, remote: remote)
+                    puller.jobs = max(1, jobs)
+                    puller.progress = progress
+                    return try await puller.pull(commit)
+                }
+            } catch where error.code == .damaged && candidates.count > 1 {
+                // latest-valid: a damaged checkpoint is passed over for the one before it.
+                failures.append("\(commit.run)@\(commit.step): \(error.message)")
+            }
+        }
+        throw CKStoreError(.damaged, "remote \(remote.name) has no checkpoint of \(reference) that arrives whole: " + failures.joined(separator: "; "))
+    }
+}

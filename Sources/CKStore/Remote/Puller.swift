@@ -1,0 +1,219 @@
+import Foundation
+
+/// What a pull did.
+public struct PullReport: Codable, Sendable, Equatable {
+    public var remote: String
+    /// The checkpoint pulled.
+    public var id: CheckpointID
+    public var run: String
+    public var step: Int64
+    /// False when the local store held it already.
+    public var pulled: Bool
+    /// Bytes downloaded (frames, index and commit objects), and how many requests.
+    public var bytesDownloaded: Int64 = 0
+    public var requests: Int = 0
+    /// Frames written into the local store.
+    public var framesAdded: Int = 0
+    public var seconds: Double = 0
+
+    enum CodingKeys: String, CodingKey {
+        case remote, id, run, step, pulled, requests, seconds
+        case bytesDownloaded = "bytes_downloaded"
+        case framesAdded = "frames_added"
+    }
+}
+
+/// Brings checkpoints from a remote into the local store: the commit object, the index objects it names,
+/// the manifest frame, then every frame of the closure the local store lacks, by ranged GETs of the packs
+/// (neighbouring frames in one request). Frames are written as stored into local packs; every one is
+/// checked (checksum, then decoded and hashed against its SHA-256, its delta bases with it) before one
+/// transaction records the checkpoint (rule 6, and I-5 locally).
+struct Puller {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let remote: Remote
+    var jobs: Int = 4
+    var progress: ProgressHandler?
+    /// Ranges closer than this are fetched in one request, the gap included.
+    var coalesceGap: Int64 = 1 << 20
+    /// The most one request fetches.
+    var maxRequest: Int64 = 32 << 20
+
+    private var objects: any ObjectStore { remote.objects }
+
+    func pull(_ commit: RemoteCommit) async throws -> PullReport {
+        let started = ContinuousClock.now
+        var report = PullReport(remote: remote.name, id: commit.id, run: commit.run, step: commit.step, pulled: false)
+        try CheckpointStore.validateRunName(commit.run)
+        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+        if let local = try catalogue.with({ try $0.checkpoint(run: commit.run, step: commit.step) }) {
+            guard local.id == commit.id || local.content == commit.content else {
+                throw CKStoreError(.conflict, "this store already has a different checkpoint of run \(commit.run) at step \(commit.step) (\(local.id.short)) than remote \(remote.name) (\(commit.id.short))")
+            }
+            report.id = local.id
+            return report
+        }
+        let session = RemoteSession(catalogue: catalogue, remote: remote)
+        try await session.loadIndexes(commit.indexes)
+
+        // The manifest first: its SHA-256 is the checkpoint id.
+        guard let manifestRow = try catalogue.with({ try $0.remoteFrame(remote.url, commit.id.digest) }) else {
+            throw CKStoreError(.damaged, "remote \(remote.name): no index object of checkpoint \(commit.id.short) lists its manifest")
+        }
+        let manifestFrame = try await fetch([manifestRow], report: &report)[0]
+        let manifestBytes = try FrameCodec(level: .default).decode(ChunkBytes(manifestFrame.chunk.payload), encoding: manifestFrame.chunk.encoding, rawLength: manifestFrame.chunk.rawLength).array
+        guard SHA256Hasher.digest(manifestBytes) == commit.id.digest else {
+            throw CKStoreError(.damaged, "remote \(remote.name): the manifest of checkpoint \(commit.id.short) in pack \(manifestRow.pack) fails its SHA-256")
+        }
+        let manifest = try Manifest.decode(manifestBytes, id: commit.id)
+        guard manifest.run == commit.run, manifest.step == commit.step, try manifest.contentDigest() == commit.content else {
+            throw CKStoreError(.damaged, "remote \(remote.name): commit object of \(commit.run)@\(commit.step) names checkpoint \(commit.id.short), whose manifest says otherwise")
+        }
+        let droppedTensors = commit.droppedTensors.mapValues { Set($0) }
+        let uses = manifest.chunkUses(id: commit.id, droppedPaths: Set(commit.droppedFiles.keys), droppedTensors: droppedTensors)
+
+        // Every frame the closure needs that this store lacks, delta bases included.
+        var wanted = [Catalogue.RemoteFrameRow]()
+        var seen = Set<ChunkDigest>([commit.id.digest])
+        var frontier = Array(uses.keys.filter { $0 != commit.id.digest })
+        while let digest = frontier.popLast() {
+            guard seen.insert(digest).inserted else { continue }
+            if try catalogue.with({ try $0.containsChunk(digest) }) { continue }
+            guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, digest) }) else {
+                throw CKStoreError(.damaged, "remote \(remote.name): checkpoint \(commit.id.short) needs chunk \(digest), which none of its index objects lists")
+            }
+            wanted.append(row)
+            if let base = row.frame.base { frontier.append(base) }
+        }
+        let meter = ProgressMeter("pull", total: wanted.reduce(0) { $0 + Int64($1.frame.range.count) }, handler: progress)
+        let fetched = try await fetch(wanted, report: &report, meter: meter)
+
+        // Written as stored, then checked by decoding through the new frames and the local ones.
+        let sink = PackSink(layout: layout)
+        var locations = [ChunkDigest: ChunkLocation]()
+        let needManifest = try !catalogue.with { try $0.containsChunk(commit.id.digest) }
+        for frame in (needManifest ? [manifestFrame] : []) + fetched {
+            locations[frame.chunk.digest] = try sink.append(frame.chunk, kind: frame.kind)
+        }
+        let sealed = try sink.seal()
+        do {
+            let reader = ChunkReader(index: PulledFrames(pulled: locations, local: ChunkIndex(catalogue: catalogue)), packs: PackReaderCache(layout: layout))
+            for frame in fetched {
+                _ = try reader.read(frame.chunk.digest, checks: .all, what: "chunk \(frame.chunk.digest) from remote \(remote.name)")
+            }
+            let contentDigest = try manifest.contentDigest()
+            try catalogue.with { catalogue in
+                try catalogue.write {
+                    var added: Int64 = 0
+                    let now = Date().timeIntervalSince1970
+                    for pack in sealed { added += try catalogue.insert(pack: pack, now: now) }
+                    if let local = try catalogue.checkpoint(run: commit.run, step: commit.step) {
+                        guard local.id == commit.id else {
+                            throw CKStoreError(.conflict, "run \(commit.run) got a different checkpoint at step \(commit.step) (\(local.id.short)) while \(commit.id.short) was being pulled")
+                        }
+                        return
+                    }
+                    try catalogue.insert(
+                        Catalogue.NewCheckpoint(id: commit.id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: manifest.chunkUses(id: commit.id)),
+                        now: now)
+                    for (path, part) in commit.droppedFiles {
+                        guard let part = CheckpointPart(rawValue: part) else { continue }
+                        try catalogue.drop([path], part: part, from: commit.id, manifest: manifest)
+                    }
+                    if !droppedTensors.isEmpty {
+                        try catalogue.drop([], tensors: droppedTensors.mapValues { $0.sorted() }, part: .optimizer, from: commit.id, manifest: manifest)
+                    }
+                }
+            }
+            _ = try CommitLog(layout: layout).commit(CommitLog.Record(id: commit.id, run: commit.run, step: commit.step, content: contentDigest, createdAt: manifest.createdAt))
+        } catch {
+            // Nothing refers to the new packs: removed now rather than left to gc's grace period.
+            for pack in sealed where try !catalogue.with({ try $0.packRows().contains { $0.id == pack.id } }) {
+                try? FileSystem.removeFile(layout.packPath(pack.id))
+            }
+            throw error
+        }
+        report.pulled = true
+        report.framesAdded = locations.count
+        report.seconds = (ContinuousClock.now - started) / .seconds(1)
+        return report
+    }
+
+    /// A frame fetched from the remote, checked against its checksum and the digest the index gave.
+    struct FetchedFrame: Sendable {
+        var chunk: EncodedChunk
+        var kind: FrameKind
+    }
+
+    /// Fetches frames by ranged GETs, neighbours in one request, at most `jobs` requests at once.
+    private func fetch(_ rows: [Catalogue.RemoteFrameRow], report: inout PullReport, meter: ProgressMeter? = nil) async throws -> [FetchedFrame] {
+        // Requests: runs of frames of one pack whose gaps are small.
+        var requests = [(pack: String, range: Range<Int64>, frames: [RemoteFrame])]()
+        for (pack, frames) in Dictionary(grouping: rows, by: \.pack) {
+            for frame in frames.map(\.frame).sorted(by: { $0.offset < $1.offset }) {
+                if var last = requests.last, last.pack == pack, frame.range.lowerBound - last.range.upperBound <= coalesceGap,
+                   frame.range.upperBound - last.range.lowerBound <= maxRequest, frame.range.lowerBound >= last.range.upperBound {
+                    last.range = last.range.lowerBound..<frame.range.upperBound
+                    last.frames.append(frame)
+                    requests[requests.count - 1] = last
+                } else {
+                    requests.append((pack, frame.range, [frame]))
+                }
+            }
+        }
+        let objects = self.objects, remoteName = remote.name
+        var out = [FetchedFrame]()
+        out.reserveCapacity(rows.count)
+        try await withThrowingTaskGroup(of: ([FetchedFrame], Int64).self) { group in
+            var iterator = requests.makeIterator()
+            func add(_ request: (pack: String, range: Range<Int64>, frames: [RemoteFrame])) {
+                group.addTask {
+                    let key = RemoteLayout.pack(request.pack)
+                    let bytes: [UInt8]
+                    do {
+                        bytes = try await objects.get(key, range: request.range)
+                    } catch let error as CKStoreError where error.code == .notFound {
+                        throw CKStoreError(.damaged, "remote \(remoteName): pack \(key) is missing", cause: error)
+                    }
+                    guard bytes.count == request.range.count else {
+                        throw CKStoreError(.damaged, "remote \(remoteName): pack \(key) is shorter than its index says")
+                    }
+                    let frames = try bytes.withUnsafeBytes { (buffer) throws -> [FetchedFrame] in
+                        let parser = PackParser(bytes: buffer, name: key)
+                        return try request.frames.map { (frame) throws -> FetchedFrame in
+                            let (header, payload) = try parser.frame(at: frame.offset - request.range.lowerBound, storedLength: frame.storedLength, expected: frame.digest, checkChecksum: true)
+                            return FetchedFrame(
+                                chunk: EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: Array(buffer[payload]), base: header.base),
+                                kind: header.kind)
+                        }
+                    }
+                    meter?.add(Int64(bytes.count))
+                    return (frames, Int64(bytes.count))
+                }
+            }
+            for _ in 0..<max(1, jobs) {
+                guard let request = iterator.next() else { break }
+                add(request)
+            }
+            while let (frames, bytes) = try await group.next() {
+                out += frames
+                report.bytesDownloaded += bytes
+                report.requests += 1
+                if let request = iterator.next() { add(request) }
+            }
+        }
+        return out
+    }
+}
+
+/// Frame locations for checking pulled frames: the ones just written, then the catalogue's.
+struct PulledFrames: ChunkLocating {
+    let pulled: [ChunkDigest: ChunkLocation]
+    let local: ChunkIndex
+
+    func location(of digest: ChunkDigest) throws -> ChunkLocation? {
+        if let location = pulled[digest] { return location }
+        return try local.location(of: digest)
+    }
+}

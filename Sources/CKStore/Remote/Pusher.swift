@@ -1,0 +1,312 @@
+import Foundation
+import Synchronization
+
+/// What a push did.
+public struct PushReport: Codable, Sendable, Equatable {
+    /// The remote's name.
+    public var remote: String
+    /// Checkpoints this push committed on the remote.
+    public var pushed: [CheckpointID] = []
+    /// Checkpoints the remote held already.
+    public var alreadyPresent: [CheckpointID] = []
+    /// Bytes of objects uploaded (packs, index and commit objects).
+    public var bytesUploaded: Int64 = 0
+    /// Objects uploaded.
+    public var objectsUploaded: Int = 0
+    /// Frames uploaded, and their bytes (headers included).
+    public var framesUploaded: Int = 0
+    public var frameBytesUploaded: Int64 = 0
+    public var seconds: Double = 0
+
+    enum CodingKeys: String, CodingKey {
+        case remote, pushed, seconds
+        case alreadyPresent = "already_present"
+        case bytesUploaded = "bytes_uploaded"
+        case objectsUploaded = "objects_uploaded"
+        case framesUploaded = "frames_uploaded"
+        case frameBytesUploaded = "frame_bytes_uploaded"
+    }
+}
+
+/// What remote gc condemned and when (`gc/pending`): the first of its two phases. A push never commits a
+/// checkpoint that needs a condemned object; gc deletes an object only when it was condemned at least
+/// `grace` seconds before and no commit object names it then.
+struct RemotePending: Codable, Sendable {
+    var grace: Double
+    /// Object key → unix time it was condemned.
+    var condemned: [String: Double]
+}
+
+/// Pushes checkpoints to a remote: uploads exactly the frames the remote lacks, as stored, in new packs,
+/// then an index object for them, then the checkpoint's commit object by a conditional create (rules 1, 2
+/// and 4 of the remote layout).
+///
+/// What the remote holds is known from the store's cache of its index objects (``Catalogue``'s remote
+/// tables): a first push lists the remote's commit objects once to learn what other machines pushed;
+/// later pushes only read objects by name. Before committing, a push reads `gc/pending` and checks that
+/// the index objects it relies on (and so their packs) exist and are not condemned; any that are, it
+/// forgets and uploads those frames again, in packs with new names.
+struct Pusher {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let packs: PackReaderCache
+    let remote: Remote
+    var jobs: Int = 4
+    var packSize: Int = 64 << 20
+    var progress: ProgressHandler?
+
+    private var objects: any ObjectStore { remote.objects }
+
+    func push(_ ids: [CheckpointID]) async throws -> PushReport {
+        let started = ContinuousClock.now
+        // Shared, as a put holds it: local gc cannot delete a pack while its frames are being copied.
+        let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+        var report = PushReport(remote: remote.name)
+        let session = RemoteSession(catalogue: catalogue, remote: remote)
+        try await session.ensureMarker(create: true)
+        try await session.syncIfNeverSynced()
+        let summaries = try catalogue.with { catalogue in try ids.map { (id) throws -> CheckpointSummary in
+            guard let summary = try catalogue.summary(of: id) else { throw CKStoreError(.notFound, "no checkpoint \(id.short)") }
+            return summary
+        } }
+        for summary in summaries.sorted(by: { ($0.run, $0.step) < ($1.run, $1.step) }) {
+            try Task.checkCancellation()
+            try await pushOne(summary, report: &report)
+        }
+        report.seconds = (ContinuousClock.now - started) / .seconds(1)
+        return report
+    }
+
+    private func pushOne(_ summary: CheckpointSummary, report: inout PushReport) async throws {
+        let key = RemoteLayout.commit(run: summary.run, step: summary.step)
+        let cached = try catalogue.with { try $0.remoteCommitBodies(remote.url) }.first { $0.key == key }
+        if let cached, let commit = try? RemoteJSON.decode(RemoteCommit.self, Array(cached.body.utf8), what: key), commit.id == summary.id {
+            report.alreadyPresent.append(summary.id)
+            return
+        }
+        let (closure, content, dropped) = try catalogue.with { (catalogue) throws in
+            (try catalogue.referencedDigests(of: [summary.id]),
+             try catalogue.checkpoint(run: summary.run, step: summary.step)?.content,
+             (files: try catalogue.droppedFiles(of: summary.id), tensors: try catalogue.droppedTensors(of: summary.id)))
+        }
+        guard let content else { throw CKStoreError(.notFound, "checkpoint \(summary.id.short) was removed while it was being pushed") }
+        var created = Set<String>()
+        for _ in 1...4 {
+            // Frames the remote lacks, as far as the cache knows, uploaded as stored.
+            let missing = try catalogue.with { catalogue in try closure.filter { try catalogue.remoteFrame(remote.url, $0) == nil } }
+            if !missing.isEmpty {
+                let name = try await upload(missing.sorted(), report: &report)
+                created.insert(name)
+            }
+            let needed = try catalogue.with { catalogue in
+                Set(try closure.map { (digest) throws -> String in
+                    guard let row = try catalogue.remoteFrame(remote.url, digest) else {
+                        throw CKStoreError(.internalInvariant, "chunk \(digest) was uploaded but is not in the remote cache")
+                    }
+                    return row.index
+                })
+            }
+            // Rule 5: never commit what a remote gc is deleting. Objects condemned or gone are forgotten,
+            // and their frames uploaded again on the next round.
+            let checked = ContinuousClock.now
+            let pending = try await RemoteSession.pending(objects)
+            var unusable = Set(needed.filter { pending.condemned[RemoteLayout.index($0)] != nil })
+            let others = needed.subtracting(created).subtracting(unusable)
+            unusable.formUnion(try await missingObjects(others.map(RemoteLayout.index)).map(RemoteLayout.name(ofKey:)))
+            if !unusable.isEmpty {
+                try catalogue.with { catalogue in try catalogue.write { try catalogue.forgetRemoteIndexes(remote.url, unusable) } }
+                created.subtract(unusable)
+                continue
+            }
+            // The check holds for half the grace period: a gc's deletion comes at least a grace period
+            // after it condemned, so a commit written within half of it after the check is seen by that gc.
+            guard (ContinuousClock.now - checked) / .seconds(1) < pending.grace / 2 else { continue }
+            let commit = RemoteCommit(
+                id: summary.id, run: summary.run, step: summary.step, epoch: summary.epoch, createdAt: summary.createdAt,
+                content: content, metrics: summary.metrics, tags: summary.tags, logicalBytes: summary.logicalBytes,
+                parent: summary.parent, indexes: needed.sorted(), droppedFiles: dropped.files,
+                droppedTensors: dropped.tensors.mapValues { $0.sorted() })
+            let body = try RemoteJSON.encode(commit)
+            if try await objects.put(key, body, ifAbsent: true) {
+                report.bytesUploaded += Int64(body.count)
+                report.objectsUploaded += 1
+                report.pushed.append(summary.id)
+                try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: summary.id, body: String(decoding: body, as: UTF8.self)) } }
+                return
+            }
+            // Another machine committed this run and step first (rule 2).
+            let theirs = try await objects.get(key)
+            let existing = try RemoteJSON.decode(RemoteCommit.self, theirs, what: "\(remote.name): \(key)")
+            guard existing.id == summary.id || existing.content == content else {
+                throw CKStoreError(.conflict, "remote \(remote.name) already has a different checkpoint of run \(summary.run) at step \(summary.step) (\(existing.id.short)); this store's is \(summary.id.short)")
+            }
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: existing.id, body: String(decoding: theirs, as: UTF8.self)) } }
+            report.alreadyPresent.append(summary.id)
+            return
+        }
+        throw CKStoreError(.conflict, "remote \(remote.name): a garbage collection kept removing objects checkpoint \(summary.id.short) needs; nothing was committed, push again")
+    }
+
+    /// Keys of `keys` that do not exist on the remote.
+    private func missingObjects(_ keys: [String]) async throws -> [String] {
+        try await withThrowingTaskGroup(of: String?.self) { group in
+            var iterator = keys.makeIterator()
+            var out = [String]()
+            for _ in 0..<max(1, jobs * 2) {
+                guard let key = iterator.next() else { break }
+                group.addTask { try await objects.head(key) == nil ? key : nil }
+            }
+            while let result = try await group.next() {
+                if let result { out.append(result) }
+                if let key = iterator.next() { group.addTask { try await objects.head(key) == nil ? key : nil } }
+            }
+            return out
+        }
+    }
+
+    /// Copies the frames of `digests` into new packs, uploads them (at most `jobs` at once), then uploads
+    /// their index object and records it in the cache; returns the index object's name.
+    private func upload(_ digests: [ChunkDigest], report: inout PushReport) async throws -> String {
+        let locations = try catalogue.with { catalogue in try digests.map { (digest) throws -> ChunkLocation in
+            guard let location = try catalogue.location(of: digest) else {
+                throw CKStoreError(.damaged, "chunk \(digest) is referenced but not stored; run `ckstore verify`")
+            }
+            return location
+        } }
+        // Pack order follows the local packs, so a pull's ranged reads of neighbours coalesce.
+        let ordered = locations.sorted { ($0.pack.hex, $0.offset) < ($1.pack.hex, $1.offset) }
+        let meter = ProgressMeter("push", total: ordered.reduce(0) { $0 + $1.frameBytes }, handler: progress)
+        var packsOut = [RemoteIndex.Pack]()
+        var uploaded: Int64 = 0
+        var objectsOut = 0
+        try await withThrowingTaskGroup(of: (RemoteIndex.Pack, Int64).self) { group in
+            var inFlight = 0
+            func collect() async throws {
+                guard let (pack, bytes) = try await group.next() else { return }
+                packsOut.append(pack)
+                uploaded += bytes
+                objectsOut += 1
+                inFlight -= 1
+            }
+            var image = PackImage(capacity: packSize + (1 << 20))
+            func ship(_ finished: PackImage) async throws {
+                while inFlight >= jobs { try await collect() }
+                let bytes = finished.sealed()
+                let name = SHA256Hasher.digest(bytes).hex
+                let frames = finished.frames
+                inFlight += 1
+                group.addTask {
+                    _ = try await objects.put(RemoteLayout.pack(name), bytes, ifAbsent: false)
+                    meter.add(frames.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) })
+                    return (RemoteIndex.Pack(name: name, size: Int64(bytes.count), frames: frames), Int64(bytes.count))
+                }
+            }
+            for location in ordered {
+                try Task.checkCancellation()
+                let reader = try packs.reader(for: location.pack)
+                let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest)
+                if !image.isEmpty, image.count + PackFormat.frameHeaderSize + header.storedLength > packSize {
+                    try await ship(image)
+                    image = PackImage(capacity: packSize + (1 << 20))
+                }
+                payload.withUnsafeBytes { image.append(header: header, payload: $0) }
+                report.framesUploaded += 1
+                report.frameBytesUploaded += location.frameBytes
+            }
+            if !image.isEmpty { try await ship(image) }
+            while inFlight > 0 { try await collect() }
+        }
+        let index = RemoteIndex(packs: packsOut.sorted { $0.name < $1.name })
+        let body = try RemoteJSON.encode(index)
+        let name = SHA256Hasher.digest(body).hex
+        _ = try await objects.put(RemoteLayout.index(name), body, ifAbsent: false)
+        report.bytesUploaded += uploaded + Int64(body.count)
+        report.objectsUploaded += objectsOut + 1
+        try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: name, index: index) } }
+        return name
+    }
+}
+
+/// What push, pull, ls and verify share about one remote: its marker, the cache of its commit and index
+/// objects, and `gc/pending`.
+struct RemoteSession {
+    let catalogue: LockedCatalogue
+    let remote: Remote
+
+    private var objects: any ObjectStore { remote.objects }
+
+    /// Checks that the remote is a ckstore remote; with `create`, makes an empty location one.
+    func ensureMarker(create: Bool) async throws {
+        if let bytes = try await objects.getIfPresent(RemoteLayout.marker) {
+            let marker = try RemoteJSON.decode(RemoteMarker.self, bytes, what: "\(remote.name): \(RemoteLayout.marker)")
+            guard marker.format == "ckstore-remote", marker.version == 1 else {
+                throw CKStoreError(.unsupportedSchema, "remote \(remote.name) has format \(marker.format) version \(marker.version), which this ckstore does not know")
+            }
+            return
+        }
+        guard create else {
+            throw CKStoreError(.notFound, "remote \(remote.name) (\(remote.url)) holds no ckstore remote (no \(RemoteLayout.marker)); push to it first")
+        }
+        _ = try await objects.put(RemoteLayout.marker, try RemoteJSON.encode(RemoteMarker()), ifAbsent: true)
+    }
+
+    /// What gc has condemned; none when no gc ran.
+    static func pending(_ objects: any ObjectStore) async throws -> RemotePending {
+        guard let bytes = try await objects.getIfPresent(RemoteLayout.pending) else { return RemotePending(grace: 3600, condemned: [:]) }
+        return try RemoteJSON.decode(RemotePending.self, bytes, what: "\(objects.description): \(RemoteLayout.pending)")
+    }
+
+    func syncIfNeverSynced() async throws {
+        if try catalogue.with({ try $0.remoteSyncTime(remote.url) }) == nil { _ = try await sync() }
+    }
+
+    /// Lists the remote's commit objects and reads the ones the cache lacks; forgets cached ones that are
+    /// gone. Returns every commit object.
+    @discardableResult
+    func sync() async throws -> [(key: String, commit: RemoteCommit)] {
+        let now = Date().timeIntervalSince1970
+        let listed = try await objects.list(prefix: RemoteLayout.commitsPrefix).map(\.key)
+        let cached = Dictionary(try catalogue.with { try $0.remoteCommitBodies(remote.url) }.map { ($0.key, $0.body) }, uniquingKeysWith: { a, _ in a })
+        var out = [(key: String, commit: RemoteCommit)]()
+        var fresh = [(String, RemoteCommit, String)]()
+        for key in listed {
+            if let body = cached[key], let commit = try? RemoteJSON.decode(RemoteCommit.self, Array(body.utf8), what: key) {
+                out.append((key, commit))
+                continue
+            }
+            guard let bytes = try await objects.getIfPresent(key) else { continue }
+            let commit = try RemoteJSON.decode(RemoteCommit.self, bytes, what: "\(remote.name): \(key)")
+            guard key == RemoteLayout.commit(run: commit.run, step: commit.step) else {
+                throw CKStoreError(.damaged, "remote \(remote.name): commit object \(key) names run \(commit.run) step \(commit.step), which belong elsewhere")
+            }
+            out.append((key, commit))
+            fresh.append((key, commit, String(decoding: bytes, as: UTF8.self)))
+        }
+        let gone = Set(cached.keys).subtracting(listed)
+        try catalogue.with { catalogue in
+            try catalogue.write {
+                for (key, commit, body) in fresh { try catalogue.setRemoteCommit(remote.url, key: key, id: commit.id, body: body) }
+                for key in gone { try catalogue.forgetRemoteCommit(remote.url, key: key) }
+                try catalogue.setRemoteSyncTime(remote.url, now)
+            }
+        }
+        return out
+    }
+
+    /// Makes sure the cache holds the index objects `names`, reading (and checking) the ones it lacks.
+    func loadIndexes(_ names: [String]) async throws {
+        let known = try catalogue.with { try $0.knownRemoteIndexes(remote.url) }
+        for name in names where !known.contains(name) {
+            let key = RemoteLayout.index(name)
+            guard let bytes = try await objects.getIfPresent(key) else {
+                throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) is missing")
+            }
+            guard SHA256Hasher.digest(bytes).hex == name else {
+                throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) fails its SHA-256 (it was altered or damaged)")
+            }
+            let index = try RemoteJSON.decode(RemoteIndex.self, bytes, what: "\(remote.name): \(key)")
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: name, index: index) } }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+import Foundation
+
+/// Where things live in a remote, below its prefix. A remote is a self-sufficient store: a machine with only
+/// its URL and credentials can list, verify and restore from it.
+///
+/// ```
+/// ckstore-remote.json         what this is: {"format": "ckstore-remote", "version": 1}
+/// packs/ab/<sha256>           packs in the local pack format, named by the SHA-256 of their bytes
+/// index/<sha256>              index objects: where each frame of one push's packs is (JSON)
+/// commits/<run key>/<step>    commit objects, the commit points, each written last by a conditional create
+/// gc/pending                  what remote gc condemned, and when (the first phase of its two)
+/// gc/lease                    the lease of the one gc running
+/// ```
+///
+/// Every object but `gc/*` is immutable and content-named or a commit point; nothing on the push or pull
+/// path lists the bucket except to learn what other machines committed (see ``RemoteCache``).
+enum RemoteLayout {
+    static let marker = "ckstore-remote.json"
+    static let packsPrefix = "packs/"
+    static let indexPrefix = "index/"
+    static let commitsPrefix = "commits/"
+    static let pending = "gc/pending"
+    static let lease = "gc/lease"
+
+    static func pack(_ name: String) -> String { packsPrefix + name.prefix(2) + "/" + name }
+    static func index(_ name: String) -> String { indexPrefix + name }
+    static func commits(run: String) -> String { commitsPrefix + CommitLog.runKey(run) + "/" }
+    static func commit(run: String, step: Int64) -> String { commits(run: run) + String(step) }
+
+    /// The name of a pack or index object from its key.
+    static func name(ofKey key: String) -> String { String(key.split(separator: "/").last ?? "") }
+}
+
+/// `ckstore-remote.json`.
+struct RemoteMarker: Codable, Equatable {
+    var format = "ckstore-remote"
+    var version = 1
+}
+
+/// One frame as an index object lists it: enough to fetch it with a ranged GET and to know its delta base
+/// before fetching anything.
+struct RemoteFrame: Codable, Sendable, Equatable {
+    var digest: ChunkDigest
+    /// Offset of the frame header in the pack.
+    var offset: Int64
+    /// Payload bytes (the frame adds a 96-byte header).
+    var storedLength: Int
+    var rawLength: Int
+    var encoding: UInt8
+    var kind: UInt8
+    var base: ChunkDigest?
+
+    enum CodingKeys: String, CodingKey {
+        case digest = "d", offset = "o", storedLength = "s", rawLength = "r", encoding = "e", kind = "k", base = "b"
+    }
+
+    init(_ header: FrameHeader, offset: Int64) {
+        self.digest = header.digest
+        self.offset = offset
+        self.storedLength = header.storedLength
+        self.rawLength = header.rawLength
+        self.encoding = header.encoding.rawValue
+        self.kind = header.kind.rawValue
+        self.base = header.base
+    }
+
+    init(digest: ChunkDigest, offset: Int64, storedLength: Int, rawLength: Int, encoding: UInt8, kind: UInt8, base: ChunkDigest?) {
+        self.digest = digest
+        self.offset = offset
+        self.storedLength = storedLength
+        self.rawLength = rawLength
+        self.encoding = encoding
+        self.kind = kind
+        self.base = base
+    }
+
+    /// The bytes of the frame in its pack, header included.
+    var range: Range<Int64> { offset..<(offset + Int64(PackFormat.frameHeaderSize + storedLength)) }
+}
+
+/// An index object: the frames of the packs one push uploaded. Its name is the SHA-256 of its bytes.
+struct RemoteIndex: Codable, Sendable {
+    struct Pack: Codable, Sendable {
+        var name: String
+        var size: Int64
+        var frames: [RemoteFrame]
+    }
+
+    var format = 1
+    var packs: [Pack]
+}
+
+/// A commit object, `commits/<run key>/<step>`: a checkpoint is on the remote when this exists. It names
+/// the index objects that locate every frame the checkpoint needs (its manifest, chunks and their delta
+/// bases), and carries what `ls` and remote retention need without reading the manifest.
+public struct RemoteCommit: Codable, Sendable, Equatable {
+    public var format = 1
+    public var id: CheckpointID
+    public var run: String
+    public var step: Int64
+    public var epoch: Double?
+    public var createdAt: Double
+    /// The manifest's digest without its time: two commits of one run and step hold the same checkpoint
+    /// when these agree.
+    public var content: ChunkDigest
+    public var metrics: [String: Double]
+    public var tags: [String]
+    public var logicalBytes: Int64
+    public var parent: CheckpointID?
+    /// Index objects that together locate every frame of the closure.
+    var indexes: [String]
+    /// Files and tensors a part rule dropped before the push (path → part; path → tensor names).
+    var droppedFiles: [String: String]
+    var droppedTensors: [String: [String]]
+
+    enum CodingKeys: String, CodingKey {
+        case format, id, run, step, epoch, content, metrics, tags, parent, indexes
+        case createdAt = "created_at"
+        case logicalBytes = "logical_bytes"
+        case droppedFiles = "dropped_files"
+        case droppedTensors = "dropped_tensors"
+    }
+}
+
+enum RemoteJSON {
+    static func encode(_ value: some Encodable) throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array(try encoder.encode(value))
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], what: String) throws -> T {
+        do {
+            return try JSONDecoder().decode(type, from: Data(bytes))
+        } catch {
+            throw CKStoreError(.damaged, "\(what) is not a valid ckstore object: \(error)")
+        }
+    }
+}
+
+/// Builds a pack in memory, in the local pack format, from frames copied as stored: what a push uploads.
+struct PackImage {
+    private(set) var bytes: [UInt8]
+    private(set) var frames: [RemoteFrame] = []
+    private var headers: [PackWriter.WrittenFrame] = []
+
+    init(capacity: Int) {
+        bytes = PackFormat.fileHeader()
+        // The reserved word of the header gets random bits: two pushes of the same frames make different
+        // packs, so a pack remote gc condemned is never re-uploaded under its old name.
+        let salt = UInt32.random(in: 0...UInt32.max)
+        bytes.replaceSubrange(12..<16, with: withUnsafeBytes(of: salt.littleEndian, Array.init))
+        bytes.reserveCapacity(capacity)
+    }
+
+    var count: Int { bytes.count }
+    var isEmpty: Bool { frames.isEmpty }
+
+    /// Appends a frame as stored (its header and payload, already checked by the caller).
+    mutating func append(header: FrameHeader, payload: UnsafeRawBufferPointer) {
+        let offset = Int64(bytes.count)
+        bytes += header.serialized()
+        bytes.append(contentsOf: payload)
+        frames.append(RemoteFrame(header, offset: offset))
+        headers.append(PackWriter.WrittenFrame(offset: offset, header: header))
+    }
+
+    /// The finished pack: frames, trailer and footer.
+    func sealed() -> [UInt8] {
+        bytes + PackFormat.trailerAndFooter(headers, trailerOffset: Int64(bytes.count))
+    }
+}
