@@ -82,7 +82,7 @@ let package = Package(
         ),
         .target(
             name: "CKStoreTestSupport",
-            dependencies: ["CKStore"],
+            dependencies: ["CKStore", "CKStoreS3"],
             swiftSettings: strictSettings
         ),
         .executableTarget(

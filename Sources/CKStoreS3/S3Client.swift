@@ -1,7 +1,7 @@
 import AsyncHTTPClient
 public import CKStore
 public import Foundation
-public import NIOCore
+import NIOCore
 import NIOHTTP1
 
 /// A remote in an S3 bucket (AWS, or any server that speaks S3: SeaweedFS, MinIO, Ceph, R2), over
@@ -22,8 +22,8 @@ public struct S3ObjectStore: ObjectStore {
     /// Objects this large or larger are uploaded as a multipart upload.
     public var multipartThreshold = 32 << 20
     public var partSize = 16 << 20
-    /// The deadline of one request.
-    public var timeout: TimeAmount = .seconds(300)
+    /// The deadline of one request, in seconds.
+    public var timeoutSeconds: Int64 = 300
 
     struct Endpoint: Sendable {
         var scheme: String
@@ -135,6 +135,24 @@ public struct S3ObjectStore: ObjectStore {
         return out.sorted { $0.key < $1.key }
     }
 
+    // MARK: Buckets
+
+    /// Creates the bucket (tests and benchmarks make theirs; ckstore itself never creates one).
+    public func createBucket() async throws {
+        let response = try await send("PUT", key: nil)
+        guard response.status == 200 || response.errorCode == "BucketAlreadyOwnedByYou" else { throw failure("PUT (create bucket)", bucket, response) }
+    }
+
+    /// Whether the bucket exists (HEAD of the bucket).
+    public func bucketExists() async throws -> Bool {
+        let response = try await send("HEAD", key: nil, retrying: false)
+        switch response.status {
+        case 200: return true
+        case 404: return false
+        default: throw failure("HEAD (bucket)", bucket, response)
+        }
+    }
+
     // MARK: Multipart
 
     private func putMultipart(_ key: String, _ body: [UInt8]) async throws -> Bool {
@@ -207,7 +225,7 @@ public struct S3ObjectStore: ObjectStore {
                 request.headers.replaceOrAdd(name: "Content-Length", value: String(body.count))
             }
             do {
-                let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(timeoutSeconds))
                 var collected = try await response.body.collect(upTo: Int.max)
                 let bytes = collected.readBytes(length: collected.readableBytes) ?? []
                 let status = Int(response.status.code)
@@ -237,7 +255,7 @@ public struct S3ObjectStore: ObjectStore {
         switch (response.status, response.errorCode) {
         case (403, _), (_, "InvalidAccessKeyId"?), (_, "SignatureDoesNotMatch"?):
             message += " (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, or the profile in ~/.aws/credentials)"
-        case (_, "NoSuchBucket"?), (404, nil) where what == "LIST":
+        case (_, "NoSuchBucket"?):
             message = "\(description): bucket \(bucket) does not exist (HTTP \(response.status)\(response.errorCode.map { " " + $0 } ?? ""))"
         default: break
         }

@@ -92,6 +92,7 @@ struct Put: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "The longest delta chain this put may extend (0-32, 0: no deltas); default: the store's.") var maxDeltaDepth: Int?
     @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
     @Flag(help: "Print a JSON object instead of the id.") var json = false
+    @Option(help: "Push the checkpoint to this remote once it is committed (default: the store's push-on-commit remote, if any).") var push: String?
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
@@ -132,10 +133,19 @@ struct Put: AsyncParsableCommand {
         let result = try await checkpointStore.put(directory: directory, options: options)
         renderer?.finish()
         for warning in result.warnings { Terminal.warning(warning) }
+        // Committed locally first; then uploaded, when a remote is named or set to receive every commit.
+        var pushed: PushReport?
+        let pushOnCommit = try checkpointStore.remotes().pushOnCommit
+        if let name = push ?? pushOnCommit {
+            var option = RemoteOption()
+            option.remote = name
+            pushed = try await checkpointStore.push([result.id], to: try option.connect(checkpointStore, fallback: false))
+        }
         if json {
-            try JSONOutput.print(result)
+            try JSONOutput.print(PutOutput(result: result, push: pushed))
             return
         }
+        if let pushed { Terminal.standardError("pushed to \(pushed.remote): \(ByteCount(pushed.bytesUploaded)) in \(pushed.objectsUploaded) objects") }
         print(result.id.hex)
         let summary = result.alreadyStored
             ? "\(run)@\(result.step): already stored, nothing written"
@@ -158,10 +168,20 @@ struct Get: AsyncParsableCommand {
     @Flag(help: "Restore into a non-empty folder, replacing files with the same names.") var force = false
     @Flag(help: "Restore setuid, setgid and sticky bits as stored (by default only permission bits are).") var keepSpecialBits = false
     @Flag(help: "Print a JSON object describing what was written.") var json = false
+    @OptionGroup var remote: RemoteOption
+    @Option(help: "With --remote: downloads at once (1-64).") var jobs = 4
     @OptionGroup var progress: ProgressOptions
 
     func run() async throws {
-        let (checkpointStore, id) = try await store.resolve(reference)
+        let checkpointStore: CheckpointStore, id: CheckpointID
+        if remote.remote != nil {
+            // From a remote, through this store as its cache (created when it does not exist yet).
+            checkpointStore = try store.open(create: true)
+            let source = try remote.connect(checkpointStore)
+            id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: jobs).id
+        } else {
+            (checkpointStore, id) = try await store.resolve(reference)
+        }
         var options = RestoreOptions(files: files, tensors: tensors, force: force)
         options.keepSpecialModeBits = keepSpecialBits
         let renderer = progress.renderer()
@@ -182,9 +202,16 @@ struct List: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Option(help: "Only this run.") var run: String?
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var remote: RemoteOption
 
     func run() async throws {
-        let checkpoints = try store.open().list(run: run)
+        let checkpoints: [CheckpointSummary]
+        if remote.remote != nil {
+            let checkpointStore = try store.open(create: true)
+            checkpoints = try await checkpointStore.remoteCheckpoints(try remote.connect(checkpointStore), run: run).map(\.summary)
+        } else {
+            checkpoints = try store.open().list(run: run)
+        }
         if json {
             try JSONOutput.print(checkpoints)
             return

@@ -18,6 +18,7 @@ struct Verify: AsyncParsableCommand {
     @Flag(help: "Read, decode and re-hash every frame.") var full = false
     @Option(parsing: .unconditional, help: "Fully check a random PERCENT of the packs (at least one).") var sample: Double?
     @Flag(help: "Print JSON.") var json = false
+    @Option(name: .customLong("remote"), help: "Check this remote's objects instead (a name or an s3:// or file:// URL): quick checks that every object a checkpoint needs exists, --full reads and hashes them.") var remote: String?
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
@@ -26,6 +27,24 @@ struct Verify: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if let remote {
+            let checkpointStore = try store.open(create: true)
+            var option = RemoteOption()
+            option.remote = remote
+            let depth: VerifyDepth = full ? .full : sample.map { .sample(percent: $0) } ?? .quick
+            let report = try await checkpointStore.verify(remote: try option.connect(checkpointStore), depth: depth)
+            if json {
+                try JSONOutput.print(report)
+            } else {
+                print("\(report.mode) check of remote \(report.remote): \(report.checkpoints) checkpoints, \(report.packs) packs, \(report.objectsHashed) objects (\(ByteCount(report.bytesHashed))) hashed in \(String(format: "%.2f", report.seconds)) s: \(report.ok ? "ok" : "DAMAGE FOUND")")
+                for problem in report.problems {
+                    print("  \(problem.object): \(problem.problem)")
+                    if !problem.checkpoints.isEmpty { print("    breaks \(problem.checkpoints.map(\.short).joined(separator: ", "))") }
+                }
+            }
+            if !report.ok { throw ExitCode(1) }
+            return
+        }
         let checkpointStore = try store.open()
         var ids = [CheckpointID]()
         for reference in references {

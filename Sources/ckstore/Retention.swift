@@ -270,6 +270,7 @@ struct GC: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
     @Option(parsing: .unconditional, help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
     @Flag(help: "Print JSON.") var json = false
+    @Option(name: .customLong("remote"), help: "Collect garbage on this remote instead: this store's policies and pins applied to its runs, then objects no commit needs deleted in two phases, --grace apart.") var remote: String?
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
@@ -283,6 +284,20 @@ struct GC: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if let remote {
+            let checkpointStore = try store.open()
+            var option = RemoteOption()
+            option.remote = remote
+            let report = try await checkpointStore.collectGarbage(on: try option.connect(checkpointStore), grace: try RetentionPolicy.parseDuration(grace), dryRun: dryRun)
+            if json {
+                try JSONOutput.print(report)
+            } else {
+                let verb = report.dryRun ? "would delete" : "deleted"
+                print("remote \(report.remote): kept \(report.kept) checkpoints, \(verb) \(report.deleted.count)\(report.deleted.isEmpty ? "" : " (" + report.deleted.map(\.short).joined(separator: ", ") + ")")")
+                print("\(report.dryRun ? "would free" : "freed") \(ByteCount(report.bytesFreed)) in \(report.deletedObjects) objects condemned at least \(RetentionPolicy.formatDuration(report.graceSeconds)) ago; \(report.dryRun ? "would condemn" : "condemned") \(report.condemnedObjects) more (\(ByteCount(report.condemnedBytes))), deleted by a gc after the grace period if still unused")
+            }
+            return
+        }
         var options = GCOptions(run: run, dryRun: dryRun)
         options.repackThreshold = repackThreshold
         options.orphanGrace = try RetentionPolicy.parseDuration(grace)

@@ -90,3 +90,20 @@ extension Catalogue {
         return out
     }
 }
+
+extension Catalogue {
+    /// The frames the cache knows through one index object (or one pending pack), grouped by pack.
+    func remoteFrames(_ remote: String, index: String) throws -> [String: [RemoteFrame]] {
+        var out = [String: [RemoteFrame]]()
+        let rows = try statement("""
+            SELECT digest, pack, offset, stored_length, raw_length, encoding, kind, base FROM remote_frames
+            WHERE remote = ? AND index_name = ? ORDER BY pack, offset
+            """).rows([.text(remote), .text(index)]) { (row) throws in
+                (row.text(1), RemoteFrame(digest: try row.digest(0), offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
+                                          encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
+                                          base: row.isNull(7) ? nil : try row.digest(7)))
+            }
+        for (pack, frame) in rows { out[pack, default: []].append(frame) }
+        return out
+    }
+}

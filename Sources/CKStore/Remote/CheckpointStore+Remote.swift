@@ -102,3 +102,48 @@ extension CheckpointStore {
         throw CKStoreError(.damaged, "remote \(remote.name) has no checkpoint of \(reference) that arrives whole: " + failures.joined(separator: "; "))
     }
 }
+
+/// What `remote add` found when it checked a remote.
+public struct RemoteCheck: Codable, Sendable, Equatable {
+    public var remote: String
+    public var url: String
+    /// The remote was empty and is now a ckstore remote.
+    public var createdMarker: Bool
+    /// Checkpoints it holds.
+    public var checkpoints: Int
+    /// A second conditional create of the same key was refused, as it must be.
+    public var conditionalWrites: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case remote, url, checkpoints
+        case createdMarker = "created_marker"
+        case conditionalWrites = "conditional_writes"
+    }
+}
+
+extension CheckpointStore {
+    /// Checks that a remote can be read and written, and that it refuses a second conditional create of
+    /// one key (without that, two machines committing the same run and step could both win); makes an
+    /// empty location a ckstore remote.
+    ///
+    /// - Throws: `remote` naming the request and HTTP status that failed; `unsupportedSchema` for a
+    ///   location that holds something else.
+    public func checkRemote(_ remote: Remote) async throws(CKStoreError) -> RemoteCheck {
+        try await CKStoreError.wrapping("checking remote \(remote.name)") {
+            let objects = remote.objects
+            let existed = try await objects.getIfPresent(RemoteLayout.marker) != nil
+            try await RemoteSession(catalogue: catalogue, remote: remote).ensureMarker(create: true)
+            let probe = "gc/probe-" + PackID.random().hex
+            guard try await objects.put(probe, Array("1".utf8), ifAbsent: true) else {
+                throw CKStoreError(.remote, "remote \(remote.name): a conditional create of a new key \(probe) was refused")
+            }
+            let second = try await objects.put(probe, Array("2".utf8), ifAbsent: true)
+            try await objects.delete(probe)
+            guard !second else {
+                throw CKStoreError(.remote, "remote \(remote.name) (\(remote.url)) does not honour conditional writes (If-None-Match: *): two machines pushing the same run and step could both win; use a server that supports them")
+            }
+            let commits = try await objects.list(prefix: RemoteLayout.commitsPrefix)
+            return RemoteCheck(remote: remote.name, url: remote.url, createdMarker: !existed, checkpoints: commits.count, conditionalWrites: true)
+        }
+    }
+}

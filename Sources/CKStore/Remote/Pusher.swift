@@ -95,23 +95,34 @@ struct Pusher {
         for _ in 1...4 {
             // Frames the remote lacks, as far as the cache knows, uploaded as stored.
             let missing = try catalogue.with { catalogue in try closure.filter { try catalogue.remoteFrame(remote.url, $0) == nil } }
-            if !missing.isEmpty {
-                let name = try await upload(missing.sorted(), report: &report)
+            if !missing.isEmpty { try await upload(missing.sorted(), report: &report) }
+            func needed() throws -> Set<String> {
+                try catalogue.with { catalogue in
+                    Set(try closure.map { (digest) throws -> String in
+                        guard let row = try catalogue.remoteFrame(remote.url, digest) else {
+                            throw CKStoreError(.internalInvariant, "chunk \(digest) was uploaded but is not in the remote cache")
+                        }
+                        return row.index
+                    })
+                }
+            }
+            // Packs uploaded (by this push or an interrupted one) that no index object lists yet get one.
+            let unindexed = try needed().filter(Self.isPending)
+            if !unindexed.isEmpty {
+                guard let name = try await writeIndex(forPending: unindexed, report: &report) else { continue }
                 created.insert(name)
             }
-            let needed = try catalogue.with { catalogue in
-                Set(try closure.map { (digest) throws -> String in
-                    guard let row = try catalogue.remoteFrame(remote.url, digest) else {
-                        throw CKStoreError(.internalInvariant, "chunk \(digest) was uploaded but is not in the remote cache")
-                    }
-                    return row.index
-                })
-            }
+            let needed = try needed()
             // Rule 5: never commit what a remote gc is deleting. Objects condemned or gone are forgotten,
             // and their frames uploaded again on the next round.
             let checked = ContinuousClock.now
             let pending = try await RemoteSession.pending(objects)
-            var unusable = Set(needed.filter { pending.condemned[RemoteLayout.index($0)] != nil })
+            var unusable = try catalogue.with { catalogue in
+                Set(try needed.filter { (name) throws -> Bool in
+                    if pending.condemned[RemoteLayout.index(name)] != nil { return true }
+                    return try catalogue.remotePacks(remote.url, indexes: [name]).contains { pending.condemned[RemoteLayout.pack($0)] != nil }
+                })
+            }
             let others = needed.subtracting(created).subtracting(unusable)
             unusable.formUnion(try await missingObjects(others.map(RemoteLayout.index)).map(RemoteLayout.name(ofKey:)))
             if !unusable.isEmpty {
@@ -125,7 +136,8 @@ struct Pusher {
             let commit = RemoteCommit(
                 id: summary.id, run: summary.run, step: summary.step, epoch: summary.epoch, createdAt: summary.createdAt,
                 content: content, metrics: summary.metrics, tags: summary.tags, logicalBytes: summary.logicalBytes,
-                parent: summary.parent, indexes: needed.sorted(), droppedFiles: dropped.files,
+                storedBytesAdded: summary.storedBytesAdded, chunkCount: summary.chunkCount, fileCount: summary.fileCount,
+                tensorCount: summary.tensorCount, parent: summary.parent, indexes: needed.sorted(), droppedFiles: dropped.files,
                 droppedTensors: dropped.tensors.mapValues { $0.sorted() })
             let body = try RemoteJSON.encode(commit)
             if try await objects.put(key, body, ifAbsent: true) {
@@ -165,9 +177,49 @@ struct Pusher {
         }
     }
 
-    /// Copies the frames of `digests` into new packs, uploads them (at most `jobs` at once), then uploads
-    /// their index object and records it in the cache; returns the index object's name.
-    private func upload(_ digests: [ChunkDigest], report: inout PushReport) async throws -> String {
+    /// The cache's name for the frames of a pack that is uploaded but that no index object lists yet.
+    static func pendingName(_ pack: String) -> String { "pending:" + pack }
+    static func isPending(_ index: String) -> Bool { index.hasPrefix("pending:") }
+
+    /// Writes the index object of uploaded packs (`pending:` entries of the cache) and records it in the
+    /// cache in their place; nil when one of the packs is gone (a remote gc removed it as an orphan: its
+    /// frames are then forgotten, to be uploaded again).
+    private func writeIndex(forPending pending: Set<String>, report: inout PushReport) async throws -> String? {
+        var packsOut = [RemoteIndex.Pack]()
+        var gone = [String]()
+        for entry in pending.sorted() {
+            let frames = try catalogue.with { try $0.remoteFrames(remote.url, index: entry) }
+            for (pack, list) in frames {
+                guard let info = try await objects.head(RemoteLayout.pack(pack)) else {
+                    gone.append(entry)
+                    continue
+                }
+                packsOut.append(RemoteIndex.Pack(name: pack, size: info.size, frames: list))
+            }
+        }
+        if !gone.isEmpty {
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.forgetRemoteIndexes(remote.url, gone) } }
+            return nil
+        }
+        let index = RemoteIndex(packs: packsOut.sorted { $0.name < $1.name })
+        let body = try RemoteJSON.encode(index)
+        let name = SHA256Hasher.digest(body).hex
+        _ = try await objects.put(RemoteLayout.index(name), body, ifAbsent: false)
+        report.bytesUploaded += Int64(body.count)
+        report.objectsUploaded += 1
+        try catalogue.with { catalogue in
+            try catalogue.write {
+                try catalogue.forgetRemoteIndexes(remote.url, pending)
+                try catalogue.insertRemoteIndex(remote.url, name: name, index: index)
+            }
+        }
+        return name
+    }
+
+    /// Copies the frames of `digests` into new packs and uploads them (at most `jobs` at once); each pack
+    /// is recorded in the cache as pending once it is uploaded, so that a push interrupted later does not
+    /// upload it again.
+    private func upload(_ digests: [ChunkDigest], report: inout PushReport) async throws {
         let locations = try catalogue.with { catalogue in try digests.map { (digest) throws -> ChunkLocation in
             guard let location = try catalogue.location(of: digest) else {
                 throw CKStoreError(.damaged, "chunk \(digest) is referenced but not stored; run `ckstore verify`")
@@ -196,10 +248,15 @@ struct Pusher {
                 let name = SHA256Hasher.digest(bytes).hex
                 let frames = finished.frames
                 inFlight += 1
+                let catalogue = self.catalogue, url = remote.url
                 group.addTask {
                     _ = try await objects.put(RemoteLayout.pack(name), bytes, ifAbsent: false)
+                    let pack = RemoteIndex.Pack(name: name, size: Int64(bytes.count), frames: frames)
+                    try catalogue.with { catalogue in
+                        try catalogue.write { try catalogue.insertRemoteIndex(url, name: Self.pendingName(name), index: RemoteIndex(packs: [pack])) }
+                    }
                     meter.add(frames.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) })
-                    return (RemoteIndex.Pack(name: name, size: Int64(bytes.count), frames: frames), Int64(bytes.count))
+                    return (pack, Int64(bytes.count))
                 }
             }
             for location in ordered {
@@ -217,14 +274,8 @@ struct Pusher {
             if !image.isEmpty { try await ship(image) }
             while inFlight > 0 { try await collect() }
         }
-        let index = RemoteIndex(packs: packsOut.sorted { $0.name < $1.name })
-        let body = try RemoteJSON.encode(index)
-        let name = SHA256Hasher.digest(body).hex
-        _ = try await objects.put(RemoteLayout.index(name), body, ifAbsent: false)
-        report.bytesUploaded += uploaded + Int64(body.count)
-        report.objectsUploaded += objectsOut + 1
-        try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: name, index: index) } }
-        return name
+        report.bytesUploaded += uploaded
+        report.objectsUploaded += objectsOut
     }
 }
 

@@ -106,6 +106,11 @@ public struct RemoteCommit: Codable, Sendable, Equatable {
     public var metrics: [String: Double]
     public var tags: [String]
     public var logicalBytes: Int64
+    /// What the checkpoint's put added to the store it was put into, and its counts, as `ls` shows them.
+    public var storedBytesAdded: Int64
+    public var chunkCount: Int
+    public var fileCount: Int
+    public var tensorCount: Int
     public var parent: CheckpointID?
     /// Index objects that together locate every frame of the closure.
     var indexes: [String]
@@ -117,6 +122,10 @@ public struct RemoteCommit: Codable, Sendable, Equatable {
         case format, id, run, step, epoch, content, metrics, tags, parent, indexes
         case createdAt = "created_at"
         case logicalBytes = "logical_bytes"
+        case storedBytesAdded = "stored_bytes_added"
+        case chunkCount = "chunk_count"
+        case fileCount = "file_count"
+        case tensorCount = "tensor_count"
         case droppedFiles = "dropped_files"
         case droppedTensors = "dropped_tensors"
     }
@@ -168,5 +177,17 @@ struct PackImage {
     /// The finished pack: frames, trailer and footer.
     func sealed() -> [UInt8] {
         bytes + PackFormat.trailerAndFooter(headers, trailerOffset: Int64(bytes.count))
+    }
+}
+
+extension RemoteCommit {
+    /// The checkpoint as `ls` lists it.
+    public var summary: CheckpointSummary {
+        var summary = CheckpointSummary(
+            id: id, run: run, step: step, epoch: epoch, createdAt: createdAt, logicalBytes: logicalBytes,
+            storedBytesAdded: storedBytesAdded, chunkCount: chunkCount, fileCount: fileCount, tensorCount: tensorCount,
+            parent: parent, metrics: metrics, tags: tags)
+        summary.droppedParts = Array(Set(droppedFiles.values).union(droppedTensors.isEmpty ? [] : [CheckpointPart.optimizer.rawValue])).sorted()
+        return summary
     }
 }

@@ -197,7 +197,7 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
         return rules.isEmpty ? "keep everything" : rules.joined(separator: ", ")
     }
 
-    static func formatDuration(_ seconds: Double) -> String {
+    public static func formatDuration(_ seconds: Double) -> String {
         for (unit, size) in [("w", 604_800.0), ("d", 86400), ("h", 3600), ("m", 60)] where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
             return "\(Int(seconds / size))\(unit)"
         }

@@ -1,0 +1,181 @@
+import Foundation
+
+/// What `gc --remote` did (or, with `--dry-run`, would do).
+public struct RemoteGCReport: Codable, Sendable, Equatable {
+    public var remote: String
+    public var dryRun: Bool
+    /// Checkpoints whose commit objects retention deleted.
+    public var deleted: [CheckpointID] = []
+    public var kept: Int = 0
+    /// Objects condemned by this run (deleted by a gc at least the grace period later, if still unused).
+    public var condemnedObjects: Int = 0
+    public var condemnedBytes: Int64 = 0
+    /// Objects condemned earlier and deleted now, and their bytes.
+    public var deletedObjects: Int = 0
+    public var bytesFreed: Int64 = 0
+    /// Condemned objects a commit made since needs again.
+    public var rescuedObjects: Int = 0
+    public var graceSeconds: Double
+    public var seconds: Double = 0
+
+    enum CodingKeys: String, CodingKey {
+        case remote, deleted, kept, seconds
+        case dryRun = "dry_run"
+        case condemnedObjects = "condemned_objects"
+        case condemnedBytes = "condemned_bytes"
+        case deletedObjects = "deleted_objects"
+        case bytesFreed = "bytes_freed"
+        case rescuedObjects = "rescued_objects"
+        case graceSeconds = "grace_seconds"
+    }
+}
+
+/// Remote garbage collection, in two phases with a grace period and no lock that pushes wait for.
+///
+/// Each run: applies the store's retention policies (and pins) to the remote's runs by deleting commit
+/// objects; deletes the objects an earlier run condemned at least `grace` ago that no commit object names
+/// now (index objects before their packs); then condemns, in `gc/pending`, the index objects and packs that
+/// no commit names and that are older than `grace`. A push checks `gc/pending` and the objects it relies
+/// on just before it commits and commits within half the grace period, so an object a new commit needs is
+/// either seen as condemned by that push (which uploads its frames again) or named by a commit that the
+/// deleting gc sees (rule 5). Only one gc runs at a time per remote (`gc/lease`, a conditional create that
+/// expires); pushes never wait for it.
+struct RemoteCollector {
+    let catalogue: LockedCatalogue
+    let remote: Remote
+    var grace: Double = 3600
+    var dryRun = false
+    /// A lease older than this is taken to be left by a gc that died.
+    var leaseTimeout: Double = 3600
+
+    private var objects: any ObjectStore { remote.objects }
+
+    struct Lease: Codable {
+        var holder: String
+        var acquiredAt: Double
+
+        enum CodingKeys: String, CodingKey {
+            case holder
+            case acquiredAt = "acquired_at"
+        }
+    }
+
+    func collect() async throws -> RemoteGCReport {
+        let started = ContinuousClock.now
+        let session = RemoteSession(catalogue: catalogue, remote: remote)
+        try await session.ensureMarker(create: false)
+        if !dryRun { try await acquireLease() }
+        do {
+            var report = try await run(session)
+            if !dryRun { try await objects.delete(RemoteLayout.lease) }
+            report.seconds = (ContinuousClock.now - started) / .seconds(1)
+            return report
+        } catch {
+            if !dryRun { try? await objects.delete(RemoteLayout.lease) }
+            throw error
+        }
+    }
+
+    private func acquireLease() async throws {
+        let me = Lease(holder: "\(ProcessInfo.processInfo.hostName):\(getpid())", acquiredAt: Date().timeIntervalSince1970)
+        for _ in 0..<2 {
+            if try await objects.put(RemoteLayout.lease, try RemoteJSON.encode(me), ifAbsent: true) { return }
+            guard let bytes = try await objects.getIfPresent(RemoteLayout.lease) else { continue }
+            let other = try RemoteJSON.decode(Lease.self, bytes, what: "\(remote.name): \(RemoteLayout.lease)")
+            guard Date().timeIntervalSince1970 - other.acquiredAt > leaseTimeout else {
+                throw CKStoreError(.locked, "another gc is running on remote \(remote.name) (\(other.holder), since \(Date(timeIntervalSince1970: other.acquiredAt))); try again later")
+            }
+            try await objects.delete(RemoteLayout.lease)
+        }
+        throw CKStoreError(.locked, "could not take the gc lease of remote \(remote.name)")
+    }
+
+    private func run(_ session: RemoteSession) async throws -> RemoteGCReport {
+        var report = RemoteGCReport(remote: remote.name, dryRun: dryRun, graceSeconds: grace)
+        let now = Date().timeIntervalSince1970
+
+        // Retention: the store's policy for each run, its pins, newest always kept.
+        var commits = try await session.sync()
+        var doomed = Set<String>()
+        for (run, entries) in Dictionary(grouping: commits, by: \.commit.run) {
+            let (policy, pins) = try catalogue.with { catalogue in
+                (try catalogue.effectivePolicy(run: run).0, try Set(entries.map(\.commit.id).filter { try catalogue.isPinned($0) }))
+            }
+            let candidates = entries.map { entry in
+                RetentionPlanner.Candidate(id: entry.commit.id, step: entry.commit.step, createdAt: entry.commit.createdAt,
+                                           metrics: entry.commit.metrics, tags: entry.commit.tags, pinned: pins.contains(entry.commit.id))
+            }
+            let plan = RetentionPlanner.plan(policy, candidates)
+            for entry in entries where plan.deleted.contains(entry.commit.id) { doomed.insert(entry.key) }
+        }
+        report.deleted = commits.filter { doomed.contains($0.key) }.map(\.commit.id).sorted()
+        commits.removeAll { doomed.contains($0.key) }
+        report.kept = commits.count
+        if !dryRun {
+            for key in doomed.sorted() { try await objects.delete(key) }
+            try catalogue.with { catalogue in try catalogue.write { for key in doomed { try catalogue.forgetRemoteCommit(remote.url, key: key) } } }
+        }
+
+        // What the remaining commits need. Re-listed after the deletions, so commits made meanwhile count.
+        if !dryRun { commits = try await session.sync() }
+        let referencedIndexes = Set(commits.flatMap(\.commit.indexes))
+        try await session.loadIndexes(referencedIndexes.sorted())
+        let referencedPacks = try catalogue.with { try $0.remotePacks(remote.url, indexes: referencedIndexes.sorted()) }
+        func referenced(_ key: String) -> Bool {
+            let name = RemoteLayout.name(ofKey: key)
+            return key.hasPrefix(RemoteLayout.indexPrefix) ? referencedIndexes.contains(name) : referencedPacks.contains(name)
+        }
+        let listed = try await objects.list(prefix: RemoteLayout.indexPrefix) + objects.list(prefix: RemoteLayout.packsPrefix)
+        let sizes = Dictionary(listed.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        var pending = try await RemoteSession.pending(objects)
+        pending.grace = grace
+
+        // Phase two: condemned at least a grace period ago and still needed by no commit: deleted.
+        var delete = [String]()
+        for (key, condemnedAt) in pending.condemned {
+            if sizes[key] == nil || referenced(key) {
+                if sizes[key] != nil { report.rescuedObjects += 1 }
+                pending.condemned[key] = nil
+            } else if now - condemnedAt >= grace {
+                delete.append(key)
+            }
+        }
+        // Index objects first: an index that exists always has its packs.
+        delete.sort { ($0.hasPrefix(RemoteLayout.indexPrefix) ? 0 : 1, $0) < ($1.hasPrefix(RemoteLayout.indexPrefix) ? 0 : 1, $1) }
+        report.deletedObjects = delete.count
+        report.bytesFreed = delete.reduce(0) { $0 + (sizes[$1]?.size ?? 0) }
+
+        // Phase one: unreferenced and older than the grace period (a push in progress is younger).
+        var condemn = [String]()
+        for object in listed where !referenced(object.key) && pending.condemned[object.key] == nil && now - object.lastModified >= grace {
+            condemn.append(object.key)
+        }
+        report.condemnedObjects = condemn.count
+        report.condemnedBytes = condemn.reduce(0) { $0 + (sizes[$1]?.size ?? 0) }
+        guard !dryRun else { return report }
+
+        for key in delete {
+            try await objects.delete(key)
+            pending.condemned[key] = nil
+        }
+        let deletedIndexes = delete.filter { $0.hasPrefix(RemoteLayout.indexPrefix) }.map(RemoteLayout.name(ofKey:))
+        try catalogue.with { catalogue in try catalogue.write { try catalogue.forgetRemoteIndexes(remote.url, deletedIndexes) } }
+        for key in condemn { pending.condemned[key] = now }
+        _ = try await objects.put(RemoteLayout.pending, try RemoteJSON.encode(pending), ifAbsent: false)
+        return report
+    }
+}
+
+extension CheckpointStore {
+    /// Garbage collection of a remote: this store's retention policies and pins applied to the remote's
+    /// runs, then the two phases that delete what no commit needs (see ``RemoteCollector``).
+    public func collectGarbage(on remote: Remote, grace: Double = 3600, dryRun: Bool = false) async throws(CKStoreError) -> RemoteGCReport {
+        try await CKStoreError.wrapping("gc of remote \(remote.name)") {
+            guard grace >= 0, grace.isFinite else { throw CKStoreError(.invalidArgument, "the grace period must be 0 or more seconds") }
+            var collector = RemoteCollector(catalogue: catalogue, remote: remote)
+            collector.grace = grace
+            collector.dryRun = dryRun
+            return try await collector.collect()
+        }
+    }
+}

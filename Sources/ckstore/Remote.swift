@@ -1,0 +1,253 @@
+import ArgumentParser
+import CKStore
+import CKStoreS3
+import Foundation
+
+/// `--remote NAME|URL`: a remote the store knows by name, or a URL (`s3://…`, `file:///…`) used as is,
+/// which a fresh machine with an empty store needs.
+struct RemoteOption: ParsableArguments {
+    @Option(name: .customLong("remote"), help: "A remote's name (see `ckstore remote ls`), or an s3:// or file:// URL.")
+    var remote: String?
+
+    @Option(help: "With a URL for --remote: the S3 endpoint (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS).")
+    var endpoint: String?
+
+    @Option(help: "With a URL for --remote: the S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1).")
+    var region: String?
+
+    @Flag(help: "With a URL for --remote: address the bucket in the path, as S3-compatible servers want.")
+    var pathStyle = false
+
+    /// The remote, connected; `fallback` picks one when --remote is not given.
+    func connect(_ store: CheckpointStore, fallback: Bool = true) throws -> Remote {
+        let registry = try store.remotes()
+        let definition: RemoteDefinition
+        if let remote {
+            if remote.contains("://") {
+                definition = RemoteDefinition(name: remote, url: remote, endpoint: endpoint, region: region, pathStyle: pathStyle)
+            } else {
+                guard let named = registry.definition(named: remote) else {
+                    throw CKStoreError(.notFound, "no remote named \(remote)\(registry.remotes.isEmpty ? "" : " (this store has: \(registry.remotes.map(\.name).joined(separator: ", ")))"); add it with `ckstore remote add \(remote) URL`")
+                }
+                definition = named
+            }
+        } else if fallback, let only = registry.remotes.count == 1 ? registry.remotes.first : registry.pushOnCommit.flatMap(registry.definition(named:)) {
+            definition = only
+        } else {
+            throw CKStoreError(.invalidArgument, registry.remotes.isEmpty
+                ? "this store has no remote; add one with `ckstore remote add NAME URL`, or give --remote URL"
+                : "give --remote NAME (this store has: \(registry.remotes.map(\.name).joined(separator: ", ")))")
+        }
+        return try Self.connect(definition)
+    }
+
+    static func connect(_ definition: RemoteDefinition) throws -> Remote {
+        switch try definition.location() {
+        case .file: return try Remote.folder(definition)
+        case .s3: return Remote(name: definition.name, url: definition.url, objects: try S3ObjectStore(definition))
+        }
+    }
+}
+
+struct RemoteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remote",
+        abstract: "Manage the remotes checkpoints are pushed to (S3 buckets and shared folders).",
+        discussion: """
+            A remote is a self-sufficient store in a bucket (s3://BUCKET/PREFIX) or a folder
+            (file:///PATH): a fresh machine with only its URL and credentials can list, verify and restore.
+            Credentials are never stored: they come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+            AWS_SESSION_TOKEN, or ~/.aws/credentials with AWS_PROFILE; the region from AWS_REGION or
+            AWS_DEFAULT_REGION, the endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL unless given.
+            """,
+        subcommands: [RemoteAdd.self, RemoteList.self, RemoteRemove.self]
+    )
+}
+
+struct RemoteAdd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add",
+        abstract: "Add a remote, after checking that it can be written and that conditional writes work."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The remote's name.") var name: String
+    @Argument(help: "s3://BUCKET/PREFIX or file:///PATH.") var url: String
+    @Option(help: "The S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS).") var endpoint: String?
+    @Option(help: "The S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1).") var region: String?
+    @Flag(help: "Address the bucket in the path (http://host/bucket/key), as most S3-compatible servers want.") var pathStyle = false
+    @Flag(help: "Push every checkpoint committed to this store to this remote (put, and library saves).") var pushOnCommit = false
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let checkpointStore = try store.open(create: true)
+        let definition = RemoteDefinition(name: name, url: url, endpoint: endpoint, region: region, pathStyle: pathStyle)
+        if try checkpointStore.remotes().definition(named: name) != nil {
+            throw CKStoreError(.alreadyExists, "this store already has a remote named \(name); remove it first with `ckstore remote rm \(name)`")
+        }
+        let remote = try RemoteOption.connect(definition)
+        let check = try await checkpointStore.checkRemote(remote)
+        try checkpointStore.updateRemotes { registry in
+            registry.remotes.append(definition)
+            if pushOnCommit { registry.pushOnCommit = name }
+        }
+        if json {
+            try JSONOutput.print(check)
+        } else {
+            Terminal.standardError("remote \(name) (\(url)): \(check.createdMarker ? "new, empty" : "\(check.checkpoints) checkpoints"); writes and conditional writes work")
+        }
+    }
+}
+
+struct RemoteList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the remotes this store knows.")
+
+    @OptionGroup var store: StoreOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Row: Encodable {
+        var name: String
+        var url: String
+        var endpoint: String?
+        var region: String?
+        var pathStyle: Bool
+        var pushOnCommit: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case name, url, endpoint, region
+            case pathStyle = "path_style"
+            case pushOnCommit = "push_on_commit"
+        }
+    }
+
+    func run() async throws {
+        let registry = try store.open().remotes()
+        let rows = registry.remotes.map {
+            Row(name: $0.name, url: $0.url, endpoint: $0.endpoint, region: $0.region, pathStyle: $0.pathStyle, pushOnCommit: registry.pushOnCommit == $0.name)
+        }
+        if json {
+            try JSONOutput.print(rows)
+            return
+        }
+        if rows.isEmpty {
+            Terminal.standardError("no remotes; add one with `ckstore remote add NAME URL`")
+            return
+        }
+        print(Format.table(["NAME", "URL", "ENDPOINT", "NOTES"], rows.map {
+            [$0.name, $0.url, $0.endpoint ?? "", ($0.pushOnCommit ? ["push on commit"] : []).joined()]
+        }))
+    }
+}
+
+struct RemoteRemove: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Forget a remote (its objects stay where they are).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The remote's name.") var name: String
+
+    func run() async throws {
+        try store.open().updateRemotes { registry in
+            guard registry.definition(named: name) != nil else { throw CKStoreError(.notFound, "no remote named \(name)") }
+            registry.remotes.removeAll { $0.name == name }
+            if registry.pushOnCommit == name { registry.pushOnCommit = nil }
+        }
+    }
+}
+
+struct Push: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Upload checkpoints to a remote: exactly what it lacks, frames as stored.",
+        discussion: """
+            REF is an id prefix, RUN@STEP, RUN@latest or RUN@latest-valid; --run pushes every checkpoint of
+            a run, --all every checkpoint; with none of them, the newest checkpoint of every run. A
+            checkpoint becomes visible on the remote only when everything it needs is uploaded (its commit
+            object is written last, by a conditional create). An interrupted push, run again, uploads only
+            what is still missing.
+            """
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Checkpoints to push.") var references: [String] = []
+    @Option(help: "Push every checkpoint of this run.") var run: String?
+    @Flag(help: "Push every checkpoint.") var all = false
+    @OptionGroup var remote: RemoteOption
+    @Option(help: "Uploads at once (1-64).") var jobs = 4
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var progress: ProgressOptions
+
+    func validate() throws {
+        guard (1...64).contains(jobs) else { throw ValidationError("--jobs takes 1 to 64, not \(jobs)") }
+    }
+
+    func run() async throws {
+        let checkpointStore = try store.open()
+        let target = try remote.connect(checkpointStore)
+        var ids = [CheckpointID]()
+        for reference in references { ids.append(try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))) }
+        if let run { ids += try checkpointStore.list(run: run).map(\.id) }
+        if all { ids += try checkpointStore.list().map(\.id) }
+        if references.isEmpty && run == nil && !all {
+            ids = Dictionary(grouping: try checkpointStore.list(), by: \.run).values.compactMap { $0.max { $0.step < $1.step }?.id }
+        }
+        var seen = Set<CheckpointID>()
+        ids = ids.filter { seen.insert($0).inserted }
+        let renderer = progress.renderer()
+        let report = try await checkpointStore.push(ids, to: target, jobs: jobs, progress: renderer?.handler)
+        renderer?.finish()
+        if json {
+            try JSONOutput.print(report)
+        } else {
+            Terminal.standardError("pushed \(report.pushed.count) checkpoints to \(target.name) (\(report.alreadyPresent.count) there already): \(ByteCount(report.bytesUploaded)) in \(report.objectsUploaded) objects, \(String(format: "%.2f", report.seconds)) s")
+        }
+    }
+}
+
+struct Pull: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Bring a checkpoint from a remote into this store, checking every byte.",
+        discussion: "REF is an id prefix, RUN@STEP, RUN@latest or RUN@latest-valid (the newest that arrives whole)."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The checkpoint.") var reference: String
+    @OptionGroup var remote: RemoteOption
+    @Option(help: "Downloads at once (1-64).") var jobs = 4
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var progress: ProgressOptions
+
+    func validate() throws {
+        guard (1...64).contains(jobs) else { throw ValidationError("--jobs takes 1 to 64, not \(jobs)") }
+    }
+
+    func run() async throws {
+        let checkpointStore = try store.open(create: true)
+        let source = try remote.connect(checkpointStore)
+        let renderer = progress.renderer()
+        let report = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: jobs, progress: renderer?.handler)
+        renderer?.finish()
+        if json {
+            try JSONOutput.print(report)
+        } else {
+            print(report.id.hex)
+            Terminal.standardError(report.pulled
+                ? "pulled \(report.run)@\(report.step) from \(source.name): \(ByteCount(report.bytesDownloaded)) in \(report.requests) requests, \(String(format: "%.2f", report.seconds)) s"
+                : "\(report.run)@\(report.step) is in this store already")
+        }
+    }
+}
+
+/// `put --json`: the put's fields, and `push` when the checkpoint was pushed.
+struct PutOutput: Encodable {
+    var result: PutResult
+    var push: PushReport?
+
+    enum CodingKeys: String, CodingKey { case push }
+
+    func encode(to encoder: any Encoder) throws {
+        try result.encode(to: encoder)
+        if let push {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(push, forKey: .push)
+        }
+    }
+}
