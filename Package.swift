@@ -75,6 +75,7 @@ let package = Package(
             name: "TrainLoop",
             dependencies: [
                 "CKStore",
+                "CKStoreS3",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Examples/TrainLoop",

@@ -1,5 +1,7 @@
 import ArgumentParser
 import CKStore
+import CKStoreS3
+import Dispatch
 import Foundation
 
 #if canImport(Glibc)
@@ -27,6 +29,9 @@ struct TrainLoop: AsyncParsableCommand {
     @Option(help: "Seed of the data and the initial weights.") var seed: UInt64 = 1
     @Option(help: "Hidden units.") var hidden = 256
     @Option(help: "Kill this process with SIGKILL right after step N (and after starting its checkpoint).") var crashAfterStep: Int?
+    @Option(help: "With --remote: kill this process with SIGKILL once the checkpoint of step N is uploaded (later saves may be in flight).") var crashAfterUpload: Int?
+    @Option(help: "Push every checkpoint to this remote (s3://BUCKET/PREFIX or file:///PATH) once committed, and resume from it when the local store has no checkpoint of the run.") var remote: String?
+    @Option(help: "The S3 endpoint of --remote (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS).") var endpoint: String?
 
     func validate() throws {
         guard steps > 0, checkpointEvery > 0, hidden > 0 else { throw ValidationError("--steps, --checkpoint-every and --hidden must be positive") }
@@ -34,6 +39,21 @@ struct TrainLoop: AsyncParsableCommand {
 
     func run() async throws {
         let checkpoints = try CheckpointStore.open(at: store, create: true)
+        let target = try remote.map { url -> Remote in
+            let definition = RemoteDefinition(name: url, url: url, endpoint: endpoint, pathStyle: endpoint != nil)
+            if case .file = try definition.location() { return try Remote.folder(definition) }
+            return Remote(name: url, url: url, objects: try S3ObjectStore(definition))
+        }
+        // A fresh machine: its store is empty, so the newest valid checkpoint comes from the remote.
+        if let target, try checkpoints.list(run: run).isEmpty {
+            // (A remote that cannot be read shows up at the first push, with its error.)
+            if ((try? await checkpoints.remoteCheckpoints(target, run: run)) ?? []).isEmpty {
+                print("the remote has no checkpoint yet")
+            } else {
+                let pulled = try await checkpoints.pull(.latestValid(run: run), from: target)
+                print("pulled step \(pulled.step) from \(target.name)")
+            }
+        }
         let data = Dataset(seed: seed, count: 1024)
         var state: TrainingState
         if let id = try? await checkpoints.latestValid(run: run) {
@@ -44,12 +64,29 @@ struct TrainLoop: AsyncParsableCommand {
             print("starting from scratch")
         }
 
-        let saver = BackgroundSaver(store: checkpoints, maxInFlight: 1)
+        let saver = BackgroundSaver(store: checkpoints, maxInFlight: 1, push: target)
+        // The two-minute preemption notice: on SIGTERM, checkpoint the current step, wait until it is
+        // committed and uploaded (with the uploads before it), and exit.
+        let terminated = TerminationFlag()
+        signal(SIGTERM, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGTERM)
+        source.setEventHandler { terminated.set() }
+        source.resume()
         while state.step < steps {
             let loss = state.trainStep(on: data)
-            if state.step % checkpointEvery == 0 {
-                _ = await saver.save(try state.contents(run: run, loss: loss))
+            if state.step % checkpointEvery == 0 || terminated.isSet {
+                let handle = await saver.save(try state.contents(run: run, loss: loss))
                 print("step \(state.step): loss \(loss), checkpoint started")
+                if let crashAfterUpload, state.step == crashAfterUpload {
+                    _ = try await handle.uploaded()
+                    FileHandle.standardError.write(Data("crashing after the upload of step \(state.step)\n".utf8))
+                    kill(getpid(), SIGKILL)
+                }
+            }
+            if terminated.isSet {
+                try await saver.finish()
+                print("terminated: step \(state.step) committed\(target == nil ? "" : " and uploaded")")
+                return
             }
             if let crashAfterStep, state.step == crashAfterStep {
                 FileHandle.standardError.write(Data("crashing after step \(state.step)\n".utf8))
@@ -204,4 +241,14 @@ struct TrainingState {
         for tensor in parameters { tensor.withUnsafeBytes { bytes += $0 } }
         return ChunkDigest(hashing: bytes).hex
     }
+}
+
+/// Set from the SIGTERM handler, read by the training loop.
+final class TerminationFlag: @unchecked Sendable {
+    // Written once from the signal source's queue; read by the loop between steps.
+    private let lock = NSLock()
+    private var value = false
+
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }

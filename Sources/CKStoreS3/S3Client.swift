@@ -31,7 +31,10 @@ public struct S3ObjectStore: ObjectStore {
         var port: Int?
     }
 
-    public var description: String { "\(remoteName) (s3://\(bucket)\(prefix.isEmpty ? "" : "/" + prefix))" }
+    public var description: String {
+        let url = "s3://\(bucket)\(prefix.isEmpty ? "" : "/" + prefix)"
+        return remoteName == url ? "remote \(url)" : "remote \(remoteName) (\(url))"
+    }
 
     /// Connects a remote definition, taking credentials, region and endpoint from the environment the way
     /// the AWS tools do.

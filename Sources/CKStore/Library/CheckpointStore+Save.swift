@@ -57,12 +57,21 @@ public actor BackgroundSaver {
         /// Its step.
         public let step: Int64
         let task: Task<PutResult, any Error>
+        let upload: Task<PushReport, any Error>?
 
-        /// Waits for the commit.
+        /// Waits for the commit to the local store.
         ///
         /// - Throws: what the save threw (``CKStoreError``).
         public func committed() async throws -> PutResult {
             try await task.value
+        }
+
+        /// Waits for the upload to the saver's remote, which starts once the checkpoint is committed
+        /// locally; nil when the saver has no remote.
+        ///
+        /// - Throws: what the save or the push threw.
+        public func uploaded() async throws -> PushReport? {
+            try await upload?.value
         }
     }
 
@@ -77,11 +86,22 @@ public actor BackgroundSaver {
     /// Snapshot buffers of committed saves, by size, for ``snapshot(name:dtype:shape:copying:)``.
     private var spare = [Int: [[UInt8]]]()
 
-    /// A saver for `store` running at most `maxInFlight` saves at once, at zstd `level` (nil: the store's).
-    public init(store: CheckpointStore, maxInFlight: Int = 1, level: CompressionLevel? = nil) {
+    /// The remote every committed checkpoint is pushed to, if any.
+    public nonisolated let remote: Remote?
+    /// The newest upload, which the next one waits for: pushes run one at a time, in order.
+    private var lastUpload: Task<PushReport, any Error>?
+
+    /// A saver for `store` running at most `maxInFlight` saves at once, at zstd `level` (nil: the store's),
+    /// pushing each checkpoint to `push` once it is committed locally.
+    ///
+    /// Uploads run one after another, behind the commits: a save's slot is free again once it is
+    /// committed locally, so training never waits for the network. ``Handle/committed()`` and
+    /// ``Handle/uploaded()`` report the two separately.
+    public init(store: CheckpointStore, maxInFlight: Int = 1, level: CompressionLevel? = nil, push: Remote? = nil) {
         self.store = store
         self.maxInFlight = max(1, maxInFlight)
         self.level = level
+        self.remote = push
     }
 
     /// Starts saving `contents`, first waiting while ``maxInFlight`` saves are running.
@@ -108,7 +128,18 @@ public actor BackgroundSaver {
                 throw error
             }
         }
-        let handle = Handle(run: contents.run, step: contents.step, task: task)
+        var upload: Task<PushReport, any Error>?
+        if let remote {
+            let previous = lastUpload
+            upload = Task {
+                let committed = try await task.value
+                // In order, one at a time; an earlier failed upload does not stop this one.
+                _ = try? await previous?.value
+                return try await store.push([committed.id], to: remote)
+            }
+            lastUpload = upload
+        }
+        let handle = Handle(run: contents.run, step: contents.step, task: task, upload: upload)
         handles.append(handle)
         return handle
     }
@@ -153,9 +184,10 @@ public actor BackgroundSaver {
     /// Saves not yet committed or failed.
     public var inFlight: Int { running }
 
-    /// Waits for every save started so far; returns their results in the order they were started.
+    /// Waits for every save started so far, and for its upload when the saver pushes; returns their
+    /// results in the order they were started.
     ///
-    /// - Throws: the first error a save threw (the others still ran to completion).
+    /// - Throws: the first error a save or an upload threw (the others still ran to completion).
     @discardableResult
     public func finish() async throws -> [PutResult] {
         let pending = handles
@@ -165,6 +197,7 @@ public actor BackgroundSaver {
         for handle in pending {
             do {
                 results.append(try await handle.committed())
+                _ = try await handle.uploaded()
             } catch {
                 if firstError == nil { firstError = error }
             }
