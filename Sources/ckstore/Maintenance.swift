@@ -18,7 +18,7 @@ struct Verify: AsyncParsableCommand {
     @Flag(help: "Read, decode and re-hash every frame.") var full = false
     @Option(parsing: .unconditional, help: "Fully check a random PERCENT of the packs (at least one).") var sample: Double?
     @Flag(help: "Print JSON.") var json = false
-    @Option(name: .customLong("remote"), help: "Check this remote's objects instead (a name or an s3:// or file:// URL): quick checks that every object a checkpoint needs exists, --full reads and hashes them.") var remote: String?
+    @OptionGroup(title: "Remote (check its objects instead: quick checks that every object a checkpoint needs exists, --full reads and hashes them)") var remote: RemoteOption
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
@@ -27,12 +27,10 @@ struct Verify: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if let remote {
+        if remote.remote != nil {
             let checkpointStore = try store.open(create: true)
-            var option = RemoteOption()
-            option.remote = remote
             let depth: VerifyDepth = full ? .full : sample.map { .sample(percent: $0) } ?? .quick
-            let report = try await checkpointStore.verify(remote: try option.connect(checkpointStore), depth: depth)
+            let report = try await checkpointStore.verify(remote: try remote.connect(checkpointStore), depth: depth)
             if json {
                 try JSONOutput.print(report)
             } else {

@@ -270,7 +270,7 @@ struct GC: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
     @Option(parsing: .unconditional, help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
     @Flag(help: "Print JSON.") var json = false
-    @Option(name: .customLong("remote"), help: "Collect garbage on this remote instead: this store's policies and pins applied to its runs, then objects no commit needs deleted in two phases, --grace apart.") var remote: String?
+    @OptionGroup(title: "Remote (collect its garbage instead: this store's policies and pins applied to its runs, then objects no commit needs deleted in two phases, --grace apart)") var remote: RemoteOption
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
@@ -284,11 +284,9 @@ struct GC: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if let remote {
-            let checkpointStore = try store.open()
-            var option = RemoteOption()
-            option.remote = remote
-            let report = try await checkpointStore.collectGarbage(on: try option.connect(checkpointStore), grace: try RetentionPolicy.parseDuration(grace), dryRun: dryRun)
+        if remote.remote != nil {
+            let checkpointStore = try store.open(create: true)
+            let report = try await checkpointStore.collectGarbage(on: try remote.connect(checkpointStore), grace: try RetentionPolicy.parseDuration(grace), dryRun: dryRun)
             if json {
                 try JSONOutput.print(report)
             } else {

@@ -171,7 +171,8 @@ extension CheckpointStore {
     /// runs, then the two phases that delete what no commit needs (see ``RemoteCollector``).
     public func collectGarbage(on remote: Remote, grace: Double = 3600, dryRun: Bool = false) async throws(CKStoreError) -> RemoteGCReport {
         try await CKStoreError.wrapping("gc of remote \(remote.name)") {
-            guard grace >= 0, grace.isFinite else { throw CKStoreError(.invalidArgument, "the grace period must be 0 or more seconds") }
+            // Pushes commit within half the grace period of their check; below a second that cannot be kept.
+            guard grace >= 1, grace.isFinite else { throw CKStoreError(.invalidArgument, "a remote gc's grace period must be at least 1 second (it bounds how long a push may take from its last check to its commit)") }
             var collector = RemoteCollector(catalogue: catalogue, remote: remote)
             collector.grace = grace
             collector.dryRun = dryRun
