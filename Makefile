@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test-deps test demo build release schema bench compare real-series bench-deps fuzz clean man install uninstall torture
+.PHONY: deps venv test-deps test demo build release schema bench compare remote-bench real-series bench-deps fuzz clean man install uninstall torture
 
 deps:
 	@missing=""; \
@@ -85,11 +85,17 @@ bench-deps: deps
 	@command -v zstd >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq zstd; }
 	@command -v restic >/dev/null || $(SUDO) apt-get install -y -qq restic
 	@command -v borg >/dev/null || $(SUDO) apt-get install -y -qq borgbackup
+	@command -v rclone >/dev/null || $(SUDO) apt-get install -y -qq rclone
 
 # SwiftPM caches the root package's file list in Benchmarks/.build's plan; drop the plan so new files count.
 bench: bench-deps release
 	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
+
+# ckstore push and restore from S3 beside restic's S3 backend and rclone, on one SeaweedFS (issue 15).
+remote-bench: bench-deps venv release
+	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
+	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-remote-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
 
 # ckstore beside restic, borg and zstd on simulated training series (issue 6); about 15 minutes, 8 GiB of scratch.
 compare: bench-deps release

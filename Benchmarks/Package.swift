@@ -41,6 +41,16 @@ let package = Package(
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // ckstore push and remote restore beside restic's S3 backend and rclone, on SeaweedFS (issue 15).
+        .executableTarget(
+            name: "ckstore-remote-bench",
+            dependencies: [
+                "BenchSupport",
+                .product(name: "CKStoreTestSupport", package: "ckstore"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         .executableTarget(
             name: "ckstore-train-bench",
             dependencies: [

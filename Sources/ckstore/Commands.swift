@@ -235,12 +235,22 @@ struct Show: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The checkpoint (id prefix, RUN@STEP or RUN@latest).") var reference: String
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var remote: RemoteOption
 
     func run() async throws {
-        let (checkpointStore, id) = try await store.resolve(reference)
-        let manifest = try checkpointStore.manifest(of: id)
-        let summary = try checkpointStore.summary(of: id)
-        let report = ShowReport(id: id, manifest: manifest, summary: summary, dropped: try checkpointStore.droppedFiles(of: id))
+        let report: ShowReport
+        if remote.remote != nil {
+            let checkpointStore = try store.open(create: true)
+            let source = try remote.connect(checkpointStore)
+            let commit = try await checkpointStore.resolve(try CheckpointReference(parsing: reference), on: source)
+            let manifest = try await checkpointStore.manifest(of: commit, on: source)
+            report = ShowReport(id: commit.id, manifest: manifest, summary: commit.summary, dropped: commit.droppedFiles)
+        } else {
+            let (checkpointStore, id) = try await store.resolve(reference)
+            let manifest = try checkpointStore.manifest(of: id)
+            let summary = try checkpointStore.summary(of: id)
+            report = ShowReport(id: id, manifest: manifest, summary: summary, dropped: try checkpointStore.droppedFiles(of: id))
+        }
         if json {
             try JSONOutput.print(report)
         } else {

@@ -60,7 +60,7 @@ struct RemoteCommand: AsyncParsableCommand {
             AWS_SESSION_TOKEN, or ~/.aws/credentials with AWS_PROFILE; the region from AWS_REGION or
             AWS_DEFAULT_REGION, the endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL unless given.
             """,
-        subcommands: [RemoteAdd.self, RemoteList.self, RemoteRemove.self]
+        subcommands: [RemoteAdd.self, RemoteList.self, RemoteRemove.self, RemoteSet.self]
     )
 }
 
@@ -150,6 +150,32 @@ struct RemoteRemove: AsyncParsableCommand {
             guard registry.definition(named: name) != nil else { throw CKStoreError(.notFound, "no remote named \(name)") }
             registry.remotes.removeAll { $0.name == name }
             if registry.pushOnCommit == name { registry.pushOnCommit = nil }
+        }
+    }
+}
+
+struct RemoteSet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set",
+        abstract: "Change a remote: its endpoint, region, addressing, or whether every commit is pushed to it."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The remote's name.") var name: String
+    @Option(help: "The S3 endpoint (an empty string: from the environment).") var endpoint: String?
+    @Option(help: "The S3 region (an empty string: from the environment).") var region: String?
+    @Flag(inversion: .prefixedNo, help: "Address the bucket in the path.") var pathStyle: Bool?
+    @Flag(inversion: .prefixedNo, help: "Push every checkpoint committed to this store to this remote (one remote at most).") var pushOnCommit: Bool?
+
+    func run() async throws {
+        try store.open().updateRemotes { registry in
+            guard let index = registry.remotes.firstIndex(where: { $0.name == name }) else { throw CKStoreError(.notFound, "no remote named \(name)") }
+            if let endpoint { registry.remotes[index].endpoint = endpoint.isEmpty ? nil : endpoint }
+            if let region { registry.remotes[index].region = region.isEmpty ? nil : region }
+            if let pathStyle { registry.remotes[index].pathStyle = pathStyle }
+            if let pushOnCommit {
+                if pushOnCommit { registry.pushOnCommit = name } else if registry.pushOnCommit == name { registry.pushOnCommit = nil }
+            }
         }
     }
 }

@@ -335,3 +335,43 @@ struct RemoteTests {
         }
     }
 }
+
+/// The remote commands on a folder remote: no server needed.
+@Suite struct RemoteFolderCLITests {
+    @Test func putPushesToTheRemoteSetToReceiveEveryCommitAndShowReadsIt() async throws {
+        try await withTemporaryDirectory { root in
+            let store = ["--store", root + "/store"]
+            let url = "file://" + root + "/remote"
+            #expect(try CLI.run(["remote", "add", "shared", url] + store).status == 0)
+            // Named explicitly.
+            try RandomCheckpoint.write(to: root + "/c1", megabytes: 1, step: 1)
+            let first = try CLI.run(["put", root + "/c1", "--run", "r", "--push", "shared", "--json"] + store)
+            #expect(first.status == 0, "\(first.stderr)")
+            let object = try #require(try CLI.json(first.stdout) as? [String: Any])
+            #expect(object["stored_bytes_added"] as? Int != nil, "put's own fields stay")
+            #expect((object["push"] as? [String: Any])?["pushed"] as? [String] == [object["id"] as? String ?? ""])
+            // Every commit, once set.
+            #expect(try CLI.run(["remote", "set", "shared", "--push-on-commit"] + store).status == 0)
+            let listing = try CLI.run(["remote", "ls", "--json"] + store)
+            #expect((try CLI.json(listing.stdout) as? [[String: Any]])?.first?["push_on_commit"] as? Bool == true)
+            try RandomCheckpoint.write(to: root + "/c2", megabytes: 1, step: 2)
+            #expect(try CLI.run(["put", root + "/c2", "--run", "r"] + store).status == 0)
+            let remote = try CLI.run(["ls", "--remote", url, "--json", "--store", root + "/viewer"])
+            #expect((try CLI.json(remote.stdout) as? [[String: Any]])?.compactMap { $0["step"] as? Int } == [1, 2])
+            // show --remote reads the manifest from the remote alone.
+            let show = try CLI.run(["show", "r@2", "--remote", url, "--json", "--store", root + "/viewer"])
+            #expect(show.status == 0, "\(show.stderr)")
+            let files = try #require((try CLI.json(show.stdout) as? [String: Any])?["files"] as? [[String: Any]])
+            #expect(Set(files.compactMap { $0["path"] as? String }) == ["model.safetensors", "optimizer.pt", "trainer_state.json"])
+            #expect(try CheckpointStore.open(at: root + "/viewer").list().isEmpty, "show pulled the checkpoint")
+            // Unset, then removed.
+            #expect(try CLI.run(["remote", "set", "shared", "--no-push-on-commit"] + store).status == 0)
+            #expect(try CheckpointStore.open(at: root + "/store").remotes().pushOnCommit == nil)
+            #expect(try CLI.run(["remote", "rm", "shared"] + store).status == 0)
+            let unknown = try CLI.run(["push", "--remote", "shared", "--json"] + store)
+            #expect(unknown.status == 1 && unknown.stderr.contains("no remote named shared"))
+            let bad = try CLI.run(["remote", "add", "x", "ftp://host/path"] + store)
+            #expect(bad.status == 1 && bad.stderr.contains("neither s3://"), "\(bad.stderr)")
+        }
+    }
+}

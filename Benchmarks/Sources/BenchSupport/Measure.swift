@@ -62,6 +62,23 @@ public enum Command {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// Runs `arguments`, returns its wall time and standard output; fails when it fails.
+    public static func measureCapturing(_ arguments: [String]) throws -> (measurement: Measurement, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        let started = Date()
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let seconds = Date().timeIntervalSince(started)
+        guard process.terminationStatus == 0 else { throw BenchError("\(arguments.joined(separator: " ")) failed (status \(process.terminationStatus))") }
+        return (Measurement(seconds: seconds, peakKiB: 0), String(decoding: data, as: UTF8.self))
+    }
+
     public static func exists(_ program: String) -> Bool {
         (try? output(["sh", "-c", "command -v \(program)"]))?.isEmpty == false
     }

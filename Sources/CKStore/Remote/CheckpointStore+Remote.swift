@@ -75,6 +75,14 @@ extension CheckpointStore {
         return true
     }
 
+    /// The manifest of a remote checkpoint, read from the remote (one ranged GET) and checked against its id.
+    public func manifest(of commit: RemoteCommit, on remote: Remote) async throws(CKStoreError) -> Manifest {
+        try await CKStoreError.wrapping("reading the manifest of \(commit.run)@\(commit.step) from remote \(remote.name)") {
+            var report = PullReport(remote: remote.name, id: commit.id, run: commit.run, step: commit.step, pulled: false)
+            return try await Puller(catalogue: catalogue, layout: layout, remote: remote).manifest(of: commit, report: &report).0
+        }
+    }
+
     /// Brings a remote checkpoint and every frame it needs into this store, checking each against its
     /// SHA-256; for `RUN@latest-valid`, the newest that arrives whole.
     public func pull(_ reference: CheckpointReference, from remote: Remote, jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> PullReport {

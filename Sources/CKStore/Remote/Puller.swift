@@ -54,22 +54,8 @@ struct Puller {
             report.id = local.id
             return report
         }
-        let session = RemoteSession(catalogue: catalogue, remote: remote)
-        try await session.loadIndexes(commit.indexes)
-
         // The manifest first: its SHA-256 is the checkpoint id.
-        guard let manifestRow = try catalogue.with({ try $0.remoteFrame(remote.url, commit.id.digest) }) else {
-            throw CKStoreError(.damaged, "remote \(remote.name): no index object of checkpoint \(commit.id.short) lists its manifest")
-        }
-        let manifestFrame = try await fetch([manifestRow], report: &report)[0]
-        let manifestBytes = try FrameCodec(level: .default).decode(ChunkBytes(manifestFrame.chunk.payload), encoding: manifestFrame.chunk.encoding, rawLength: manifestFrame.chunk.rawLength).array
-        guard SHA256Hasher.digest(manifestBytes) == commit.id.digest else {
-            throw CKStoreError(.damaged, "remote \(remote.name): the manifest of checkpoint \(commit.id.short) in pack \(manifestRow.pack) fails its SHA-256")
-        }
-        let manifest = try Manifest.decode(manifestBytes, id: commit.id)
-        guard manifest.run == commit.run, manifest.step == commit.step, try manifest.contentDigest() == commit.content else {
-            throw CKStoreError(.damaged, "remote \(remote.name): commit object of \(commit.run)@\(commit.step) names checkpoint \(commit.id.short), whose manifest says otherwise")
-        }
+        let (manifest, manifestFrame) = try await manifest(of: commit, report: &report)
         let droppedTensors = commit.droppedTensors.mapValues { Set($0) }
         let uses = manifest.chunkUses(id: commit.id, droppedPaths: Set(commit.droppedFiles.keys), droppedTensors: droppedTensors)
 
@@ -138,6 +124,25 @@ struct Puller {
         report.framesAdded = locations.count
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
         return report
+    }
+
+    /// The manifest of a remote checkpoint, read from the remote and checked against its id and its
+    /// commit object, with the frame it came in.
+    func manifest(of commit: RemoteCommit, report: inout PullReport) async throws -> (Manifest, FetchedFrame) {
+        try await RemoteSession(catalogue: catalogue, remote: remote).loadIndexes(commit.indexes)
+        guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, commit.id.digest) }) else {
+            throw CKStoreError(.damaged, "remote \(remote.name): no index object of checkpoint \(commit.id.short) lists its manifest")
+        }
+        let frame = try await fetch([row], report: &report)[0]
+        let bytes = try FrameCodec(level: .default).decode(ChunkBytes(frame.chunk.payload), encoding: frame.chunk.encoding, rawLength: frame.chunk.rawLength).array
+        guard SHA256Hasher.digest(bytes) == commit.id.digest else {
+            throw CKStoreError(.damaged, "remote \(remote.name): the manifest of checkpoint \(commit.id.short) in pack \(row.pack) fails its SHA-256")
+        }
+        let manifest = try Manifest.decode(bytes, id: commit.id)
+        guard manifest.run == commit.run, manifest.step == commit.step, try manifest.contentDigest() == commit.content else {
+            throw CKStoreError(.damaged, "remote \(remote.name): commit object of \(commit.run)@\(commit.step) names checkpoint \(commit.id.short), whose manifest says otherwise")
+        }
+        return (manifest, frame)
     }
 
     /// A frame fetched from the remote, checked against its checksum and the digest the index gave.

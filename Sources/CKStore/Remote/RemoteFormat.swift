@@ -115,7 +115,7 @@ public struct RemoteCommit: Codable, Sendable, Equatable {
     /// Index objects that together locate every frame of the closure.
     var indexes: [String]
     /// Files and tensors a part rule dropped before the push (path → part; path → tensor names).
-    var droppedFiles: [String: String]
+    public internal(set) var droppedFiles: [String: String]
     var droppedTensors: [String: [String]]
 
     enum CodingKeys: String, CodingKey {
