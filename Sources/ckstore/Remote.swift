@@ -20,6 +20,12 @@ struct RemoteOption: ParsableArguments {
 
     /// The remote, connected; `fallback` picks one when --remote is not given.
     func connect(_ store: CheckpointStore, fallback: Bool = true) throws -> Remote {
+        try Self.connect(store, remote: remote, endpoint: endpoint, region: region, pathStyle: pathStyle, fallback: fallback)
+    }
+
+    /// The remote `remote` (a name or a URL) connected, without an option group (for `put --push NAME`).
+    static func connect(_ store: CheckpointStore, remote: String?, endpoint: String? = nil, region: String? = nil,
+                        pathStyle: Bool = false, fallback: Bool = false) throws -> Remote {
         let registry = try store.remotes()
         let definition: RemoteDefinition
         if let remote {

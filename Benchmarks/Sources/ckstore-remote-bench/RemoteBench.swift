@@ -49,6 +49,8 @@ struct RemoteBench: AsyncParsableCommand {
         defer { server.stop() }
         for bucket in ["ckstore", "restic", "rclone"] { try await server.createBucket(bucket) }
         for (key, value) in server.environment { setenv(key, value, 1) }
+        // The endpoint is plain HTTP; rclone refuses to start when AWS_CA_BUNDLE is set (as it is here).
+        unsetenv("AWS_CA_BUNDLE")
         setenv("RESTIC_PASSWORD", "ckstore-benchmark", 1)
         let port = server.endpoint.split(separator: ":").last.map(String.init) ?? ""
         let rclone = ["RCLONE_CONFIG_SW_TYPE": "s3", "RCLONE_CONFIG_SW_PROVIDER": "SeaweedFS", "RCLONE_CONFIG_SW_ENDPOINT": server.endpoint,

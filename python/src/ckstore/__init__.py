@@ -1,0 +1,23 @@
+"""ckstore for Python: a content-addressed checkpoint store for machine-learning training.
+
+``ckstore.Store`` drives the ``ckstore`` binary through its ``--json`` output; ``ckstore.hf``
+(Hugging Face Trainer), ``ckstore.lightning`` (PyTorch Lightning) and ``ckstore.torch`` (plain loops)
+build on it. Nothing here imports torch, transformers or lightning until those modules are used.
+"""
+
+from .errors import (
+    BinaryNotFound,
+    CheckpointNotFound,
+    CKStoreError,
+    Conflict,
+    DamagedCheckpoint,
+    RemoteError,
+    UsageError,
+)
+from .store import Checkpoint, PullResult, PushResult, PutResult, RestoreResult, Store
+
+__all__ = [
+    "Store", "Checkpoint", "PutResult", "RestoreResult", "PushResult", "PullResult",
+    "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
+]
+__version__ = "0.6.0"

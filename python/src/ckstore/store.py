@@ -1,0 +1,289 @@
+"""``ckstore.Store``: a ckstore store, driven through the ``ckstore`` binary's ``--json`` output."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from ._cli import Runner
+from .errors import CheckpointNotFound, DamagedCheckpoint
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What ``put`` stored."""
+    id: str
+    run: str
+    step: int
+    logical_bytes: int
+    stored_bytes_added: int
+    chunks_total: int
+    chunks_new: int
+    seconds: float
+    already_stored: bool
+    warnings: List[str] = field(default_factory=list)
+    #: The push report when the checkpoint was pushed (``push=`` or a push-on-commit remote).
+    push: Optional["PushResult"] = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as ``ls`` lists it."""
+    id: str
+    run: str
+    step: int
+    created_at: float
+    logical_bytes: int
+    stored_bytes_added: int
+    chunk_count: int
+    file_count: int
+    tensor_count: int
+    epoch: Optional[float] = None
+    parent: Optional[str] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+    tags: List[str] = field(default_factory=list)
+    pinned: bool = False
+    dropped_parts: List[str] = field(default_factory=list)
+
+    @property
+    def short(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``get`` wrote."""
+    id: str
+    files: List[str]
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What ``push`` uploaded."""
+    remote: str
+    pushed: List[str]
+    already_present: List[str]
+    bytes_uploaded: int
+    objects_uploaded: int
+    frames_uploaded: int
+    frame_bytes_uploaded: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What ``pull`` brought."""
+    remote: str
+    id: str
+    run: str
+    step: int
+    pulled: bool
+    bytes_downloaded: int
+    requests: int
+    frames_added: int
+    seconds: float
+
+
+def _build(cls, payload: Mapping[str, Any]):
+    """A dataclass from a JSON object, ignoring fields a newer binary adds."""
+    names = cls.__dataclass_fields__.keys()
+    return cls(**{key: value for key, value in payload.items() if key in names})
+
+
+def _metric(value: Any) -> float:
+    # Non-finite metrics come as the strings "NaN", "Infinity", "-Infinity".
+    return float(value)
+
+
+class Store:
+    """A ckstore store.
+
+    ``path`` defaults to ``$CKSTORE_PATH``; ``remote`` is the default remote of ``push``, ``pull`` and the
+    ``remote=`` arguments (a name the store knows, or an ``s3://``/``file://`` URL). Every method runs the
+    ``ckstore`` binary (``$CKSTORE_BIN``, else on ``PATH``) and raises a :class:`ckstore.CKStoreError`
+    subclass chosen by the CLI's error code.
+    """
+
+    def __init__(self, path: Optional[str] = None, remote: Optional[str] = None, *, binary: Optional[str] = None,
+                 endpoint: Optional[str] = None, env: Optional[Mapping[str, str]] = None):
+        path = path if path is not None else os.environ.get("CKSTORE_PATH")
+        if not path:
+            raise ValueError("give Store(path) or set CKSTORE_PATH")
+        self.path = os.path.abspath(os.fspath(path))
+        self.remote = remote
+        self.endpoint = endpoint
+        self._runner = Runner(self.path, binary=binary, env=dict(env) if env is not None else None)
+
+    def __repr__(self) -> str:
+        return f"ckstore.Store({self.path!r}{', remote=' + repr(self.remote) if self.remote else ''})"
+
+    @property
+    def binary_version(self) -> str:
+        return self._runner.version
+
+    def _remote_arguments(self, remote: Optional[str]) -> List[str]:
+        remote = remote or self.remote
+        if remote is None:
+            return []
+        arguments = ["--remote", remote]
+        if self.endpoint and "://" in remote:
+            arguments += ["--endpoint", self.endpoint]
+        return arguments
+
+    # Storing and restoring
+
+    def put(self, folder: str, run: str, step: Optional[int] = None, epoch: Optional[float] = None,
+            metrics: Optional[Mapping[str, float]] = None, tags: Iterable[str] = (), meta: Optional[Mapping[str, str]] = None,
+            push: Optional[str] = None) -> PutResult:
+        """Stores a checkpoint folder; step, epoch and metrics default to what ``trainer_state.json`` says."""
+        arguments = ["put", os.fspath(folder), "--run", run]
+        if step is not None:
+            arguments += ["--step", str(int(step))]
+        if epoch is not None:
+            arguments += ["--epoch", repr(float(epoch))]
+        for key, value in (metrics or {}).items():
+            arguments += ["--metric", f"{key}={float(value)!r}"]
+        for tag in tags:
+            arguments += ["--tag", tag]
+        for key, value in (meta or {}).items():
+            arguments += ["--meta", f"{key}={value}"]
+        if push is not None:
+            arguments += ["--push", push]
+        payload = self._runner.run(arguments)
+        pushed = payload.pop("push", None)
+        result = _build(PutResult, payload)
+        if pushed is not None:
+            result = PutResult(**{**result.__dict__, "push": _build(PushResult, pushed)})
+        return result
+
+    def get(self, ref: str, dest: str, files: Optional[Sequence[str]] = None, tensors: Optional[Sequence[str]] = None,
+            force: bool = False, remote: Optional[str] = None) -> RestoreResult:
+        """Restores a checkpoint into ``dest``, every chunk verified; with ``remote``, from that remote
+        through this store."""
+        arguments = ["get", ref, os.fspath(dest)]
+        for path in files or ():
+            arguments += ["--file", path]
+        for pattern in tensors or ():
+            arguments += ["--tensor", pattern]
+        if force:
+            arguments.append("--force")
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        return _build(RestoreResult, self._runner.run(arguments))
+
+    # Finding checkpoints
+
+    def ls(self, run: Optional[str] = None, remote: Optional[str] = None) -> List[Checkpoint]:
+        """The checkpoints of one run, or of every run, by run and step (of a remote with ``remote``)."""
+        arguments = ["ls"]
+        if run is not None:
+            arguments += ["--run", run]
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        out = []
+        for entry in self._runner.run(arguments) or []:
+            entry = dict(entry)
+            entry["metrics"] = {key: _metric(value) for key, value in (entry.get("metrics") or {}).items()}
+            out.append(_build(Checkpoint, entry))
+        return out
+
+    def show(self, ref: str) -> Dict[str, Any]:
+        """Everything the manifest says of one checkpoint (``ckstore show --json``)."""
+        return self._runner.run(["show", ref])
+
+    def latest(self, run: str) -> Optional[Checkpoint]:
+        """The run's newest checkpoint, or None."""
+        checkpoints = self.ls(run)
+        return checkpoints[-1] if checkpoints else None
+
+    def latest_valid(self, run: str) -> Optional[Checkpoint]:
+        """The run's newest checkpoint whose every chunk verifies (where a resume should start), or None."""
+        try:
+            wanted = self.show(f"{run}@latest-valid")["id"]
+        except (CheckpointNotFound, DamagedCheckpoint):
+            return None
+        return next((c for c in self.ls(run) if c.id == wanted), None)
+
+    # Integrity, retention, audits
+
+    def verify(self, refs: Sequence[str] = (), full: bool = False, sample: Optional[float] = None,
+               remote: Optional[str] = None) -> Dict[str, Any]:
+        """Checks the store (or a remote); returns the report. Damage does not raise: ``report["ok"]`` is
+        false and the report names what it breaks."""
+        arguments = ["verify", *refs]
+        if full:
+            arguments.append("--full")
+        if sample is not None:
+            arguments += ["--sample", repr(float(sample))]
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        return self._runner.run(arguments, report_on_failure=True)
+
+    def gc(self, dry_run: bool = False, run: Optional[str] = None, remote: Optional[str] = None,
+           grace: Optional[str] = None) -> Dict[str, Any]:
+        """Applies retention policies and frees what nothing needs (on a remote with ``remote``)."""
+        arguments = ["gc"]
+        if dry_run:
+            arguments.append("--dry-run")
+        if run is not None:
+            arguments += ["--run", run]
+        if grace is not None:
+            arguments += ["--grace", grace]
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        return self._runner.run(arguments)
+
+    def set_policy(self, run: Optional[str] = None, **rules: Any) -> Dict[str, Any]:
+        """Sets a run's retention policy (``run=None``: the store's default). Rules are ``ckstore policy
+        set`` options with underscores: ``keep_last=3``, ``keep_best=["1:loss:min"]``,
+        ``keep_every=1000``, ``keep_within="7d"``, ``drop_optimizer_after=2``, ``keep_tag=["release"]``."""
+        arguments = ["policy", "set"]
+        arguments += [run] if run is not None else ["--default"]
+        for name, value in rules.items():
+            flag = "--" + name.replace("_", "-")
+            for item in (value if isinstance(value, (list, tuple)) else [value]):
+                arguments += [flag, str(item)]
+        return self._runner.run(arguments)
+
+    def audit(self, run: Optional[str] = None, budget: Optional[str] = None) -> Dict[str, Any]:
+        """The storage audit (``ckstore audit --json``)."""
+        arguments = ["audit"]
+        if run is not None:
+            arguments += ["--run", run]
+        if budget is not None:
+            arguments += ["--budget", budget]
+        return self._runner.run(arguments)
+
+    # Remotes
+
+    def push(self, refs: Sequence[str] = (), run: Optional[str] = None, all: bool = False,
+             remote: Optional[str] = None, jobs: int = 4) -> PushResult:
+        """Uploads checkpoints to a remote: exactly what it lacks."""
+        arguments = ["push", *refs, "--jobs", str(jobs)]
+        if run is not None:
+            arguments += ["--run", run]
+        if all:
+            arguments.append("--all")
+        arguments += self._remote_arguments(remote)
+        return _build(PushResult, self._runner.run(arguments))
+
+    def pull(self, ref: str, remote: Optional[str] = None, jobs: int = 4) -> PullResult:
+        """Brings a remote checkpoint into this store, every byte checked."""
+        return _build(PullResult, self._runner.run(["pull", ref, "--jobs", str(jobs), *self._remote_arguments(remote)]))
+
+    def remote_add(self, name: str, url: str, endpoint: Optional[str] = None, region: Optional[str] = None,
+                   path_style: bool = False, push_on_commit: bool = False) -> Dict[str, Any]:
+        """Adds a remote after checking it (``ckstore remote add``)."""
+        arguments = ["remote", "add", name, url]
+        if endpoint:
+            arguments += ["--endpoint", endpoint]
+        if region:
+            arguments += ["--region", region]
+        if path_style:
+            arguments.append("--path-style")
+        if push_on_commit:
+            arguments.append("--push-on-commit")
+        return self._runner.run(arguments)

@@ -1,0 +1,81 @@
+"""Hugging Face Trainer with CKStoreCallback, for real: killed with SIGKILL, resumed from the store, and
+ending with the weights of an uninterrupted run, bit for bit."""
+
+import os
+import signal
+import sys
+
+import ckstore
+import ckstore.hf
+
+from conftest import run_script
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_train.py")
+
+
+def train(output_dir, store_path, max_steps=10, kill_at=0, resume=False):
+    with open(SCRIPT) as f:
+        source = f.read()
+    return run_script(source, str(output_dir), str(store_path), "gpt2-tiny", str(max_steps), str(kill_at), "1" if resume else "0",
+                      env={"PYTHONPATH": os.path.dirname(SCRIPT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+
+def final_digest(done):
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("final-weights-sha256: ")]
+    assert lines, done.stdout[-2000:]
+    return lines[-1].split(": ")[1]
+
+
+def local_folders(output_dir):
+    return sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-"))
+
+
+def test_killed_trainer_resumes_from_the_store_and_ends_bit_for_bit_the_same(tmp_path):
+    # Uninterrupted, with the store's policy in place of save_total_limit.
+    reference = ckstore.Store(str(tmp_path / "reference-store"))
+    reference.set_policy("gpt2-tiny", keep_last=2)
+    expected = final_digest(train(tmp_path / "reference", tmp_path / "reference-store"))
+    assert [c.step for c in reference.ls("gpt2-tiny")] == [8, 10], "the store keeps what its policy says"
+    assert local_folders(tmp_path / "reference") == ["checkpoint-10"], "the local folder keeps only the newest"
+
+    # Killed with SIGKILL in on_save of step 6: Trainer's checkpoint-6 is complete, the store has up to 4.
+    store = ckstore.Store(str(tmp_path / "store"))
+    store.set_policy("gpt2-tiny", keep_last=2)
+    crashed = train(tmp_path / "out", tmp_path / "store", kill_at=6)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert [c.step for c in store.ls("gpt2-tiny")] == [2, 4]
+    assert "checkpoint-6" in local_folders(tmp_path / "out")
+    # A newer folder that was being written when the machine died: its weights cut short, no state yet.
+    half = tmp_path / "out" / "checkpoint-8"
+    os.makedirs(half)
+    with open(tmp_path / "out" / "checkpoint-6" / "model.safetensors", "rb") as f:
+        data = f.read()
+    with open(half / "model.safetensors", "wb") as f:
+        f.write(data[: len(data) // 3])
+
+    resumed = train(tmp_path / "out", tmp_path / "store", resume=True)
+    # The complete checkpoint-6 was stored at the start and resumed from; the half-written 8 was not used.
+    assert f"resuming from {tmp_path / 'out' / 'checkpoint-6'}" in resumed.stdout, resumed.stdout[-2000:]
+    assert final_digest(resumed) == expected
+    assert [c.step for c in store.ls("gpt2-tiny")] == [8, 10]
+    assert local_folders(tmp_path / "out") == ["checkpoint-10"]
+    assert store.verify(full=True)["ok"]
+    # The store's metrics come from Trainer's own trainer_state.json.
+    assert "loss" in store.ls("gpt2-tiny")[-1].metrics
+
+
+def test_resume_with_an_empty_store_starts_from_scratch_and_unstored_incomplete_folders_are_left(tmp_path):
+    store = ckstore.Store(str(tmp_path / "store"))
+    assert ckstore.hf.resume(str(tmp_path / "out"), store, "nothing") is None
+    # A JIT checkpoint still being written (its sentinel present) is neither stored nor resumed from.
+    folder = tmp_path / "out" / "checkpoint-3"
+    os.makedirs(folder)
+    (folder / "trainer_state.json").write_text('{"global_step": 3, "log_history": []}')
+    (folder / ckstore.hf.INCOMPLETE_SENTINEL).write_text("in progress")
+    assert ckstore.hf.resume(str(tmp_path / "out"), store, "r") is None
+    assert store.ls("r") == []
+    # Once complete, the next start stores it and resumes from it.
+    os.remove(folder / ckstore.hf.INCOMPLETE_SENTINEL)
+    path = ckstore.hf.resume(str(tmp_path / "out"), store, "r")
+    assert path == str(folder) and [c.step for c in store.ls("r")] == [3]

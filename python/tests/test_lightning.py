@@ -1,0 +1,91 @@
+"""Lightning with CKStoreCheckpointIO, for real: ModelCheckpoint saves through the plugin, and a new
+Trainer resumes from ckstore://RUN@latest-valid with the weights an uninterrupted run ends with."""
+
+import os
+
+import pytest
+import torch
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import ckstore
+from ckstore.lightning import CKStoreCheckpointIO
+
+
+class Regression(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def training_step(self, batch, index):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.7)}
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(5)
+        x = torch.randn(64, 8, generator=generator)
+        y = x.sum(dim=1, keepdim=True).sin()
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
+
+
+def make_trainer(tmp_path, io, max_epochs):
+    checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpts"), every_n_epochs=1, save_top_k=2, monitor="train_loss", mode="min")
+    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, plugins=[io], callbacks=[checkpoints],
+                     logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+
+
+def weights(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_saves_go_to_the_store_and_a_new_trainer_resumes_bit_for_bit(tmp_path):
+    L.seed_everything(0, workers=True)
+    uninterrupted = Regression()
+    make_trainer(tmp_path / "a", CKStoreCheckpointIO(ckstore.Store(str(tmp_path / "a-store")), "reg"), 5).fit(uninterrupted)
+
+    store = ckstore.Store(str(tmp_path / "store"))
+    L.seed_everything(0, workers=True)
+    first = Regression()
+    make_trainer(tmp_path / "b", CKStoreCheckpointIO(store, "reg"), 3).fit(first)
+    # Every epoch's save reached the store; ModelCheckpoint's top-2 rotation removed the worst (no policy
+    # governs this run), and nothing was written at Lightning's paths.
+    steps = [c.step for c in store.ls("reg")]
+    assert len(steps) == 2 and set(steps) <= {4, 8, 12}
+    assert not os.path.exists(tmp_path / "b" / "ckpts") or os.listdir(tmp_path / "b" / "ckpts") == []
+
+    # A new process would start here: a fresh model, and the newest valid checkpoint from the store.
+    L.seed_everything(0, workers=True)
+    resumed = Regression()
+    newest = store.latest_valid("reg")
+    assert newest.step == max(steps)
+    if newest.step == 12:
+        make_trainer(tmp_path / "c", CKStoreCheckpointIO(store, "reg"), 5).fit(resumed, ckpt_path="ckstore://reg@latest-valid")
+        for name, tensor in weights(uninterrupted).items():
+            assert torch.equal(tensor, weights(resumed)[name]), name
+    else:
+        pytest.fail(f"the newest checkpoint is at step {newest.step}, not the end of epoch 3")
+
+
+def test_a_policy_governs_retention_instead_of_top_k(tmp_path):
+    store = ckstore.Store(str(tmp_path / "store"))
+    store.set_policy("reg", keep_last=10)
+    L.seed_everything(0, workers=True)
+    make_trainer(tmp_path, CKStoreCheckpointIO(store, "reg", keep_local=True), 4).fit(Regression())
+    assert [c.step for c in store.ls("reg")] == [4, 8, 12, 16]
+    # keep_local mirrors Lightning's own files, rotation included.
+    assert len(os.listdir(tmp_path / "ckpts")) == 2
+
+
+def test_strategies_that_bypass_checkpoint_io_are_refused():
+    class DeepSpeedStrategy:
+        pass
+
+    with pytest.raises(ckstore.UsageError, match="bypassing CheckpointIO"):
+        CKStoreCheckpointIO.check_strategy(DeepSpeedStrategy())
+    CKStoreCheckpointIO.check_strategy(object())
