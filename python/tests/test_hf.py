@@ -66,8 +66,8 @@ def test_killed_trainer_resumes_from_the_store_and_ends_bit_for_bit_the_same(tmp
 
 
 def test_resume_with_an_empty_store_starts_from_scratch_and_unstored_incomplete_folders_are_left(tmp_path):
-    store = ckstore.Store(str(tmp_path / "store"))
-    assert ckstore.hf.resume(str(tmp_path / "out"), store, "nothing") is None
+    assert ckstore.hf.resume(str(tmp_path / "out"), ckstore.Store(str(tmp_path / "none")), "nothing") is None
+    store = ckstore.Store(str(tmp_path / "store"), create=True)
     # A JIT checkpoint still being written (its sentinel present) is neither stored nor resumed from.
     folder = tmp_path / "out" / "checkpoint-3"
     os.makedirs(folder)

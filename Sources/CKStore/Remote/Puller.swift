@@ -84,10 +84,7 @@ struct Puller {
         }
         let sealed = try sink.seal()
         do {
-            let reader = ChunkReader(index: PulledFrames(pulled: locations, local: ChunkIndex(catalogue: catalogue)), packs: PackReaderCache(layout: layout))
-            for frame in fetched {
-                _ = try reader.read(frame.chunk.digest, checks: .all, what: "chunk \(frame.chunk.digest) from remote \(remote.name)")
-            }
+            try await verify(fetched)
             let contentDigest = try manifest.contentDigest()
             try catalogue.with { catalogue in
                 try catalogue.write {
@@ -143,6 +140,59 @@ struct Puller {
             throw CKStoreError(.damaged, "remote \(remote.name): commit object of \(commit.run)@\(commit.step) names checkpoint \(commit.id.short), whose manifest says otherwise")
         }
         return (manifest, frame)
+    }
+
+    /// Decodes every fetched frame and checks it against its SHA-256, before anything is recorded (rule
+    /// 6). Frames are decoded from memory along their delta chains, each base once, the chains in parallel;
+    /// a base this store already had is read (and checked) from the local store.
+    func verify(_ fetched: [FetchedFrame]) async throws {
+        let fetchedDigests = Set(fetched.map(\.chunk.digest))
+        var children = [ChunkDigest: [FetchedFrame]]()
+        var roots = [FetchedFrame]()
+        for frame in fetched {
+            if let base = frame.chunk.base, fetchedDigests.contains(base) {
+                children[base, default: []].append(frame)
+            } else {
+                roots.append(frame)
+            }
+        }
+        let local = ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: PackReaderCache(layout: layout))
+        let codec = FrameCodec(level: .default)
+        let remoteName = remote.name
+        let tree = children
+        /// Checks `frame` (its base's bytes given when it was fetched too) and everything built on it;
+        /// returns how many frames it checked.
+        @Sendable func check(_ frame: FetchedFrame, base: ChunkBytes?) throws -> Int {
+            let chunk = frame.chunk
+            let bytes = try codec.decode(ChunkBytes(chunk.payload), encoding: chunk.encoding, rawLength: chunk.rawLength) {
+                if let base { return base }
+                guard let digest = chunk.base else { throw CKStoreError(.damaged, "a delta frame names no base") }
+                return try local.read(digest, checks: .all, what: "chunk \(digest), the base of \(chunk.digest)")
+            }
+            guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == chunk.digest else {
+                throw CKStoreError(.damaged, "remote \(remoteName): chunk \(chunk.digest) does not decode to bytes with that SHA-256 (the pack object is damaged)")
+            }
+            var count = 1
+            for child in tree[chunk.digest] ?? [] { count += try check(child, base: bytes) }
+            return count
+        }
+        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+        let checked = try await withThrowingTaskGroup(of: Int.self) { group in
+            var iterator = roots.makeIterator()
+            for _ in 0..<workers {
+                guard let root = iterator.next() else { break }
+                group.addTask { try check(root, base: nil) }
+            }
+            var total = 0
+            while let count = try await group.next() {
+                total += count
+                if let root = iterator.next() { group.addTask { try check(root, base: nil) } }
+            }
+            return total
+        }
+        guard checked == fetched.count else {
+            throw CKStoreError(.damaged, "remote \(remoteName): \(fetched.count - checked) fetched frames form a cycle of delta bases")
+        }
     }
 
     /// A frame fetched from the remote, checked against its checksum and the digest the index gave.
@@ -209,16 +259,5 @@ struct Puller {
             }
         }
         return out
-    }
-}
-
-/// Frame locations for checking pulled frames: the ones just written, then the catalogue's.
-struct PulledFrames: ChunkLocating {
-    let pulled: [ChunkDigest: ChunkLocation]
-    let local: ChunkIndex
-
-    func location(of digest: ChunkDigest) throws -> ChunkLocation? {
-        if let location = pulled[digest] { return location }
-        return try local.location(of: digest)
     }
 }

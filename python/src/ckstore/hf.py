@@ -63,6 +63,14 @@ def _is_complete(path: str) -> bool:
     return all(_safetensors_whole(os.path.join(path, name)) for name in os.listdir(path) if name.endswith(".safetensors"))
 
 
+def _stored_steps(store: Store, run: str) -> set:
+    """Steps of the run in the store; none when the store does not exist yet (the first put makes it)."""
+    try:
+        return {checkpoint.step for checkpoint in store.ls(run)}
+    except CheckpointNotFound:
+        return set()
+
+
 def _barrier() -> None:
     try:
         import torch.distributed as dist
@@ -119,7 +127,7 @@ class CKStoreCallback(TrainerCallback):
     # The work
 
     def _stored_steps(self) -> set:
-        return {checkpoint.step for checkpoint in self.store.ls(self.run)}
+        return _stored_steps(self.store, self.run)
 
     def _put(self, path: str, step: int) -> None:
         self.store.put(path, run=self.run, step=step, push=self.push)
@@ -159,7 +167,7 @@ def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, 
     output_dir = os.fspath(output_dir)
     # Complete folders the store lacks (a JIT checkpoint on SIGTERM, a crash between Trainer's save and
     # on_save) are stored first, so that the newest of them is where training resumes.
-    stored = {checkpoint.step for checkpoint in store.ls(run)}
+    stored = _stored_steps(store, run)
     for step, path in _checkpoint_folders(output_dir):
         if step not in stored and _is_complete(path):
             store.put(path, run=run, step=step)

@@ -118,8 +118,9 @@ class CKStoreCheckpointIO(CheckpointIO):
     # Helpers
 
     def _policy_governs(self) -> bool:
-        policies = self.store._runner.run(["policy", "show", self.run])
-        return bool(policies and policies.get("policy") and policies["policy"] != {})
+        # `source` is "none" when neither the run nor the store's default has a policy.
+        shown = self.store._runner.run(["policy", "show", self.run])
+        return bool(shown) and shown.get("source", "none") != "none"
 
     def _reference_for(self, path: str) -> str:
         """The stored checkpoint saved from Lightning's ``path`` (this process's, else the newest whose

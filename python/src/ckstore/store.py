@@ -107,8 +107,8 @@ class Store:
     subclass chosen by the CLI's error code.
     """
 
-    def __init__(self, path: Optional[str] = None, remote: Optional[str] = None, *, binary: Optional[str] = None,
-                 endpoint: Optional[str] = None, env: Optional[Mapping[str, str]] = None):
+    def __init__(self, path: Optional[str] = None, remote: Optional[str] = None, *, create: bool = False,
+                 binary: Optional[str] = None, endpoint: Optional[str] = None, env: Optional[Mapping[str, str]] = None):
         path = path if path is not None else os.environ.get("CKSTORE_PATH")
         if not path:
             raise ValueError("give Store(path) or set CKSTORE_PATH")
@@ -116,6 +116,8 @@ class Store:
         self.remote = remote
         self.endpoint = endpoint
         self._runner = Runner(self.path, binary=binary, env=dict(env) if env is not None else None)
+        if create and not os.path.exists(os.path.join(self.path, "ckstore.db")):
+            self._runner.run(["init"], json_output=False)
 
     def __repr__(self) -> str:
         return f"ckstore.Store({self.path!r}{', remote=' + repr(self.remote) if self.remote else ''})"
