@@ -25,6 +25,7 @@ struct RemoteBench: AsyncParsableCommand {
     @Option(help: "Series kind: fp32, bf16 or frozen (ckstore-gen --series).") var series = "fp32"
     @Option(help: "Restores of the newest checkpoint per tool (the median is reported).") var restores = 3
     @Option(help: "Parallel uploads and downloads for ckstore (--jobs).") var jobs = 4
+    @Option(help: "ckstore's delta chain bound for the puts (default: the store's, 3); 0 stores every chunk in full, so a restore needs no older frames.") var maxDeltaDepth: Int?
 
     func run() async throws {
         guard let weed = SeaweedServer.locate() else { throw BenchError("no weed: run `make venv` (or `make test`) first") }
@@ -56,7 +57,7 @@ struct RemoteBench: AsyncParsableCommand {
         let rclone = ["RCLONE_CONFIG_SW_TYPE": "s3", "RCLONE_CONFIG_SW_PROVIDER": "SeaweedFS", "RCLONE_CONFIG_SW_ENDPOINT": server.endpoint,
                       "RCLONE_CONFIG_SW_ACCESS_KEY_ID": SeaweedServer.accessKey, "RCLONE_CONFIG_SW_SECRET_ACCESS_KEY": SeaweedServer.secretKey]
         for (key, value) in rclone { setenv(key, value, 1) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; series \(series), \(folders.count) checkpoints, \(Self.mb(logical)) MB logical; SeaweedFS at \(server.endpoint)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; ckstore max delta depth \(maxDeltaDepth.map(String.init) ?? "3 (default)"); series \(series), \(folders.count) checkpoints, \(Self.mb(logical)) MB logical; SeaweedFS at \(server.endpoint)")
 
         let ckstore = bin + "/ckstore"
         let store = work + "/run/store"
@@ -69,7 +70,8 @@ struct RemoteBench: AsyncParsableCommand {
         var pushedBytes: Int64 = 0
         for (index, path) in folders.enumerated() {
             try dropCaches()
-            putSeconds.append(try Command.measure([ckstore, "put", path, "--store", store, "--run", "bench"]).seconds)
+            let depth = maxDeltaDepth.map { ["--max-delta-depth", String($0)] } ?? []
+            putSeconds.append(try Command.measure([ckstore, "put", path, "--store", store, "--run", "bench"] + depth).seconds)
             let push = try Command.measureCapturing([ckstore, "push", "bench@latest", "--store", store, "--json", "--jobs", String(jobs)] + remote)
             pushSeconds.append(push.measurement.seconds)
             if let object = try JSONSerialization.jsonObject(with: Data(push.output.utf8)) as? [String: Any], let bytes = object["bytes_uploaded"] as? Int {

@@ -75,7 +75,9 @@ struct Puller {
         let meter = ProgressMeter("pull", total: wanted.reduce(0) { $0 + Int64($1.frame.range.count) }, handler: progress)
         let fetched = try await fetch(wanted, report: &report, meter: meter)
 
-        // Written as stored, then checked by decoding through the new frames and the local ones.
+        // Checked (decoded from memory and hashed) while they are written as stored into local packs;
+        // nothing is recorded until both are done.
+        async let verified: Void = verify(fetched)
         let sink = PackSink(layout: layout)
         var locations = [ChunkDigest: ChunkLocation]()
         let needManifest = try !catalogue.with { try $0.containsChunk(commit.id.digest) }
@@ -84,7 +86,7 @@ struct Puller {
         }
         let sealed = try sink.seal()
         do {
-            try await verify(fetched)
+            try await verified
             let contentDigest = try manifest.contentDigest()
             try catalogue.with { catalogue in
                 try catalogue.write {
