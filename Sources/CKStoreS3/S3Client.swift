@@ -54,8 +54,9 @@ public struct S3ObjectStore: ObjectStore {
                 throw CKStoreError(.invalidArgument, "remote \(definition.name): endpoint \(endpointText) is not an http(s)://HOST[:PORT] URL")
             }
             self.endpoint = Endpoint(scheme: scheme, host: host, port: url.port)
-            // A custom endpoint is usually an S3-compatible server, which wants the bucket in the path.
-            self.pathStyle = definition.pathStyle || definition.endpoint != nil || bucket.contains(".")
+            // A custom endpoint (given or from the environment) is usually an S3-compatible server, which
+            // wants the bucket in the path.
+            self.pathStyle = true
         } else {
             self.endpoint = Endpoint(scheme: "https", host: "s3.\(region).amazonaws.com", port: nil)
             self.pathStyle = definition.pathStyle || bucket.contains(".")

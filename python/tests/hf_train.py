@@ -64,10 +64,13 @@ def main():
         save_strategy="steps", save_steps=2, logging_steps=1, report_to=[], use_cpu=True, seed=0, data_seed=0,
         full_determinism=True, dataloader_num_workers=0, disable_tqdm=True,
     )
-    store = ckstore.Store(store_path)
-    callbacks = ([KillBeforeStoring(int(kill_at))] if int(kill_at) else []) + [ckstore.hf.CKStoreCallback(store, run, keep_local=1)]
+    # A remote (CKSTORE_TEST_REMOTE, with CKSTORE_TEST_ENDPOINT for S3) receives every checkpoint, and a
+    # fresh machine resumes from it.
+    remote = os.environ.get("CKSTORE_TEST_REMOTE")
+    store = ckstore.Store(store_path, endpoint=os.environ.get("CKSTORE_TEST_ENDPOINT"))
+    callbacks = ([KillBeforeStoring(int(kill_at))] if int(kill_at) else []) + [ckstore.hf.CKStoreCallback(store, run, keep_local=1, push=remote)]
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
-    path = ckstore.hf.resume(args, store, run) if resume == "1" else None
+    path = ckstore.hf.resume(args, store, run, remote=remote) if resume == "1" else None
     print(f"resuming from {path}", flush=True)
     trainer.train(resume_from_checkpoint=path)
     print(f"final-weights-sha256: {weights_digest(trainer.model)}", flush=True)

@@ -79,3 +79,30 @@ def test_resume_with_an_empty_store_starts_from_scratch_and_unstored_incomplete_
     os.remove(folder / ckstore.hf.INCOMPLETE_SENTINEL)
     path = ckstore.hf.resume(str(tmp_path / "out"), store, "r")
     assert path == str(folder) and [c.step for c in store.ls("r")] == [3]
+
+
+def test_a_trainer_whose_machine_is_lost_resumes_from_the_remote_on_a_fresh_one(tmp_path, seaweedfs):
+    """The mission scenario with the real Trainer: every checkpoint pushed to S3 as it is saved, the
+    process killed and its whole disk gone, a new machine resumes from the bucket, bit for bit."""
+    credentials = {"AWS_ACCESS_KEY_ID": "ckstoretest", "AWS_SECRET_ACCESS_KEY": "ckstoretest-secret-key", "AWS_REGION": "us-east-1"}
+    os.environ.update(credentials)
+    remote = {"CKSTORE_TEST_REMOTE": "s3://hf-spot/gpt2", "CKSTORE_TEST_ENDPOINT": seaweedfs, "AWS_ENDPOINT_URL": seaweedfs}
+
+    def train_remote(machine, **options):
+        with open(SCRIPT) as f:
+            source = f.read()
+        return run_script(source, str(machine / "out"), str(machine / "store"), "gpt2-tiny", "10", str(options.get("kill_at", 0)),
+                          "1" if options.get("resume") else "0", env={**credentials, **remote,
+                          "PYTHONPATH": os.path.dirname(SCRIPT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+    expected = final_digest(train(tmp_path / "reference", tmp_path / "reference-store"))
+    crashed = train_remote(tmp_path / "machine-a", kill_at=6)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    import shutil
+    shutil.rmtree(tmp_path / "machine-a")  # the instance is gone, and its disk with it
+
+    resumed = train_remote(tmp_path / "machine-b", resume=True)
+    assert f"resuming from {tmp_path / 'machine-b' / 'out' / 'checkpoint-4'}" in resumed.stdout, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert final_digest(resumed) == expected
+    viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs)
+    assert [c.step for c in viewer.ls(remote="s3://hf-spot/gpt2")] == [2, 4, 6, 8, 10]

@@ -155,9 +155,12 @@ class CKStoreCallback(TrainerCallback):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, run: str) -> Optional[str]:
+def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, run: str, remote: Optional[str] = None) -> Optional[str]:
     """Restores the run's newest valid checkpoint into ``output_dir/checkpoint-N`` and returns that path,
-    for ``trainer.train(resume_from_checkpoint=path)``; None when the store has no valid checkpoint.
+    for ``trainer.train(resume_from_checkpoint=path)``; None when there is no valid checkpoint.
+
+    With ``remote`` (a remote's name or URL), a store that has no checkpoint of the run (a fresh machine)
+    first pulls ``RUN@latest-valid`` from it.
 
     Pass the path explicitly: transformers' ``get_last_checkpoint`` would pick the highest-numbered
     folder even when it is half-written. A folder already at ``checkpoint-N`` is replaced by the
@@ -171,6 +174,11 @@ def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, 
     for step, path in _checkpoint_folders(output_dir):
         if step not in stored and _is_complete(path):
             store.put(path, run=run, step=step)
+    if remote is not None and not _stored_steps(store, run):
+        try:
+            store.pull(f"{run}@latest-valid", remote=remote)
+        except CheckpointNotFound:
+            pass
     try:
         shown = store.show(f"{run}@latest-valid")
     except (CheckpointNotFound, DamagedCheckpoint):
