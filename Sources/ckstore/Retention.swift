@@ -290,8 +290,12 @@ struct GC: AsyncParsableCommand {
             if json {
                 try JSONOutput.print(report)
             } else {
-                let verb = report.dryRun ? "would delete" : "deleted"
-                print("remote \(report.remote): kept \(report.kept) checkpoints, \(verb) \(report.deleted.count)\(report.deleted.isEmpty ? "" : " (" + report.deleted.map(\.short).joined(separator: ", ") + ")")")
+                var rows = report.kept.map { [$0.id.short, $0.run, String($0.step), "keep", $0.reasons.joined(separator: ", ")] }
+                rows += report.deletedCheckpoints.map { [$0.id.short, $0.run, String($0.step), report.dryRun ? "would delete" : "deleted", ""] }
+                rows.sort { ($0[1], Int64($0[2]) ?? 0) < ($1[1], Int64($1[2]) ?? 0) }
+                print("remote \(report.remote):")
+                print(Format.table(["ID", "RUN", "STEP", "DECISION", "KEPT BY"], rows))
+                print("")
                 print("\(report.dryRun ? "would free" : "freed") \(ByteCount(report.bytesFreed)) in \(report.deletedObjects) objects condemned at least \(RetentionPolicy.formatDuration(report.graceSeconds)) ago; \(report.dryRun ? "would condemn" : "condemned") \(report.condemnedObjects) more (\(ByteCount(report.condemnedBytes))), deleted by a gc after the grace period if still unused")
             }
             return

@@ -79,8 +79,15 @@ import Testing
             policy.keepLast = 2
             try store.setPolicy(policy, run: "r")
             try await Task.sleep(nanoseconds: 1_100_000_000)
+            // A dry run decides the same and changes nothing; the report has local gc's retention fields.
+            let planned = try await store.collectGarbage(on: remote, grace: 1, dryRun: true)
+            #expect(planned.dryRun && planned.deletedCheckpoints.map(\.step) == [10, 20])
+            #expect(planned.kept.map(\.step) == [30, 40] && planned.kept.allSatisfy { $0.reasons.contains("keep-last 2") })
+            #expect(try await store.remoteCheckpoints(remote).count == 4)
+            let json = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(planned)) as? [String: Any]
+            #expect(Set(["dry_run", "kept", "deleted", "deleted_checkpoints", "bytes_freed"]).isSubset(of: Set(json?.keys.map { $0 } ?? [])))
             let first = try await store.collectGarbage(on: remote, grace: 1)
-            #expect(first.deleted.count == 2)
+            #expect(first.deleted.count == 2 && first.deleted == planned.deleted)
             #expect(first.condemnedObjects >= 2 && first.deletedObjects == 0, "phase one only condemns")
             #expect(try await store.remoteCheckpoints(remote).map(\.step) == [30, 40])
             try await Task.sleep(nanoseconds: 1_100_000_000)

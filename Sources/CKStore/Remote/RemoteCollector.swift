@@ -1,12 +1,16 @@
 import Foundation
 
-/// What `gc --remote` did (or, with `--dry-run`, would do).
+/// What `gc --remote` did (or, with `--dry-run`, would do). The retention fields have the names and
+/// shapes of local gc's report (``GCReport``): `dry_run`, `kept` (with the rules that keep each),
+/// `deleted`, `deleted_checkpoints`, `bytes_freed`.
 public struct RemoteGCReport: Codable, Sendable, Equatable {
     public var remote: String
     public var dryRun: Bool
+    /// Kept checkpoints with their reasons.
+    public var kept: [GCReport.Kept] = []
     /// Checkpoints whose commit objects retention deleted.
     public var deleted: [CheckpointID] = []
-    public var kept: Int = 0
+    public var deletedCheckpoints: [GCReport.Deleted] = []
     /// Objects condemned by this run (deleted by a gc at least the grace period later, if still unused).
     public var condemnedObjects: Int = 0
     public var condemnedBytes: Int64 = 0
@@ -21,6 +25,7 @@ public struct RemoteGCReport: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case remote, deleted, kept, seconds
         case dryRun = "dry_run"
+        case deletedCheckpoints = "deleted_checkpoints"
         case condemnedObjects = "condemned_objects"
         case condemnedBytes = "condemned_bytes"
         case deletedObjects = "deleted_objects"
@@ -106,11 +111,20 @@ struct RemoteCollector {
                                            metrics: entry.commit.metrics, tags: entry.commit.tags, pinned: pins.contains(entry.commit.id))
             }
             let plan = RetentionPlanner.plan(policy, candidates)
-            for entry in entries where plan.deleted.contains(entry.commit.id) { doomed.insert(entry.key) }
+            for entry in entries {
+                if plan.deleted.contains(entry.commit.id) {
+                    doomed.insert(entry.key)
+                    report.deletedCheckpoints.append(GCReport.Deleted(id: entry.commit.id, run: run, step: entry.commit.step))
+                } else {
+                    let reasons = (plan.kept[entry.commit.id] ?? []).map(\.description)
+                    report.kept.append(GCReport.Kept(id: entry.commit.id, run: run, step: entry.commit.step, reasons: reasons, dropped: []))
+                }
+            }
         }
-        report.deleted = commits.filter { doomed.contains($0.key) }.map(\.commit.id).sorted()
+        report.kept.sort { ($0.run, $0.step) < ($1.run, $1.step) }
+        report.deletedCheckpoints.sort { ($0.run, $0.step) < ($1.run, $1.step) }
+        report.deleted = report.deletedCheckpoints.map(\.id)
         commits.removeAll { doomed.contains($0.key) }
-        report.kept = commits.count
         if !dryRun {
             for key in doomed.sorted() { try await objects.delete(key) }
             try catalogue.with { catalogue in try catalogue.write { for key in doomed { try catalogue.forgetRemoteCommit(remote.url, key: key) } } }
