@@ -208,8 +208,10 @@ public struct S3ObjectStore: ObjectStore {
         let path = pathStyle ? "/" + bucket + (key == nil ? "" : objectPath) : objectPath
         let host = pathStyle ? endpoint.host : bucket + "." + endpoint.host
         let hostHeader = endpoint.port.map { "\(host):\($0)" } ?? host
-        let queryText = query.map { $0.1.isEmpty && $0.0 == "uploads" ? $0.0 : "\(SigV4Signer.uriEncode($0.0, slash: true))=\(SigV4Signer.uriEncode($0.1, slash: true))" }
-            .joined(separator: "&")
+        // A parameter without a value (`?uploads`) is sent bare; SigV4 signs it as `uploads=`.
+        let queryText = query.map { name, value in
+            value.isEmpty ? SigV4Signer.uriEncode(name, slash: true) : SigV4Signer.uriEncode(name, slash: true) + "=" + SigV4Signer.uriEncode(value, slash: true)
+        }.joined(separator: "&")
         let url = "\(endpoint.scheme)://\(hostHeader)\(path)\(queryText.isEmpty ? "" : "?" + queryText)"
         let payloadHash = SigV4Signer.payloadHash(body)
         var delay = 0.2

@@ -167,7 +167,7 @@ struct Get: AsyncParsableCommand {
     @Flag(help: "Restore setuid, setgid and sticky bits as stored (by default only permission bits are).") var keepSpecialBits = false
     @Flag(help: "Print a JSON object describing what was written.") var json = false
     @OptionGroup var remote: RemoteOption
-    @Option(help: "With --remote: downloads at once (1-64).") var jobs = 4
+    @OptionGroup var transfers: TransferOptions
     @OptionGroup var progress: ProgressOptions
 
     func run() async throws {
@@ -176,7 +176,7 @@ struct Get: AsyncParsableCommand {
             // From a remote, through this store as its cache (created when it does not exist yet).
             checkpointStore = try store.open(create: true)
             let source = try remote.connect(checkpointStore)
-            id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: jobs).id
+            id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: transfers.jobs).id
         } else {
             (checkpointStore, id) = try await store.resolve(reference)
         }

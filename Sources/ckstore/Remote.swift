@@ -55,6 +55,15 @@ struct RemoteOption: ParsableArguments {
     }
 }
 
+/// `--jobs`: transfers to or from a remote at once.
+struct TransferOptions: ParsableArguments {
+    @Option(help: "Transfers to or from the remote at once (1-64).") var jobs = 4
+
+    func validate() throws {
+        guard (1...64).contains(jobs) else { throw ValidationError("--jobs takes 1 to 64, not \(jobs)") }
+    }
+}
+
 struct RemoteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remote",
@@ -203,13 +212,9 @@ struct Push: AsyncParsableCommand {
     @Option(help: "Push every checkpoint of this run.") var run: String?
     @Flag(help: "Push every checkpoint.") var all = false
     @OptionGroup var remote: RemoteOption
-    @Option(help: "Uploads at once (1-64).") var jobs = 4
+    @OptionGroup var transfers: TransferOptions
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var progress: ProgressOptions
-
-    func validate() throws {
-        guard (1...64).contains(jobs) else { throw ValidationError("--jobs takes 1 to 64, not \(jobs)") }
-    }
 
     func run() async throws {
         let checkpointStore = try store.open()
@@ -224,7 +229,7 @@ struct Push: AsyncParsableCommand {
         var seen = Set<CheckpointID>()
         ids = ids.filter { seen.insert($0).inserted }
         let renderer = progress.renderer()
-        let report = try await checkpointStore.push(ids, to: target, jobs: jobs, progress: renderer?.handler)
+        let report = try await checkpointStore.push(ids, to: target, jobs: transfers.jobs, progress: renderer?.handler)
         renderer?.finish()
         if json {
             try JSONOutput.print(report)
@@ -243,19 +248,15 @@ struct Pull: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The checkpoint.") var reference: String
     @OptionGroup var remote: RemoteOption
-    @Option(help: "Downloads at once (1-64).") var jobs = 4
+    @OptionGroup var transfers: TransferOptions
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var progress: ProgressOptions
-
-    func validate() throws {
-        guard (1...64).contains(jobs) else { throw ValidationError("--jobs takes 1 to 64, not \(jobs)") }
-    }
 
     func run() async throws {
         let checkpointStore = try store.open(create: true)
         let source = try remote.connect(checkpointStore)
         let renderer = progress.renderer()
-        let report = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: jobs, progress: renderer?.handler)
+        let report = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: transfers.jobs, progress: renderer?.handler)
         renderer?.finish()
         if json {
             try JSONOutput.print(report)

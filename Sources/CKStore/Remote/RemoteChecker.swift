@@ -21,37 +21,13 @@ public struct RemoteVerifyReport: Codable, Sendable, Equatable {
     public var packs: Int = 0
     public var problems: [Problem] = []
     public var seconds: Double = 0
-    public var ok: Bool { problems.isEmpty }
+    /// No problem found.
+    public var ok = true
 
     enum CodingKeys: String, CodingKey {
         case remote, mode, checkpoints, packs, problems, seconds, ok
         case objectsHashed = "objects_hashed"
         case bytesHashed = "bytes_hashed"
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(remote, forKey: .remote)
-        try container.encode(mode, forKey: .mode)
-        try container.encode(checkpoints, forKey: .checkpoints)
-        try container.encode(packs, forKey: .packs)
-        try container.encode(problems, forKey: .problems)
-        try container.encode(seconds, forKey: .seconds)
-        try container.encode(ok, forKey: .ok)
-        try container.encode(objectsHashed, forKey: .objectsHashed)
-        try container.encode(bytesHashed, forKey: .bytesHashed)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        remote = try container.decode(String.self, forKey: .remote)
-        mode = try container.decode(String.self, forKey: .mode)
-        checkpoints = try container.decode(Int.self, forKey: .checkpoints)
-        packs = try container.decode(Int.self, forKey: .packs)
-        problems = try container.decode([Problem].self, forKey: .problems)
-        seconds = try container.decode(Double.self, forKey: .seconds)
-        objectsHashed = try container.decode(Int.self, forKey: .objectsHashed)
-        bytesHashed = try container.decode(Int64.self, forKey: .bytesHashed)
     }
 
     init(remote: String, mode: String, checkpoints: Int) {
@@ -177,6 +153,7 @@ struct RemoteChecker {
         report.problems = problems.sorted { $0.key < $1.key }.map {
             RemoteVerifyReport.Problem(object: $0.key, problem: $0.value, checkpoints: (needers[$0.key] ?? []).sorted())
         }
+        report.ok = report.problems.isEmpty
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
         return report
     }
