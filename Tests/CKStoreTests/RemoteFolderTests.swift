@@ -132,6 +132,35 @@ import Testing
     }
 }
 
+extension RemoteFolderTests {
+    @Test func aFreshStoreUploadsOnlyWhatTheRemoteLacksAndPullsUseTheCopyTheirCommitNames() async throws {
+        try await withTemporaryDirectory { root in
+            let remote = Self.remote(root)
+            let a = try await Self.series(root, "a", count: 1)
+            _ = try await a.push(try a.list().map(\.id), to: remote)
+            // Another machine with the same frames under another run uploads no frame again.
+            let twin = try await Self.series(root, "twin", count: 1, run: "t")
+            let twinPush = try await twin.push(try twin.list().map(\.id), to: remote)
+            #expect(twinPush.framesUploaded == 1, "only its manifest: \(twinPush.framesUploaded) frames")
+
+            // A reader caches where run r's frames are (reading its manifest); then the objects go, as a
+            // remote gc deletes them.
+            let reader = try CheckpointStore.open(at: root + "/reader", create: true)
+            _ = try await reader.manifest(of: try await reader.resolve(.step(run: "r", step: 10), on: remote), on: remote)
+            for prefix in ["commits/", "index/", "packs/"] {
+                for object in try await remote.objects.list(prefix: prefix) { try await remote.objects.delete(object.key) }
+            }
+            // A store that never saw them pushes the same chunks again, into new objects.
+            let b = try await Self.series(root, "b", count: 1, run: "s")
+            #expect(try await b.push(try b.list().map(\.id), to: remote).framesUploaded > 1)
+            // The reader's cache still remembers the deleted copies; its pull uses the ones s@10 names.
+            let pulled = try await reader.pull(.step(run: "s", step: 10), from: remote)
+            try await reader.restore(pulled.id, to: root + "/out")
+            #expect(try Files.tree(root + "/out") == Files.tree(root + "/b-ckpt-1"))
+        }
+    }
+}
+
 /// A small checkpoint folder of random bytes.
 enum RandomCheckpointFolder {
     static func write(to folder: String) throws {

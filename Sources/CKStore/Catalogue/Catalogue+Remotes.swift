@@ -11,7 +11,7 @@ extension Catalogue {
         Set(try statement("SELECT name FROM remote_indexes WHERE remote = ?").rows([.text(remote)]) { $0.text(0) })
     }
 
-    /// Records an index object and the frames it lists (a digest already known keeps its first place).
+    /// Records an index object and the frames it lists.
     func insertRemoteIndex(_ remote: String, name: String, index: RemoteIndex) throws {
         try statement("INSERT OR IGNORE INTO remote_indexes (remote, name) VALUES (?, ?)").run([.text(remote), .text(name)])
         let insert = try statement("""
@@ -39,17 +39,22 @@ extension Catalogue {
         }
     }
 
-    func remoteFrame(_ remote: String, _ digest: ChunkDigest) throws -> RemoteFrameRow? {
-        try statement("""
+    /// Where a remote holds `digest`: a copy an index object lists, rather than one only pending; with
+    /// `indexes`, only a copy one of those index objects lists (a pull uses what its commit names, not a
+    /// copy the cache remembers from an index a remote gc may have deleted since).
+    func remoteFrame(_ remote: String, _ digest: ChunkDigest, in indexes: Set<String>? = nil) throws -> RemoteFrameRow? {
+        let rows = try statement("""
             SELECT index_name, pack, offset, stored_length, raw_length, encoding, kind, base FROM remote_frames
-            WHERE remote = ? AND digest = ?
-            """).firstRow([.text(remote), .blob(digest.bytes)]) { (row) throws in
+            WHERE remote = ? AND digest = ? ORDER BY index_name LIKE 'pending:%', index_name
+            """).rows([.text(remote), .blob(digest.bytes)]) { (row) throws in
                 RemoteFrameRow(
                     frame: RemoteFrame(digest: digest, offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
                                        encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
                                        base: row.isNull(7) ? nil : try row.digest(7)),
                     index: row.text(0), pack: row.text(1))
             }
+        guard let indexes else { return rows.first }
+        return rows.first { indexes.contains($0.index) }
     }
 
     func remoteCommitBodies(_ remote: String) throws -> [(key: String, body: String)] {

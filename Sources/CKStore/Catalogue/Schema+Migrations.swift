@@ -195,7 +195,8 @@ extension Schema {
                 PRIMARY KEY (remote, name)
             ) WITHOUT ROWID;
 
-            -- Where a remote holds each frame it has: one row per digest (the first index that listed it).
+            -- Where a remote holds each frame it has, per index object that lists it (two machines may have uploaded
+            -- the same chunk; a pull uses the copy its commit's index objects name).
             CREATE TABLE remote_frames (
                 remote        TEXT NOT NULL,
                 digest        BLOB NOT NULL,
@@ -207,7 +208,7 @@ extension Schema {
                 encoding      INTEGER NOT NULL,
                 kind          INTEGER NOT NULL,
                 base          BLOB,
-                PRIMARY KEY (remote, digest)
+                PRIMARY KEY (remote, digest, index_name)
             ) WITHOUT ROWID;
             CREATE INDEX remote_frames_by_index ON remote_frames(remote, index_name);
 

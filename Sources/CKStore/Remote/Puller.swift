@@ -59,14 +59,16 @@ struct Puller {
         let droppedTensors = commit.droppedTensors.mapValues { Set($0) }
         let uses = manifest.chunkUses(id: commit.id, droppedPaths: Set(commit.droppedFiles.keys), droppedTensors: droppedTensors)
 
-        // Every frame the closure needs that this store lacks, delta bases included.
+        // Every frame the closure needs that this store lacks, delta bases included, where the commit's
+        // own index objects say it is.
+        let indexes = Set(commit.indexes)
         var wanted = [Catalogue.RemoteFrameRow]()
         var seen = Set<ChunkDigest>([commit.id.digest])
         var frontier = Array(uses.keys.filter { $0 != commit.id.digest })
         while let digest = frontier.popLast() {
             guard seen.insert(digest).inserted else { continue }
             if try catalogue.with({ try $0.containsChunk(digest) }) { continue }
-            guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, digest) }) else {
+            guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, digest, in: indexes) }) else {
                 throw CKStoreError(.damaged, "remote \(remote.name): checkpoint \(commit.id.short) needs chunk \(digest), which none of its index objects lists")
             }
             wanted.append(row)
@@ -129,7 +131,7 @@ struct Puller {
     /// commit object, with the frame it came in.
     func manifest(of commit: RemoteCommit, report: inout PullReport) async throws -> (Manifest, FetchedFrame) {
         try await RemoteSession(catalogue: catalogue, remote: remote).loadIndexes(commit.indexes)
-        guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, commit.id.digest) }) else {
+        guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, commit.id.digest, in: Set(commit.indexes)) }) else {
             throw CKStoreError(.damaged, "remote \(remote.name): no index object of checkpoint \(commit.id.short) lists its manifest")
         }
         let frame = try await fetch([row], report: &report)[0]

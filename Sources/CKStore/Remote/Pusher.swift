@@ -308,8 +308,12 @@ struct RemoteSession {
         return try RemoteJSON.decode(RemotePending.self, bytes, what: "\(objects.description): \(RemoteLayout.pending)")
     }
 
+    /// A store's first contact with a remote: learns every commit and the index objects they name, so
+    /// that its first push uploads only what the remote lacks (as restic loads a repository's index).
     func syncIfNeverSynced() async throws {
-        if try catalogue.with({ try $0.remoteSyncTime(remote.url) }) == nil { _ = try await sync() }
+        guard try catalogue.with({ try $0.remoteSyncTime(remote.url) }) == nil else { return }
+        let commits = try await sync()
+        try await loadIndexes(Array(Set(commits.flatMap(\.commit.indexes))).sorted())
     }
 
     /// Lists the remote's commit objects and reads the ones the cache lacks; forgets cached ones that are
