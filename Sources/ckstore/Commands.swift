@@ -176,7 +176,9 @@ struct Get: AsyncParsableCommand {
             // From a remote, through this store as its cache (created when it does not exist yet).
             checkpointStore = try store.open(create: true)
             let source = try remote.connect(checkpointStore)
-            id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: transfers.jobs).id
+            let pullRenderer = progress.renderer()
+            id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: transfers.jobs, progress: pullRenderer?.handler).id
+            pullRenderer?.finish()
         } else {
             (checkpointStore, id) = try await store.resolve(reference)
         }

@@ -364,6 +364,10 @@ struct RemoteTests {
             let files = try #require((try CLI.json(show.stdout) as? [String: Any])?["files"] as? [[String: Any]])
             #expect(Set(files.compactMap { $0["path"] as? String }) == ["model.safetensors", "optimizer.pt", "trainer_state.json"])
             #expect(try CheckpointStore.open(at: root + "/viewer").list().isEmpty, "show pulled the checkpoint")
+            // get --remote reports the pull's progress, then the restore's.
+            let get = try CLI.run(["get", "r@2", root + "/out", "--remote", url, "--progress", "json", "--store", root + "/fresh"])
+            #expect(get.status == 0, "\(get.stderr)")
+            #expect(get.stderr.contains(#""operation":"pull""#) && get.stderr.contains(#""operation":"get""#), "\(get.stderr)")
             // Unset, then removed.
             #expect(try CLI.run(["remote", "set", "shared", "--no-push-on-commit"] + store).status == 0)
             #expect(try CheckpointStore.open(at: root + "/store").remotes().pushOnCommit == nil)
