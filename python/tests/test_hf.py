@@ -106,3 +106,17 @@ def test_a_trainer_whose_machine_is_lost_resumes_from_the_remote_on_a_fresh_one(
     assert final_digest(resumed) == expected
     viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs)
     assert [c.step for c in viewer.ls(remote="s3://hf-spot/gpt2")] == [2, 4, 6, 8, 10]
+
+
+def test_a_failing_push_warns_and_training_goes_on(tmp_path):
+    import pytest
+
+    from test_store import write_checkpoint
+
+    (tmp_path / "not-a-folder").write_text("a file where the remote's folder should be")
+    store = ckstore.Store(str(tmp_path / "store"), create=True)
+    callback = ckstore.hf.CKStoreCallback(store, "r", push="file://" + str(tmp_path / "not-a-folder" / "remote"))
+    write_checkpoint(tmp_path / "out" / "checkpoint-3", 3)
+    with pytest.warns(UserWarning, match="stored locally but its push failed"):
+        callback._put(str(tmp_path / "out" / "checkpoint-3"), 3)
+    assert [c.step for c in store.ls("r")] == [3]

@@ -15,11 +15,12 @@ import json
 import os
 import re
 import shutil
+import warnings
 from typing import Optional, Union
 
 from transformers import TrainerCallback
 
-from .errors import CheckpointNotFound, DamagedCheckpoint
+from .errors import CheckpointNotFound, CKStoreError, DamagedCheckpoint
 from .store import Store
 
 #: What transformers calls a checkpoint folder (``PREFIX_CHECKPOINT_DIR``), and its JIT sentinel.
@@ -123,6 +124,8 @@ class CKStoreCallback(TrainerCallback):
         _barrier()
         if state.is_world_process_zero:
             self._sweep(args.output_dir, state)
+            if self.push is not None and _stored_steps(self.store, self.run):
+                self.store.push(run=self.run, remote=self.push)
 
     # The work
 
@@ -130,10 +133,17 @@ class CKStoreCallback(TrainerCallback):
         return _stored_steps(self.store, self.run)
 
     def _put(self, path: str, step: int) -> None:
-        self.store.put(path, run=self.run, step=step, push=self.push)
+        result = self.store.put(path, run=self.run, step=step)
         self.stored_steps.append(step)
         if self.gc:
             self.store.gc(run=self.run)
+        if self.push is not None:
+            # Committed locally already: a remote that fails (a network blip) warns instead of ending
+            # training, and the push at the end of training catches up.
+            try:
+                self.store.push([result.id], remote=self.push)
+            except CKStoreError as error:
+                warnings.warn(f"ckstore: checkpoint {self.run}@{step} is stored locally but its push failed: {error}")
 
     def _sweep(self, output_dir: str, state) -> None:
         stored = self._stored_steps()
