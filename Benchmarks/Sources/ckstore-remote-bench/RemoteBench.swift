@@ -53,7 +53,6 @@ struct RemoteBench: AsyncParsableCommand {
         // The endpoint is plain HTTP; rclone refuses to start when AWS_CA_BUNDLE is set (as it is here).
         unsetenv("AWS_CA_BUNDLE")
         setenv("RESTIC_PASSWORD", "ckstore-benchmark", 1)
-        let port = server.endpoint.split(separator: ":").last.map(String.init) ?? ""
         let rclone = ["RCLONE_CONFIG_SW_TYPE": "s3", "RCLONE_CONFIG_SW_PROVIDER": "SeaweedFS", "RCLONE_CONFIG_SW_ENDPOINT": server.endpoint,
                       "RCLONE_CONFIG_SW_ACCESS_KEY_ID": SeaweedServer.accessKey, "RCLONE_CONFIG_SW_SECRET_ACCESS_KEY": SeaweedServer.secretKey]
         for (key, value) in rclone { setenv(key, value, 1) }
@@ -124,7 +123,6 @@ struct RemoteBench: AsyncParsableCommand {
         print("bytes uploaded: \(Self.f(bytesRatio))× restic's (target ≤ 0.75×: \(bytesRatio <= 0.75 ? "met" : "MISSED"))")
         print("push: \(Self.f(pushRatio))× faster than restic's backup (target ≥ 2×: \(pushRatio >= 2 ? "met" : "MISSED")); put + push: \(Self.f(storeRatio))×")
         print("restore on an empty machine: \(Self.f(restoreRatio))× faster than restic's (target ≥ 2×: \(restoreRatio >= 2 ? "met" : "MISSED"))")
-        _ = port
     }
 
     /// Drops the page cache where the machine lets us, so each tool reads its input from disk.

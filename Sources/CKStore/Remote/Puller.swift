@@ -81,11 +81,9 @@ struct Puller {
         // nothing is recorded until both are done.
         async let verified: Void = verify(fetched)
         let sink = PackSink(layout: layout)
-        var locations = [ChunkDigest: ChunkLocation]()
         let needManifest = try !catalogue.with { try $0.containsChunk(commit.id.digest) }
-        for frame in (needManifest ? [manifestFrame] : []) + fetched {
-            locations[frame.chunk.digest] = try sink.append(frame.chunk, kind: frame.kind)
-        }
+        let written = (needManifest ? [manifestFrame] : []) + fetched
+        for frame in written { try sink.append(frame.chunk, kind: frame.kind) }
         let sealed = try sink.seal()
         do {
             try await verified
@@ -116,13 +114,14 @@ struct Puller {
             _ = try CommitLog(layout: layout).commit(CommitLog.Record(id: commit.id, run: commit.run, step: commit.step, content: contentDigest, createdAt: manifest.createdAt))
         } catch {
             // Nothing refers to the new packs: removed now rather than left to gc's grace period.
-            for pack in sealed where try !catalogue.with({ try $0.packRows().contains { $0.id == pack.id } }) {
+            let recorded = Set(try catalogue.with { try $0.packRows().map(\.id) })
+            for pack in sealed where !recorded.contains(pack.id) {
                 try? FileSystem.removeFile(layout.packPath(pack.id))
             }
             throw error
         }
         report.pulled = true
-        report.framesAdded = locations.count
+        report.framesAdded = written.count
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
         return report
     }

@@ -113,13 +113,13 @@ class CKStoreCheckpointIO(CheckpointIO):
             return
         checkpoint_id = self._ids.pop(path, None)
         if checkpoint_id is not None:
-            self.store._runner.run(["rm", checkpoint_id, "--force"])
+            self.store.rm([checkpoint_id], force=True)
 
     # Helpers
 
     def _policy_governs(self) -> bool:
         # `source` is "none" when neither the run nor the store's default has a policy.
-        shown = self.store._runner.run(["policy", "show", self.run])
+        shown = self.store.policy(self.run)
         return bool(shown) and shown.get("source", "none") != "none"
 
     def _reference_for(self, path: str) -> str:

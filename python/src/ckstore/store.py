@@ -250,6 +250,14 @@ class Store:
                 arguments += [flag, str(item)]
         return self._runner.run(arguments)
 
+    def policy(self, run: Optional[str] = None) -> Dict[str, Any]:
+        """The policy that applies to a run (``source`` says whose: ``run``, ``default`` or ``none``)."""
+        return self._runner.run(["policy", "show"] + ([run] if run is not None else []))
+
+    def rm(self, refs: Sequence[str], force: bool = False) -> Any:
+        """Deletes checkpoints (the next ``gc`` frees their bytes); ``force`` deletes pinned ones too."""
+        return self._runner.run(["rm", *refs] + (["--force"] if force else []))
+
     def audit(self, run: Optional[str] = None, budget: Optional[str] = None) -> Dict[str, Any]:
         """The storage audit (``ckstore audit --json``)."""
         arguments = ["audit"]
