@@ -1,38 +1,97 @@
+import Synchronization
+
 /// Where new frames go: packs under `tmp/`, opened on the first frame and sealed (fsynced and renamed into
 /// `packs/`) once they reach the target size or the caller is done.
 ///
-/// Not Sendable: owned by one task (a put's coordinator, gc's executor, repair).
-final class PackSink {
+/// Many tasks may append at once (a put's workers append the frames they encode): each append reserves
+/// its frame's place under a lock and writes it outside the lock, so that copying frames into the page
+/// cache runs on every core instead of one. A pack that is full is sealed by whichever append finishes
+/// its last write; ``seal()`` seals the rest once every append has returned.
+final class PackSink: @unchecked Sendable {
+    // Everything mutable is in `state`, behind its mutex; a PackWriter's reservations happen under it, its
+    // writes (to disjoint ranges of its file) outside it.
+    private struct OpenPack {
+        let writer: PackWriter
+        /// Appends that reserved a frame in this pack and have not finished writing it.
+        var writing = 0
+        /// No more frames go in; sealed when `writing` is back to 0.
+        var full = false
+    }
+
+    private struct State {
+        var open = [PackID: OpenPack]()
+        var current: PackID?
+        var sealed = [SealedPack]()
+    }
+
     private let layout: StoreLayout
     private let targetSize: Int64
-    private var writer: PackWriter?
-    private var sealedPacks = [SealedPack]()
+    private let state = Mutex(State())
 
     init(layout: StoreLayout, targetSize: Int64 = PackFormat.targetSize) {
         self.layout = layout
         self.targetSize = targetSize
     }
 
-    /// Appends one frame; returns where it is (valid once its pack is sealed).
+    /// Appends one frame; returns where it is (valid once its pack is sealed). Safe to call from several
+    /// tasks at once.
     @discardableResult
     func append(_ chunk: EncodedChunk, kind: FrameKind) throws -> ChunkLocation {
-        let current = try writer ?? PackWriter(layout: layout)
-        writer = current
-        let written = try current.append(chunk, kind: kind)
-        if current.size >= targetSize {
-            sealedPacks.append(try current.seal())
-            writer = nil
+        // The header's checksum covers the payload: computed before taking the lock.
+        let header = FrameHeader(kind: kind, chunk: chunk)
+        let (writer, frame) = try state.withLock { (state) throws -> (PackWriter, PackWriter.WrittenFrame) in
+            let writer: PackWriter
+            if let id = state.current, let open = state.open[id] {
+                writer = open.writer
+            } else {
+                writer = try PackWriter(layout: layout)
+                state.open[writer.id] = OpenPack(writer: writer)
+                state.current = writer.id
+            }
+            let frame = writer.reserve(header)
+            state.open[writer.id]?.writing += 1
+            if writer.size >= targetSize {
+                state.open[writer.id]?.full = true
+                state.current = nil
+            }
+            return (writer, frame)
         }
-        return ChunkLocation(written.header, pack: current.id, offset: written.offset)
+        var failure: (any Error)?
+        do {
+            try writer.write(frame, payload: chunk.payload)
+        } catch {
+            failure = error
+        }
+        let failed = failure != nil
+        let finished = state.withLock { (state) -> PackWriter? in
+            guard var open = state.open[writer.id] else { return nil }
+            open.writing -= 1
+            state.open[writer.id] = open
+            guard !failed, open.full, open.writing == 0 else { return nil }
+            return state.open.removeValue(forKey: writer.id)?.writer
+        }
+        if let failure { throw failure }
+        if let finished {
+            let sealed = try finished.seal()
+            state.withLock { $0.sealed.append(sealed) }
+        }
+        return ChunkLocation(frame.header, pack: writer.id, offset: frame.offset)
     }
 
-    /// Seals the open pack, if any, and returns every pack sealed since the last call.
+    /// Seals the open packs, if any, and returns every pack sealed since the last call. Call it once no
+    /// append is running.
     func seal() throws -> [SealedPack] {
-        if let writer {
-            sealedPacks.append(try writer.seal())
-            self.writer = nil
+        let open = state.withLock { (state) -> [PackWriter] in
+            defer { state.open.removeAll(); state.current = nil }
+            return state.open.values.map(\.writer).sorted { $0.id.description < $1.id.description }
         }
-        defer { sealedPacks.removeAll() }
-        return sealedPacks
+        var sealed = [SealedPack]()
+        for writer in open {
+            sealed.append(try writer.seal())
+        }
+        return state.withLock { state in
+            defer { state.sealed.removeAll() }
+            return state.sealed + sealed
+        }
     }
 }

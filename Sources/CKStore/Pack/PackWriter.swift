@@ -1,9 +1,10 @@
 /// Appends frames to a new pack under `tmp/` and seals it into `packs/` (commit protocol step 2).
 ///
-/// Not Sendable: owned by the put that writes it. The pack is invisible to readers until ``seal()``
+/// Unchecked Sendable: owned by one task, or by a ``PackSink`` that serializes its reservations (the
+/// writes of reserved frames go to disjoint ranges and need no lock). The pack is invisible to readers until ``seal()``
 /// renames it, and unreferenced by the catalogue until the put's transaction commits; a crash before then
 /// leaves an orphan in `tmp/` or `packs/` that garbage collection removes.
-final class PackWriter {
+final class PackWriter: @unchecked Sendable {
     /// A frame as written: where it is and what it holds.
     struct WrittenFrame: Sendable {
         var offset: Int64
@@ -16,10 +17,7 @@ final class PackWriter {
     private(set) var size: Int64
     private(set) var frames: [WrittenFrame] = []
     private var sealed = false
-    /// Bytes before this offset have been handed to writeback already.
-    private var writebackStart: Int64 = 0
-    /// Writeback is started every this many bytes, so that sealing (fsync) waits only for the tail
-    /// instead of the whole pack: on this machine's disk a 200 MiB pack's fsync took 0.2 s of a 1 s put.
+    /// Writeback is started every this many bytes (see ``write(_:payload:)``).
     static let writebackInterval: Int64 = 16 << 20
 
     init(layout: StoreLayout) throws {
@@ -45,18 +43,33 @@ final class PackWriter {
     /// Appends one frame; returns its offset.
     @discardableResult
     func append(_ chunk: EncodedChunk, kind: FrameKind = .chunk) throws -> WrittenFrame {
-        let header = FrameHeader(kind: kind, chunk: chunk)
-        let offset = size
-        try file.write(header.serialized(), at: offset)
-        try file.write(chunk.payload, at: offset + Int64(PackFormat.frameHeaderSize))
-        size = offset + Int64(PackFormat.frameHeaderSize + chunk.payload.count)
-        if size - writebackStart >= Self.writebackInterval {
-            file.startWriteback(at: writebackStart, count: size - writebackStart)
-            writebackStart = size
-        }
-        let frame = WrittenFrame(offset: offset, header: header)
+        let frame = reserve(FrameHeader(kind: kind, chunk: chunk))
+        try write(frame, payload: chunk.payload)
+        return frame
+    }
+
+    /// Reserves the space for one frame at the end of the pack and records it for the trailer; the
+    /// caller then writes it with ``write(_:payload:)``, possibly beside other writers of the same pack.
+    /// Callers serialize reservations (``PackSink`` holds its lock); the writes need no lock.
+    func reserve(_ header: FrameHeader) -> WrittenFrame {
+        let frame = WrittenFrame(offset: size, header: header)
+        size += Int64(PackFormat.frameHeaderSize + header.storedLength)
         frames.append(frame)
         return frame
+    }
+
+    /// Writes a reserved frame's header and payload at its offset. Writeback of each 16 MiB block is
+    /// started by the write that crosses its end, so that sealing (fsync) waits only for the tail:
+    /// on this machine's disk a 200 MiB pack's fsync took 0.2 s of a 1 s put.
+    func write(_ frame: WrittenFrame, payload: [UInt8]) throws {
+        try file.write(frame.header.serialized(), at: frame.offset)
+        try file.write(payload, at: frame.offset + Int64(PackFormat.frameHeaderSize))
+        let end = frame.offset + Int64(PackFormat.frameHeaderSize + payload.count)
+        let interval = Self.writebackInterval
+        if frame.offset / interval != end / interval {
+            let block = end / interval * interval
+            file.startWriteback(at: max(0, block - interval), count: interval)
+        }
     }
 
     /// Writes the trailer, fsyncs, renames into `packs/` and fsyncs the folder.

@@ -127,7 +127,7 @@ final class Archiver {
     private let sink: PackSink
     private let codec: FrameCodec
     private let tensorEncoder: TensorEncoder
-    private let maxInFlight: Int
+    private let maxBytesInFlight: Int
     /// Digests this put has claimed for writing, shared with the workers (see ``ChunkClaims``).
     private let claims = ChunkClaims()
     private var sealed = [SealedPack]()
@@ -150,7 +150,7 @@ final class Archiver {
         let maxDepth = options.maxDeltaDepth ?? settings.maxDeltaDepth
         try StoreSettings.checkDeltaDepth(maxDepth)
         self.tensorEncoder = TensorEncoder(index: index, reader: reader, codec: codec, maxDepth: maxDepth, parent: parent)
-        self.maxInFlight = max(2, options.maxChunksInFlight)
+        self.maxBytesInFlight = max(1, options.maxBytesInFlight)
     }
 
     /// What a worker did with one chunk.
@@ -159,58 +159,92 @@ final class Archiver {
         var offset: Int64
         var digest: ChunkDigest
         var length: Int
-        var encoded: EncodedChunk?
+        /// Whether the worker encoded the chunk and appended its frame to the sink.
+        var appended: Bool
         var foundInStore: Bool
     }
 
-    /// Stores one regular file: reads it in order, hashes and encodes its chunks in parallel, and appends
-    /// new frames to the current pack. Returns its manifest entry.
-    /// Stores one file's bytes from `file` under `path`.
-    func store(_ file: any PutSource, path: String, mode: UInt32) async throws -> (FileEntry, warning: String?) {
+    /// One file stored, but for its whole-file SHA-256, which is still being computed: ``finish()``
+    /// waits for it.
+    struct StoredFile {
+        var entry: FileEntry
+        var warning: String?
+        fileprivate var digest: Task<ChunkDigest, any Error>
+        fileprivate var file: any PutSource
+        fileprivate var identity: FileIdentity?
+
+        /// The entry with its SHA-256, once the file is checked not to have changed since it was opened.
+        func finish() async throws -> FileEntry {
+            var entry = entry
+            entry.sha256 = try await digest.value
+            guard try file.identity() == identity else {
+                throw CKStoreError(.conflict, "\(entry.path) changed while it was being stored; put it again once the trainer has finished writing")
+            }
+            return entry
+        }
+
+        func cancel() { digest.cancel() }
+    }
+
+    /// Stores one file's bytes from `file` under `path`: cuts it into chunks in order and hashes, encodes
+    /// and appends them in parallel, with at most `maxBytesInFlight` bytes of chunks taken and not done.
+    /// The whole-file SHA-256 runs beside, in its own task (see ``StoredFile``).
+    func store(_ file: any PutSource, path: String, mode: UInt32) async throws -> StoredFile {
         let identity = try file.identity()
         let size = try identity?.size ?? file.size()
-        async let wholeFileDigest = FileCursor.wholeFileDigest(file, size: size)
+        let wholeFileDigest = Task { try FileCursor.wholeFileDigest(file, size: size) }
+        do {
+            return try await store(file, path: path, mode: mode, identity: identity, size: size, digest: wholeFileDigest)
+        } catch {
+            wholeFileDigest.cancel()
+            throw error
+        }
+    }
+
+    private func store(_ file: any PutSource, path: String, mode: UInt32, identity: FileIdentity?, size: Int64, digest: Task<ChunkDigest, any Error>) async throws -> StoredFile {
         let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size)
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
 
-        let chunkIndex = self.index, codec = self.codec, claims = self.claims, tensorEncoder = self.tensorEncoder
+        let chunkIndex = self.index, codec = self.codec, claims = self.claims, tensorEncoder = self.tensorEncoder, sink = self.sink
         try await withThrowingTaskGroup(of: ChunkResult.self) { group in
-            var inFlight = 0
+            var bytesInFlight = 0
             var exhausted = false
             while true {
-                while !exhausted && inFlight < maxInFlight {
+                // At least one chunk is always in flight, whatever its size.
+                while !exhausted && (bytesInFlight == 0 || bytesInFlight < maxBytesInFlight) {
                     guard let chunk = try cursor.next() else {
                         exhausted = true
                         break
                     }
-                    let offset = chunk.offset, bytes = chunk.bytes, place = chunk.tensor
-                    if let place { tensorEncoder.prefetchBase(for: place, length: bytes.count) }
+                    let offset = chunk.offset, place = chunk.tensor
+                    if let place { tensorEncoder.prefetchBase(for: place, length: chunk.length) }
                     let index = chunks.count
                     chunks.append(nil)
-                    inFlight += 1
+                    bytesInFlight += chunk.length
                     group.addTask {
                         try Task.checkCancellation()
+                        let bytes = try chunk.read(file)
                         let digest = SHA256Hasher.digest(bytes)
-                        if claims.isClaimed(digest) {
-                            return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
-                        }
+                        var result = ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, appended: false, foundInStore: false)
+                        if claims.isClaimed(digest) { return result }
                         if try chunkIndex.contains(digest) {
-                            return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: true)
+                            result.foundInStore = true
+                            return result
                         }
-                        guard claims.claim(digest) else {
-                            return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: nil, foundInStore: false)
-                        }
+                        guard claims.claim(digest) else { return result }
                         let encoded = try place.map { try tensorEncoder.encode(bytes, digest: digest, place: $0) } ?? codec.encode(bytes, digest: digest)
-                        return ChunkResult(index: index, offset: offset, digest: digest, length: bytes.count, encoded: encoded, foundInStore: false)
+                        try sink.append(encoded, kind: .chunk)
+                        result.appended = true
+                        return result
                     }
                 }
                 guard let result = try await group.next() else { break }
-                inFlight -= 1
+                bytesInFlight -= result.length
                 progress?.add(Int64(result.length))
                 chunks[result.index] = ChunkRef(digest: result.digest, length: result.length)
-                if let encoded = result.encoded {
-                    try append(encoded, kind: .chunk)
+                if result.appended {
+                    hasNewFrames = true
                     newChunkCount += 1
                 } else if result.foundInStore {
                     reused[result.digest] = (file, path, result.offset, result.length)
@@ -219,7 +253,6 @@ final class Archiver {
         }
 
         let tensorChunks = cursor.tensorChunks
-        let digest = try await wholeFileDigest
         try cursor.finish(openedAs: identity)
         var tensors = [TensorEntry]()
         for (index, region) in layout.regions.enumerated() {
@@ -239,11 +272,12 @@ final class Archiver {
         guard chunkRefs.count == chunks.count else {
             throw CKStoreError(.ioFailure, "\(path): a chunk was read but never hashed (internal error); nothing was committed")
         }
-        let entryOut = FileEntry(
-            path: path, mode: mode, size: size, sha256: digest, format: layout.format,
+        // The SHA-256 is filled in by StoredFile.finish().
+        let entry = FileEntry(
+            path: path, mode: mode, size: size, sha256: .zero, format: layout.format,
             linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors
         )
-        return (entryOut, warning)
+        return StoredFile(entry: entry, warning: warning, digest: digest, file: file, identity: identity)
     }
 
     private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
@@ -355,20 +389,24 @@ extension Archiver {
         }
         let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
         session.progress = ProgressMeter("put", total: inputs.reduce(0) { $0 + $1.size }, handler: options.progress)
-        var files = [FileEntry]()
+        var entries = [(entry: FileEntry?, stored: StoredFile?)]()
         var warnings = [String]()
+        // Whole-file digests still running are cancelled if the put fails.
+        defer { for case let (_, stored?) in entries { stored.cancel() } }
         for input in inputs {
-            let stored: (FileEntry, warning: String?)
             switch input.content {
             case .symlink(let target):
-                files.append(FileEntry(path: input.path, mode: input.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
-                                       format: .symlink, linkTarget: target, chunks: [], tensors: nil))
+                entries.append((FileEntry(path: input.path, mode: input.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
+                                          format: .symlink, linkTarget: target, chunks: [], tensors: nil), nil))
                 continue
-            case .file(let source): stored = try await session.store(SharedFile(path: source), path: input.path, mode: input.mode)
-            case .memory(let file): stored = try await session.store(file, path: input.path, mode: input.mode)
+            case .file(let source): entries.append((nil, try await session.store(SharedFile(path: source), path: input.path, mode: input.mode)))
+            case .memory(let file): entries.append((nil, try await session.store(file, path: input.path, mode: input.mode)))
             }
-            files.append(stored.0)
-            if let warning = stored.warning { warnings.append(warning) }
+            if let warning = entries.last?.stored?.warning { warnings.append(warning) }
+        }
+        var files = [FileEntry]()
+        for (entry, stored) in entries {
+            if let entry { files.append(entry) } else if let stored { files.append(try await stored.finish()) }
         }
 
         var metrics = trainerState?.metrics ?? [:]

@@ -4,8 +4,10 @@ import Glibc
 import Darwin
 #endif
 
-/// Reads one file front to back, cutting it into chunks by its layout. Chunks come out in file order;
-/// hashing and compressing them is left to worker tasks.
+/// Cuts one file into chunks by its layout, front to back. Chunks come out in file order; hashing and
+/// compressing them is left to worker tasks. A tensor's chunks have fixed sizes, so they are handed out
+/// unread and each worker reads its own (the reads then run on every core); opaque regions are read here,
+/// since content-defined chunking needs the bytes to find the cuts.
 struct FileCursor {
     /// The fixed chunk size for tensor bytes: large enough for zstd to work well and for per-chunk
     /// overhead (a catalogue row, a frame header) to vanish, small enough for parallelism and dedup.
@@ -39,9 +41,17 @@ struct FileCursor {
     struct Chunk {
         /// Where it starts in the file.
         var offset: Int64
-        var bytes: [UInt8]
+        var length: Int
+        /// The bytes, when the cursor had to read them to cut the chunk; nil for a tensor's chunk, which
+        /// ``read(_:)`` reads.
+        var bytes: [UInt8]?
         /// The tensor or torch storage it belongs to, if any.
         var tensor: TensorPlace?
+
+        /// The chunk's bytes from `file`, read now unless the cursor read them already.
+        func read(_ file: any PutSource) throws -> [UInt8] {
+            try bytes ?? file.read(count: length, at: offset)
+        }
     }
 
     /// The next chunk, or nil at the end.
@@ -53,13 +63,13 @@ struct FileCursor {
                 continue
             }
             let offset = position
-            let bytes: [UInt8]
+            let length: Int
+            var bytes: [UInt8]?
             var place: TensorPlace?
             switch region.kind {
             case .tensor(let name, let dtype, let shape):
-                let count = Int(min(Int64(Self.tensorChunkSize), region.end - position))
-                bytes = try file.read(count: count, at: position)
-                readPosition = position + Int64(count)
+                length = Int(min(Int64(Self.tensorChunkSize), region.end - position))
+                readPosition = position + Int64(length)
                 let range = tensorChunks[regionIndex] ?? chunkCount..<chunkCount
                 tensorChunks[regionIndex] = range.lowerBound..<(chunkCount + 1)
                 place = TensorPlace(
@@ -68,11 +78,13 @@ struct FileCursor {
                     elementWidth: dtype.map { $0.bitWidth / 8 } ?? layout.storageElementWidths[name] ?? 4
                 )
             case .opaque:
-                bytes = try nextOpaqueChunk(regionEnd: region.end)
+                let read = try nextOpaqueChunk(regionEnd: region.end)
+                length = read.count
+                bytes = read
             }
-            position += Int64(bytes.count)
+            position += Int64(length)
             chunkCount += 1
-            return Chunk(offset: offset, bytes: bytes, tensor: place)
+            return Chunk(offset: offset, length: length, bytes: bytes, tensor: place)
         }
         return nil
     }
@@ -107,8 +119,9 @@ struct FileCursor {
         }
     }
 
-    /// The SHA-256 of a whole file, read in large blocks. Runs beside the chunk pipeline, on its own core,
-    /// so that hashing each byte twice (per chunk and per file) does not halve put throughput.
+    /// The SHA-256 of a whole file, read again (from the page cache) in large blocks. A put runs it
+    /// beside the chunk pipelines of all its files and waits for it only before the commit: it is the one
+    /// serial pass over a file, so it must overlap everything else (docs/design.md, "Put on many cores").
     static func wholeFileDigest(_ file: any PutSource, size: Int64) throws -> ChunkDigest {
         var hasher = SHA256Hasher()
         let blockSize = 4 << 20

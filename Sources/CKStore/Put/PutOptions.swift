@@ -20,8 +20,12 @@ public struct PutOptions: Sendable {
     public var maxDeltaDepth: Int?
     /// Store links that point outside the folder as the files they point to, instead of refusing.
     public var followSymlinks = false
-    /// How many chunks may be read, hashed or compressed at once; bounds memory at about twice this many MiB.
-    public var maxChunksInFlight = 8
+    /// How many bytes of chunks may be read, hashed or compressed at once. This, not the number of cores,
+    /// bounds a put's memory (at about three times this); every core works while it allows a few chunks
+    /// per core (1 MiB each for tensors).
+    public var maxBytesInFlight = PutOptions.defaultBytesInFlight
+    /// The default of ``maxBytesInFlight`` and of restores' and verifies' windows: 64 MiB.
+    public static let defaultBytesInFlight = 64 << 20
     /// Told how many of the checkpoint's bytes have been read and stored, as the put goes.
     public var progress: ProgressHandler?
 

@@ -7,8 +7,9 @@ public struct RestoreOptions: Sendable {
     public var tensors: [String] = []
     /// Restore into a folder that is not empty, replacing files with the same paths.
     public var force = false
-    /// How many chunks may be read and decoded at once.
-    public var maxChunksInFlight = 8
+    /// How many bytes of chunks may be read and decoded at once: this, not the number of cores, bounds a
+    /// restore's memory.
+    public var maxBytesInFlight = PutOptions.defaultBytesInFlight
     /// Restore setuid, setgid and sticky bits as stored; without this only the permission bits (0o777)
     /// are applied, so that a crafted manifest cannot make a restored file setuid.
     public var keepSpecialModeBits = false

@@ -16,8 +16,8 @@ struct Restorer {
     let catalogue: LockedCatalogue
     let layout: StoreLayout
     let reader: ChunkReader
-    /// How many chunks may be read and decoded at once.
-    var maxChunksInFlight = 8
+    /// How many bytes of chunks may be read and decoded at once, all outputs together.
+    var maxBytesInFlight = PutOptions.defaultBytesInFlight
     /// Told how many bytes have been produced.
     var progress: ProgressHandler?
 
@@ -40,13 +40,13 @@ struct Restorer {
     }
 
     /// Produces every output of `plan` into the target `target` makes for it, two outputs at a time (so
-    /// that small files do not leave a core idle), each with its own window of half the chunks in flight.
+    /// that small files do not leave a core idle), each with its own window of half the bytes in flight.
     ///
     /// - Returns: the bytes produced.
     /// - Throws: `damaged` naming the checkpoint, output and chunk when stored data fails a check.
     func fill(_ plan: RestorePlan, target: @escaping @Sendable (RestorePlan.Output) throws -> any RestoreTarget) async throws -> Int64 {
         let chunks = RestoreChunks(plan.outputs)
-        let window = max(2, maxChunksInFlight / 2)
+        let window = max(1, maxBytesInFlight / 2)
         let outputs = plan.outputs, id = plan.id
         let meter = ProgressMeter("get", total: outputs.reduce(0) { $0 + $1.size }, handler: progress)
         var bytes: Int64 = 0
@@ -67,7 +67,7 @@ struct Restorer {
     }
 
     /// Reads, decodes, checks and writes the chunks of one output in parallel, each at its offset; at most
-    /// `window` chunks are in flight.
+    /// `window` bytes of chunks are in flight (at least one chunk, whatever its size).
     private func fill(_ output: RestorePlan.Output, into target: any RestoreTarget, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int, meter: ProgressMeter) async throws {
         var position = Int64(output.prefix.count)
         let locations = try catalogue.with { (catalogue) throws -> [ChunkLocation] in
@@ -94,14 +94,14 @@ struct Restorer {
         }
         let what = "checkpoint \(checkpoint.short): \(output.path)"
         let reader = self.reader
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var inFlight = 0
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            var bytesInFlight = 0
             for (index, location) in locations.enumerated() {
-                if inFlight == window {
-                    try await group.next()
-                    inFlight -= 1
-                }
                 let offset = offsets[index], length = output.chunks[index].length
+                while bytesInFlight > 0 && bytesInFlight + length > window, let done = try await group.next() {
+                    bytesInFlight -= done
+                }
+                bytesInFlight += length
                 group.addTask {
                     try Task.checkCancellation()
                     let named = "\(what) (\(output.describe(index)))"
@@ -114,8 +114,8 @@ struct Restorer {
                     try bytes.withUnsafeBytes { try target.write($0, at: offset) }
                     bytes.releaseMapping()
                     meter.add(Int64(length))
+                    return length
                 }
-                inFlight += 1
             }
             try await group.waitForAll()
         }
@@ -172,8 +172,8 @@ final class MemoryTarget: RestoreTarget, @unchecked Sendable {
 
 extension CheckpointStore {
     /// A restorer over this store for one operation.
-    func restorer(maxChunksInFlight: Int = 8) -> Restorer {
-        Restorer(catalogue: catalogue, layout: layout, reader: chunkReader(), maxChunksInFlight: maxChunksInFlight)
+    func restorer(maxBytesInFlight: Int = PutOptions.defaultBytesInFlight) -> Restorer {
+        Restorer(catalogue: catalogue, layout: layout, reader: chunkReader(), maxBytesInFlight: maxBytesInFlight)
     }
 
     /// Restores a checkpoint (or some of its files or tensors) into a folder.
@@ -196,7 +196,7 @@ extension CheckpointStore {
     public func restore(_ id: CheckpointID, to destination: String, options: RestoreOptions = RestoreOptions()) async throws(CKStoreError) -> RestoreResult {
         try await CKStoreError.wrapping("restore of \(id.short)") {
             let started = ContinuousClock.now
-            var restorer = restorer(maxChunksInFlight: options.maxChunksInFlight)
+            var restorer = restorer(maxBytesInFlight: options.maxBytesInFlight)
             restorer.progress = options.progress
             return try await restorer.locked {
                 let manifest = try restorer.manifest(of: id)

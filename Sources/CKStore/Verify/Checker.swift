@@ -104,7 +104,7 @@ struct Checker {
         }
         fullRows = fullRows.filter { damaged[$0.digest] == nil && missing[$0.digest] == nil && !unreadablePacks.contains($0.pack) }
         fullRows.sort { ($0.pack.hex, $0.offset) < ($1.pack.hex, $1.offset) }
-        let window = max(2, options.maxChunksInFlight)
+        let window = max(1, options.maxBytesInFlight)
         let meter = ProgressMeter("verify", total: fullRows.reduce(0) { $0 + Int64($1.storedLength) }, handler: options.progress)
         var checked = 0
         var storedBytes: Int64 = 0
@@ -112,11 +112,13 @@ struct Checker {
         try await withThrowingTaskGroup(of: (ChunkLocation, String?).self) { group in
             var next = 0
             var inFlight = 0
+            var bytesInFlight = 0
             while next < fullRows.count || inFlight > 0 {
-                while next < fullRows.count && inFlight < window {
+                while next < fullRows.count && (inFlight == 0 || bytesInFlight < window) {
                     let location = fullRows[next]
                     next += 1
                     inFlight += 1
+                    bytesInFlight += location.rawLength
                     group.addTask {
                         do {
                             let bytes = try reader.decode(at: location, checks: .all)
@@ -129,6 +131,7 @@ struct Checker {
                 }
                 guard let (location, failure) = try await group.next() else { break }
                 inFlight -= 1
+                bytesInFlight -= location.rawLength
                 checked += 1
                 meter.add(Int64(location.storedLength))
                 storedBytes += Int64(location.storedLength)

@@ -15,8 +15,9 @@ public struct VerifyOptions: Sendable {
     public var depth: VerifyDepth
     /// When not empty: exactly what restoring these checkpoints needs, fully; `depth` is ignored.
     public var checkpoints: [CheckpointID]
-    /// How many frames may be checked at once.
-    public var maxChunksInFlight = 8
+    /// How many bytes of frames (decoded) may be checked at once: this, not the number of cores, bounds
+    /// a verify's memory.
+    public var maxBytesInFlight = PutOptions.defaultBytesInFlight
     /// Told how many bytes of frames have been read and checked, as a full or sampled check goes.
     public var progress: ProgressHandler?
 
