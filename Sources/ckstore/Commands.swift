@@ -235,6 +235,7 @@ struct Show: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The checkpoint (id prefix, RUN@STEP or RUN@latest).") var reference: String
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "List each file's tensors (torch.save storages by their names in the saved object, such as state.12.exp_avg).") var tensors = false
     @OptionGroup var remote: RemoteOption
 
     func run() async throws {
@@ -254,7 +255,7 @@ struct Show: AsyncParsableCommand {
         if json {
             try JSONOutput.print(report)
         } else {
-            print(report.text)
+            print(report.text(tensors: tensors))
         }
     }
 }

@@ -19,9 +19,10 @@ struct ShowReport: Encodable {
         var chunks: Int
         var linkTarget: String?
         var tensors: [Tensor]?
+        var optimizer: OptimizerSummary?
 
         enum CodingKeys: String, CodingKey {
-            case path, format, size, mode, sha256, chunks, tensors
+            case path, format, size, mode, sha256, chunks, tensors, optimizer
             case linkTarget = "link_target"
         }
     }
@@ -74,12 +75,14 @@ struct ShowReport: Encodable {
             File(
                 path: file.path, format: file.format.rawValue, size: file.size, mode: String(file.mode, radix: 8),
                 sha256: file.sha256.hex, chunks: file.chunks.count, linkTarget: file.linkTarget,
-                tensors: file.tensors?.map { Tensor(name: $0.name, dtype: $0.dtype?.name, shape: $0.shape, bytes: $0.byteCount, chunks: $0.chunkCount) }
+                tensors: file.tensors?.map { Tensor(name: $0.name, dtype: $0.dtype?.name, shape: $0.shape, bytes: $0.byteCount, chunks: $0.chunkCount) },
+                optimizer: file.optimizer
             )
         }
     }
 
-    var text: String {
+    /// The human-readable report; with `tensors`, each file's tensors too.
+    func text(tensors showTensors: Bool = false) -> String {
         var lines = [
             "checkpoint \(id)",
             "run        \(run)",
@@ -99,6 +102,34 @@ struct ShowReport: Encodable {
             [file.path, file.format, ByteCount(file.size).description, file.tensors.map { "\($0.count)" } ?? "-", String(file.chunks)]
         }
         lines.append(Format.table(["FILE", "FORMAT", "SIZE", "TENSORS", "CHUNKS"], rows))
+        for file in files {
+            for (index, group) in (file.optimizer?.groups ?? []).enumerated() {
+                lines.append("")
+                lines.append("optimizer  \(file.path) group \(index): \(Self.describe(group))")
+            }
+        }
+        if showTensors {
+            for file in files {
+                guard let tensors = file.tensors, !tensors.isEmpty else { continue }
+                lines.append("")
+                lines.append(file.path)
+                lines.append(Format.table(["TENSOR", "DTYPE", "SHAPE", "SIZE", "CHUNKS"], tensors.map { tensor in
+                    [tensor.name, tensor.dtype ?? "-", tensor.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" } ?? "-",
+                     ByteCount(tensor.bytes).description, String(tensor.chunks)]
+                }))
+            }
+        }
         return lines.joined(separator: "\n")
+    }
+
+    /// `7 params, lr 0.0064, betas (0.9, 0.999), eps 1e-08, weight_decay 0.01, step 4`.
+    static func describe(_ group: OptimizerSummary.Group) -> String {
+        var parts = ["\(group.params.count) params"]
+        if let lr = group.lr { parts.append("lr \(Format.metric(lr))") }
+        if let betas = group.betas { parts.append("betas (\(betas.map(Format.metric).joined(separator: ", ")))") }
+        if let eps = group.eps { parts.append("eps \(Format.metric(eps))") }
+        if let decay = group.weightDecay { parts.append("weight_decay \(Format.metric(decay))") }
+        if let step = group.step { parts.append("step \(Format.metric(step))") }
+        return parts.joined(separator: ", ")
     }
 }

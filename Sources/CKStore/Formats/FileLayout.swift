@@ -23,6 +23,8 @@ struct FileLayout: Sendable {
     /// For torch zip files: the element width of each storage entry, from the pickle's storage records
     /// (entries missing here are taken as 4-byte elements).
     var storageElementWidths: [String: Int] = [:]
+    /// For an optimizer's `torch.save`d state dict: its parameter groups.
+    var optimizer: OptimizerSummary?
 
     /// One opaque region covering the whole file.
     static func opaque(size: Int64) -> FileLayout {
@@ -67,9 +69,7 @@ enum FormatDetector {
             }
             do {
                 let archive = try TorchZipFile.parse(file, size: size, name: path)
-                var layout = archive.layout
-                layout.storageElementWidths = archive.storageElementWidths(reading: file)
-                return (layout, nil)
+                return (archive.layout(reading: file), nil)
             } catch {
                 return (.opaque(size: size), "\(path): not a valid torch.save zip archive, stored as opaque: \(CKStoreError.wrap(error).message)")
             }

@@ -1,6 +1,6 @@
 /// A `torch.save` file: an uncompressed zip archive whose `<archive>/data/<n>` entries are raw tensor
-/// storages. Parsed from the central directory; the pickle is never executed, only scanned for the storages'
-/// element types (``TorchPickle``).
+/// storages. Parsed from the central directory; the pickle is read as data, never executed
+/// (``PickleReader``, ``TorchObjects``).
 struct TorchZipFile: Sendable {
     struct Entry: Sendable, Equatable {
         var name: String
@@ -22,6 +22,7 @@ struct TorchZipFile: Sendable {
         return last.allSatisfy(\.isASCII) && last.allSatisfy(\.isNumber)
     }
 
+    /// The archive's layout from its zip entries alone: each storage a tensor region named by its entry.
     var layout: FileLayout {
         let storages = entries
             .filter { Self.isStorage($0.name) && $0.method == 0 && $0.compressedSize > 0 }
@@ -30,15 +31,54 @@ struct TorchZipFile: Sendable {
         return .covering(format: .torchZip, size: size, tensors: storages)
     }
 
-    /// The element width of each storage entry, from the storage records of the archive's `data.pkl`
-    /// (read, never executed); empty when there is no readable pickle.
-    func storageElementWidths(reading file: some ByteSource) -> [String: Int] {
+    /// The archive's layout with what its `data.pkl` says (read as data, never executed): each storage
+    /// named by where its tensor sits in the saved object (`state.12.exp_avg`), with its dtype and shape,
+    /// and an optimizer state dict's parameter groups. Storages the pickle does not describe keep their
+    /// entry names; a pickle that cannot be read leaves them all so.
+    func layout(reading file: some ByteSource) -> FileLayout {
+        var layout = self.layout
         guard let pickle = entries.first(where: { $0.name.hasSuffix("/data.pkl") && $0.method == 0 && $0.compressedSize <= 64 << 20 }),
-              let bytes = try? file.read(count: Int(pickle.compressedSize), at: pickle.dataOffset) else { return [:] }
-        let folder = pickle.name.dropLast("data.pkl".count) + "data/"
-        var widths = [String: Int]()
-        for (key, width) in TorchPickle.storageElementWidths(bytes) { widths[folder + key] = width }
-        return widths
+              let bytes = try? file.read(count: Int(pickle.compressedSize), at: pickle.dataOffset) else { return layout }
+        let folder = String(pickle.name.dropLast("data.pkl".count) + "data/")
+        let byName = Dictionary(entries.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let objects = TorchObjects(pickle: bytes) { storage in
+            guard let entry = byName[folder + storage.key], entry.method == 0 else { return nil }
+            return Self.scalar(of: storage.type, from: try? file.read(count: Int(min(entry.compressedSize, 8)), at: entry.dataOffset))
+        }
+        var used = Set<String>()
+        for (index, region) in layout.regions.enumerated() {
+            guard case .tensor(let entryName, _, _) = region.kind, entryName.hasPrefix(folder) else { continue }
+            let key = String(entryName.dropFirst(folder.count))
+            guard let storage = objects.storages[key] else { continue }
+            layout.storageElementWidths[entryName] = storage.elementWidth
+            var name = storage.name ?? entryName
+            if used.contains(name) { name = entryName }
+            used.insert(name)
+            // The shape must account for the storage's bytes exactly, or it is not given.
+            let shape = storage.shape.flatMap { shape in
+                storage.dtype?.byteCount(elements: shape.reduce(1, *)) == Int(region.length) ? shape : nil
+            }
+            layout.regions[index].kind = .tensor(name: name, dtype: shape == nil ? nil : storage.dtype, shape: shape)
+            if name != entryName { layout.storageElementWidths[name] = storage.elementWidth }
+        }
+        layout.optimizer = objects.optimizer
+        return layout
+    }
+
+    /// The value of a one-element storage of type `type` from its bytes (little-endian).
+    static func scalar(of type: String, from bytes: [UInt8]?) -> Double? {
+        guard let bytes else { return nil }
+        func load<T: FixedWidthInteger>(_: T.Type) -> T? {
+            guard bytes.count >= MemoryLayout<T>.size else { return nil }
+            return bytes.prefix(MemoryLayout<T>.size).reversed().reduce(T(0)) { $0 << 8 | T($1) }
+        }
+        switch type {
+        case "FloatStorage": return load(UInt32.self).map { Double(Float(bitPattern: $0)) }
+        case "DoubleStorage": return load(UInt64.self).map { Double(bitPattern: $0) }
+        case "LongStorage": return load(UInt64.self).map { Double(Int64(bitPattern: $0)) }
+        case "IntStorage": return load(UInt32.self).map { Double(Int32(bitPattern: $0)) }
+        default: return nil
+        }
     }
 
     private static let endOfCentralDirectory: UInt32 = 0x0605_4b50

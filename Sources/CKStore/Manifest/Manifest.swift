@@ -113,10 +113,25 @@ public struct FileEntry: Codable, Sendable, Equatable {
     public var chunks: [ChunkRef]
     /// Tensors (safetensors) or storages (torch zip), each a byte range aligned to its chunks.
     public var tensors: [TensorEntry]?
+    /// For a torch zip holding an optimizer's state dict: its parameter groups and hyperparameters.
+    public var optimizer: OptimizerSummary?
 
     enum CodingKeys: String, CodingKey {
-        case path, mode, size, sha256, format, chunks, tensors
+        case path, mode, size, sha256, format, chunks, tensors, optimizer
         case linkTarget = "link_target"
+    }
+
+    public init(path: String, mode: UInt32, size: Int64, sha256: ChunkDigest, format: FileFormat, linkTarget: String?,
+                chunks: [ChunkRef], tensors: [TensorEntry]?, optimizer: OptimizerSummary? = nil) {
+        self.path = path
+        self.mode = mode
+        self.size = size
+        self.sha256 = sha256
+        self.format = format
+        self.linkTarget = linkTarget
+        self.chunks = chunks
+        self.tensors = tensors
+        self.optimizer = optimizer
     }
 }
 
@@ -143,11 +158,13 @@ public struct ChunkRef: Codable, Sendable, Equatable {
 
 /// A tensor (or a torch storage) inside a file.
 public struct TensorEntry: Codable, Sendable, Equatable {
-    /// The tensor's name (a storage's entry name in a torch zip).
+    /// The tensor's name. A torch storage is named by where its tensor sits in the saved object
+    /// (`state.12.exp_avg`), or by its zip entry (`optimizer/data/17`) when the pickle does not say.
     public var name: String
-    /// The safetensors dtype; nil for torch storages, whose element type lives in the pickle.
+    /// The safetensors dtype; for a torch storage, the one its storage type gives, when its shape is known.
     public var dtype: DType?
-    /// The shape; nil for torch storages.
+    /// The shape; for a torch storage, its tensor's when one tensor covers the whole storage, else its
+    /// element count; nil when the pickle does not say.
     public var shape: [Int]?
     /// The tensor's bytes within the file: `[begin, end)`.
     public var begin: Int64

@@ -275,7 +275,7 @@ final class Archiver {
         // The SHA-256 is filled in by StoredFile.finish().
         let entry = FileEntry(
             path: path, mode: mode, size: size, sha256: .zero, format: layout.format,
-            linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors
+            linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors, optimizer: layout.optimizer
         )
         return StoredFile(entry: entry, warning: warning, digest: digest, file: file, identity: identity)
     }

@@ -76,9 +76,9 @@ extension RestorePlan {
             return RestorePlan(id: id, manifest: manifest, outputs: outputs, links: selected.filter { $0.format == .symlink })
         }
         var matchedPatterns = Set<String>()
-        for file in selected where file.format == .safetensors {
+        for file in selected where file.format == .safetensors || file.format == .torchZip {
             let chosen = (file.tensors ?? []).filter { tensor in
-                guard dropped.tensors[file.path]?.contains(tensor.name) != true else { return false }
+                guard dropped.tensors[file.path]?.contains(tensor.name) != true, tensor.dtype != nil, tensor.shape != nil else { return false }
                 let hits = tensors.filter { fnmatch($0, tensor.name, 0) == 0 }
                 matchedPatterns.formUnion(hits)
                 return !hits.isEmpty
@@ -88,7 +88,7 @@ extension RestorePlan {
         }
         let unmatched = tensors.filter { !matchedPatterns.contains($0) }
         guard unmatched.isEmpty else {
-            throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no safetensors tensor matching \(unmatched.joined(separator: ", "))")
+            throw CKStoreError(.notFound, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has no tensor matching \(unmatched.joined(separator: ", ")) (in its safetensors files, or among the torch.save storages whose dtype and shape the pickle gives)")
         }
         return RestorePlan(id: id, manifest: manifest, outputs: outputs, links: [])
     }
@@ -152,8 +152,11 @@ extension RestorePlan {
     }
 
     /// A valid safetensors file holding `tensors` of `file`, in their order, with the file's metadata.
+    /// From a torch.save archive (`optimizer.pt`) it is `optimizer.pt.safetensors`, its tensors named as
+    /// the pickle names them (`state.12.exp_avg`).
     private static func subset(of file: FileEntry, tensors: [TensorEntry], id: CheckpointID, reader: ChunkReader) throws -> Output {
-        let metadata = try originalMetadata(of: file, id: id, reader: reader)
+        let fromTorch = file.format == .torchZip
+        let metadata = fromTorch ? ["format": "pt", "source": file.path] : try originalMetadata(of: file, id: id, reader: reader)
         var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
         var chunks = [ChunkRef]()
         var tensorOfChunk = [Int: String]()
@@ -165,7 +168,7 @@ extension RestorePlan {
         }
         let header = SafetensorsFile.header(tensors: described, metadata: metadata)
         let size = Int64(header.count) + described.reduce(0) { $0 + $1.length }
-        return Output(path: file.path, mode: file.mode, prefix: header, chunks: chunks, size: size, tensorOfChunk: tensorOfChunk)
+        return Output(path: fromTorch ? file.path + ".safetensors" : file.path, mode: file.mode, prefix: header, chunks: chunks, size: size, tensorOfChunk: tensorOfChunk)
     }
 
     /// The `__metadata__` of a stored safetensors file, read from its header chunk(s).
