@@ -1,0 +1,72 @@
+#!/bin/bash
+# Issue 18's many-core measurement (docs/benchmarks.md, "Many cores"). Makes a series of ~1 GB GPT
+# checkpoints on the machine with its PyTorch (Benchmarks/RealSeries/gpt_series.py, on its GPU), then times
+# ckstore put and get, with restic side by side, at 16, 8, 4, 2 and 1 cores (taskset), the series and the
+# store in tmpfs (page cache warm, no disk), and again with the store on disk.
+#
+#   Benchmarks/ManyCores/bench.sh CARRY
+#
+# CARRY holds what the machine lacks: ckstore.xz (a release build with --static-swift-stdlib, stripped),
+# lib/libzstd.so.1 and lib/libsqlite3.so.0 (for ckstore alone), restic.gz (Debian's static binary).
+# Environment: OUT (results.txt goes there), CORES ("16 8 4 2 1"), PY (python3), SERIES_ARGS.
+set -u
+D=$(cd "${1:?usage: bench.sh CARRY}" && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+W=/dev/shm/ck
+rm -rf $W; mkdir -p $W/bin $W/lib
+python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" $D/ckstore.xz $W/bin/ckstore.real; gunzip -c $D/restic.gz > $W/bin/restic
+cp $D/lib/* $W/lib/
+# The carried libzstd and libsqlite3 for ckstore alone: PyTorch keeps the system's libraries.
+printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' $W/lib $W/bin/ckstore.real > $W/bin/ckstore
+chmod +x $W/bin/*
+CK=$W/bin/ckstore; RESTIC=$W/bin/restic
+R=${OUT:-/tmp}/results.txt
+log() { echo "$*" | tee -a $R; }
+log "machine: $(nproc) cpus; $(grep -m1 'model name' /proc/cpuinfo); sha_ni $(grep -m1 -c sha_ni /proc/cpuinfo); $(uname -r)"
+df -h /dev/shm /tmp | tee -a $R
+$CK --version | tee -a $R
+SERIES=$W/series
+t0=$(date +%s.%N)
+${PY:-python3} $REPO/Benchmarks/RealSeries/gpt_series.py $SERIES ${SERIES_ARGS:---checkpoints 4 --every 5} 2>&1 | grep -v Warning | tail -5
+log "series made in $(python3 -c "import sys; print(round($(date +%s.%N) - $t0, 1))") s: $(du -sh $SERIES | cut -f1)"
+ls -la $(ls -d $SERIES/checkpoint-* | head -1) | tee -a $R
+CKPTS=$(ls -d $SERIES/checkpoint-* | sort -t- -k2 -n)
+NEWEST=$(echo "$CKPTS" | tail -1)
+cat $SERIES/*/* > /dev/null
+# measure LABEL CMD...: wall seconds and the child's peak RSS (MiB)
+measure() {
+  local label=$1; shift
+  python3 -c '
+import resource, subprocess, sys, time
+t = time.perf_counter(); r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+dt = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(f"{sys.argv[1]} {dt:.3f} s rss {rss:.0f} MiB rc {r.returncode}", r.stderr.decode()[-300:] if r.returncode else "")
+' "$label" "$@" | tee -a $R
+}
+run_ckstore() {  # cores storeroot
+  local c=$1 root=$2 cpus="0-$(($1-1))"
+  rm -rf $root/store; $CK init --store $root/store >/dev/null
+  for k in $CKPTS; do measure "ckstore cores=$c at=$root put $(basename $k)" taskset -c $cpus $CK put $k --store $root/store --run gpt; done
+  for i in 1 2 3; do rm -rf $root/out; measure "ckstore cores=$c at=$root get newest #$i" taskset -c $cpus $CK get gpt@latest $root/out --store $root/store; done
+  cmp $root/out/optimizer.pt $NEWEST/optimizer.pt && log "ckstore cores=$c restored newest byte-exact"
+  log "ckstore cores=$c stored $(du -sb $root/store | cut -f1) bytes"
+  rm -rf $root/out
+}
+run_restic() {
+  local c=$1 root=$2 cpus="0-$(($1-1))"
+  export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$root/restic-cache
+  rm -rf $root/restic $root/restic-cache; $RESTIC init --repo $root/restic -q
+  for k in $CKPTS; do measure "restic cores=$c at=$root put $(basename $k)" taskset -c $cpus $RESTIC -r $root/restic backup -q $k; done
+  for i in 1 2 3; do rm -rf $root/out; measure "restic cores=$c at=$root get newest #$i" taskset -c $cpus $RESTIC -r $root/restic restore latest --target $root/out -q; done
+  log "restic cores=$c stored $(du -sb $root/restic | cut -f1) bytes"
+  rm -rf $root/out $root/restic $root/restic-cache
+}
+mkdir -p /tmp/ck
+ALL=${CORES:-16 8 4 2 1}; MOST=$(echo $ALL | cut -d' ' -f1)
+for c in $ALL; do run_ckstore $c $W; done
+run_ckstore $MOST /tmp/ck
+run_ckstore 2 /tmp/ck
+run_restic $MOST $W
+run_restic 2 $W
+log done
