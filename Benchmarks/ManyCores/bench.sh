@@ -23,6 +23,7 @@ CK=$W/bin/ckstore; RESTIC=$W/bin/restic
 R=${OUT:-/tmp}/results.txt
 log() { echo "$*" | tee -a $R; }
 log "machine: $(nproc) cpus; $(grep -m1 'model name' /proc/cpuinfo); sha_ni $(grep -m1 -c sha_ni /proc/cpuinfo); $(uname -r)"
+log "topology: cpu0 shares a core with $(cat /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null), cpu1 with $(cat /sys/devices/system/cpu/cpu1/topology/thread_siblings_list 2>/dev/null)"
 df -h /dev/shm /tmp | tee -a $R
 $CK --version | tee -a $R
 SERIES=$W/series
@@ -42,13 +43,15 @@ t = time.perf_counter(); r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVN
 dt = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(f"{sys.argv[1]} {dt:.3f} s rss {rss:.0f} MiB rc {r.returncode}", r.stderr.decode()[-300:] if r.returncode else "")
+trace = [line for line in r.stderr.decode().splitlines() if line.startswith("trace ")]
+if trace: print("   " + " | ".join(line.split(": ", 1)[1] for line in trace))
 ' "$label" "$@" | tee -a $R
 }
 run_ckstore() {  # cores storeroot
   local c=$1 root=$2 cpus="0-$(($1-1))"
   rm -rf $root/store; $CK init --store $root/store >/dev/null
-  for k in $CKPTS; do measure "ckstore cores=$c at=$root put $(basename $k)" taskset -c $cpus $CK put $k --store $root/store --run gpt; done
-  for i in 1 2 3; do rm -rf $root/out; measure "ckstore cores=$c at=$root get newest #$i" taskset -c $cpus $CK get gpt@latest $root/out --store $root/store; done
+  for k in $CKPTS; do CKSTORE_TRACE=1 measure "ckstore cores=$c at=$root put $(basename $k)" taskset -c $cpus $CK put $k --store $root/store --run gpt; done
+  for i in 1 2 3; do rm -rf $root/out; CKSTORE_TRACE=1 measure "ckstore cores=$c at=$root get newest #$i" taskset -c $cpus $CK get gpt@latest $root/out --store $root/store; done
   cmp $root/out/optimizer.pt $NEWEST/optimizer.pt && log "ckstore cores=$c restored newest byte-exact"
   log "ckstore cores=$c stored $(du -sb $root/store | cut -f1) bytes"
   rm -rf $root/out

@@ -5,8 +5,9 @@ import Synchronization
 ///
 /// Many tasks may append at once (a put's workers append the frames they encode): each append reserves
 /// its frame's place under a lock and writes it outside the lock, so that copying frames into the page
-/// cache runs on every core instead of one. A pack that is full is sealed by whichever append finishes
-/// its last write; ``seal()`` seals the rest once every append has returned.
+/// cache runs on every core instead of one. The kernel serializes writes to one file (its inode lock),
+/// so a sink may keep several packs open and spread appends over them. A pack that is full is sealed by
+/// whichever append finishes its last write; ``seal()`` seals the rest once every append has returned.
 final class PackSink: @unchecked Sendable {
     // Everything mutable is in `state`, behind its mutex; a PackWriter's reservations happen under it, its
     // writes (to disjoint ranges of its file) outside it.
@@ -20,17 +21,22 @@ final class PackSink: @unchecked Sendable {
 
     private struct State {
         var open = [PackID: OpenPack]()
-        var current: PackID?
+        /// The pack each slot appends to; appends take the slots in turn.
+        var current: [PackID?]
+        var nextSlot = 0
         var sealed = [SealedPack]()
     }
 
     private let layout: StoreLayout
     private let targetSize: Int64
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
-    init(layout: StoreLayout, targetSize: Int64 = PackFormat.targetSize) {
+    /// A sink writing packs of about `targetSize` bytes, with up to `writers` packs open at once (one
+    /// keeps the frames of a pack in the order they were appended).
+    init(layout: StoreLayout, targetSize: Int64 = PackFormat.targetSize, writers: Int = 1) {
         self.layout = layout
         self.targetSize = targetSize
+        self.state = Mutex(State(current: Array(repeating: nil, count: max(1, writers))))
     }
 
     /// Appends one frame; returns where it is (valid once its pack is sealed). Safe to call from several
@@ -40,19 +46,21 @@ final class PackSink: @unchecked Sendable {
         // The header's checksum covers the payload: computed before taking the lock.
         let header = FrameHeader(kind: kind, chunk: chunk)
         let (writer, frame) = try state.withLock { (state) throws -> (PackWriter, PackWriter.WrittenFrame) in
+            let slot = state.nextSlot
+            state.nextSlot = (slot + 1) % state.current.count
             let writer: PackWriter
-            if let id = state.current, let open = state.open[id] {
+            if let id = state.current[slot], let open = state.open[id] {
                 writer = open.writer
             } else {
                 writer = try PackWriter(layout: layout)
                 state.open[writer.id] = OpenPack(writer: writer)
-                state.current = writer.id
+                state.current[slot] = writer.id
             }
             let frame = writer.reserve(header)
             state.open[writer.id]?.writing += 1
             if writer.size >= targetSize {
                 state.open[writer.id]?.full = true
-                state.current = nil
+                state.current[slot] = nil
             }
             return (writer, frame)
         }
@@ -82,7 +90,10 @@ final class PackSink: @unchecked Sendable {
     /// append is running.
     func seal() throws -> [SealedPack] {
         let open = state.withLock { (state) -> [PackWriter] in
-            defer { state.open.removeAll(); state.current = nil }
+            defer {
+                state.open.removeAll()
+                state.current = state.current.map { _ in nil }
+            }
             return state.open.values.map(\.writer).sorted { $0.id.description < $1.id.description }
         }
         var sealed = [SealedPack]()

@@ -119,28 +119,38 @@ extension CheckpointStore {
 /// Its seams are the catalogue's chunk lookups (``ChunkIndex``), a ``ChunkReader`` for delta bases, a
 /// ``PackSink`` for new frames, and the catalogue connection for the commit alone.
 ///
-/// Not Sendable: owned by the put's coordinating task. Worker tasks get only Sendable values (the bytes
-/// of one chunk, the index, the codec) and return their results to the coordinator.
-final class Archiver {
+/// Unchecked Sendable: ``store(_:path:mode:bytesInFlight:)`` runs for two files at once and touches only
+/// members that are immutable or safe to share (the index, sink, codec, claims, encoder, progress meter);
+/// what it learns comes back in its ``StoredFile`` and is merged by ``record(_:)`` on the put's own task,
+/// which alone runs ``commit(_:)`` and ``appendManifest(_:digest:)``.
+final class Archiver: @unchecked Sendable {
     private let catalogue: LockedCatalogue
     private let index: ChunkIndex
     private let sink: PackSink
     private let codec: FrameCodec
     private let tensorEncoder: TensorEncoder
-    private let maxBytesInFlight: Int
+    let maxBytesInFlight: Int
     /// Digests this put has claimed for writing, shared with the workers (see ``ChunkClaims``).
     private let claims = ChunkClaims()
     private var sealed = [SealedPack]()
     /// Chunks found in the store, with where to read them again if a concurrent gc removes them first.
-    private var reused = [ChunkDigest: (source: any PutSource, path: String, offset: Int64, length: Int)]()
+    private var reused = [ChunkDigest: ReusedChunk]()
     private(set) var newChunkCount = 0
     private(set) var bytesAdded: Int64 = 0
     /// Whether this put appended any frame (chunks or a manifest) that a commit must record.
     private(set) var hasNewFrames = false
     /// The packs this put recorded in the catalogue.
     var committedPacks: [PackID] { sealed.map(\.id) }
-    /// Counts the bytes of every chunk read and stored (or found stored).
+    /// Counts the bytes of every chunk read and stored (or found stored). Set before the first store.
     var progress: ProgressMeter?
+
+    /// A chunk found in the store, and where to read it again.
+    struct ReusedChunk {
+        var source: any PutSource
+        var path: String
+        var offset: Int64
+        var length: Int
+    }
 
     init(catalogue: LockedCatalogue, sink: PackSink, reader: ChunkReader, contexts: ZstdContextPool, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
         self.catalogue = catalogue
@@ -150,7 +160,7 @@ final class Archiver {
         let maxDepth = options.maxDeltaDepth ?? settings.maxDeltaDepth
         try StoreSettings.checkDeltaDepth(maxDepth)
         self.tensorEncoder = TensorEncoder(index: index, reader: reader, codec: codec, maxDepth: maxDepth, parent: parent)
-        self.maxBytesInFlight = max(1, options.maxBytesInFlight)
+        self.maxBytesInFlight = max(2, options.maxBytesInFlight)
     }
 
     /// What a worker did with one chunk.
@@ -166,9 +176,12 @@ final class Archiver {
 
     /// One file stored, but for its whole-file SHA-256, which is still being computed: ``finish()``
     /// waits for it.
-    struct StoredFile {
+    struct StoredFile: @unchecked Sendable {
         var entry: FileEntry
         var warning: String?
+        /// Chunks written (their frames appended) and chunks found in the store.
+        fileprivate var newChunks = 0
+        fileprivate var reused = [ChunkDigest: ReusedChunk]()
         fileprivate var digest: Task<ChunkDigest, any Error>
         fileprivate var file: any PutSource
         fileprivate var identity: FileIdentity?
@@ -187,24 +200,34 @@ final class Archiver {
     }
 
     /// Stores one file's bytes from `file` under `path`: cuts it into chunks in order and hashes, encodes
-    /// and appends them in parallel, with at most `maxBytesInFlight` bytes of chunks taken and not done.
+    /// and appends them in parallel, with at most `bytesInFlight` bytes of chunks taken and not done.
     /// The whole-file SHA-256 runs beside, in its own task (see ``StoredFile``).
-    func store(_ file: any PutSource, path: String, mode: UInt32) async throws -> StoredFile {
+    func store(_ file: any PutSource, path: String, mode: UInt32, bytesInFlight: Int) async throws -> StoredFile {
         let identity = try file.identity()
         let size = try identity?.size ?? file.size()
         let wholeFileDigest = Task { try FileCursor.wholeFileDigest(file, size: size) }
         do {
-            return try await store(file, path: path, mode: mode, identity: identity, size: size, digest: wholeFileDigest)
+            return try await store(file, path: path, mode: mode, identity: identity, size: size, digest: wholeFileDigest, bytesInFlight: bytesInFlight)
         } catch {
             wholeFileDigest.cancel()
             throw error
         }
     }
 
-    private func store(_ file: any PutSource, path: String, mode: UInt32, identity: FileIdentity?, size: Int64, digest: Task<ChunkDigest, any Error>) async throws -> StoredFile {
+    /// Takes what storing one file learnt into the put (on the put's own task, between stores).
+    func record(_ stored: StoredFile) {
+        newChunkCount += stored.newChunks
+        if stored.newChunks > 0 { hasNewFrames = true }
+        reused.merge(stored.reused) { first, _ in first }
+    }
+
+    private func store(_ file: any PutSource, path: String, mode: UInt32, identity: FileIdentity?, size: Int64, digest: Task<ChunkDigest, any Error>, bytesInFlight maxBytesInFlight: Int) async throws -> StoredFile {
         let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size)
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
+        var newChunks = 0
+        var reused = [ChunkDigest: ReusedChunk]()
+        let progress = self.progress
 
         let chunkIndex = self.index, codec = self.codec, claims = self.claims, tensorEncoder = self.tensorEncoder, sink = self.sink
         try await withThrowingTaskGroup(of: ChunkResult.self) { group in
@@ -244,10 +267,9 @@ final class Archiver {
                 progress?.add(Int64(result.length))
                 chunks[result.index] = ChunkRef(digest: result.digest, length: result.length)
                 if result.appended {
-                    hasNewFrames = true
-                    newChunkCount += 1
+                    newChunks += 1
                 } else if result.foundInStore {
-                    reused[result.digest] = (file, path, result.offset, result.length)
+                    reused[result.digest] = ReusedChunk(source: file, path: path, offset: result.offset, length: result.length)
                 }
             }
         }
@@ -277,7 +299,7 @@ final class Archiver {
             path: path, mode: mode, size: size, sha256: .zero, format: layout.format,
             linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors, optimizer: layout.optimizer
         )
-        return StoredFile(entry: entry, warning: warning, digest: digest, file: file, identity: identity)
+        return StoredFile(entry: entry, warning: warning, newChunks: newChunks, reused: reused, digest: digest, file: file, identity: identity)
     }
 
     private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
@@ -351,6 +373,12 @@ final class ChunkClaims: Sendable {
 }
 
 extension Archiver {
+    /// How many packs a put of `bytes` writes at once: the kernel serializes writes to one file, so a
+    /// large put spreads its frames over up to 4 packs; a small one keeps to one (one fsync).
+    static func packWriters(forBytes bytes: Int64) -> Int {
+        Int(min(4, max(1, bytes / (128 << 20))))
+    }
+
     /// Puts the files `inputs` as one checkpoint: the core of ``put(directory:options:)`` and of saves from
     /// memory. `what` names the checkpoint in errors.
     ///
@@ -361,6 +389,7 @@ extension Archiver {
         catalogue: LockedCatalogue, layout: StoreLayout, reader: ChunkReader, contexts: ZstdContextPool
     ) async throws -> PutResult {
         let started = ContinuousClock.now
+        let trace = Trace("put")
         try CheckpointStore.validateRunName(options.run)
         do {
             try CheckpointStore.makeReserve(layout)
@@ -387,27 +416,54 @@ extension Archiver {
         } catch let error as CKStoreError where error.code == .damaged {
             parentManifest = nil
         }
-        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
+        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: inputs.reduce(0) { $0 + $1.size })), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
         session.progress = ProgressMeter("put", total: inputs.reduce(0) { $0 + $1.size }, handler: options.progress)
-        var entries = [(entry: FileEntry?, stored: StoredFile?)]()
+        // Two files are stored at once, each with half the bytes in flight, so that one file's serial
+        // whole-file SHA-256 overlaps the other's chunks and small files do not leave cores idle.
+        var entries = [FileEntry?](repeating: nil, count: inputs.count)
+        var storedFiles = [Int: StoredFile]()
         var warnings = [String]()
         // Whole-file digests still running are cancelled if the put fails.
-        defer { for case let (_, stored?) in entries { stored.cancel() } }
-        for input in inputs {
-            switch input.content {
-            case .symlink(let target):
-                entries.append((FileEntry(path: input.path, mode: input.mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
-                                          format: .symlink, linkTarget: target, chunks: [], tensors: nil), nil))
-                continue
-            case .file(let source): entries.append((nil, try await session.store(SharedFile(path: source), path: input.path, mode: input.mode)))
-            case .memory(let file): entries.append((nil, try await session.store(file, path: input.path, mode: input.mode)))
+        defer { for file in storedFiles.values { file.cancel() } }
+        let regular = inputs.indices.filter { index in
+            guard case .symlink(let target) = inputs[index].content else { return true }
+            entries[index] = FileEntry(path: inputs[index].path, mode: inputs[index].mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
+                                       format: .symlink, linkTarget: target, chunks: [], tensors: nil)
+            return false
+        }
+        // Largest first: a big file started last would leave cores idle at the end.
+        let sizes = Dictionary(uniqueKeysWithValues: regular.map { ($0, inputs[$0].size) })
+        let order = regular.sorted { (sizes[$0] ?? 0, $1) > (sizes[$1] ?? 0, $0) }
+        trace.mark("parent read, \(regular.count) files to store")
+        let perFile = max(1, session.maxBytesInFlight / 2)
+        try await withThrowingTaskGroup(of: (Int, StoredFile).self) { group in
+            var next = 0
+            func start() {
+                let index = order[next], input = inputs[index]
+                next += 1
+                group.addTask {
+                    switch input.content {
+                    case .file(let source): (index, try await session.store(SharedFile(path: source), path: input.path, mode: input.mode, bytesInFlight: perFile))
+                    case .memory(let file): (index, try await session.store(file, path: input.path, mode: input.mode, bytesInFlight: perFile))
+                    case .symlink: throw CKStoreError(.internalInvariant, "a link reached the file pipeline")
+                    }
+                }
             }
-            if let warning = entries.last?.stored?.warning { warnings.append(warning) }
+            while next < regular.count && next < 2 { start() }
+            while let (index, file) = try await group.next() {
+                storedFiles[index] = file
+                session.record(file)
+                trace.mark("chunks of \(file.entry.path) stored")
+                if next < regular.count { start() }
+            }
         }
-        var files = [FileEntry]()
-        for (entry, stored) in entries {
-            if let entry { files.append(entry) } else if let stored { files.append(try await stored.finish()) }
+        for index in regular {
+            guard let file = storedFiles[index] else { continue }
+            if let warning = file.warning { warnings.append(warning) }
+            entries[index] = try await file.finish()
         }
+        let files = entries.compactMap { $0 }
+        trace.mark("whole-file SHA-256s done")
 
         var metrics = trainerState?.metrics ?? [:]
         metrics.merge(options.metrics) { _, new in new }
@@ -467,6 +523,7 @@ extension Archiver {
             )
             return (id: id, alreadyStored: false)
         }
+        trace.mark("packs sealed and catalogue committed")
         // The commit point a rebuild sees (I-9), written before the put reports success. A put that cannot
         // write it fails, and takes its checkpoint out of the catalogue again: nothing is listed that a
         // rebuild would not bring back.

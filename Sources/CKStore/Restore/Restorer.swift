@@ -49,17 +49,21 @@ struct Restorer {
         let window = max(1, maxBytesInFlight / 2)
         let outputs = plan.outputs, id = plan.id
         let meter = ProgressMeter("get", total: outputs.reduce(0) { $0 + $1.size }, handler: progress)
+        let trace = Trace("get")
         var bytes: Int64 = 0
+        // Largest first: a big output started last would leave cores idle at the end.
+        let order = outputs.indices.sorted { (outputs[$0].size, $1) > (outputs[$1].size, $0) }
         try await withThrowingTaskGroup(of: Int64.self) { group in
             var next = 0
             func start() {
-                let output = outputs[next]
+                let output = outputs[order[next]]
                 group.addTask { try await self.fill(output, into: try target(output), chunks: chunks, checkpoint: id, window: window, meter: meter); return output.size }
                 next += 1
             }
             while next < outputs.count && next < 2 { start() }
             while let size = try await group.next() {
                 bytes += size
+                trace.mark("an output of \(size) bytes written")
                 if next < outputs.count { start() }
             }
         }
