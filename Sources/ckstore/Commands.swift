@@ -236,21 +236,31 @@ struct Show: AsyncParsableCommand {
     @Argument(help: "The checkpoint (id prefix, RUN@STEP or RUN@latest).") var reference: String
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "List each file's tensors (torch.save storages by their names in the saved object, such as state.12.exp_avg).") var tensors = false
+    @Flag(help: ArgumentHelp("Compute each file's SHA-256 from the stored chunks and print it as sha256sum does, for `sha256sum -c` in a folder the checkpoint was restored into; with --json, fill in every file's sha256.", discussion: "Manifests written by ckstore 0.7 and later record each file's digest over its chunks, not its whole-file SHA-256 (which needed a second, serial pass over every file at put)."))
+    var sha256sum = false
     @OptionGroup var remote: RemoteOption
 
     func run() async throws {
-        let report: ShowReport
+        var report: ShowReport
         if remote.remote != nil {
             let checkpointStore = try store.open(create: true)
             let source = try remote.connect(checkpointStore)
             let commit = try await checkpointStore.resolve(try CheckpointReference(parsing: reference), on: source)
             let manifest = try await checkpointStore.manifest(of: commit, on: source)
             report = ShowReport(id: commit.id, manifest: manifest, summary: commit.summary, dropped: commit.droppedFiles)
+            if sha256sum {
+                throw ValidationError("--sha256sum reads the stored chunks: pull the checkpoint first (`ckstore pull`), then run show --sha256sum without --remote")
+            }
         } else {
             let (checkpointStore, id) = try await store.resolve(reference)
             let manifest = try checkpointStore.manifest(of: id)
             let summary = try checkpointStore.summary(of: id)
             report = ShowReport(id: id, manifest: manifest, summary: summary, dropped: try checkpointStore.droppedFiles(of: id))
+            if sha256sum { report.setSHA256(try await checkpointStore.sha256(of: id)) }
+        }
+        if sha256sum && !json {
+            print(report.sha256sumLines)
+            return
         }
         if json {
             try JSONOutput.print(report)

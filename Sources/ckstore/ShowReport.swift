@@ -15,14 +15,17 @@ struct ShowReport: Encodable {
         var format: String
         var size: Int64
         var mode: String
-        var sha256: String
+        /// The whole file's SHA-256, when the manifest records it or `--sha256sum` computed it.
+        var sha256: String?
+        /// The file's digest over its chunks (manifests of ckstore 0.7 and later).
+        var digest: String?
         var chunks: Int
         var linkTarget: String?
         var tensors: [Tensor]?
         var optimizer: OptimizerSummary?
 
         enum CodingKeys: String, CodingKey {
-            case path, format, size, mode, sha256, chunks, tensors, optimizer
+            case path, format, size, mode, sha256, digest, chunks, tensors, optimizer
             case linkTarget = "link_target"
         }
     }
@@ -74,11 +77,24 @@ struct ShowReport: Encodable {
         files = manifest.files.map { file in
             File(
                 path: file.path, format: file.format.rawValue, size: file.size, mode: String(file.mode, radix: 8),
-                sha256: file.sha256.hex, chunks: file.chunks.count, linkTarget: file.linkTarget,
+                sha256: file.sha256?.hex, digest: file.digest?.hex, chunks: file.chunks.count, linkTarget: file.linkTarget,
                 tensors: file.tensors?.map { Tensor(name: $0.name, dtype: $0.dtype?.name, shape: $0.shape, bytes: $0.byteCount, chunks: $0.chunkCount) },
                 optimizer: file.optimizer
             )
         }
+    }
+
+    /// Fills in each regular file's SHA-256 from `digests` (by path).
+    mutating func setSHA256(_ digests: [String: ChunkDigest]) {
+        for index in files.indices {
+            if let digest = digests[files[index].path] { files[index].sha256 = digest.hex }
+        }
+    }
+
+    /// `sha256sum`'s format: a line per regular file, `<hex>  <path>`, for `sha256sum -c` in a folder
+    /// the checkpoint was restored into.
+    var sha256sumLines: String {
+        files.filter { $0.format != "symlink" }.compactMap { file in file.sha256.map { "\($0)  \(file.path)" } }.joined(separator: "\n")
     }
 
     /// The human-readable report; with `tensors`, each file's tensors too.

@@ -103,8 +103,13 @@ public struct FileEntry: Codable, Sendable, Equatable {
     public var mode: UInt32
     /// The file's size in bytes.
     public var size: Int64
-    /// SHA-256 of the whole file.
-    public var sha256: ChunkDigest
+    /// The SHA-256 of the whole file, when it was known without a second pass over the file: for files
+    /// of at most one chunk (whose chunk digest it is), and for every file of manifests written before
+    /// ckstore 0.7. `ckstore show --sha256sum` computes it for any file from the stored chunks.
+    public var sha256: ChunkDigest?
+    /// The file's digest over its chunks, ``chunkListDigest(_:)``: what identifies its content in
+    /// manifests written by ckstore 0.7 and later (nil in earlier ones).
+    public var digest: ChunkDigest?
     /// How ckstore understood the file.
     public var format: FileFormat
     /// For a symbolic link: its target, relative to the link's folder.
@@ -117,10 +122,11 @@ public struct FileEntry: Codable, Sendable, Equatable {
     public var optimizer: OptimizerSummary?
 
     enum CodingKeys: String, CodingKey {
-        case path, mode, size, sha256, format, chunks, tensors, optimizer
+        case path, mode, size, sha256, digest, format, chunks, tensors, optimizer
         case linkTarget = "link_target"
     }
 
+    /// An entry as manifests before ckstore 0.7 wrote it, with the whole file's SHA-256.
     public init(path: String, mode: UInt32, size: Int64, sha256: ChunkDigest, format: FileFormat, linkTarget: String?,
                 chunks: [ChunkRef], tensors: [TensorEntry]?, optimizer: OptimizerSummary? = nil) {
         self.path = path
@@ -132,6 +138,45 @@ public struct FileEntry: Codable, Sendable, Equatable {
         self.chunks = chunks
         self.tensors = tensors
         self.optimizer = optimizer
+    }
+
+    /// A regular file's entry as a put writes it: its digest over `chunks`, and its SHA-256 when that is
+    /// the digest of its one chunk (or of no bytes).
+    init(path: String, mode: UInt32, size: Int64, chunks: [ChunkRef], format: FileFormat, tensors: [TensorEntry]?, optimizer: OptimizerSummary?) {
+        self.path = path
+        self.mode = mode
+        self.size = size
+        self.digest = Self.chunkListDigest(chunks)
+        self.sha256 = chunks.count <= 1 ? (chunks.first?.digest ?? SHA256Hasher.digest([UInt8]())) : nil
+        self.format = format
+        self.chunks = chunks
+        self.tensors = tensors
+        self.optimizer = optimizer
+    }
+
+    /// A symbolic link's entry.
+    init(link path: String, mode: UInt32, target: String) {
+        self.init(path: path, mode: mode, size: 0, chunks: [], format: .symlink, tensors: nil, optimizer: nil)
+        self.linkTarget = target
+    }
+
+    /// The digest of a file made of `chunks`: the SHA-256 of, for each chunk in order, its 32-byte SHA-256
+    /// followed by its length as 8 bytes little-endian. It commits to every byte of the file as firmly
+    /// as the file's own SHA-256 would, and costs nothing at put: each chunk is hashed anyway.
+    ///
+    /// To check a file without ckstore, cut it by the manifest's chunk lengths and compare each piece's
+    /// `sha256sum` with the chunk's digest; or compare the whole file's `sha256sum` with what
+    /// `ckstore show --sha256sum` prints.
+    public static func chunkListDigest(_ chunks: [ChunkRef]) -> ChunkDigest {
+        var hasher = SHA256Hasher()
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(chunks.count * 40)
+        for chunk in chunks {
+            bytes += chunk.digest.bytes
+            bytes.appendLittleEndian(UInt64(chunk.length))
+        }
+        hasher.update(bytes)
+        return hasher.finalize()
     }
 }
 

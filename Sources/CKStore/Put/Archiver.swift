@@ -174,44 +174,13 @@ final class Archiver: @unchecked Sendable {
         var foundInStore: Bool
     }
 
-    /// One file stored, but for its whole-file SHA-256, which is still being computed: ``finish()``
-    /// waits for it.
+    /// One file stored: its manifest entry, and what the put must know of its chunks.
     struct StoredFile: @unchecked Sendable {
         var entry: FileEntry
         var warning: String?
         /// Chunks written (their frames appended) and chunks found in the store.
         fileprivate var newChunks = 0
         fileprivate var reused = [ChunkDigest: ReusedChunk]()
-        fileprivate var digest: Task<ChunkDigest, any Error>
-        fileprivate var file: any PutSource
-        fileprivate var identity: FileIdentity?
-
-        /// The entry with its SHA-256, once the file is checked not to have changed since it was opened.
-        func finish() async throws -> FileEntry {
-            var entry = entry
-            entry.sha256 = try await digest.value
-            guard try file.identity() == identity else {
-                throw CKStoreError(.conflict, "\(entry.path) changed while it was being stored; put it again once the trainer has finished writing")
-            }
-            return entry
-        }
-
-        func cancel() { digest.cancel() }
-    }
-
-    /// Stores one file's bytes from `file` under `path`: cuts it into chunks in order and hashes, encodes
-    /// and appends them in parallel, with at most `bytesInFlight` bytes of chunks taken and not done.
-    /// The whole-file SHA-256 runs beside, in its own task (see ``StoredFile``).
-    func store(_ file: any PutSource, path: String, mode: UInt32, bytesInFlight: Int) async throws -> StoredFile {
-        let identity = try file.identity()
-        let size = try identity?.size ?? file.size()
-        let wholeFileDigest = Task { try FileCursor.wholeFileDigest(file, size: size) }
-        do {
-            return try await store(file, path: path, mode: mode, identity: identity, size: size, digest: wholeFileDigest, bytesInFlight: bytesInFlight)
-        } catch {
-            wholeFileDigest.cancel()
-            throw error
-        }
     }
 
     /// Takes what storing one file learnt into the put (on the put's own task, between stores).
@@ -221,7 +190,15 @@ final class Archiver: @unchecked Sendable {
         reused.merge(stored.reused) { first, _ in first }
     }
 
-    private func store(_ file: any PutSource, path: String, mode: UInt32, identity: FileIdentity?, size: Int64, digest: Task<ChunkDigest, any Error>, bytesInFlight maxBytesInFlight: Int) async throws -> StoredFile {
+    /// Stores one file's bytes from `file` under `path`: cuts it into chunks in order and hashes, encodes
+    /// and appends them in parallel, with at most `bytesInFlight` bytes of chunks taken and not done.
+    ///
+    /// Each byte is hashed once, as part of its chunk: the file's digest is computed over the chunk
+    /// digests (``FileEntry/chunkListDigest(_:)``) instead of by a second, serial SHA-256 pass over the
+    /// whole file, which bounded puts on many cores (docs/design.md, "Put on many cores").
+    func store(_ file: any PutSource, path: String, mode: UInt32, bytesInFlight maxBytesInFlight: Int) async throws -> StoredFile {
+        let identity = try file.identity()
+        let size = try identity?.size ?? file.size()
         let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size)
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
@@ -294,12 +271,11 @@ final class Archiver: @unchecked Sendable {
         guard chunkRefs.count == chunks.count else {
             throw CKStoreError(.ioFailure, "\(path): a chunk was read but never hashed (internal error); nothing was committed")
         }
-        // The SHA-256 is filled in by StoredFile.finish().
         let entry = FileEntry(
-            path: path, mode: mode, size: size, sha256: .zero, format: layout.format,
-            linkTarget: nil, chunks: chunkRefs, tensors: layout.format == .opaque ? nil : tensors, optimizer: layout.optimizer
+            path: path, mode: mode, size: size, chunks: chunkRefs, format: layout.format,
+            tensors: layout.format == .opaque ? nil : tensors, optimizer: layout.optimizer
         )
-        return StoredFile(entry: entry, warning: warning, newChunks: newChunks, reused: reused, digest: digest, file: file, identity: identity)
+        return StoredFile(entry: entry, warning: warning, newChunks: newChunks, reused: reused)
     }
 
     private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
@@ -418,17 +394,14 @@ extension Archiver {
         }
         let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: inputs.reduce(0) { $0 + $1.size })), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
         session.progress = ProgressMeter("put", total: inputs.reduce(0) { $0 + $1.size }, handler: options.progress)
-        // Two files are stored at once, each with half the bytes in flight, so that one file's serial
-        // whole-file SHA-256 overlaps the other's chunks and small files do not leave cores idle.
+        // Two files are stored at once, each with half the bytes in flight, so that small files and the
+        // tail of a large one do not leave cores idle.
         var entries = [FileEntry?](repeating: nil, count: inputs.count)
         var storedFiles = [Int: StoredFile]()
         var warnings = [String]()
-        // Whole-file digests still running are cancelled if the put fails.
-        defer { for file in storedFiles.values { file.cancel() } }
         let regular = inputs.indices.filter { index in
             guard case .symlink(let target) = inputs[index].content else { return true }
-            entries[index] = FileEntry(path: inputs[index].path, mode: inputs[index].mode, size: 0, sha256: SHA256Hasher.digest([UInt8]()),
-                                       format: .symlink, linkTarget: target, chunks: [], tensors: nil)
+            entries[index] = FileEntry(link: inputs[index].path, mode: inputs[index].mode, target: target)
             return false
         }
         // Largest first: a big file started last would leave cores idle at the end.
@@ -460,10 +433,9 @@ extension Archiver {
         for index in regular {
             guard let file = storedFiles[index] else { continue }
             if let warning = file.warning { warnings.append(warning) }
-            entries[index] = try await file.finish()
+            entries[index] = file.entry
         }
         let files = entries.compactMap { $0 }
-        trace.mark("whole-file SHA-256s done")
 
         var metrics = trainerState?.metrics ?? [:]
         metrics.merge(options.metrics) { _, new in new }

@@ -118,26 +118,6 @@ struct FileCursor {
             throw CKStoreError(.conflict, "\(path) changed while it was being stored (\(before?.size ?? size) bytes when the put started, \(now?.size ?? position) now); put it again once the trainer has finished writing")
         }
     }
-
-    /// The SHA-256 of a whole file, read again (from the page cache) in large blocks. A put runs it
-    /// beside the chunk pipelines of all its files and waits for it only before the commit: it is the one
-    /// serial pass over a file, so it must overlap everything else (docs/design.md, "Put on many cores").
-    static func wholeFileDigest(_ file: any PutSource, size: Int64) throws -> ChunkDigest {
-        var hasher = SHA256Hasher()
-        let blockSize = 4 << 20
-        var buffer = [UInt8](repeating: 0, count: blockSize)
-        var offset: Int64 = 0
-        while offset < size {
-            let count = Int(min(Int64(blockSize), size - offset))
-            try buffer.withUnsafeMutableBytes { raw in
-                let slice = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count])
-                try file.read(into: slice, at: offset)
-                hasher.update(UnsafeRawBufferPointer(slice))
-            }
-            offset += Int64(count)
-        }
-        return hasher.finalize()
-    }
 }
 
 /// What identifies a file's version: size and modification and change times. A file whose identity

@@ -212,3 +212,78 @@ extension CheckpointStore {
         }
     }
 }
+
+extension Restorer {
+    /// The SHA-256 of each output of `plan` (by path), computed from its chunks: decoded and checked in
+    /// parallel, hashed in order, with at most ``maxBytesInFlight`` bytes decoded and not yet hashed.
+    func sha256(of plan: RestorePlan) async throws -> [String: ChunkDigest] {
+        let chunks = RestoreChunks(plan.outputs)
+        let reader = self.reader, id = plan.id
+        var digests = [String: ChunkDigest]()
+        for output in plan.outputs {
+            let locations = try catalogue.with { (catalogue) throws -> [ChunkLocation] in
+                try output.chunks.map { (chunk) throws in
+                    guard let location = try catalogue.location(of: chunk.digest) else {
+                        throw CKStoreError(.damaged, "checkpoint \(id.short): \(output.path): chunk \(chunk.digest) is missing from the store")
+                    }
+                    return location
+                }
+            }
+            var hasher = SHA256Hasher()
+            hasher.update(output.prefix)
+            let what = "checkpoint \(id.short): \(output.path)"
+            let lengths = output.chunks.map(\.length)
+            let window = max(1, maxBytesInFlight)
+            try await withThrowingTaskGroup(of: (Int, ChunkBytes).self) { group in
+                var next = 0, hashed = 0, bytesHeld = 0
+                var done = [Int: ChunkBytes]()
+                func startWhileRoom() {
+                    while next < locations.count && (bytesHeld == 0 || bytesHeld + lengths[next] <= window) {
+                        let index = next, location = locations[index]
+                        next += 1
+                        bytesHeld += lengths[index]
+                        group.addTask {
+                            let named = "\(what) (\(output.describe(index)))"
+                            let bytes = try await chunks.bytes(at: location) { checks in try reader.read(at: location, checks: checks, what: named) }
+                            guard bytes.count == lengths[index] else {
+                                throw CKStoreError(.damaged, "\(what): chunk \(index) has \(bytes.count) bytes, the manifest says \(lengths[index])")
+                            }
+                            return (index, bytes)
+                        }
+                    }
+                }
+                startWhileRoom()
+                while hashed < locations.count, let (index, bytes) = try await group.next() {
+                    done[index] = bytes
+                    while let ready = done.removeValue(forKey: hashed) {
+                        ready.withUnsafeBytes { hasher.update($0) }
+                        ready.releaseMapping()
+                        bytesHeld -= lengths[hashed]
+                        hashed += 1
+                    }
+                    startWhileRoom()
+                }
+            }
+            digests[output.path] = hasher.finalize()
+        }
+        return digests
+    }
+}
+
+extension CheckpointStore {
+    /// The SHA-256 of each regular file of checkpoint `id` (by path), computed from the stored chunks,
+    /// each checked on the way: what `sha256sum` prints for the files a restore writes.
+    ///
+    /// Manifests no longer record every file's SHA-256 (``FileEntry/sha256``); this computes it, in
+    /// parallel chunk by chunk and in order per file, without writing anything.
+    public func sha256(of id: CheckpointID) async throws(CKStoreError) -> [String: ChunkDigest] {
+        try await CKStoreError.wrapping("SHA-256 of the files of \(id.short)") {
+            let restorer = restorer()
+            return try await restorer.locked {
+                let manifest = try restorer.manifest(of: id)
+                let plan = try RestorePlan.files(of: manifest, id: id, dropped: try restorer.dropped(of: id), files: [], tensors: [], reader: restorer.reader)
+                return try await restorer.sha256(of: plan)
+            }
+        }
+    }
+}
