@@ -8,7 +8,9 @@
 #
 # CARRY holds what the machine lacks: ckstore.xz (a release build with --static-swift-stdlib, stripped),
 # lib/libzstd.so.1 and lib/libsqlite3.so.0 (for ckstore alone), restic.gz (Debian's static binary).
-# Environment: OUT (results.txt goes there), CORES ("16 8 4 2 1"), PY (python3), SERIES_ARGS.
+# Environment: OUT (results.txt goes there), CORES ("16 8 4 2 1"), PY (python3), SERIES_ARGS, and
+# SERIES_DIR to measure an existing series instead (the 1- and 2-core scaling on this project's machine:
+# SERIES_DIR=/tmp/ckstore-compare/real-fp32 CORES="2 1").
 set -u
 D=$(cd "${1:?usage: bench.sh CARRY}" && pwd)
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,10 +28,15 @@ log "machine: $(nproc) cpus; $(grep -m1 'model name' /proc/cpuinfo); sha_ni $(gr
 log "topology: cpu0 shares a core with $(cat /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null), cpu1 with $(cat /sys/devices/system/cpu/cpu1/topology/thread_siblings_list 2>/dev/null)"
 df -h /dev/shm /tmp | tee -a $R
 $CK --version | tee -a $R
-SERIES=$W/series
-t0=$(date +%s.%N)
-${PY:-python3} $REPO/Benchmarks/RealSeries/gpt_series.py $SERIES ${SERIES_ARGS:---checkpoints 4 --every 5} 2>&1 | grep -v Warning | tail -5
-log "series made in $(python3 -c "import sys; print(round($(date +%s.%N) - $t0, 1))") s: $(du -sh $SERIES | cut -f1)"
+if [ -n "${SERIES_DIR:-}" ]; then
+  SERIES=$SERIES_DIR   # an existing series of checkpoint-N folders (make real-series), measured in place
+  log "series $SERIES: $(du -sh $SERIES | cut -f1)"
+else
+  SERIES=$W/series
+  t0=$(date +%s.%N)
+  ${PY:-python3} $REPO/Benchmarks/RealSeries/gpt_series.py $SERIES ${SERIES_ARGS:---checkpoints 4 --every 5} 2>&1 | grep -v Warning | tail -5
+  log "series made in $(python3 -c "import sys; print(round($(date +%s.%N) - $t0, 1))") s: $(du -sh $SERIES | cut -f1)"
+fi
 ls -la $(ls -d $SERIES/checkpoint-* | head -1) | tee -a $R
 CKPTS=$(ls -d $SERIES/checkpoint-* | sort -t- -k2 -n)
 NEWEST=$(echo "$CKPTS" | tail -1)
