@@ -167,3 +167,28 @@ private enum Pickle {
         #expect(reader.read(Pickle.proto + [0x47, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0] + Pickle.stop) == .float(1.0))
     }
 }
+
+@Suite struct FileDigestTests {
+    @Test func theChunkListDigestIsTheDocumentedSHA256OverDigestsAndLengths() {
+        let chunks = [ChunkRef(digest: SHA256Hasher.digest(Array("a".utf8)), length: 1), ChunkRef(digest: SHA256Hasher.digest(Array("bc".utf8)), length: 2)]
+        // By hand: for each chunk its 32-byte digest, then its length as 8 bytes little-endian.
+        var bytes = [UInt8]()
+        for chunk in chunks { bytes += chunk.digest.bytes + [UInt8(chunk.length), 0, 0, 0, 0, 0, 0, 0] }
+        #expect(FileEntry.chunkListDigest(chunks) == SHA256Hasher.digest(bytes))
+        // Cutting the same bytes differently gives another digest: lengths are part of it.
+        #expect(FileEntry.chunkListDigest([ChunkRef(digest: chunks[0].digest, length: 3)]) != FileEntry.chunkListDigest(chunks))
+        #expect(FileEntry.chunkListDigest([]) == SHA256Hasher.digest([UInt8]()))
+    }
+
+    @Test func aFileEntryAsVersionSixWroteItStillReads() throws {
+        // ckstore 0.6 wrote every file's sha256 and no digest.
+        let digest = SHA256Hasher.digest(Array("x".utf8))
+        let json = #"{"chunks":[{"d":"\#(digest.hex)","n":1}],"format":"opaque","mode":420,"path":"x","sha256":"\#(digest.hex)","size":1}"#
+        let entry = try JSONDecoder().decode(FileEntry.self, from: Data(json.utf8))
+        #expect(entry.sha256 == digest && entry.digest == nil && entry.optimizer == nil)
+        // And encodes back to the same bytes (manifest ids hash the stored bytes; nothing new appears).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(String(decoding: try encoder.encode(entry), as: UTF8.self) == json)
+    }
+}
