@@ -1,3 +1,4 @@
+import CKStoreTestSupport
 import Foundation
 import Testing
 @testable import CKStore
@@ -190,5 +191,31 @@ private enum Pickle {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         #expect(String(decoding: try encoder.encode(entry), as: UTF8.self) == json)
+    }
+}
+
+@Suite struct FileDigestManifestTests {
+    @Test func aPutRecordsDigestsOverChunksAndAManifestWithAWrongDigestIsDamaged() async throws {
+        try await withTemporaryDirectory { root in
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            // The real optimizer.pt (several storages) and a small file.
+            let source = root + "/ckpt"
+            try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+            try Files.write(try Files.read(RealFixtures.path("hf-tiny/checkpoint-4/optimizer.pt")), to: source + "/optimizer.pt")
+            try Files.write(Array("{}".utf8), to: source + "/config.json")
+            let put = try await store.put(directory: source, options: PutOptions(run: "d", step: 1))
+            var manifest = try store.manifest(of: put.id)
+            for file in manifest.files {
+                #expect(file.digest == FileEntry.chunkListDigest(file.chunks))
+                if file.chunks.count <= 1 {
+                    #expect(file.sha256 == SHA256Hasher.digest(try Files.read(source + "/" + file.path)))
+                } else {
+                    #expect(file.sha256 == nil)
+                }
+            }
+            #expect(manifest.problem() == nil)
+            manifest.files[0].digest = SHA256Hasher.digest([1, 2, 3])
+            #expect(manifest.problem()?.contains("its digest is not the digest of its chunk list") == true)
+        }
     }
 }

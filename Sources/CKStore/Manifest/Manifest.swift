@@ -279,6 +279,9 @@ extension Manifest {
                 ends.append(total)
             }
             guard total == file.size else { return "file \(name): its chunks add up to \(total) bytes, its size says \(file.size)" }
+            if let digest = file.digest, digest != FileEntry.chunkListDigest(file.chunks) {
+                return "file \(name): its digest is not the digest of its chunk list"
+            }
             for tensor in file.tensors ?? [] {
                 let what = "file \(name), tensor \(tensor.name.debugDescription)"
                 guard tensor.firstChunk >= 0, tensor.chunkCount >= 0, tensor.firstChunk <= file.chunks.count,
