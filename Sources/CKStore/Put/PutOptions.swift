@@ -24,6 +24,12 @@ public struct PutOptions: Sendable {
     /// bounds a put's memory (at about three times this); every core works while it allows a few chunks
     /// per core (1 MiB each for tensors).
     public var maxBytesInFlight = PutOptions.defaultBytesInFlight
+    /// The bound before 0.7, in chunks of 1 MiB.
+    @available(*, deprecated, renamed: "maxBytesInFlight", message: "work in flight is bounded by bytes since 0.7")
+    public var maxChunksInFlight: Int {
+        get { maxBytesInFlight >> 20 }
+        set { maxBytesInFlight = max(1, newValue) << 20 }
+    }
     /// The default of ``maxBytesInFlight`` and of restores' and verifies' windows: 64 MiB.
     public static let defaultBytesInFlight = 64 << 20
     /// Told how many of the checkpoint's bytes have been read and stored, as the put goes.

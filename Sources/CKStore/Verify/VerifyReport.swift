@@ -18,6 +18,12 @@ public struct VerifyOptions: Sendable {
     /// How many bytes of frames (decoded) may be checked at once: this, not the number of cores, bounds
     /// a verify's memory.
     public var maxBytesInFlight = PutOptions.defaultBytesInFlight
+    /// The bound before 0.7, in chunks of 1 MiB.
+    @available(*, deprecated, renamed: "maxBytesInFlight", message: "work in flight is bounded by bytes since 0.7")
+    public var maxChunksInFlight: Int {
+        get { maxBytesInFlight >> 20 }
+        set { maxBytesInFlight = max(1, newValue) << 20 }
+    }
     /// Told how many bytes of frames have been read and checked, as a full or sampled check goes.
     public var progress: ProgressHandler?
 
