@@ -240,6 +240,12 @@ struct Show: AsyncParsableCommand {
     var sha256sum = false
     @OptionGroup var remote: RemoteOption
 
+    func validate() throws {
+        if sha256sum && remote.remote != nil {
+            throw ValidationError("--sha256sum reads the stored chunks: pull the checkpoint first (`ckstore pull`), then run show --sha256sum without --remote")
+        }
+    }
+
     func run() async throws {
         var report: ShowReport
         if remote.remote != nil {
@@ -248,9 +254,6 @@ struct Show: AsyncParsableCommand {
             let commit = try await checkpointStore.resolve(try CheckpointReference(parsing: reference), on: source)
             let manifest = try await checkpointStore.manifest(of: commit, on: source)
             report = ShowReport(id: commit.id, manifest: manifest, summary: commit.summary, dropped: commit.droppedFiles)
-            if sha256sum {
-                throw ValidationError("--sha256sum reads the stored chunks: pull the checkpoint first (`ckstore pull`), then run show --sha256sum without --remote")
-            }
         } else {
             let (checkpointStore, id) = try await store.resolve(reference)
             let manifest = try checkpointStore.manifest(of: id)

@@ -71,7 +71,6 @@ struct RestoreDestination {
             }
         }
         // Everything verified: move into place.
-        Trace("get").mark("all outputs written; moving into place")
         if whole {
             try FileSystem.rename(staging, path)
             try FileSystem.syncDirectory(parent)
