@@ -123,13 +123,18 @@ struct RemoteTests {
             push.standardError = errors
             push.standardOutput = FileHandle.nullDevice
             try push.run()
-            // Killed once the first pack is up.
-            let objects = try server.objects(bucket: "crash", prefix: "p")
+            // Killed once the first pack is up: the push records each uploaded pack in the store's remote
+            // cache before it starts the next, so the test watches the catalogue (listing the bucket was
+            // too slow under load: the push could finish first). The push is stopped while the server dies.
+            let watched = try CheckpointStore.open(at: store)
             let deadline = Date().addingTimeInterval(120)
-            while Date() < deadline, push.isRunning, try await objects.list(prefix: "packs/").isEmpty {
-                try await Task.sleep(nanoseconds: 20_000_000)
+            while Date() < deadline, push.isRunning,
+                  try watched.catalogue.with({ catalogue in try catalogue.knownRemoteIndexes("s3://crash/p") }).isEmpty {
+                try await Task.sleep(nanoseconds: 2_000_000)
             }
+            kill(push.processIdentifier, SIGSTOP)
             server.killNow()
+            kill(push.processIdentifier, SIGCONT)
             let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             push.waitUntilExit()
             #expect(push.terminationStatus == 1, "the push should fail: \(stderr)")
