@@ -3,12 +3,18 @@ import CKStoreTestSupport
 import Foundation
 import Testing
 
+/// A store layout at `root` with the folders packs are written to and sealed into.
+private func packFolders(_ root: String) throws -> StoreLayout {
+    let layout = StoreLayout(root: root)
+    try FileSystem.createDirectory(layout.temporaryRoot)
+    try FileSystem.createDirectory(layout.packsRoot)
+    return layout
+}
+
 @Suite struct PackTests {
     @Test func writesSealsAndReadsBackFrames() async throws {
         try await withTemporaryDirectory { root in
-            let layout = StoreLayout(root: root)
-            try FileSystem.createDirectory(layout.temporaryRoot)
-            try FileSystem.createDirectory(layout.packsRoot)
+            let layout = try packFolders(root)
             let codec = FrameCodec(level: .default)
             var random = SeededRandom(seed: 1)
             let payloads = [random.bytes(count: 1000), [UInt8](repeating: 7, count: 50_000), []]
@@ -37,9 +43,7 @@ import Testing
 
     @Test func detectsAFlippedBitAndATruncation() async throws {
         try await withTemporaryDirectory { root in
-            let layout = StoreLayout(root: root)
-            try FileSystem.createDirectory(layout.temporaryRoot)
-            try FileSystem.createDirectory(layout.packsRoot)
+            let layout = try packFolders(root)
             let bytes = SeededRandom(seed: 2).bytesOf(4096)
             let digest = SHA256Hasher.digest(bytes)
             let writer = try PackWriter(layout: layout)
@@ -70,9 +74,7 @@ extension SeededRandom {
 @Suite struct PackSinkTests {
     @Test func concurrentAppendsOverSeveralOpenPacksAreAllReadableAndEveryTrailerIsExact() async throws {
         try await withTemporaryDirectory { root in
-            let layout = StoreLayout(root: root)
-            try FileSystem.createDirectory(layout.temporaryRoot)
-            try FileSystem.createDirectory(layout.packsRoot)
+            let layout = try packFolders(root)
             let codec = FrameCodec(level: .default)
             // Small packs (64 KiB) so that packs fill and are sealed by appends while others still write,
             // three open at once, 300 frames of 1 to 4 KiB appended by concurrent tasks.

@@ -119,6 +119,12 @@ struct PickleReader {
 
         init(pickle: [UInt8]) { self.pickle = pickle }
 
+        /// The width of the little-endian length before the bytes of each length-prefixed opcode.
+        static let lengthWidths: [UInt8: Int] = [
+            0x58: 4, 0x8d: 8, 0x8c: 1, 0x54: 4, 0x55: 1,   // strings
+            0x42: 4, 0x43: 1, 0x8e: 8, 0x96: 8,            // bytes
+        ]
+
         mutating func byte() -> UInt8? {
             guard position < pickle.count else { return nil }
             defer { position += 1 }
@@ -230,20 +236,8 @@ struct PickleReader {
             case 0x46:                                                                        // FLOAT (text)
                 guard let text = line(), let v = Double(text) else { return false }
                 push(.float(v))
-            case 0x58:                                                                        // BINUNICODE
-                guard let count = length(4), let text = bytes(count) else { return false }
-                push(.string(String(decoding: text, as: UTF8.self)))
-            case 0x8d:                                                                        // BINUNICODE8
-                guard let count = length(8), let text = bytes(count) else { return false }
-                push(.string(String(decoding: text, as: UTF8.self)))
-            case 0x8c:                                                                        // SHORT_BINUNICODE
-                guard let count = length(1), let text = bytes(count) else { return false }
-                push(.string(String(decoding: text, as: UTF8.self)))
-            case 0x54:                                                                        // BINSTRING
-                guard let count = length(4), let text = bytes(count) else { return false }
-                push(.string(String(decoding: text, as: UTF8.self)))
-            case 0x55:                                                                        // SHORT_BINSTRING
-                guard let count = length(1), let text = bytes(count) else { return false }
+            case 0x58, 0x8d, 0x8c, 0x54, 0x55:              // BINUNICODE, BINUNICODE8, SHORT_BINUNICODE, BINSTRING, SHORT_BINSTRING
+                guard let count = length(Self.lengthWidths[opcode] ?? 0), let text = bytes(count) else { return false }
                 push(.string(String(decoding: text, as: UTF8.self)))
             case 0x56:                                                                        // UNICODE (text; raw-unicode-escape, read as is)
                 guard let text = line() else { return false }
@@ -251,14 +245,8 @@ struct PickleReader {
             case 0x53:                                                                        // STRING (quoted text)
                 guard let text = line(), text.count >= 2, let quote = text.first, quote == "'" || quote == "\"", text.last == quote else { return false }
                 push(.string(String(text.dropFirst().dropLast())))
-            case 0x42:                                                                        // BINBYTES
-                guard let count = length(4), let data = bytes(count) else { return false }
-                push(.bytes(Array(data)))
-            case 0x43:                                                                        // SHORT_BINBYTES
-                guard let count = length(1), let data = bytes(count) else { return false }
-                push(.bytes(Array(data)))
-            case 0x8e, 0x96:                                                                  // BINBYTES8, BYTEARRAY8
-                guard let count = length(8), let data = bytes(count) else { return false }
+            case 0x42, 0x43, 0x8e, 0x96:                    // BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
+                guard let count = length(Self.lengthWidths[opcode] ?? 0), let data = bytes(count) else { return false }
                 push(.bytes(Array(data)))
             case 0x63:                                                                        // GLOBAL
                 guard let module = line(), let name = line() else { return false }

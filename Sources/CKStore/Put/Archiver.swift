@@ -145,7 +145,7 @@ final class Archiver: @unchecked Sendable {
     var progress: ProgressMeter?
 
     /// A chunk found in the store, and where to read it again.
-    struct ReusedChunk {
+    struct ReusedChunk: Sendable {
         var source: any PutSource
         var path: String
         var offset: Int64
@@ -175,7 +175,7 @@ final class Archiver: @unchecked Sendable {
     }
 
     /// One file stored: its manifest entry, and what the put must know of its chunks.
-    struct StoredFile: @unchecked Sendable {
+    struct StoredFile: Sendable {
         var entry: FileEntry
         var warning: String?
         /// Chunks written (their frames appended) and chunks found in the store.
@@ -392,8 +392,11 @@ extension Archiver {
         } catch let error as CKStoreError where error.code == .damaged {
             parentManifest = nil
         }
-        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: inputs.reduce(0) { $0 + $1.size })), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
-        session.progress = ProgressMeter("put", total: inputs.reduce(0) { $0 + $1.size }, handler: options.progress)
+        // Each file's size, read once (a stat per file on disk).
+        let sizes = inputs.map(\.size)
+        let totalBytes = sizes.reduce(0, +)
+        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: totalBytes)), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
+        session.progress = ProgressMeter("put", total: totalBytes, handler: options.progress)
         // Two files are stored at once, each with half the bytes in flight, so that small files and the
         // tail of a large one do not leave cores idle.
         var entries = [FileEntry?](repeating: nil, count: inputs.count)
@@ -405,8 +408,7 @@ extension Archiver {
             return false
         }
         // Largest first: a big file started last would leave cores idle at the end.
-        let sizes = Dictionary(uniqueKeysWithValues: regular.map { ($0, inputs[$0].size) })
-        let order = regular.sorted { (sizes[$0] ?? 0, $1) > (sizes[$1] ?? 0, $0) }
+        let order = regular.sorted { (sizes[$0], $1) > (sizes[$1], $0) }
         trace.mark("parent read, \(regular.count) files to store")
         let perFile = max(1, session.maxBytesInFlight / 2)
         try await withThrowingTaskGroup(of: (Int, StoredFile).self) { group in

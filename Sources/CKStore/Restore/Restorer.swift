@@ -74,14 +74,7 @@ struct Restorer {
     /// `window` bytes of chunks are in flight (at least one chunk, whatever its size).
     private func fill(_ output: RestorePlan.Output, into target: any RestoreTarget, chunks: RestoreChunks, checkpoint: CheckpointID, window: Int, meter: ProgressMeter) async throws {
         var position = Int64(output.prefix.count)
-        let locations = try catalogue.with { (catalogue) throws -> [ChunkLocation] in
-            try output.chunks.map { (chunk) throws in
-                guard let location = try catalogue.location(of: chunk.digest) else {
-                    throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
-                }
-                return location
-            }
-        }
+        let locations = try locations(of: output, checkpoint: checkpoint)
         var offsets = [Int64]()
         offsets.reserveCapacity(output.chunks.count)
         for chunk in output.chunks {
@@ -122,6 +115,21 @@ struct Restorer {
                 }
             }
             try await group.waitForAll()
+        }
+    }
+}
+
+extension Restorer {
+    /// Where each chunk of `output` is stored; `damaged` naming the checkpoint, output and chunk for one
+    /// the catalogue does not have.
+    func locations(of output: RestorePlan.Output, checkpoint: CheckpointID) throws -> [ChunkLocation] {
+        try catalogue.with { (catalogue) throws -> [ChunkLocation] in
+            try output.chunks.map { (chunk) throws in
+                guard let location = try catalogue.location(of: chunk.digest) else {
+                    throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
+                }
+                return location
+            }
         }
     }
 }
@@ -221,14 +229,7 @@ extension Restorer {
         let reader = self.reader, id = plan.id
         var digests = [String: ChunkDigest]()
         for output in plan.outputs {
-            let locations = try catalogue.with { (catalogue) throws -> [ChunkLocation] in
-                try output.chunks.map { (chunk) throws in
-                    guard let location = try catalogue.location(of: chunk.digest) else {
-                        throw CKStoreError(.damaged, "checkpoint \(id.short): \(output.path): chunk \(chunk.digest) is missing from the store")
-                    }
-                    return location
-                }
-            }
+            let locations = try locations(of: output, checkpoint: id)
             var hasher = SHA256Hasher()
             hasher.update(output.prefix)
             let what = "checkpoint \(id.short): \(output.path)"
