@@ -93,6 +93,7 @@ struct Put: AsyncParsableCommand {
     @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
     @Flag(help: "Print a JSON object instead of the id.") var json = false
     @Option(help: "Push the checkpoint to this remote once it is committed (default: the store's push-on-commit remote, if any).") var push: String?
+    @Option(help: ArgumentHelp("Store the folder as shard I of N of the checkpoint (rank I of a world of N, from 0): it is listed, resolved and retained only once all N shards are committed, here or on the remote pushed to.", valueName: "I/N")) var shard: String?
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
@@ -112,6 +113,15 @@ struct Put: AsyncParsableCommand {
         if let maxDeltaDepth, !(0...StoreSettings.maxDeltaDepthLimit).contains(maxDeltaDepth) {
             throw ValidationError("--max-delta-depth takes 0 to \(StoreSettings.maxDeltaDepthLimit), not \(maxDeltaDepth)")
         }
+        if let shard {
+            do throws(CKStoreError) { _ = try ShardSpec(parsing: shard) } catch { throw ValidationError("--shard: \(error.message)") }
+        }
+    }
+
+    /// Where a shard's checkpoint stands in one place.
+    static func shardLine(shard: ShardSpec, run: String, step: Int64, checkpoint: CheckpointID?, missing: [Int], place: String) -> String {
+        if let checkpoint { return "\(run)@\(step): shard \(shard) committed; all \(shard.count) shards are in \(place), checkpoint \(checkpoint.short)" }
+        return "\(run)@\(step): shard \(shard) committed; pending in \(place) until shards \(missing.map(String.init).joined(separator: ", ")) arrive"
     }
 
     static func split(_ pair: String) -> (String, String)? {
@@ -128,6 +138,7 @@ struct Put: AsyncParsableCommand {
         options.followSymlinks = followSymlinks
         if let level, let compression = CompressionLevel(level) { options.compressionLevel = compression }
         options.maxDeltaDepth = maxDeltaDepth
+        options.shard = try shard.map { try ShardSpec(parsing: $0) }
         let renderer = progress.renderer()
         options.progress = renderer?.handler
         let result = try await checkpointStore.put(directory: directory, options: options)
@@ -137,13 +148,24 @@ struct Put: AsyncParsableCommand {
         var pushed: PushReport?
         let pushOnCommit = try checkpointStore.remotes().pushOnCommit
         if let name = push ?? pushOnCommit {
-            pushed = try await checkpointStore.push([result.id], to: try RemoteOption.connect(checkpointStore, remote: name))
+            let remote = try RemoteOption.connect(checkpointStore, remote: name)
+            if let shard = result.shard {
+                pushed = try await checkpointStore.pushShard(result.id, run: run, step: result.step, shard: shard, to: remote)
+            } else {
+                pushed = try await checkpointStore.push([result.id], to: remote)
+            }
         }
         if json {
             try JSONOutput.print(PutOutput(result: result, push: pushed))
             return
         }
         if let pushed { Terminal.standardError("pushed to \(pushed.remote): \(ByteCount(pushed.bytesUploaded)) in \(pushed.objectsUploaded) objects") }
+        if let shard = result.shard {
+            Terminal.standardError(Self.shardLine(shard: shard, run: run, step: result.step, checkpoint: result.checkpoint, missing: result.missingShards ?? [], place: "this store"))
+            if let pushed, let missing = pushed.missingShards {
+                Terminal.standardError(Self.shardLine(shard: shard, run: run, step: result.step, checkpoint: pushed.checkpoint, missing: missing, place: "remote \(pushed.remote)"))
+            }
+        }
         print(result.id.hex)
         let summary = result.alreadyStored
             ? "\(run)@\(result.step): already stored, nothing written"
@@ -165,10 +187,17 @@ struct Get: AsyncParsableCommand {
     @Option(name: .customLong("tensor"), help: "Write a safetensors file with only the tensors matching this glob (repeatable).") var tensors: [String] = []
     @Flag(help: "Restore into a non-empty folder, replacing files with the same names.") var force = false
     @Flag(help: "Restore setuid, setgid and sticky bits as stored (by default only permission bits are).") var keepSpecialBits = false
+    @Option(help: ArgumentHelp("Of a checkpoint put as shards, restore only what shard I of N (rank I) wrote.", valueName: "I/N")) var shard: String?
     @Flag(help: "Print a JSON object describing what was written.") var json = false
     @OptionGroup var remote: RemoteOption
     @OptionGroup var transfers: TransferOptions
     @OptionGroup var progress: ProgressOptions
+
+    func validate() throws {
+        if let shard {
+            do throws(CKStoreError) { _ = try ShardSpec(parsing: shard) } catch { throw ValidationError("--shard: \(error.message)") }
+        }
+    }
 
     func run() async throws {
         let checkpointStore: CheckpointStore, id: CheckpointID
@@ -184,6 +213,7 @@ struct Get: AsyncParsableCommand {
         }
         var options = RestoreOptions(files: files, tensors: tensors, force: force)
         options.keepSpecialModeBits = keepSpecialBits
+        options.shard = try shard.map { try ShardSpec(parsing: $0) }
         let renderer = progress.renderer()
         options.progress = renderer?.handler
         let result = try await checkpointStore.restore(id, to: destination, options: options)
@@ -201,10 +231,31 @@ struct List: AsyncParsableCommand {
 
     @OptionGroup var store: StoreOptions
     @Option(help: "Only this run.") var run: String?
+    @Flag(help: "List pending checkpoints instead: some of their shards committed, not all (they are never resolved or retained).") var pending = false
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var remote: RemoteOption
 
     func run() async throws {
+        if pending {
+            let checkpointStore = try store.open(create: remote.remote != nil)
+            let list = remote.remote != nil
+                ? try await checkpointStore.remotePendingCheckpoints(try remote.connect(checkpointStore), run: run)
+                : try checkpointStore.pendingCheckpoints(run: run)
+            if json {
+                try JSONOutput.print(list)
+                return
+            }
+            if list.isEmpty {
+                Terminal.standardError(run.map { "no pending checkpoints in run \($0)" } ?? "no pending checkpoints")
+                return
+            }
+            let rows = list.map {
+                [$0.run, String($0.step), "\($0.shards.count)/\($0.shardCount)", $0.missing.map(String.init).joined(separator: ","),
+                 Format.date($0.createdAt), ByteCount($0.logicalBytes).description]
+            }
+            print(Format.table(["RUN", "STEP", "SHARDS", "MISSING", "FIRST SHARD", "SIZE"], rows))
+            return
+        }
         let checkpoints: [CheckpointSummary]
         if remote.remote != nil {
             let checkpointStore = try store.open(create: true)

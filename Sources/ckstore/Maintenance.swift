@@ -17,6 +17,7 @@ struct Verify: AsyncParsableCommand {
     @Argument(help: "Checkpoints to check fully (id prefix, RUN@STEP, RUN@latest).") var references: [String] = []
     @Flag(help: "Read, decode and re-hash every frame.") var full = false
     @Option(parsing: .unconditional, help: "Fully check a random PERCENT of the packs (at least one).") var sample: Double?
+    @Option(parsing: .unconditional, help: "Report pending checkpoints (some shards committed, not all) whose oldest shard is older than this (90m, 24h, 2d).") var pendingAge = "24h"
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup(title: "Remote (check its objects instead: quick checks that every object a checkpoint needs exists, --full reads and hashes them)") var remote: RemoteOption
     @OptionGroup var progress: ProgressOptions
@@ -24,13 +25,18 @@ struct Verify: AsyncParsableCommand {
     func validate() throws {
         if full && sample != nil { throw ValidationError("--full and --sample exclude each other") }
         if let sample, !(sample > 0 && sample <= 100) { throw ValidationError("--sample takes a percentage above 0 and at most 100") }
+        do {
+            _ = try RetentionPolicy.parseDuration(pendingAge)
+        } catch let error as CKStoreError {
+            throw ValidationError(error.message)
+        }
     }
 
     func run() async throws {
         if remote.remote != nil {
             let checkpointStore = try store.open(create: true)
             let depth: VerifyDepth = full ? .full : sample.map { .sample(percent: $0) } ?? .quick
-            let report = try await checkpointStore.verify(remote: try remote.connect(checkpointStore), depth: depth)
+            let report = try await checkpointStore.verify(remote: try remote.connect(checkpointStore), depth: depth, pendingAge: try RetentionPolicy.parseDuration(pendingAge))
             if json {
                 try JSONOutput.print(report)
             } else {
@@ -39,6 +45,7 @@ struct Verify: AsyncParsableCommand {
                     print("  \(problem.object): \(problem.problem)")
                     if !problem.checkpoints.isEmpty { print("    breaks \(problem.checkpoints.map(\.short).joined(separator: ", "))") }
                 }
+                for pending in report.stalePending { print(Self.staleLine(pending)) }
             }
             if !report.ok { throw ExitCode(1) }
             return
@@ -50,6 +57,7 @@ struct Verify: AsyncParsableCommand {
         }
         let depth: VerifyDepth = full ? .full : sample.map { .sample(percent: $0) } ?? .quick
         var options = VerifyOptions(depth: depth, checkpoints: ids)
+        options.pendingAge = try RetentionPolicy.parseDuration(pendingAge)
         let renderer = progress.renderer()
         options.progress = renderer?.handler
         let report = try await checkpointStore.verify(options)
@@ -79,7 +87,13 @@ struct Verify: AsyncParsableCommand {
         if !report.affectedCheckpoints.isEmpty {
             lines.append("affected checkpoints: \(report.affectedCheckpoints.map(\.short).joined(separator: ", "))")
         }
+        for pending in report.stalePending { lines.append(staleLine(pending)) }
         return lines.joined(separator: "\n")
+    }
+
+    /// A pending checkpoint that has waited too long for its other shards.
+    static func staleLine(_ pending: PendingCheckpoint) -> String {
+        "  stale pending: \(pending.run)@\(pending.step) has \(pending.shards.count) of \(pending.shardCount) shards since \(Format.date(pending.createdAt)); shards \(pending.missing.map(String.init).joined(separator: ", ")) never came (the next gc removes it)"
     }
 }
 

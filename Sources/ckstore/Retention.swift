@@ -269,6 +269,7 @@ struct GC: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Rewrite packs whose dead share exceeds this fraction.") var repackThreshold = 0.3
     @Option(parsing: .unconditional, help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
     @Option(parsing: .unconditional, help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
+    @Option(parsing: .unconditional, help: "Remove pending checkpoints (some shards committed, not all) whose oldest shard is older than this (90m, 24h, 2d; 0 removes every pending one).") var pendingAge = "24h"
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup(title: "Remote (collect its garbage instead: this store's policies and pins applied to its runs, then objects no commit needs deleted in two phases, --grace apart)") var remote: RemoteOption
     @OptionGroup var progress: ProgressOptions
@@ -278,6 +279,7 @@ struct GC: AsyncParsableCommand {
         do {
             _ = try budget.map { try ByteCount(parsing: $0) }
             _ = try RetentionPolicy.parseDuration(grace)
+            _ = try RetentionPolicy.parseDuration(pendingAge)
         } catch let error as CKStoreError {
             throw ValidationError(error.message)
         }
@@ -286,7 +288,7 @@ struct GC: AsyncParsableCommand {
     func run() async throws {
         if remote.remote != nil {
             let checkpointStore = try store.open(create: true)
-            let report = try await checkpointStore.collectGarbage(on: try remote.connect(checkpointStore), grace: try RetentionPolicy.parseDuration(grace), dryRun: dryRun)
+            let report = try await checkpointStore.collectGarbage(on: try remote.connect(checkpointStore), grace: try RetentionPolicy.parseDuration(grace), dryRun: dryRun, pendingAge: try RetentionPolicy.parseDuration(pendingAge))
             if json {
                 try JSONOutput.print(report)
             } else {
@@ -304,6 +306,7 @@ struct GC: AsyncParsableCommand {
         options.repackThreshold = repackThreshold
         options.orphanGrace = try RetentionPolicy.parseDuration(grace)
         options.budget = try budget.map { try ByteCount(parsing: $0).value }
+        options.pendingAge = try RetentionPolicy.parseDuration(pendingAge)
         let renderer = progress.renderer()
         options.progress = renderer?.handler
         let report = try await store.open().gc(options)
@@ -316,6 +319,9 @@ struct GC: AsyncParsableCommand {
         rows += report.deletedCheckpoints.map { [$0.id.short, $0.run, String($0.step), report.dryRun ? "would delete" : "deleted", ""] }
         rows.sort { ($0[1], Int64($0[2]) ?? 0) < ($1[1], Int64($1[2]) ?? 0) }
         print(Format.table(["ID", "RUN", "STEP", "DECISION", "KEPT BY"], rows))
+        for pending in report.pendingRemoved {
+            print("\(report.dryRun ? "would remove" : "removed") pending \(pending.run)@\(pending.step): \(pending.shards.count) of \(pending.shardCount) shards committed \(Format.date(pending.createdAt)), shards \(pending.missing.map(String.init).joined(separator: ", ")) never came")
+        }
         let verb = report.dryRun ? "would free" : "freed"
         print("\n\(verb) \(ByteCount(report.bytesFreed)) on disk (\(report.chunksFreed) chunks; \(report.packsDeleted) packs deleted, \(report.packsRewritten) rewritten, \(report.orphansRemoved) orphan files)")
         if report.chunksReencoded > 0 {

@@ -23,9 +23,11 @@ struct ShowReport: Encodable {
         var linkTarget: String?
         var tensors: [Tensor]?
         var optimizer: OptimizerSummary?
+        /// In a checkpoint put as shards: the shards (ranks) that wrote this file.
+        var shards: [Int]?
 
         enum CodingKeys: String, CodingKey {
-            case path, format, size, mode, sha256, digest, chunks, tensors, optimizer
+            case path, format, size, mode, sha256, digest, chunks, tensors, optimizer, shards
             case linkTarget = "link_target"
         }
     }
@@ -46,9 +48,12 @@ struct ShowReport: Encodable {
     var modelConfig: JSONValue?
     var pinned: Bool
     var droppedFiles: [String]
+    /// In a checkpoint put as shards: how many.
+    var shardCount: Int?
 
     enum CodingKeys: String, CodingKey {
         case id, run, step, epoch, parent, metrics, tags, metadata, files
+        case shardCount = "shard_count"
         case createdAt = "created_at"
         case logicalBytes = "logical_bytes"
         case storedBytesAdded = "stored_bytes_added"
@@ -74,12 +79,13 @@ struct ShowReport: Encodable {
         storedBytesAdded = summary.storedBytesAdded
         chunkCount = manifest.chunkCount
         modelConfig = manifest.modelConfig
+        shardCount = manifest.shards?.count
         files = manifest.files.map { file in
             File(
                 path: file.path, format: file.format.rawValue, size: file.size, mode: String(file.mode, radix: 8),
                 sha256: file.sha256?.hex, digest: file.digest?.hex, chunks: file.chunks.count, linkTarget: file.linkTarget,
                 tensors: file.tensors?.map { Tensor(name: $0.name, dtype: $0.dtype?.name, shape: $0.shape, bytes: $0.byteCount, chunks: $0.chunkCount) },
-                optimizer: file.optimizer
+                optimizer: file.optimizer, shards: file.shards
             )
         }
     }
@@ -113,11 +119,13 @@ struct ShowReport: Encodable {
         if pinned { lines.append("pinned     yes") }
         if !droppedFiles.isEmpty { lines.append("dropped    \(droppedFiles.joined(separator: ", ")) (by a retention part rule; not restorable)") }
         lines.append("size       \(ByteCount(logicalBytes)) in \(files.count) files, \(chunkCount) chunks; this put added \(ByteCount(storedBytesAdded))")
+        if let shardCount { lines.append("shards     \(shardCount): put by \(shardCount) ranks; `get --shard I/\(shardCount)` restores rank I's files") }
         lines.append("")
         let rows = files.map { file in
             [file.path, file.format, ByteCount(file.size).description, file.tensors.map { "\($0.count)" } ?? "-", String(file.chunks)]
+                + (shardCount == nil ? [] : [file.shards?.map(String.init).joined(separator: ",") ?? "-"])
         }
-        lines.append(Format.table(["FILE", "FORMAT", "SIZE", "TENSORS", "CHUNKS"], rows))
+        lines.append(Format.table(["FILE", "FORMAT", "SIZE", "TENSORS", "CHUNKS"] + (shardCount == nil ? [] : ["SHARD"]), rows))
         for file in files {
             for (index, group) in (file.optimizer?.groups ?? []).enumerated() {
                 lines.append("")

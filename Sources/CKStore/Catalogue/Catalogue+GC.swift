@@ -37,6 +37,9 @@ extension Catalogue {
             INSERT OR IGNORE INTO temp.gc_live (d)
                 SELECT digest FROM checkpoint_chunks
                 WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE id NOT IN (SELECT id FROM temp.gc_excluded));
+            INSERT OR IGNORE INTO temp.gc_live (d)
+                SELECT digest FROM shard_chunks
+                WHERE manifest_id IN (SELECT manifest_id FROM pending_shards WHERE manifest_id NOT IN (SELECT id FROM temp.gc_excluded));
             """)
         // What checkpoints name themselves, before their bases join: gc's re-encoding looks for bases
         // that only deltas keep alive.
@@ -59,6 +62,8 @@ extension Catalogue {
                 DELETE FROM checkpoint_chunks WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM checkpoint_labels WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM checkpoints WHERE id IN (SELECT id FROM temp.gc_deleted);
+                DELETE FROM shard_chunks WHERE manifest_id IN (SELECT id FROM temp.gc_deleted);
+                DELETE FROM pending_shards WHERE manifest_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM chunks WHERE digest NOT IN (SELECT d FROM temp.gc_live);
                 """)
         }
@@ -139,6 +144,7 @@ extension Catalogue {
         let frames = try statement("""
             DELETE FROM chunks WHERE pack_id = ?
               AND digest NOT IN (SELECT digest FROM checkpoint_chunks)
+              AND digest NOT IN (SELECT digest FROM shard_chunks)
               AND digest NOT IN (SELECT base FROM chunks WHERE base IS NOT NULL)
             """)
         let pack = try statement("DELETE FROM packs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack_id = ?)")

@@ -36,12 +36,13 @@ extension Catalogue {
     func referencedDigests(of checkpoints: [CheckpointID]? = nil) throws -> Set<ChunkDigest> {
         var out = Set<ChunkDigest>()
         if let checkpoints {
-            let query = try statement("SELECT digest FROM checkpoint_chunks WHERE checkpoint_id = ?")
+            // A pending shard's manifest id names its references as a checkpoint's id names its.
+            let query = try statement("SELECT digest FROM checkpoint_chunks WHERE checkpoint_id = ?1 UNION SELECT digest FROM shard_chunks WHERE manifest_id = ?1")
             for id in checkpoints {
                 for digest in try query.rows([.blob(id.digest.bytes)], { try $0.digest(0) }) { out.insert(digest) }
             }
         } else {
-            for digest in try statement("SELECT DISTINCT digest FROM checkpoint_chunks").rows([], { try $0.digest(0) }) { out.insert(digest) }
+            for digest in try statement("SELECT digest FROM checkpoint_chunks UNION SELECT digest FROM shard_chunks").rows([], { try $0.digest(0) }) { out.insert(digest) }
         }
         // Delta bases of the chunks needed are needed too, transitively.
         var frontier = Array(out)

@@ -25,8 +25,11 @@ struct GCExecutor {
         }
         let commits = CommitLog(layout: layout)
         for checkpoint in plan.deleted { try commits.remove(checkpoint.id, run: checkpoint.run, step: checkpoint.step) }
+        // Stale pending checkpoints: their shard records go first, as commit records do.
+        let shardLog = CommitLog.shards(layout: layout)
+        for pending in plan.stalePending { try shardLog.removeShards(run: pending.run, step: pending.step) }
         let first = try self.annotations.commit(annotations) { catalogue -> Catalogue.SweepOutcome in
-            try catalogue.prepareSweep(deleting: plan.deleted.map(\.id))
+            try catalogue.prepareSweep(deleting: plan.deleted.map(\.id) + plan.stalePending.flatMap(\.shardIDs))
             for (id, drop) in plan.drops {
                 try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
             }

@@ -44,6 +44,8 @@ struct GCPlan: Sendable {
 
     var kept: [GCReport.Kept]
     var deleted: [GCReport.Deleted]
+    /// Pending checkpoints older than the pending age, removed with their shards.
+    var stalePending: [PendingCheckpoint] = []
     var drops: [CheckpointID: PartDrop]
     var budget: GCReport.BudgetOutcome?
     var reencodes: [Reencode]
@@ -78,7 +80,7 @@ struct GCPlan: Sendable {
             dryRun: dryRun, kept: kept, deleted: deleted.map(\.id), deletedCheckpoints: deleted,
             bytesFreed: bytesFreed, bytesUnreferenced: bytesUnreferenced, chunksFreed: chunksFreed,
             packsDeleted: packsToDelete.count, packsRewritten: packsToRewrite.count, orphansRemoved: orphans.count,
-            chunksReencoded: reencodes.count, budget: budget
+            chunksReencoded: reencodes.count, budget: budget, pendingRemoved: stalePending
         )
     }
 

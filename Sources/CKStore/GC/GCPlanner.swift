@@ -78,6 +78,10 @@ struct GCPlanner {
         }
         let deletedSet = Set(deleted)
         drops = drops.filter { !deletedSet.contains($0.key) }
+        // Pending checkpoints too old to complete go with their shards (a rank died before its put).
+        let now = Date().timeIntervalSince1970
+        let stale = options.removing != nil ? [] : PendingCheckpoint.grouping(try catalogue.with { try $0.pendingShards(run: options.run) })
+            .filter { now - $0.createdAt >= options.pendingAge }
         let kept = plans.flatMap { retention in
             retention.plan.kept.filter { !deletedSet.contains($0.key) }.map { id, reasons in
                 GCReport.Kept(id: id, run: retention.run, step: steps[id]?.step ?? -1, reasons: reasons.map(\.description), dropped: drops[id]?.names ?? [])
@@ -88,7 +92,7 @@ struct GCPlanner {
         // dead would be deleted, so what a put committed before is seen.
         let sweep = try catalogue.with { catalogue in
             try catalogue.transaction(.immediate) { () throws -> TransactionCompletion<SweepView> in
-                .rollback(try SweepView(catalogue, deleting: deleted, drops: drops))
+                .rollback(try SweepView(catalogue, deleting: deleted + stale.flatMap(\.shardIDs), drops: drops))
             }
         }
         let reencodes = try planReencodes(sweep)
@@ -110,6 +114,7 @@ struct GCPlanner {
         return GCPlan(
             kept: kept,
             deleted: deleted.map { GCReport.Deleted(id: $0, run: steps[$0]?.run ?? "", step: steps[$0]?.step ?? -1) },
+            stalePending: stale,
             drops: drops, budget: budgetOutcome, reencodes: reencodes,
             packsToDelete: packsToDelete, packsToRewrite: packsToRewrite, orphans: orphans, orphanGrace: options.orphanGrace,
             chunksFreed: final.deadChunks, bytesUnreferenced: final.deadBytes

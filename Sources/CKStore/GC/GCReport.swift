@@ -18,6 +18,9 @@ public struct GCOptions: Sendable {
     public var policyOverride: RetentionPolicy?
     /// Told how many bytes of packs have been rewritten, as gc repacks.
     public var progress: ProgressHandler?
+    /// A pending checkpoint (some of its shards committed, not all) whose oldest shard is at least this
+    /// old is removed, shards and all: a rank that died never sends its shard. 24 hours by default.
+    public var pendingAge: Double = PendingCheckpoint.defaultMaximumAge
     /// Plans the deletion of exactly these checkpoints, with no retention rule and no orphans: what
     /// `rm --dry-run` reports the next gc would free.
     var removing: [CheckpointID]?
@@ -88,6 +91,8 @@ public struct GCReport: Sendable, Codable, Equatable {
     public var chunksReencoded = 0
     /// What `--budget` decided, when given.
     public var budget: BudgetOutcome?
+    /// Pending checkpoints removed because they were older than ``GCOptions/pendingAge``.
+    public var pendingRemoved: [PendingCheckpoint] = []
 
     /// How `gc --budget` brought the store under its budget.
     public struct BudgetOutcome: Sendable, Codable, Equatable {
@@ -119,5 +124,6 @@ public struct GCReport: Sendable, Codable, Equatable {
         case packsRewritten = "packs_rewritten"
         case orphansRemoved = "orphans_removed"
         case chunksReencoded = "chunks_reencoded"
+        case pendingRemoved = "pending_removed"
     }
 }

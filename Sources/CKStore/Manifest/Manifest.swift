@@ -33,9 +33,14 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var trainerState: JSONValue?
     /// Every file, in path order.
     public var files: [FileEntry]
+    /// On a shard manifest (a put with `--shard I/N`): which shard of its checkpoint it holds. A shard
+    /// manifest is never a checkpoint itself; see ``combining(_:)``.
+    public var shard: ShardSpec?
+    /// On a checkpoint combined from shards: every shard's content, by index.
+    public var shards: [ShardContent]?
 
     enum CodingKeys: String, CodingKey {
-        case format, run, step, epoch, metrics, tags, metadata, parent, files
+        case format, run, step, epoch, metrics, tags, metadata, parent, files, shard, shards
         case createdAt = "created_at"
         case modelConfig = "model_config"
         case trainerState = "trainer_state"
@@ -120,9 +125,12 @@ public struct FileEntry: Codable, Sendable, Equatable {
     public var tensors: [TensorEntry]?
     /// For a torch zip holding an optimizer's state dict: its parameter groups and hyperparameters.
     public var optimizer: OptimizerSummary?
+    /// In a checkpoint combined from shards: the shards that hold this file (several when ranks wrote the
+    /// same bytes under the same path, such as a config every rank saves).
+    public var shards: [Int]?
 
     enum CodingKeys: String, CodingKey {
-        case path, mode, size, sha256, digest, format, chunks, tensors, optimizer
+        case path, mode, size, sha256, digest, format, chunks, tensors, optimizer, shards
         case linkTarget = "link_target"
     }
 
@@ -259,9 +267,21 @@ extension Manifest {
         guard format >= 1 else { return "format \(format)" }
         guard !run.isEmpty else { return "empty run name" }
         guard step >= 0 else { return "negative step \(step)" }
+        if shard != nil, shards != nil { return "both a shard and a combined checkpoint" }
+        if let shards {
+            guard !shards.isEmpty, shards.count <= ShardSpec.maximumCount, shards.map(\.index) == Array(0..<shards.count) else {
+                return "its shards are not numbered 0 to \(shards.count - 1)"
+            }
+        }
         var paths = Set<String>()
         for file in files {
             let name = file.path.debugDescription
+            if let held = file.shards {
+                guard let count = shards?.count, !held.isEmpty, held == held.sorted(), Set(held).count == held.count,
+                      held.allSatisfy({ (0..<count).contains($0) }) else {
+                    return "file \(name) names shards \(held) that the checkpoint does not have"
+                }
+            }
             guard !file.path.isEmpty, paths.insert(file.path).inserted else { return "file \(name) is empty or listed twice" }
             guard file.mode <= 0o7777 else { return "file \(name) has mode \(String(file.mode, radix: 8)), beyond 7777" }
             guard file.size >= 0 else { return "file \(name) has negative size \(file.size)" }

@@ -385,10 +385,21 @@ extension Archiver {
 
         // The parent (the run's checkpoint before this step) gives tensor chunks their delta bases. A
         // damaged parent manifest only means no deltas (`verify` reports the damage); failing I/O fails.
-        let parent = try catalogue.with { (catalogue) throws in try catalogue.parent(run: options.run, before: step) }
+        let (parent, base) = try catalogue.with { (catalogue) throws -> (CheckpointID?, CheckpointID?) in
+            let parent = try catalogue.parent(run: options.run, before: step)
+            // A shard's bases may be its own previous shard: a rank that keeps its own store never holds
+            // the combined checkpoints.
+            guard let shard = options.shard, let previous = try catalogue.previousShard(run: options.run, before: step, shard: shard) else {
+                return (parent, parent)
+            }
+            guard let parent, let parentStep = try catalogue.summary(of: parent)?.step, parentStep >= previous.step else {
+                return (parent, previous.id)
+            }
+            return (parent, parent)
+        }
         var parentManifest: Manifest?
         do {
-            parentManifest = try parent.map { try reader.manifest(of: $0) }
+            parentManifest = try base.map { try reader.manifest(of: $0) }
         } catch let error as CKStoreError where error.code == .damaged {
             parentManifest = nil
         }
@@ -447,6 +458,11 @@ extension Archiver {
             metadata: options.metadata, parent: nil, modelConfig: modelConfig, trainerState: trainerState?.json, files: files
         )
         manifest.parent = parent
+        if let shard = options.shard {
+            manifest.shard = shard
+            return try commitShard(manifest, shard: shard, session: session, warnings: warnings, started: started,
+                                   catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
+        }
         let contentDigest = try manifest.contentDigest()
 
         let commits = CommitLog(layout: layout)

@@ -34,6 +34,9 @@ public struct PutOptions: Sendable {
     public static let defaultBytesInFlight = 64 << 20
     /// Told how many of the checkpoint's bytes have been read and stored, as the put goes.
     public var progress: ProgressHandler?
+    /// Store the files as this shard of the checkpoint (`--shard I/N`): the checkpoint becomes visible only
+    /// once all its shards are committed (docs/design.md, "Sharded checkpoints").
+    public var shard: ShardSpec?
 
     /// Options for a put to `run`, with step and epoch when known.
     public init(run: String, step: Int64? = nil, epoch: Double? = nil) {
@@ -65,9 +68,16 @@ public struct PutResult: Sendable, Codable, Equatable {
     public var alreadyStored: Bool
     /// Files stored as opaque because they did not parse as their name says.
     public var warnings: [String]
+    /// For a shard's put: which shard (``id`` is then the shard manifest's id).
+    public var shard: ShardSpec?
+    /// For a shard's put: the checkpoint's id once every shard is committed, nil while it is pending.
+    public var checkpoint: CheckpointID?
+    /// For a shard's put: the shards still missing (empty once the checkpoint is complete).
+    public var missingShards: [Int]?
 
     enum CodingKeys: String, CodingKey {
-        case id, run, step, seconds, warnings
+        case id, run, step, seconds, warnings, shard, checkpoint
+        case missingShards = "missing_shards"
         case logicalBytes = "logical_bytes"
         case storedBytesAdded = "stored_bytes_added"
         case chunksTotal = "chunks_total"

@@ -129,20 +129,26 @@ struct Puller {
     /// The manifest of a remote checkpoint, read from the remote and checked against its id and its
     /// commit object, with the frame it came in.
     func manifest(of commit: RemoteCommit, report: inout PullReport) async throws -> (Manifest, FetchedFrame) {
-        try await RemoteSession(catalogue: catalogue, remote: remote).loadIndexes(commit.indexes)
-        guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, commit.id.digest, in: Set(commit.indexes)) }) else {
-            throw CKStoreError(.damaged, "remote \(remote.name): no index object of checkpoint \(commit.id.short) lists its manifest")
-        }
-        let frame = try await fetch([row], report: &report)[0]
-        let bytes = try FrameCodec(level: .default).decode(ChunkBytes(frame.chunk.payload), encoding: frame.chunk.encoding, rawLength: frame.chunk.rawLength).array
-        guard SHA256Hasher.digest(bytes) == commit.id.digest else {
-            throw CKStoreError(.damaged, "remote \(remote.name): the manifest of checkpoint \(commit.id.short) in pack \(row.pack) fails its SHA-256")
-        }
-        let manifest = try Manifest.decode(bytes, id: commit.id)
+        let (manifest, frame) = try await manifest(id: commit.id, indexes: commit.indexes, report: &report)
         guard manifest.run == commit.run, manifest.step == commit.step, try manifest.contentDigest() == commit.content else {
             throw CKStoreError(.damaged, "remote \(remote.name): commit object of \(commit.run)@\(commit.step) names checkpoint \(commit.id.short), whose manifest says otherwise")
         }
         return (manifest, frame)
+    }
+
+    /// The manifest `id` (a checkpoint's or a shard's), from the frame that one of `indexes` locates,
+    /// checked against its SHA-256.
+    func manifest(id: CheckpointID, indexes: [String], report: inout PullReport) async throws -> (Manifest, FetchedFrame) {
+        try await RemoteSession(catalogue: catalogue, remote: remote).loadIndexes(indexes)
+        guard let row = try catalogue.with({ try $0.remoteFrame(remote.url, id.digest, in: Set(indexes)) }) else {
+            throw CKStoreError(.damaged, "remote \(remote.name): no index object of \(id.short) lists its manifest")
+        }
+        let frame = try await fetch([row], report: &report)[0]
+        let bytes = try FrameCodec(level: .default).decode(ChunkBytes(frame.chunk.payload), encoding: frame.chunk.encoding, rawLength: frame.chunk.rawLength).array
+        guard SHA256Hasher.digest(bytes) == id.digest else {
+            throw CKStoreError(.damaged, "remote \(remote.name): the manifest \(id.short) in pack \(row.pack) fails its SHA-256")
+        }
+        return (try Manifest.decode(bytes, id: id), frame)
     }
 
     /// Decodes every fetched frame and checks it against its SHA-256, before anything is recorded (rule

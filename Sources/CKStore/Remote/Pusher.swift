@@ -17,9 +17,17 @@ public struct PushReport: Codable, Sendable, Equatable {
     public var framesUploaded: Int = 0
     public var frameBytesUploaded: Int64 = 0
     public var seconds: Double = 0
+    /// For a shard's push: which shard.
+    public var shard: ShardSpec?
+    /// For a shard's push: the checkpoint's id once every shard is on the remote and its commit object
+    /// is written, nil while it is pending there.
+    public var checkpoint: CheckpointID?
+    /// For a shard's push: the shards the remote still lacks.
+    public var missingShards: [Int]?
 
     enum CodingKeys: String, CodingKey {
-        case remote, pushed, seconds
+        case remote, pushed, seconds, shard, checkpoint
+        case missingShards = "missing_shards"
         case alreadyPresent = "already_present"
         case bytesUploaded = "bytes_uploaded"
         case objectsUploaded = "objects_uploaded"
@@ -55,7 +63,8 @@ struct Pusher {
     var packSize: Int = 64 << 20
     var progress: ProgressHandler?
 
-    private var objects: any ObjectStore { remote.objects }
+    var objects: any ObjectStore { remote.objects }
+    var reader: ChunkReader { ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: packs) }
 
     func push(_ ids: [CheckpointID]) async throws -> PushReport {
         let started = ContinuousClock.now
@@ -91,9 +100,49 @@ struct Pusher {
              (files: try catalogue.droppedFiles(of: summary.id), tensors: try catalogue.droppedTensors(of: summary.id)))
         }
         guard let content else { throw CKStoreError(.notFound, "checkpoint \(summary.id.short) was removed while it was being pushed") }
+        let shards = try reader.manifest(of: summary.id).shards
+        let outcome = try await commitObject(key: key, closure: closure, report: &report) { indexes in
+            try RemoteJSON.encode(RemoteCommit(
+                id: summary.id, run: summary.run, step: summary.step, epoch: summary.epoch, createdAt: summary.createdAt,
+                content: content, metrics: summary.metrics, tags: summary.tags, logicalBytes: summary.logicalBytes,
+                storedBytesAdded: summary.storedBytesAdded, chunkCount: summary.chunkCount, fileCount: summary.fileCount,
+                tensorCount: summary.tensorCount, parent: summary.parent, indexes: indexes, droppedFiles: dropped.files,
+                droppedTensors: dropped.tensors.mapValues { $0.sorted() }, shards: shards))
+        }
+        switch outcome {
+        case .written(let body):
+            report.pushed.append(summary.id)
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: summary.id, body: String(decoding: body, as: UTF8.self)) } }
+        case .exists(let theirs):
+            // Another machine committed this run and step first (rule 2).
+            let existing = try RemoteJSON.decode(RemoteCommit.self, theirs, what: "\(remote.name): \(key)")
+            guard existing.id == summary.id || existing.content == content else {
+                throw CKStoreError(.conflict, "remote \(remote.name) already has a different checkpoint of run \(summary.run) at step \(summary.step) (\(existing.id.short)); this store's is \(summary.id.short)")
+            }
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: existing.id, body: String(decoding: theirs, as: UTF8.self)) } }
+            report.alreadyPresent.append(summary.id)
+        }
+    }
+
+    /// How a conditional create of a commit point ended.
+    enum CommitOutcome {
+        /// This push wrote it, with these bytes.
+        case written([UInt8])
+        /// Another writer had created it first; its bytes.
+        case exists([UInt8])
+    }
+
+    /// Makes every frame of `closure` present on the remote and indexed, then creates `key` with the bytes
+    /// `body` makes from the index objects that locate the closure, by a conditional create: the commit
+    /// protocol of a checkpoint's commit object and of a shard object alike.
+    ///
+    /// Frames the remote lacks (as far as the cache knows) are uploaded as stored; packs uploaded but not yet
+    /// indexed get an index object; then rule 5: never commit what a remote gc is deleting. Objects
+    /// condemned or gone are forgotten and their frames uploaded again, and the commit follows the check
+    /// within half the grace period.
+    func commitObject(key: String, closure: Set<ChunkDigest>, report: inout PushReport, body: ([String]) throws -> [UInt8]) async throws -> CommitOutcome {
         var created = Set<String>()
         for _ in 1...4 {
-            // Frames the remote lacks, as far as the cache knows, uploaded as stored.
             let missing = try catalogue.with { catalogue in try closure.filter { try catalogue.remoteFrame(remote.url, $0) == nil } }
             if !missing.isEmpty { try await upload(missing.sorted(), report: &report) }
             func needed() throws -> Set<String> {
@@ -106,15 +155,12 @@ struct Pusher {
                     })
                 }
             }
-            // Packs uploaded (by this push or an interrupted one) that no index object lists yet get one.
             let unindexed = try needed().filter(Self.isPending)
             if !unindexed.isEmpty {
                 guard let name = try await writeIndex(forPending: unindexed, report: &report) else { continue }
                 created.insert(name)
             }
             let needed = try needed()
-            // Rule 5: never commit what a remote gc is deleting. Objects condemned or gone are forgotten,
-            // and their frames uploaded again on the next round.
             let checked = ContinuousClock.now
             let pending = try await RemoteSession.pending(objects)
             var unusable = try catalogue.with { catalogue in
@@ -133,35 +179,19 @@ struct Pusher {
             // The check holds for half the grace period: a gc's deletion comes at least a grace period
             // after it condemned, so a commit written within half of it after the check is seen by that gc.
             guard (ContinuousClock.now - checked) / .seconds(1) < pending.grace / 2 else { continue }
-            let commit = RemoteCommit(
-                id: summary.id, run: summary.run, step: summary.step, epoch: summary.epoch, createdAt: summary.createdAt,
-                content: content, metrics: summary.metrics, tags: summary.tags, logicalBytes: summary.logicalBytes,
-                storedBytesAdded: summary.storedBytesAdded, chunkCount: summary.chunkCount, fileCount: summary.fileCount,
-                tensorCount: summary.tensorCount, parent: summary.parent, indexes: needed.sorted(), droppedFiles: dropped.files,
-                droppedTensors: dropped.tensors.mapValues { $0.sorted() })
-            let body = try RemoteJSON.encode(commit)
-            if try await objects.put(key, body, ifAbsent: true) {
-                report.bytesUploaded += Int64(body.count)
+            let bytes = try body(needed.sorted())
+            if try await objects.put(key, bytes, ifAbsent: true) {
+                report.bytesUploaded += Int64(bytes.count)
                 report.objectsUploaded += 1
-                report.pushed.append(summary.id)
-                try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: summary.id, body: String(decoding: body, as: UTF8.self)) } }
-                return
+                return .written(bytes)
             }
-            // Another machine committed this run and step first (rule 2).
-            let theirs = try await objects.get(key)
-            let existing = try RemoteJSON.decode(RemoteCommit.self, theirs, what: "\(remote.name): \(key)")
-            guard existing.id == summary.id || existing.content == content else {
-                throw CKStoreError(.conflict, "remote \(remote.name) already has a different checkpoint of run \(summary.run) at step \(summary.step) (\(existing.id.short)); this store's is \(summary.id.short)")
-            }
-            try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: existing.id, body: String(decoding: theirs, as: UTF8.self)) } }
-            report.alreadyPresent.append(summary.id)
-            return
+            return .exists(try await objects.get(key))
         }
-        throw CKStoreError(.conflict, "remote \(remote.name): a garbage collection kept removing objects checkpoint \(summary.id.short) needs; nothing was committed, push again")
+        throw CKStoreError(.conflict, "remote \(remote.name): a garbage collection kept removing objects \(key) needs; nothing was committed, push again")
     }
 
     /// Keys of `keys` that do not exist on the remote.
-    private func missingObjects(_ keys: [String]) async throws -> [String] {
+    func missingObjects(_ keys: [String]) async throws -> [String] {
         try await withThrowingTaskGroup(of: String?.self) { group in
             var iterator = keys.makeIterator()
             var out = [String]()

@@ -23,9 +23,13 @@ public struct RemoteVerifyReport: Codable, Sendable, Equatable {
     public var seconds: Double = 0
     /// No problem found.
     public var ok = true
+    /// Checkpoints with shard objects on the remote but no commit object whose oldest shard is older than
+    /// the pending age: a rank never pushed its shard. Not damage; the next `gc --remote` removes them.
+    public var stalePending: [PendingCheckpoint] = []
 
     enum CodingKeys: String, CodingKey {
         case remote, mode, checkpoints, packs, problems, seconds, ok
+        case stalePending = "stale_pending"
         case objectsHashed = "objects_hashed"
         case bytesHashed = "bytes_hashed"
     }
@@ -46,6 +50,7 @@ struct RemoteChecker {
     let remote: Remote
     var depth: VerifyDepth = .quick
     var jobs = 4
+    var pendingAge = PendingCheckpoint.defaultMaximumAge
 
     private var objects: any ObjectStore { remote.objects }
 
@@ -154,6 +159,10 @@ struct RemoteChecker {
             RemoteVerifyReport.Problem(object: $0.key, problem: $0.value, checkpoints: (needers[$0.key] ?? []).sorted())
         }
         report.ok = report.problems.isEmpty
+        let committed = Set(commits.map { "\($0.run)@\($0.step)" })
+        let now = Date().timeIntervalSince1970
+        report.stalePending = PendingCheckpoint.grouping(try await session.shardObjects().map(\.shard.pending).filter { !committed.contains("\($0.run)@\($0.step)") })
+            .filter { now - $0.createdAt >= pendingAge }
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
         return report
     }
@@ -161,10 +170,11 @@ struct RemoteChecker {
 
 extension CheckpointStore {
     /// Checks a remote's objects (see ``RemoteChecker``).
-    public func verify(remote: Remote, depth: VerifyDepth = .quick, jobs: Int = 4) async throws(CKStoreError) -> RemoteVerifyReport {
+    public func verify(remote: Remote, depth: VerifyDepth = .quick, jobs: Int = 4, pendingAge: Double = PendingCheckpoint.defaultMaximumAge) async throws(CKStoreError) -> RemoteVerifyReport {
         try await CKStoreError.wrapping("verify of remote \(remote.name)") {
             var checker = RemoteChecker(catalogue: catalogue, remote: remote)
             checker.depth = depth
+            checker.pendingAge = pendingAge
             checker.jobs = max(1, jobs)
             return try await checker.check()
         }

@@ -21,9 +21,16 @@ public struct RemoteGCReport: Codable, Sendable, Equatable {
     public var rescuedObjects: Int = 0
     public var graceSeconds: Double
     public var seconds: Double = 0
+    /// Pending checkpoints (shard objects, no commit object) older than the pending age, whose shard
+    /// objects were deleted; what only they needed is condemned like any unreferenced object.
+    public var pendingRemoved: [PendingCheckpoint] = []
+    /// Shard objects of checkpoints whose commit object exists (it names everything they did), deleted.
+    public var shardObjectsRetired: Int = 0
 
     enum CodingKeys: String, CodingKey {
         case remote, deleted, kept, seconds
+        case pendingRemoved = "pending_removed"
+        case shardObjectsRetired = "shard_objects_retired"
         case dryRun = "dry_run"
         case deletedCheckpoints = "deleted_checkpoints"
         case condemnedObjects = "condemned_objects"
@@ -50,6 +57,8 @@ struct RemoteCollector {
     let remote: Remote
     var grace: Double = 3600
     var dryRun = false
+    /// Pending checkpoints whose oldest shard object is older than this are removed.
+    var pendingAge = PendingCheckpoint.defaultMaximumAge
     /// A lease older than this is taken to be left by a gc that died.
     var leaseTimeout: Double = 3600
 
@@ -132,7 +141,22 @@ struct RemoteCollector {
 
         // What the remaining commits need. Re-listed after the deletions, so commits made meanwhile count.
         if !dryRun { commits = try await session.sync() }
-        let referencedIndexes = Set(commits.flatMap(\.commit.indexes))
+        // Shard objects name what their shards need, as commit objects do, until their checkpoint is
+        // committed (its commit object names the same) or they are too old to complete.
+        let committedSteps = Set(commits.map { "\($0.commit.run)@\($0.commit.step)" })
+        var shards = [(key: String, shard: RemoteShard)]()
+        var retire = [String]()
+        for entry in try await session.shardObjects() {
+            if committedSteps.contains("\(entry.shard.run)@\(entry.shard.step)") { retire.append(entry.key) } else { shards.append(entry) }
+        }
+        let stale = PendingCheckpoint.grouping(shards.map(\.shard.pending)).filter { now - $0.createdAt >= pendingAge }
+        let staleIDs = Set(stale.flatMap(\.shardIDs))
+        report.pendingRemoved = stale
+        report.shardObjectsRetired = retire.count
+        retire += shards.filter { staleIDs.contains($0.shard.id) }.map(\.key)
+        shards.removeAll { staleIDs.contains($0.shard.id) }
+        if !dryRun { for key in retire.sorted() { try await objects.delete(key) } }
+        let referencedIndexes = Set(commits.flatMap(\.commit.indexes) + shards.flatMap(\.shard.indexes))
         try await session.loadIndexes(referencedIndexes.sorted())
         let referencedPacks = try catalogue.with { try $0.remotePacks(remote.url, indexes: referencedIndexes.sorted()) }
         func referenced(_ key: String) -> Bool {
@@ -183,13 +207,14 @@ struct RemoteCollector {
 extension CheckpointStore {
     /// Garbage collection of a remote: this store's retention policies and pins applied to the remote's
     /// runs, then the two phases that delete what no commit needs (see ``RemoteCollector``).
-    public func collectGarbage(on remote: Remote, grace: Double = 3600, dryRun: Bool = false) async throws(CKStoreError) -> RemoteGCReport {
+    public func collectGarbage(on remote: Remote, grace: Double = 3600, dryRun: Bool = false, pendingAge: Double = PendingCheckpoint.defaultMaximumAge) async throws(CKStoreError) -> RemoteGCReport {
         try await CKStoreError.wrapping("gc of remote \(remote.name)") {
             // Pushes commit within half the grace period of their check; below a second that cannot be kept.
             guard grace >= 1, grace.isFinite else { throw CKStoreError(.invalidArgument, "a remote gc's grace period must be at least 1 second (it bounds how long a push may take from its last check to its commit)") }
             var collector = RemoteCollector(catalogue: catalogue, remote: remote)
             collector.grace = grace
             collector.dryRun = dryRun
+            collector.pendingAge = pendingAge
             return try await collector.collect()
         }
     }

@@ -8,6 +8,8 @@ import Foundation
 /// packs/ab/<sha256>           packs in the local pack format, named by the SHA-256 of their bytes
 /// index/<sha256>              index objects: where each frame of one push's packs is (JSON)
 /// commits/<run key>/<step>    commit objects, the commit points, each written last by a conditional create
+/// shards/<run key>/<step>/<I>-of-<N>   shard objects: shard I of a checkpoint of N shards, committed;
+///                             the checkpoint's commit object follows once all N are there
 /// gc/pending                  what remote gc condemned, and when (the first phase of its two)
 /// gc/lease                    the lease of the one gc running
 /// ```
@@ -19,6 +21,7 @@ enum RemoteLayout {
     static let packsPrefix = "packs/"
     static let indexPrefix = "index/"
     static let commitsPrefix = "commits/"
+    static let shardsPrefix = "shards/"
     static let pending = "gc/pending"
     static let lease = "gc/lease"
 
@@ -26,6 +29,8 @@ enum RemoteLayout {
     static func index(_ name: String) -> String { indexPrefix + name }
     static func commits(run: String) -> String { commitsPrefix + CommitLog.runKey(run) + "/" }
     static func commit(run: String, step: Int64) -> String { commits(run: run) + String(step) }
+    static func shards(run: String, step: Int64) -> String { shardsPrefix + CommitLog.runKey(run) + "/" + String(step) + "/" }
+    static func shard(run: String, step: Int64, shard: ShardSpec) -> String { shards(run: run, step: step) + "\(shard.index)-of-\(shard.count)" }
 
     /// The name of a pack or index object from its key.
     static func name(ofKey key: String) -> String { String(key.split(separator: "/").last ?? "") }
@@ -117,9 +122,12 @@ public struct RemoteCommit: Codable, Sendable, Equatable {
     /// Files and tensors a part rule dropped before the push (path → part; path → tensor names).
     public internal(set) var droppedFiles: [String: String]
     var droppedTensors: [String: [String]]
+    /// For a checkpoint combined from shards: each shard's content (a later push of a shard is a no-op
+    /// when its content agrees).
+    public var shards: [ShardContent]?
 
     enum CodingKeys: String, CodingKey {
-        case format, id, run, step, epoch, content, metrics, tags, parent, indexes
+        case format, id, run, step, epoch, content, metrics, tags, parent, indexes, shards
         case createdAt = "created_at"
         case logicalBytes = "logical_bytes"
         case storedBytesAdded = "stored_bytes_added"

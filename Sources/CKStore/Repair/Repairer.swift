@@ -388,6 +388,16 @@ struct Repairer {
         })
         kept.removeAll { removed.contains($0.0) }
         report.checkpoints = kept.count
+        // Pending shards: exactly the shard manifests that shard records name, at steps no kept checkpoint holds.
+        let committedSteps = Set(kept.map { "\($0.1.run)@\($0.1.step)" })
+        var shardRecords = [CheckpointID: CommitLog.Record]()
+        for record in try CommitLog.shards(layout: layout).records() where !committedSteps.contains("\(record.run)@\(record.step)") {
+            shardRecords[record.id] = record
+        }
+        let pendingShards = manifests.filter { id, manifest in
+            guard let record = shardRecords[id] else { return false }
+            return manifest.shard == record.shard && manifest.run == record.run && manifest.step == record.step
+        }
 
         var droppedPaths = [CheckpointID: Set<String>]()
         for record in annotations {
@@ -406,7 +416,7 @@ struct Repairer {
         // then says to run repair), never a partial one that looks sound.
         let building = layout.cataloguePath + ".rebuilding"
         for suffix in ["", "-wal", "-shm"] { try FileSystem.removeFile(building + suffix) }
-        try fillCatalogue(at: building, kept: kept, annotations: annotations, intact: intact, scan: scan, newPacks: newPacks)
+        try fillCatalogue(at: building, kept: kept, pendingShards: pendingShards, annotations: annotations, intact: intact, scan: scan, newPacks: newPacks)
         if FileSystem.exists(layout.cataloguePath) {
             let aside = layout.cataloguePath + ".damaged-" + String(Int(Date().timeIntervalSince1970))
             try FileSystem.rename(layout.cataloguePath, aside)
@@ -422,7 +432,7 @@ struct Repairer {
     /// Writes a new catalogue at `path` holding the `kept` checkpoints, the intact frames and the changes
     /// the annotations record; closed, with its log folded in, when this returns.
     private func fillCatalogue(
-        at path: String, kept: [(CheckpointID, Manifest)], annotations: [AnnotationRecord],
+        at path: String, kept: [(CheckpointID, Manifest)], pendingShards: [(CheckpointID, Manifest)], annotations: [AnnotationRecord],
         intact: [ChunkDigest: (pack: PackID, offset: Int64, header: FrameHeader)], scan: [ScannedPack], newPacks: [SealedPack]
     ) throws {
         let catalogue = try Catalogue(path: path)
@@ -453,6 +463,13 @@ struct Repairer {
                     Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: try manifest.contentDigest(), storedBytesAdded: added, chunkUses: uses),
                     now: manifest.createdAt
                 )
+            }
+            for (id, manifest) in pendingShards {
+                guard let shard = manifest.shard else { continue }
+                try catalogue.insertPendingShard(
+                    PendingShard(id: id, run: manifest.run, step: manifest.step, shard: shard, content: try manifest.contentDigest(),
+                                 createdAt: manifest.createdAt, logicalBytes: manifest.logicalBytes, storedBytesAdded: 0),
+                    chunkUses: manifest.chunkUses(id: id), now: manifest.createdAt)
             }
             // Replay what happened after the puts: policies, pins, tags, deletions, dropped parts.
             let byID = Dictionary(kept.map { ($0.0, $0.1) }, uniquingKeysWith: { first, _ in first })

@@ -21,6 +21,8 @@ public struct RestoreOptions: Sendable {
     public var keepSpecialModeBits = false
     /// Told how many bytes have been restored, as the restore goes.
     public var progress: ProgressHandler?
+    /// Only the files this shard of a checkpoint put as shards holds (`get --shard I/N`): what rank I wrote.
+    public var shard: ShardSpec?
 
     /// Restore only `files`, or a safetensors file of only `tensors` (globs); `force` allows a non-empty target.
     public init(files: [String] = [], tensors: [String] = [], force: Bool = false) {

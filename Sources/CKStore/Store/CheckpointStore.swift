@@ -168,6 +168,12 @@ public final class CheckpointStore: Sendable {
         try withCatalogue { (catalogue) throws in try catalogue.summaries(run: run) }
     }
 
+    /// Checkpoints of `run` (every run when nil) some of whose shards are committed here but not all
+    /// (`ls --pending`): never listed by ``list(run:)``, resolved by `latest` or counted by retention.
+    public func pendingCheckpoints(run: String? = nil) throws -> [PendingCheckpoint] {
+        PendingCheckpoint.grouping(try withCatalogue { (catalogue) throws in try catalogue.pendingShards(run: run) })
+    }
+
     /// The catalogue's summary of one checkpoint.
     public func summary(of id: CheckpointID) throws -> CheckpointSummary {
         guard let summary = try withCatalogue({ (catalogue) throws in try catalogue.summary(of: id) }) else {

@@ -29,11 +29,19 @@ struct CommitLog {
         /// run and step stored the same content.
         var content: ChunkDigest
         var createdAt: Double
+        /// A shard record's shard (its id is then the shard manifest's).
+        var shard: ShardSpec?
 
         enum CodingKeys: String, CodingKey {
-            case id, run, step, content
+            case id, run, step, content, shard
             case createdAt = "created_at"
         }
+    }
+
+    /// The records of committed shards whose checkpoint is pending: `shards/<run key>/<step>/<I>-of-<N>`,
+    /// written as commit records are, and removed once the checkpoint's own record exists.
+    static func shards(layout: StoreLayout) -> CommitLog {
+        CommitLog(layout: layout, root: layout.root + "/shards")
     }
 
     /// Whether this store keeps commit records (every store made or opened read-write since they exist).
@@ -46,7 +54,14 @@ struct CommitLog {
         Array(SHA256Hasher.digest(Array(run.utf8)).bytes.prefix(16)).hexString
     }
 
-    private func path(run: String, step: Int64) -> String { folder(run: run) + "/" + String(step) }
+    private func path(run: String, step: Int64, shard: ShardSpec? = nil) -> String {
+        folder(run: run) + "/" + String(step) + (shard.map { "/\($0.index)-of-\($0.count)" } ?? "")
+    }
+
+    /// The shard record of `shard` of `run` at `step`, if there is one.
+    func record(run: String, step: Int64, shard: ShardSpec) throws -> Record? {
+        try read(path(run: run, step: step, shard: shard))
+    }
 
     /// The record of `run` at `step`, if there is one.
     func record(run: String, step: Int64) throws -> Record? {
@@ -56,8 +71,8 @@ struct CommitLog {
     /// Writes `record` unless `run` already has one at that step; returns the record that is there now
     /// (`record` itself when this call wrote it). The record is durable when this returns.
     func commit(_ record: Record) throws -> Record {
-        let folder = folder(run: record.run)
-        let final = path(run: record.run, step: record.step)
+        let final = path(run: record.run, step: record.step, shard: record.shard)
+        let folder = String(final[..<(final.lastIndex(of: "/") ?? final.endIndex)])
         if let existing = try read(final) { return existing }
         try FileSystem.createDirectory(folder)
         let temporary = layout.temporaryRoot + "/commit-" + PackID.random().hex
@@ -90,13 +105,29 @@ struct CommitLog {
         try FileSystem.removeFile(file)
     }
 
+    /// Forgets the shard records of `run` at `step` once its checkpoint is committed (or its pending
+    /// shards were removed).
+    func removeShards(run: String, step: Int64) throws {
+        let folder = path(run: run, step: step)
+        guard FileSystem.isDirectory(folder) else { return }
+        FileSystem.removeTree(folder)
+    }
+
     /// Every record in the store.
     func records() throws -> [Record] {
         guard isKept else { return [] }
         var out = [Record]()
         for folder in try FileSystem.contents(of: root) where FileSystem.isDirectory(root + "/" + folder) {
             for name in try FileSystem.contents(of: root + "/" + folder) where Int64(name) != nil {
-                if let record = try read(root + "/" + folder + "/" + name) { out.append(record) }
+                let path = root + "/" + folder + "/" + name
+                if FileSystem.isDirectory(path) {
+                    // Shard records: one folder per step.
+                    for shard in try FileSystem.contents(of: path) where shard.contains("-of-") {
+                        if let record = try read(path + "/" + shard) { out.append(record) }
+                    }
+                } else if let record = try read(path) {
+                    out.append(record)
+                }
             }
         }
         return out

@@ -34,6 +34,12 @@ struct Checker {
             for record in try CommitLog(layout: layout).records() where !listed.contains(record.id) {
                 problems.append("committed checkpoint \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
             }
+            let pending = Set(try catalogue.with { try $0.pendingShards() }.map(\.id))
+            let committed = Set(try CommitLog(layout: layout).records().map { "\($0.run)@\($0.step)" })
+            for record in try CommitLog.shards(layout: layout).records()
+            where !pending.contains(record.id) && !committed.contains("\(record.run)@\(record.step)") {
+                problems.append("committed shard \(record.shard?.description ?? "?") of \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
+            }
         }
         for digest in needed where locations[digest] == nil {
             missing[digest] = "chunk \(digest) is needed but not in the catalogue"
@@ -183,12 +189,15 @@ struct Checker {
         }
         let damagedChunks = damaged.keys.sorted()
         let missingChunks = missing.keys.filter { damaged[$0] == nil }.sorted()
+        let now = Date().timeIntervalSince1970
+        let stale = byCheckpoint ? [] : PendingCheckpoint.grouping(try catalogue.with { try $0.pendingShards() })
+            .filter { now - $0.createdAt >= options.pendingAge }
         return VerifyReport(
             ok: problems.isEmpty && damagedChunks.isEmpty && missingChunks.isEmpty,
             mode: mode, packsChecked: packsToCheck.count - unreadablePacks.count, chunksChecked: checked,
             storedBytesChecked: storedBytes, logicalBytesChecked: logicalBytes,
             damagedChunks: damagedChunks, missingChunks: missingChunks, affectedCheckpoints: affected.sorted(),
-            problems: problems, damage: damage, seconds: (ContinuousClock.now - started) / .seconds(1)
+            problems: problems, damage: damage, seconds: (ContinuousClock.now - started) / .seconds(1), stalePending: stale
         )
     }
 }

@@ -26,6 +26,8 @@ public struct VerifyOptions: Sendable {
     }
     /// Told how many bytes of frames have been read and checked, as a full or sampled check goes.
     public var progress: ProgressHandler?
+    /// Pending checkpoints whose oldest shard is at least this old are reported (``VerifyReport/stalePending``).
+    public var pendingAge: Double = PendingCheckpoint.defaultMaximumAge
 
     /// Verify `checkpoints` (all when empty) at `depth`.
     public init(depth: VerifyDepth = .quick, checkpoints: [CheckpointID] = []) {
@@ -100,9 +102,14 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var damage: [Damage]
     /// How long it took.
     public var seconds: Double
+    /// Pending checkpoints older than ``VerifyOptions/pendingAge``: shards of them were committed and the
+    /// rest never came (a rank died, or its put failed). Not damage, so `ok` does not count them; the next
+    /// `gc` removes them.
+    public var stalePending: [PendingCheckpoint] = []
 
     enum CodingKeys: String, CodingKey {
         case ok, mode, problems, damage, seconds
+        case stalePending = "stale_pending"
         case packsChecked = "packs_checked"
         case chunksChecked = "chunks_checked"
         case storedBytesChecked = "stored_bytes_checked"

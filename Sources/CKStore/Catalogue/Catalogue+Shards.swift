@@ -1,0 +1,118 @@
+/// A shard committed to a store while the other shards of its checkpoint are not all there yet.
+public struct PendingShard: Codable, Sendable, Equatable {
+    /// The shard manifest's id (the SHA-256 of its bytes).
+    public var id: CheckpointID
+    public var run: String
+    public var step: Int64
+    public var shard: ShardSpec
+    /// The shard manifest's content digest, without its time and parent.
+    public var content: ChunkDigest
+    /// Seconds since 1970, UTC.
+    public var createdAt: Double
+    public var logicalBytes: Int64
+    /// Frame bytes the shard's put added to the store.
+    public var storedBytesAdded: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case id, run, step, shard, content
+        case createdAt = "created_at"
+        case logicalBytes = "logical_bytes"
+        case storedBytesAdded = "stored_bytes_added"
+    }
+}
+
+/// A checkpoint some of whose shards are committed: `ls --pending` lists these. It is never listed,
+/// resolved or retained as a checkpoint until every shard is there.
+public struct PendingCheckpoint: Codable, Sendable, Equatable {
+    public var run: String
+    public var step: Int64
+    /// How many shards the checkpoint has.
+    public var shardCount: Int
+    /// The shards committed so far, by index.
+    public var shards: [PendingShard]
+    /// The shard indexes still missing.
+    public var missing: [Int]
+    /// When its oldest shard was committed: what `verify` and `gc` measure its age by.
+    public var createdAt: Double
+    public var logicalBytes: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case run, step, shards, missing
+        case shardCount = "shard_count"
+        case createdAt = "created_at"
+        case logicalBytes = "logical_bytes"
+    }
+
+    /// How old a pending checkpoint may get before `verify` reports it and `gc` removes it: 24 hours.
+    public static let defaultMaximumAge: Double = 24 * 3600
+
+    /// Every shard's manifest id.
+    var shardIDs: [CheckpointID] { shards.map(\.id) }
+
+    /// Groups shards by run, step and shard count (two counts at one step are two pending checkpoints,
+    /// of which at most one can ever complete).
+    static func grouping(_ shards: [PendingShard]) -> [PendingCheckpoint] {
+        Dictionary(grouping: shards) { "\($0.run)\u{0}\($0.step)\u{0}\($0.shard.count)" }.values.map { group in
+            let sorted = group.sorted { $0.shard.index < $1.shard.index }
+            let count = sorted[0].shard.count
+            return PendingCheckpoint(
+                run: sorted[0].run, step: sorted[0].step, shardCount: count, shards: sorted,
+                missing: Array(Set(0..<count).subtracting(sorted.map(\.shard.index))).sorted(),
+                createdAt: sorted.map(\.createdAt).min() ?? 0, logicalBytes: sorted.reduce(0) { $0 + $1.logicalBytes })
+        }.sorted { ($0.run, $0.step, $0.shardCount) < ($1.run, $1.step, $1.shardCount) }
+    }
+}
+
+extension Catalogue {
+    private static let pendingColumns = "p.manifest_id, r.name, p.step, p.shard_index, p.shard_count, p.content_digest, p.created_at, p.logical_bytes, p.stored_bytes_added"
+
+    /// Pending shards of `run` (every run when nil), at `step` when given.
+    func pendingShards(run: String? = nil, step: Int64? = nil) throws -> [PendingShard] {
+        var filter = ["1"], values = [SQLiteStatement.Value]()
+        if let run { filter.append("r.name = ?"); values.append(.text(run)) }
+        if let step { filter.append("p.step = ?"); values.append(.integer(step)) }
+        return try statement("SELECT \(Self.pendingColumns) FROM pending_shards p JOIN runs r ON r.id = p.run_id WHERE \(filter.joined(separator: " AND ")) ORDER BY r.name, p.step, p.shard_index")
+            .rows(values) { (row) throws in
+                PendingShard(id: CheckpointID(try row.digest(0)), run: row.text(1), step: row.int(2),
+                             shard: try ShardSpec(index: Int(row.int(3)), count: Int(row.int(4))),
+                             content: try row.digest(5), createdAt: row.double(6), logicalBytes: row.int(7), storedBytesAdded: row.int(8))
+            }
+    }
+
+    /// Records a committed shard and the chunks it needs. Runs inside the put's transaction.
+    func insertPendingShard(_ shard: PendingShard, chunkUses: [ChunkDigest: Int], now: Double) throws {
+        let runID = try ensureRun(named: shard.run, now: now)
+        let id = SQLiteStatement.Value.blob(shard.id.digest.bytes)
+        try statement("""
+            INSERT INTO pending_shards (run_id, step, shard_index, shard_count, manifest_id, content_digest, created_at, logical_bytes, stored_bytes_added)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """).run([.integer(runID), .integer(shard.step), .integer(Int64(shard.shard.index)), .integer(Int64(shard.shard.count)),
+                      id, .blob(shard.content.bytes), .real(shard.createdAt), .integer(shard.logicalBytes), .integer(shard.storedBytesAdded)])
+        let reference = try statement("INSERT OR REPLACE INTO shard_chunks (manifest_id, digest, uses) VALUES (?, ?, ?)")
+        for (digest, uses) in chunkUses.sorted(by: { $0.key < $1.key }) {
+            try reference.run([id, .blob(digest.bytes), .integer(Int64(uses))])
+        }
+    }
+
+    /// Forgets pending shards and what they kept alive: once combined into their checkpoint, or when
+    /// gc removes them as stale.
+    func deletePendingShards(_ ids: [CheckpointID]) throws {
+        let shard = try statement("DELETE FROM pending_shards WHERE manifest_id = ?")
+        let references = try statement("DELETE FROM shard_chunks WHERE manifest_id = ?")
+        for id in ids {
+            try shard.run([.blob(id.digest.bytes)])
+            try references.run([.blob(id.digest.bytes)])
+        }
+    }
+
+    /// The newest committed shard `shard` of `run` before `step`: a shard's delta bases when the store
+    /// holds no complete checkpoint newer (a rank that keeps its own store holds only its own shards).
+    func previousShard(run: String, before step: Int64, shard: ShardSpec) throws -> (id: CheckpointID, step: Int64)? {
+        try statement("""
+            SELECT p.manifest_id, p.step FROM pending_shards p JOIN runs r ON r.id = p.run_id
+            WHERE r.name = ? AND p.step < ? AND p.shard_index = ? AND p.shard_count = ? ORDER BY p.step DESC LIMIT 1
+            """).firstRow([.text(run), .integer(step), .integer(Int64(shard.index)), .integer(Int64(shard.count))]) { (row) throws in
+            (CheckpointID(try row.digest(0)), row.int(1))
+        }
+    }
+}

@@ -1,0 +1,174 @@
+import Foundation
+
+extension Archiver {
+    /// Commits `manifest` as shard `shard` of its checkpoint (the end of a put with ``PutOptions/shard``),
+    /// then combines the checkpoint if this was its last missing shard.
+    ///
+    /// The shard is recorded as pending in the put's one transaction, with the chunks it needs (so gc keeps
+    /// them), and its shard record `shards/<run key>/<step>/<I>-of-<N>` is written before the put reports
+    /// success. Putting the same shard again with the same content is a no-op; with other content, or with
+    /// another shard count than shards already committed at that step, it is a conflict.
+    static func commitShard(
+        _ manifest: Manifest, shard: ShardSpec, session: Archiver, warnings: [String], started: ContinuousClock.Instant,
+        catalogue: LockedCatalogue, layout: StoreLayout, reader: ChunkReader, contexts: ZstdContextPool
+    ) throws -> PutResult {
+        let run = manifest.run, step = manifest.step
+        let content = try manifest.contentDigest()
+        let what = "\(run)@\(step) shard \(shard)"
+        func result(id: CheckpointID, alreadyStored: Bool, checkpoint: CheckpointID?, missing: [Int]) -> PutResult {
+            var result = PutResult(
+                id: id, run: run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
+                chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount,
+                seconds: (ContinuousClock.now - started) / .seconds(1), alreadyStored: alreadyStored, warnings: warnings)
+            result.shard = shard
+            result.checkpoint = checkpoint
+            result.missingShards = missing
+            return result
+        }
+
+        /// What the store holds at this run and step, as far as this shard is concerned.
+        enum Standing {
+            case committed(CheckpointID)
+            case pending(CheckpointID)
+            case absent
+        }
+        func standing(in catalogue: Catalogue) throws -> Standing {
+            if let found = try catalogue.checkpoint(run: run, step: step) { return .committed(found.id) }
+            let pending = try catalogue.pendingShards(run: run, step: step)
+            if let other = pending.first(where: { $0.shard.count != shard.count }) {
+                throw CKStoreError(.conflict, "\(run)@\(step) is pending as \(other.shard.count) shards (shard \(other.shard) is committed); this put says \(shard.count)")
+            }
+            guard let same = pending.first(where: { $0.shard.index == shard.index }) else { return .absent }
+            guard same.content == content else {
+                throw CKStoreError(.conflict, "\(what) is already committed with different content (\(same.id.short)); put under another step, or remove the pending shard with `ckstore gc --pending-age 0`")
+            }
+            return .pending(same.id)
+        }
+        /// A committed checkpoint at this step: this shard's put is a no-op if the checkpoint holds it.
+        func checkCommitted(_ id: CheckpointID) throws -> PutResult {
+            let committed = try reader.manifest(of: id)
+            guard let shards = committed.shards, shards.count == shard.count, shards[shard.index].content == content else {
+                let held = committed.shards.map { "as \($0.count) shards" } ?? "unsharded"
+                throw CKStoreError(.conflict, "run \(run) already has a different checkpoint at step \(step) (\(id.short), \(held)); \(what) does not match it")
+            }
+            return result(id: id, alreadyStored: true, checkpoint: id, missing: [])
+        }
+
+        switch try catalogue.with({ try standing(in: $0) }) {
+        case .committed(let id):
+            return try checkCommitted(id)
+        case .pending(let id):
+            if session.hasNewFrames { _ = try session.commit { _, _ in () } }
+            let checkpoint = try ShardCombiner(catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
+                .completeIfReady(run: run, step: step, count: shard.count)
+            return result(id: id, alreadyStored: true, checkpoint: checkpoint, missing: checkpoint == nil ? try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue) : [])
+        case .absent:
+            break
+        }
+
+        let bytes = try manifest.canonicalJSON()
+        let id = CheckpointID(SHA256Hasher.digest(bytes))
+        try session.appendManifest(bytes, digest: id.digest)
+        let outcome = try session.commit { (catalogue, added) throws -> Standing in
+            let now = try standing(in: catalogue)
+            guard case .absent = now else { return now }
+            try catalogue.insertPendingShard(
+                PendingShard(id: id, run: run, step: step, shard: shard, content: content, createdAt: manifest.createdAt,
+                             logicalBytes: manifest.logicalBytes, storedBytesAdded: added),
+                chunkUses: manifest.chunkUses(id: id), now: Date().timeIntervalSince1970)
+            return .absent
+        }
+        switch outcome {
+        case .committed(let existing): return try checkCommitted(existing)
+        case .pending(let existing):
+            return result(id: existing, alreadyStored: true, checkpoint: nil, missing: try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue))
+        case .absent: break
+        }
+        // The shard's commit point for a rebuild, before the put reports success; a put that cannot write
+        // it takes its shard out of the catalogue again.
+        let log = CommitLog.shards(layout: layout)
+        let record: CommitLog.Record
+        do {
+            record = try log.commit(CommitLog.Record(id: id, run: run, step: step, content: content, createdAt: manifest.createdAt, shard: shard))
+        } catch {
+            let packs = session.committedPacks
+            try? catalogue.with { catalogue in
+                try catalogue.write {
+                    try catalogue.deletePendingShards([id])
+                    try catalogue.forgetUnusedFrames(inPacks: packs)
+                }
+            }
+            throw error
+        }
+        guard record.content == content else {
+            throw CKStoreError(.conflict, "\(what) has a shard record with different content (\(record.id.short)); run `ckstore repair`")
+        }
+        let checkpoint: CheckpointID?
+        do {
+            checkpoint = try ShardCombiner(catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
+                .completeIfReady(run: run, step: step, count: shard.count)
+        } catch let error as CKStoreError where error.code == .conflict {
+            throw CKStoreError(.conflict, "\(what) is committed (\(id.short)), but the shards cannot make a checkpoint: \(error.message)", cause: error)
+        }
+        return result(id: id, alreadyStored: false, checkpoint: checkpoint,
+                      missing: checkpoint == nil ? try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue) : [])
+    }
+
+    private static func missingShards(run: String, step: Int64, count: Int, catalogue: LockedCatalogue) throws -> [Int] {
+        let held = try catalogue.with { try $0.pendingShards(run: run, step: step) }.filter { $0.shard.count == count }.map(\.shard.index)
+        return Array(Set(0..<count).subtracting(held)).sorted()
+    }
+}
+
+/// Turns the shards of a checkpoint into the checkpoint, once all of them are committed to this store.
+struct ShardCombiner {
+    let catalogue: LockedCatalogue
+    let layout: StoreLayout
+    let reader: ChunkReader
+    let contexts: ZstdContextPool
+
+    /// Combines `run`@`step` if all `count` of its shards are pending here: writes the combined manifest
+    /// (``Manifest/combining(_:)``), and in one transaction inserts the checkpoint and forgets the pending
+    /// shards; then writes its commit record and removes the shard records. Returns the checkpoint's id, or
+    /// nil while shards are missing. Two processes that combine at once write the same content: one commits,
+    /// the other finds it committed.
+    func completeIfReady(run: String, step: Int64, count: Int) throws -> CheckpointID? {
+        let pending = try catalogue.with { try $0.pendingShards(run: run, step: step) }.filter { $0.shard.count == count }
+        guard pending.count == count else { return nil }
+        let manifests = try pending.map { try reader.manifest(of: $0.id) }
+        let combined = try Manifest.combining(manifests)
+        let bytes = try combined.canonicalJSON()
+        let id = CheckpointID(SHA256Hasher.digest(bytes))
+        let content = try combined.contentDigest()
+        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: 1), reader: reader, contexts: contexts,
+                                   options: PutOptions(run: run), settings: try catalogue.with { try $0.settings() }, parent: nil)
+        try session.appendManifest(bytes, digest: id.digest)
+        let ids = pending.map(\.id)
+        let committed = try session.commit { (catalogue, _) throws -> CheckpointID? in
+            if let found = try catalogue.checkpoint(run: run, step: step) {
+                guard found.content == content else {
+                    throw CKStoreError(.conflict, "run \(run) already has a different checkpoint at step \(step) (\(found.id.short)) than its \(count) shards make")
+                }
+                try catalogue.deletePendingShards(ids)
+                return found.id
+            }
+            // gc may have removed a stale shard since they were read: then the checkpoint is not complete.
+            let now = try catalogue.pendingShards(run: run, step: step).filter { $0.shard.count == count }.map(\.id)
+            guard now == ids else { return nil }
+            try catalogue.insert(
+                Catalogue.NewCheckpoint(id: id, manifest: combined, contentDigest: content,
+                                        storedBytesAdded: pending.reduce(0) { $0 + $1.storedBytesAdded }, chunkUses: combined.chunkUses(id: id)),
+                now: Date().timeIntervalSince1970)
+            try catalogue.deletePendingShards(ids)
+            return id
+        }
+        guard let committed else { return nil }
+        let record = try CommitLog(layout: layout).commit(
+            CommitLog.Record(id: committed, run: run, step: step, content: content, createdAt: combined.createdAt))
+        guard record.content == content else {
+            throw CKStoreError(.conflict, "run \(run) already has a different committed checkpoint at step \(step) (\(record.id.short)); run `ckstore repair` if `ls` does not list it")
+        }
+        try CommitLog.shards(layout: layout).removeShards(run: run, step: step)
+        return committed
+    }
+}
