@@ -108,7 +108,7 @@ extension Archiver {
             checkpoint = try ShardCombiner(catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
                 .completeIfReady(run: run, step: step, count: shard.count)
         } catch let error as CKStoreError where error.code == .conflict {
-            throw CKStoreError(.conflict, "\(what) is committed (\(id.short)), but the shards cannot make a checkpoint: \(error.message)", cause: error)
+            throw CKStoreError(.conflict, "\(what) is committed (\(id.short)), but the shards cannot make a checkpoint: \(error.message)")
         }
         return result(id: id, alreadyStored: false, checkpoint: checkpoint,
                       missing: checkpoint == nil ? try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue) : [])

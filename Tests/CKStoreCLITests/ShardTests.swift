@@ -1,0 +1,251 @@
+@testable import CKStore
+import CKStoreTestSupport
+import Foundation
+import Testing
+
+/// Checkpoints written by many ranks (issue 19): each rank puts its files as one shard, and the
+/// checkpoint exists (listed, resolved, retained) only once every shard is committed.
+@Suite struct ShardTests {
+    /// Writes rank `rank`'s part of a checkpoint like DCP's: its own `__<rank>_0.distcp`, and on rank 0
+    /// the `.metadata` file and a config every rank writes the same.
+    static func writeRank(_ rank: Int, step: Int, to folder: String, megabytes: Int = 2) throws {
+        try Files.write(try RandomCheckpoint.randomBytes(megabytes << 20), to: folder + "/__\(rank)_0.distcp")
+        if rank == 0 { try Files.write(Array("metadata of step \(step)".utf8), to: folder + "/.metadata") }
+        try Files.write(Array(#"{"model_type": "toy"}"#.utf8), to: folder + "/config.json")
+    }
+
+    static func json(_ output: CLI.Output) throws -> [String: Any] {
+        try #require(try CLI.json(output.stdout) as? [String: Any], "not a JSON object: \(output.stdout) \(output.stderr)")
+    }
+
+    static func jsonList(_ output: CLI.Output) throws -> [[String: Any]] {
+        try #require(try CLI.json(output.stdout) as? [[String: Any]], "not a JSON list: \(output.stdout) \(output.stderr)")
+    }
+
+    static func errorCode(_ output: CLI.Output) -> String? {
+        guard let line = output.stderr.split(separator: "\n").last,
+              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let error = object["error"] as? [String: Any] else { return nil }
+        return error["code"] as? String
+    }
+
+    /// Runs several `ckstore` commands at once, as separate processes; their outputs in order.
+    static func runConcurrently(_ commands: [[String]], environment: [String: String] = [:], in root: String) throws -> [CLI.Output] {
+        let started = try commands.enumerated().map { index, arguments -> (Process, String, String) in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CLI.binary)
+            process.arguments = arguments
+            var env = ProcessInfo.processInfo.environment
+            env.removeValue(forKey: "CKSTORE_PATH")
+            process.environment = env.merging(environment) { $1 }
+            let out = root + "/concurrent-\(index).out", err = root + "/concurrent-\(index).err"
+            FileManager.default.createFile(atPath: out, contents: nil)
+            FileManager.default.createFile(atPath: err, contents: nil)
+            process.standardOutput = FileHandle(forWritingAtPath: out)
+            process.standardError = FileHandle(forWritingAtPath: err)
+            try process.run()
+            return (process, out, err)
+        }
+        return try started.map { process, out, err in
+            process.waitUntilExit()
+            return CLI.Output(status: process.terminationStatus, stdout: String(decoding: try Files.read(out), as: UTF8.self),
+                              stderr: String(decoding: try Files.read(err), as: UTF8.self), killed: process.terminationReason == .uncaughtSignal)
+        }
+    }
+
+    @Test func aCheckpointIsInvisibleUntilEveryShardIsCommittedInAnyOrder() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            func ck(_ arguments: [String]) throws -> CLI.Output { try CLI.run(arguments + ["--store", store]) }
+            // A complete checkpoint before, unsharded: what latest resolves to while step 20 is pending.
+            try RandomCheckpoint.write(to: root + "/plain", megabytes: 1, step: 10)
+            #expect(try ck(["put", root + "/plain", "--run", "job", "--step", "10"]).status == 0)
+            for rank in 0..<3 { try Self.writeRank(rank, step: 20, to: root + "/rank\(rank)") }
+
+            // Shards 2 and 0 of 3: pending, listed only with --pending, never latest, never retained.
+            for rank in [2, 0] {
+                let put = try ck(["put", root + "/rank\(rank)", "--run", "job", "--step", "20", "--shard", "\(rank)/3", "--json"])
+                #expect(put.status == 0, "\(put.stderr)")
+                let result = try Self.json(put)
+                #expect(result["checkpoint"] == nil)
+                #expect((result["shard"] as? [String: Any])?["index"] as? Int == rank)
+            }
+            #expect(try Self.jsonList(try ck(["ls", "--json"])).compactMap { $0["step"] as? Int } == [10])
+            let pending = try Self.jsonList(try ck(["ls", "--pending", "--json"]))
+            #expect(pending.count == 1)
+            #expect(pending.first?["step"] as? Int == 20 && pending.first?["shard_count"] as? Int == 3)
+            #expect(pending.first?["missing"] as? [Int] == [1])
+            #expect((pending.first?["shards"] as? [[String: Any]])?.count == 2)
+            let latest = try Self.json(try ck(["show", "job@latest", "--json"]))
+            #expect(latest["step"] as? Int == 10)
+            #expect(try ck(["show", "job@20"]).status == 1)
+            #expect(try ck(["get", "job@latest-valid", root + "/resumed"]).status == 0)
+            #expect(try Files.tree(root + "/resumed") == Files.tree(root + "/plain"))
+            // Retention neither counts nor deletes a pending checkpoint: keep-last 1 keeps step 10.
+            let policy = try ck(["policy", "set", "job", "--keep-last", "1"])
+            #expect(policy.status == 0, "\(policy.stderr)")
+            let gc = try Self.json(try ck(["gc", "--json"]))
+            #expect((gc["deleted"] as? [String])?.isEmpty == true, "\(gc)")
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).count == 1)
+
+            // The last shard completes it: listed, latest, the union of the ranks' folders.
+            let last = try Self.json(try ck(["put", root + "/rank1", "--run", "job", "--step", "20", "--shard", "1/3", "--json"]))
+            let checkpoint = try #require(last["checkpoint"] as? String)
+            #expect(last["missing_shards"] as? [Int] == [])
+            #expect(try Self.jsonList(try ck(["ls", "--json"])).compactMap { $0["id"] as? String }.last == checkpoint)
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).isEmpty)
+            #expect(try ck(["get", "job@latest", root + "/all"]).status == 0)
+            var union = [String: [UInt8]]()
+            for rank in 0..<3 { union.merge(try Files.tree(root + "/rank\(rank)")) { first, _ in first } }
+            #expect(try Files.tree(root + "/all") == union)
+            // Each rank gets back exactly what it wrote.
+            for rank in 0..<3 {
+                let get = try ck(["get", "job@20", root + "/back\(rank)", "--shard", "\(rank)/3"])
+                #expect(get.status == 0, "\(get.stderr)")
+                #expect(try Files.tree(root + "/back\(rank)") == Files.tree(root + "/rank\(rank)"))
+            }
+            #expect(Self.errorCode(try ck(["get", "job@20", root + "/wrong", "--shard", "0/2", "--json"])) == "invalid_input")
+            #expect(Self.errorCode(try ck(["get", "job@10", root + "/wrong", "--shard", "0/1", "--json"])) == "invalid_input")
+            #expect(try ck(["get", "job@20", root + "/bad", "--shard", "3/3"]).status == 2)
+            let show = try ck(["show", "job@20"])
+            #expect(show.stdout.contains("shards     3") && show.stdout.contains("__2_0.distcp"), "\(show.stdout)")
+            let showJSON = try Self.json(try ck(["show", "job@20", "--json"]))
+            #expect(showJSON["shard_count"] as? Int == 3)
+            let config = try #require((showJSON["files"] as? [[String: Any]])?.first { $0["path"] as? String == "config.json" })
+            #expect(config["shards"] as? [Int] == [0, 1, 2])
+
+            // The same shard again is a no-op; other content is a conflict; so is another shard count.
+            let again = try Self.json(try ck(["put", root + "/rank1", "--run", "job", "--step", "20", "--shard", "1/3", "--json"]))
+            #expect(again["already_stored"] as? Bool == true && again["checkpoint"] as? String == checkpoint)
+            try Files.write(Array("other".utf8), to: root + "/rank1/extra.txt")
+            #expect(Self.errorCode(try ck(["put", root + "/rank1", "--run", "job", "--step", "20", "--shard", "1/3", "--json"])) == "conflict")
+            #expect(Self.errorCode(try ck(["put", root + "/rank1", "--run", "job", "--step", "20", "--shard", "1/2", "--json"])) == "conflict")
+            #expect(try ck(["verify", "--full"]).status == 0)
+            for bad in ["3/3", "-1/2", "1", "a/b", "0/0"] {
+                #expect(try ck(["put", root + "/rank1", "--run", "job", "--step", "30", "--shard", bad]).status == 2, "--shard \(bad)")
+            }
+        }
+    }
+
+    @Test func shardsOfTheSameStepPutWithDifferentCountsOrClashingFilesConflict() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            func ck(_ arguments: [String]) throws -> CLI.Output { try CLI.run(arguments + ["--store", store]) }
+            for rank in 0..<2 { try Self.writeRank(rank, step: 5, to: root + "/rank\(rank)", megabytes: 1) }
+            #expect(try ck(["put", root + "/rank0", "--run", "job", "--step", "5", "--shard", "0/2"]).status == 0)
+            #expect(Self.errorCode(try ck(["put", root + "/rank1", "--run", "job", "--step", "5", "--shard", "1/4", "--json"])) == "conflict")
+            // Ranks that write the same path with different bytes cannot make a checkpoint: the last put
+            // says so, and the checkpoint stays pending (never half-visible).
+            try Files.write(Array(#"{"model_type": "other"}"#.utf8), to: root + "/rank1/config.json")
+            let clash = try ck(["put", root + "/rank1", "--run", "job", "--step", "5", "--shard", "1/2", "--json"])
+            #expect(Self.errorCode(clash) == "conflict" && clash.stderr.contains("config.json"), "\(clash.stderr)")
+            #expect(try Self.jsonList(try ck(["ls", "--json"])).isEmpty)
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).first?["missing"] as? [Int] == [])
+        }
+    }
+
+    @Test func aStalePendingCheckpointIsReportedByVerifyAndRemovedByGCAndARebuildKeepsAFreshOne() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            func ck(_ arguments: [String]) throws -> CLI.Output { try CLI.run(arguments + ["--store", store]) }
+            for rank in 0..<2 { try Self.writeRank(rank, step: 7, to: root + "/rank\(rank)", megabytes: 3) }
+            #expect(try ck(["put", root + "/rank0", "--run", "job", "--step", "7", "--shard", "0/2"]).status == 0)
+
+            // Fresh: verify is quiet about it, gc keeps it and everything it needs.
+            let quiet = try Self.json(try ck(["verify", "--json"]))
+            #expect((quiet["stale_pending"] as? [Any])?.isEmpty == true)
+            let kept = try Self.json(try ck(["gc", "--json"]))
+            #expect((kept["pending_removed"] as? [Any])?.isEmpty == true)
+            #expect(kept["chunks_freed"] as? Int == 0, "\(kept)")
+
+            // A rebuilt catalogue has it again, from its shard record and manifest frame.
+            try FileManager.default.removeItem(atPath: store + "/ckstore.db")
+            let repair = try ck(["repair"])
+            #expect(repair.status == 0, "\(repair.stdout) \(repair.stderr)")
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).first?["missing"] as? [Int] == [1])
+            #expect(try ck(["verify", "--full"]).status == 0)
+
+            // Older than --pending-age: reported (not as damage), then removed with what only it needed.
+            let stale = try ck(["verify", "--pending-age", "0s", "--json"])
+            #expect(stale.status == 0)
+            let reported = try #require(try Self.json(stale)["stale_pending"] as? [[String: Any]])
+            #expect(reported.first?["step"] as? Int == 7 && reported.first?["missing"] as? [Int] == [1])
+            #expect(try ck(["verify", "--pending-age", "0s"]).stdout.contains("stale pending: job@7"))
+            let dry = try Self.json(try ck(["gc", "--pending-age", "0s", "--dry-run", "--json"]))
+            #expect((dry["pending_removed"] as? [Any])?.count == 1)
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).count == 1)
+            let removed = try Self.json(try ck(["gc", "--pending-age", "0s", "--json"]))
+            #expect((removed["pending_removed"] as? [Any])?.count == 1)
+            #expect((removed["chunks_freed"] as? Int ?? 0) >= 12, "\(removed)")
+            #expect((removed["bytes_freed"] as? Int ?? 0) > 3 << 20, "\(removed)")
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: store + "/shards/" + CommitLog.runKey("job") + "/7"))
+            #expect(try ck(["verify", "--full"]).status == 0)
+            // And a rebuild does not bring it back.
+            try FileManager.default.removeItem(atPath: store + "/ckstore.db")
+            #expect(try ck(["repair"]).status == 0)
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).isEmpty)
+        }
+    }
+
+    @Test func concurrentPutsOfShardsFromManyProcessesCommitExactlyOneCheckpoint() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            #expect(try CLI.run(["init", "--store", store]).status == 0)
+            for rank in 0..<4 { try Self.writeRank(rank, step: 40, to: root + "/rank\(rank)", megabytes: 2) }
+            try FileManager.default.copyItem(atPath: root + "/rank2", toPath: root + "/rank2-copy")
+            try Self.writeRank(3, step: 40, to: root + "/rank3-other", megabytes: 2)
+            // Every rank at once, rank 2 twice with the same content, rank 3 twice with different content.
+            let folders = ["rank0", "rank1", "rank2", "rank2-copy", "rank3", "rank3-other"]
+            let ranks = [0, 1, 2, 2, 3, 3]
+            let outputs = try Self.runConcurrently(zip(folders, ranks).map { folder, rank in
+                ["put", root + "/" + folder, "--run", "job", "--step", "40", "--shard", "\(rank)/4", "--json", "--store", store]
+            }, in: root)
+            for (index, output) in outputs.enumerated() where index != 4 && index != 5 {
+                #expect(output.status == 0, "\(folders[index]): \(output.stderr)")
+            }
+            // Of the two different rank-3 shards exactly one is committed, the other is a conflict.
+            let rank3 = [outputs[4], outputs[5]]
+            #expect(rank3.filter { $0.status == 0 }.count == 1, "\(rank3.map(\.stderr))")
+            #expect(rank3.filter { Self.errorCode($0) == "conflict" }.count == 1, "\(rank3.map(\.stderr))")
+            let winner = outputs[4].status == 0 ? "rank3" : "rank3-other"
+
+            let listed = try Self.jsonList(try CLI.run(["ls", "--json", "--store", store]))
+            #expect(listed.count == 1)
+            #expect(try Self.jsonList(try CLI.run(["ls", "--pending", "--json", "--store", store])).isEmpty)
+            let ids = Set(outputs.filter { $0.status == 0 }.compactMap { try? Self.json($0)["checkpoint"] as? String })
+            #expect(ids.count == 1 && ids.first == listed.first?["id"] as? String, "\(ids)")
+            #expect(try CLI.run(["get", "job@40", root + "/all", "--store", store]).status == 0)
+            var union = [String: [UInt8]]()
+            for folder in ["rank0", "rank1", "rank2", winner] { union.merge(try Files.tree(root + "/" + folder)) { first, _ in first } }
+            #expect(try Files.tree(root + "/all") == union)
+            #expect(try CLI.run(["verify", "--full", "--store", store]).status == 0)
+        }
+    }
+
+    @Test func aRankThatKeepsItsOwnStoreGetsDeltasFromItsPreviousShard() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store"
+            func ck(_ arguments: [String]) throws -> CLI.Output { try CLI.run(arguments + ["--store", store]) }
+            // Rank 1's own store only ever holds shard 1 of 2: its checkpoints stay pending here. Its
+            // tensors are in a safetensors file, whose chunks line up across steps.
+            let values = try RandomCheckpoint.randomBytes(4 << 20)
+            func writeStep(_ step: Int, _ data: [UInt8]) throws {
+                var model = SafetensorsBuilder(metadata: ["format": "pt"])
+                model.add("w", dtype: "F32", shape: [data.count / 4], data: data)
+                try Files.write(model.build(), to: root + "/s\(step)/model-rank1.safetensors")
+            }
+            try writeStep(1, values)
+            #expect(try ck(["put", root + "/s1", "--run", "job", "--step", "1", "--shard", "1/2"]).status == 0)
+            // The next step changed one low mantissa byte in every 4 KiB: every chunk is new, and each is
+            // stored as a small difference against the same chunk of the previous shard.
+            var changed = values
+            for offset in stride(from: 0, to: changed.count, by: 4096) { changed[offset] ^= 0x01 }
+            try writeStep(2, changed)
+            let second = try Self.json(try ck(["put", root + "/s2", "--run", "job", "--step", "2", "--shard", "1/2", "--json"]))
+            #expect((second["chunks_new"] as? Int ?? 0) >= 4, "\(second)")
+            #expect((second["stored_bytes_added"] as? Int ?? .max) < 1 << 20, "\(second)")
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).map { $0["step"] as? Int } == [1, 2])
+        }
+    }
+}
