@@ -52,8 +52,16 @@ struct FileLayout: Sendable {
 /// Reads a file's layout by its kind; a file that does not parse is opaque (invariant I-3).
 enum FormatDetector {
     /// The layout of `file`, and a warning when a tensor-aware file had to be stored as opaque.
-    static func layout(of file: some ByteSource, path: String, size: Int64) -> (FileLayout, warning: String?) {
+    /// `dcpNames` names the items of a `.distcp` file by offset, from the `.metadata` beside it.
+    static func layout(of file: some ByteSource, path: String, size: Int64, dcpNames: [Int64: String]? = nil) -> (FileLayout, warning: String?) {
         let lowered = path.lowercased()
+        if DistributedCheckpoint.isDataFile(path) {
+            do {
+                return (try DistributedCheckpoint.layout(of: file, size: size, path: path, names: dcpNames), nil)
+            } catch {
+                return (.opaque(size: size), "\(path): not a torch.distributed.checkpoint data file of torch.save items, stored as opaque: \(CKStoreError.wrap(error).message)")
+            }
+        }
         if lowered.hasSuffix(".safetensors") {
             do {
                 let parsed = try SafetensorsFile.parse(file, size: size, name: path)

@@ -39,6 +39,19 @@ extension Manifest {
                 files[file.path] = existing
             }
         }
+        // Items of DCP data files named by the `.metadata` another shard holds (the lowest index wins).
+        for manifest in ordered.reversed() {
+            for (path, names) in manifest.itemNames ?? [:] {
+                guard var file = files[path], file.format == .torchDCP else { continue }
+                file.tensors = file.tensors?.map { tensor in
+                    var tensor = tensor
+                    let head = String(tensor.name.prefix { $0 != "/" })
+                    if let name = names[head] { tensor.name = name + tensor.name.dropFirst(head.count) }
+                    return tensor
+                }
+                files[path] = file
+            }
+        }
         // One shard's file cannot be another's folder: the union could not be restored.
         let folders = Set(files.keys.flatMap { path in
             let parts = path.split(separator: "/")

@@ -38,9 +38,13 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var shard: ShardSpec?
     /// On a checkpoint combined from shards: every shard's content, by index.
     public var shards: [ShardContent]?
+    /// On a shard manifest whose files include a DCP `.metadata`: the names that file gives the items of
+    /// data files other shards hold (path → `@<offset>` → item name), which combining applies to them.
+    public var itemNames: [String: [String: String]]?
 
     enum CodingKeys: String, CodingKey {
         case format, run, step, epoch, metrics, tags, metadata, parent, files, shard, shards
+        case itemNames = "item_names"
         case createdAt = "created_at"
         case modelConfig = "model_config"
         case trainerState = "trainer_state"
@@ -192,6 +196,8 @@ public struct FileEntry: Codable, Sendable, Equatable {
 public enum FileFormat: String, Codable, Sendable {
     case safetensors
     case torchZip = "torch-zip"
+    /// A `torch.distributed.checkpoint` data file (`.distcp`): `torch.save` archives one after another.
+    case torchDCP = "torch-dcp"
     case opaque
     case symlink
 }

@@ -143,6 +143,9 @@ final class Archiver: @unchecked Sendable {
     var committedPacks: [PackID] { sealed.map(\.id) }
     /// Counts the bytes of every chunk read and stored (or found stored). Set before the first store.
     var progress: ProgressMeter?
+    /// The items of the `.distcp` files this put holds, by file path and item offset, from the `.metadata`
+    /// files beside them (``DistributedCheckpoint``). Set before the first store.
+    var dcpItemNames = [String: [Int64: String]]()
 
     /// A chunk found in the store, and where to read it again.
     struct ReusedChunk: Sendable {
@@ -199,7 +202,7 @@ final class Archiver: @unchecked Sendable {
     func store(_ file: any PutSource, path: String, mode: UInt32, bytesInFlight maxBytesInFlight: Int) async throws -> StoredFile {
         let identity = try file.identity()
         let size = try identity?.size ?? file.size()
-        let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size)
+        let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size, dcpNames: dcpItemNames[path])
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
         var newChunks = 0
@@ -408,6 +411,11 @@ extension Archiver {
         let totalBytes = sizes.reduce(0, +)
         let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: totalBytes)), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
         session.progress = ProgressMeter("put", total: totalBytes, handler: options.progress)
+        for input in inputs where DistributedCheckpoint.relativeName(input.path) == ".metadata" && inputs.contains(where: { DistributedCheckpoint.isDataFile($0.path) }) {
+            guard let bytes = try input.smallContents(), let names = DistributedCheckpoint.itemNames(metadata: bytes) else { continue }
+            let folder = String(input.path.dropLast(".metadata".count))
+            for (file, items) in names { session.dcpItemNames[folder + file] = items }
+        }
         // Two files are stored at once, each with half the bytes in flight, so that small files and the
         // tail of a large one do not leave cores idle.
         var entries = [FileEntry?](repeating: nil, count: inputs.count)
@@ -460,6 +468,13 @@ extension Archiver {
         manifest.parent = parent
         if let shard = options.shard {
             manifest.shard = shard
+            // The `.metadata` this rank holds names the items of the other ranks' data files too.
+            let held = Set(inputs.map(\.path))
+            var elsewhere = [String: [String: String]]()
+            for (path, items) in session.dcpItemNames where !held.contains(path) {
+                elsewhere[path] = Dictionary(uniqueKeysWithValues: items.map { (DistributedCheckpoint.offsetName($0.key), $0.value) })
+            }
+            manifest.itemNames = elsewhere.isEmpty ? nil : elsewhere
             return try commitShard(manifest, shard: shard, session: session, warnings: warnings, started: started,
                                    catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
         }

@@ -76,7 +76,7 @@ extension RestorePlan {
             return RestorePlan(id: id, manifest: manifest, outputs: outputs, links: selected.filter { $0.format == .symlink })
         }
         var matchedPatterns = Set<String>()
-        for file in selected where file.format == .safetensors || file.format == .torchZip {
+        for file in selected where file.format == .safetensors || file.format == .torchZip || file.format == .torchDCP {
             let chosen = (file.tensors ?? []).filter { tensor in
                 guard dropped.tensors[file.path]?.contains(tensor.name) != true, tensor.dtype != nil, tensor.shape != nil else { return false }
                 let hits = tensors.filter { fnmatch($0, tensor.name, 0) == 0 }
@@ -155,7 +155,7 @@ extension RestorePlan {
     /// From a torch.save archive (`optimizer.pt`) it is `optimizer.pt.safetensors`, its tensors named as
     /// the pickle names them (`state.12.exp_avg`).
     private static func subset(of file: FileEntry, tensors: [TensorEntry], id: CheckpointID, reader: ChunkReader) throws -> Output {
-        let fromTorch = file.format == .torchZip
+        let fromTorch = file.format == .torchZip || file.format == .torchDCP
         let metadata = fromTorch ? ["format": "pt", "source": file.path] : try originalMetadata(of: file, id: id, reader: reader)
         var described = [(name: String, dtype: DType, shape: [Int], length: Int64)]()
         var chunks = [ChunkRef]()
