@@ -50,7 +50,7 @@ def run_script(source: str, *args: str, env=None, timeout: float = 600) -> subpr
 @pytest.fixture
 def seaweedfs(tmp_path):
     """A real S3 server (SeaweedFS's `weed` from .venv, as the Swift tests use) on 127.0.0.1, with the
-    buckets hf-spot and lightning-spot; yields its endpoint. Skips only when `weed` is not installed."""
+    buckets hf-spot, lightning-spot and dcp-spot; yields its endpoint. Skips only when `weed` is not installed."""
     import random
     import signal
     import socket
@@ -86,7 +86,7 @@ def seaweedfs(tmp_path):
         # A bucket is a folder under /buckets of SeaweedFS's filer; made through the filer's HTTP API.
         import urllib.request
 
-        for name in ("hf-spot", "lightning-spot"):
+        for name in ("hf-spot", "lightning-spot", "dcp-spot"):
             while True:  # the filer answers 500 until it has its volumes
                 try:
                     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{base + 2}/buckets/{name}/?op=mkdir", method="POST"), timeout=30).read()

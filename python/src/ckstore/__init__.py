@@ -14,10 +14,10 @@ from .errors import (
     RemoteError,
     UsageError,
 )
-from .store import Checkpoint, PullResult, PushResult, PutResult, RestoreResult, Store
+from .store import Checkpoint, PendingCheckpoint, PullResult, PushResult, PutResult, RestoreResult, Store
 
 __all__ = [
-    "Store", "Checkpoint", "PutResult", "RestoreResult", "PushResult", "PullResult",
+    "Store", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult",
     "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
 ]
 __version__ = "0.7.0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ._cli import Runner
 from .errors import CheckpointNotFound, DamagedCheckpoint
@@ -25,6 +25,12 @@ class PutResult:
     warnings: List[str] = field(default_factory=list)
     #: The push report when the checkpoint was pushed (``push=`` or a push-on-commit remote).
     push: Optional["PushResult"] = None
+    #: For a shard's put (``shard=``): ``{"index": I, "count": N}``; ``id`` is then the shard's own id.
+    shard: Optional[Dict[str, int]] = None
+    #: For a shard's put: the checkpoint's id once all its shards are in this store, else None (pending).
+    checkpoint: Optional[str] = None
+    #: For a shard's put: the shards this store still lacks.
+    missing_shards: Optional[List[int]] = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,23 @@ class PushResult:
     frames_uploaded: int
     frame_bytes_uploaded: int
     seconds: float
+    #: For a shard's push: which shard, the checkpoint's id once every shard is on the remote (else
+    #: None: pending there), and the shards the remote still lacks.
+    shard: Optional[Dict[str, int]] = None
+    checkpoint: Optional[str] = None
+    missing_shards: Optional[List[int]] = None
+
+
+@dataclass(frozen=True)
+class PendingCheckpoint:
+    """A checkpoint some of whose shards are committed, not all (``ls --pending``)."""
+    run: str
+    step: int
+    shard_count: int
+    shards: List[Dict[str, Any]]
+    missing: List[int]
+    created_at: float
+    logical_bytes: int
 
 
 @dataclass(frozen=True)
@@ -139,9 +162,15 @@ class Store:
 
     def put(self, folder: str, run: str, step: Optional[int] = None, epoch: Optional[float] = None,
             metrics: Optional[Mapping[str, float]] = None, tags: Iterable[str] = (), meta: Optional[Mapping[str, str]] = None,
-            push: Optional[str] = None) -> PutResult:
-        """Stores a checkpoint folder; step, epoch and metrics default to what ``trainer_state.json`` says."""
+            push: Optional[str] = None, shard: Optional[Tuple[int, int]] = None) -> PutResult:
+        """Stores a checkpoint folder; step, epoch and metrics default to what ``trainer_state.json`` says.
+
+        With ``shard=(rank, world_size)`` the folder is that rank's part of checkpoint ``run@step``: the
+        checkpoint is listed and resolved only once every rank's shard is committed (here, or on the remote
+        pushed to)."""
         arguments = ["put", os.fspath(folder), "--run", run]
+        if shard is not None:
+            arguments += ["--shard", f"{int(shard[0])}/{int(shard[1])}"]
         if step is not None:
             arguments += ["--step", str(int(step))]
         if epoch is not None:
@@ -162,10 +191,12 @@ class Store:
         return result
 
     def get(self, ref: str, dest: str, files: Optional[Sequence[str]] = None, tensors: Optional[Sequence[str]] = None,
-            force: bool = False, remote: Optional[str] = None) -> RestoreResult:
+            force: bool = False, remote: Optional[str] = None, shard: Optional[Tuple[int, int]] = None) -> RestoreResult:
         """Restores a checkpoint into ``dest``, every chunk verified; with ``remote``, from that remote
-        through this store."""
+        through this store; with ``shard=(rank, world_size)``, only what that rank put."""
         arguments = ["get", ref, os.fspath(dest)]
+        if shard is not None:
+            arguments += ["--shard", f"{int(shard[0])}/{int(shard[1])}"]
         for path in files or ():
             arguments += ["--file", path]
         for pattern in tensors or ():
@@ -192,6 +223,15 @@ class Store:
             out.append(_build(Checkpoint, entry))
         return out
 
+    def pending(self, run: Optional[str] = None, remote: Optional[str] = None) -> List[PendingCheckpoint]:
+        """Checkpoints some of whose shards are committed but not all (of a remote with ``remote``)."""
+        arguments = ["ls", "--pending"]
+        if run is not None:
+            arguments += ["--run", run]
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        return [_build(PendingCheckpoint, entry) for entry in self._runner.run(arguments) or []]
+
     def show(self, ref: str) -> Dict[str, Any]:
         """Everything the manifest says of one checkpoint (``ckstore show --json``)."""
         return self._runner.run(["show", ref])
@@ -212,10 +252,13 @@ class Store:
     # Integrity, retention, audits
 
     def verify(self, refs: Sequence[str] = (), full: bool = False, sample: Optional[float] = None,
-               remote: Optional[str] = None) -> Dict[str, Any]:
+               remote: Optional[str] = None, pending_age: Optional[str] = None) -> Dict[str, Any]:
         """Checks the store (or a remote); returns the report. Damage does not raise: ``report["ok"]`` is
-        false and the report names what it breaks."""
+        false and the report names what it breaks. Pending checkpoints older than ``pending_age`` (24h by
+        default) are listed in ``report["stale_pending"]``."""
         arguments = ["verify", *refs]
+        if pending_age is not None:
+            arguments += ["--pending-age", pending_age]
         if full:
             arguments.append("--full")
         if sample is not None:
@@ -225,9 +268,12 @@ class Store:
         return self._runner.run(arguments, report_on_failure=True)
 
     def gc(self, dry_run: bool = False, run: Optional[str] = None, remote: Optional[str] = None,
-           grace: Optional[str] = None) -> Dict[str, Any]:
-        """Applies retention policies and frees what nothing needs (on a remote with ``remote``)."""
+           grace: Optional[str] = None, pending_age: Optional[str] = None) -> Dict[str, Any]:
+        """Applies retention policies and frees what nothing needs (on a remote with ``remote``); removes
+        pending checkpoints older than ``pending_age`` (24h by default)."""
         arguments = ["gc"]
+        if pending_age is not None:
+            arguments += ["--pending-age", pending_age]
         if dry_run:
             arguments.append("--dry-run")
         if run is not None:

@@ -1,4 +1,5 @@
-"""Plain PyTorch loops: ``save`` a model, optimizer and scheduler as one checkpoint, ``load`` them back.
+"""Plain PyTorch loops: ``save`` a model, optimizer and scheduler as one checkpoint, ``load`` them back;
+``save_sharded`` and ``load_sharded`` for state that many ranks save with torch.distributed.checkpoint.
 
 The checkpoint is the folder a Hugging Face Trainer would write: ``model.safetensors`` (the model's state
 dict, through safetensors), ``optimizer.pt``, ``scheduler.pt`` and ``extra.pt`` (as ``torch.save``
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from .store import PutResult, Store
@@ -77,3 +79,120 @@ def _staging_root(store: Store) -> Optional[str]:
     """Where staging folders go: ``$CKSTORE_STAGING`` (put it on the store's file system when /tmp is
     small), else the system's temporary folder."""
     return os.environ.get("CKSTORE_STAGING") or None
+
+
+# Sharded checkpoints: each rank saves its part with torch.distributed.checkpoint (DCP).
+
+
+@dataclass(frozen=True)
+class ShardedLoad:
+    """What ``load_sharded`` loaded: the checkpoint's id, run and step."""
+    id: str
+    run: str
+    step: int
+
+
+def _distributed(process_group):
+    """This process's rank and the world size (0 and 1 without an initialized process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(process_group), dist.get_world_size(process_group)
+    return 0, 1
+
+
+def save_sharded(store: Store, run: str, step: int, state_dict: Mapping[str, Any], *, push: Optional[str] = None,
+                 metrics: Optional[Mapping[str, float]] = None, tags=(), process_group=None,
+                 rank: Optional[int] = None, world_size: Optional[int] = None) -> PutResult:
+    """Saves this rank's part of ``state_dict`` with ``torch.distributed.checkpoint.save`` into a staging
+    folder of its own and puts it as shard ``rank/world_size`` of checkpoint ``run@step`` (pushed to
+    ``push`` when given). Every rank of the process group calls it, as it calls ``dcp.save``.
+
+    DCP writes each rank's ``__<rank>_0.distcp`` and, on the coordinator (rank 0), the ``.metadata`` that
+    names every item; ranks need no shared file system. The checkpoint becomes visible (``ls``,
+    ``RUN@latest-valid``) only once every rank's shard is committed, in one store or on the remote, so a
+    rank that dies before its put or push leaves it pending, never half-visible. No barrier is needed for
+    that: whichever rank commits the last shard writes the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+
+    found_rank, found_world = _distributed(process_group)
+    rank = found_rank if rank is None else rank
+    world_size = found_world if world_size is None else world_size
+    staging = tempfile.mkdtemp(prefix=f"ckstore-{run}-{step}-rank{rank}-", dir=_staging_root(store))
+    try:
+        dcp.save(dict(state_dict), storage_writer=dcp.FileSystemWriter(staging), process_group=process_group)
+        return store.put(staging, run=run, step=step, metrics=metrics, tags=tags, push=push, shard=(rank, world_size))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remote: Optional[str] = None,
+                 process_group=None) -> ShardedLoad:
+    """Loads checkpoint ``ref`` (``RUN@latest-valid``, ``RUN@STEP``, an id) into ``state_dict`` in place,
+    with ``torch.distributed.checkpoint.load``: every rank of the process group calls it. The world size
+    may differ from the one that saved (DCP reshards on load).
+
+    The coordinator resolves ``ref`` (on ``remote`` when given, which is pulled into this rank's store
+    first) and every rank loads that checkpoint. Each rank restores only the files its own load plan
+    reads, plus ``.metadata``: a rank that loads what it saved fetches its own shard."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    rank, _ = _distributed(process_group)
+    resolved: list = [None]
+    if rank == 0:
+        resolved[0] = _resolve(store, ref, remote)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(resolved, src=dist.get_global_rank(process_group, 0) if process_group is not None else 0, group=process_group)
+    checkpoint = resolved[0]
+    if rank != 0 and remote is not None:
+        store.pull(checkpoint.id, remote=remote)
+    staging = tempfile.mkdtemp(prefix=f"ckstore-load-rank{rank}-", dir=_staging_root(store))
+    try:
+        dcp.load(state_dict, storage_reader=_StoreReader(store, checkpoint.id, staging), process_group=process_group)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return checkpoint
+
+
+def _resolve(store: Store, ref: str, remote: Optional[str]) -> ShardedLoad:
+    if remote is not None:
+        pulled = store.pull(ref, remote=remote)
+        return ShardedLoad(id=pulled.id, run=pulled.run, step=pulled.step)
+    shown = store.show(ref)
+    return ShardedLoad(id=shown["id"], run=shown["run"], step=int(shown["step"]))
+
+
+def _store_reader_class():
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class StoreReader(FileSystemReader):
+        """DCP's file system reader over a folder that fills from the store as the load plan asks:
+        ``.metadata`` first, then exactly the data files the plan's items are in."""
+
+        def __init__(self, store: Store, checkpoint_id: str, folder: str):
+            super().__init__(folder)
+            self._store = store
+            self._checkpoint = checkpoint_id
+            self._folder = folder
+            self._fetched: set = set()
+
+        def _fetch(self, files) -> None:
+            wanted = sorted(set(files) - self._fetched)
+            if wanted:
+                self._store.get(self._checkpoint, self._folder, files=wanted, force=True)
+                self._fetched.update(wanted)
+
+        def read_metadata(self, *args, **kwargs):
+            self._fetch([".metadata"])
+            return super().read_metadata(*args, **kwargs)
+
+        def read_data(self, plan, planner):
+            self._fetch({self.storage_data[item.storage_index].relative_path for item in plan.items})
+            return super().read_data(plan, planner)
+
+    return StoreReader
+
+
+def _StoreReader(store: Store, checkpoint_id: str, folder: str):
+    return _store_reader_class()(store, checkpoint_id, folder)
