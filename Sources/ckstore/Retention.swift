@@ -200,12 +200,16 @@ struct Remove: AsyncParsableCommand {
     @Argument(help: "The checkpoints.") var references: [String]
     @Flag(help: "Also delete pinned checkpoints.") var force = false
     @Flag(help: "Say what would be removed and what the next gc would then free; change nothing.") var dryRun = false
+    @Flag(help: "Remove pending checkpoints instead (RUN@STEP: some shards committed, not all), as a restarted job does before it saves those steps again.") var pending = false
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup(title: "Remote (with --pending: remove the pending checkpoint's shard objects from it)") var remote: RemoteOption
 
     /// What `rm --json` prints.
     struct Report: Encodable {
         var dryRun: Bool
         var removed: [GCReport.Deleted]
+        /// With --pending: the pending checkpoints removed.
+        var pending: [PendingCheckpoint]?
         /// What the next gc frees because of these checkpoints alone (dry runs only).
         var bytesFreed: Int64?
         var chunksFreed: Int?
@@ -213,7 +217,7 @@ struct Remove: AsyncParsableCommand {
         var packsRewritten: Int?
 
         enum CodingKeys: String, CodingKey {
-            case removed
+            case removed, pending
             case dryRun = "dry_run"
             case bytesFreed = "bytes_freed"
             case chunksFreed = "chunks_freed"
@@ -224,9 +228,30 @@ struct Remove: AsyncParsableCommand {
 
     func validate() throws {
         if references.isEmpty { throw ValidationError("name at least one checkpoint") }
+        if pending && dryRun { throw ValidationError("--pending and --dry-run exclude each other") }
+        if remote.remote != nil && !pending { throw ValidationError("--remote goes with --pending (a remote's checkpoints are removed by its retention, `gc --remote`)") }
     }
 
     func run() async throws {
+        if pending {
+            let checkpointStore = try store.open(create: remote.remote != nil)
+            let target = try remote.remote.map { _ in try remote.connect(checkpointStore) }
+            var removed = [PendingCheckpoint]()
+            for reference in references {
+                guard case .step(let run, let step) = try CheckpointReference(parsing: reference) else {
+                    throw CKStoreError(.invalidArgument, "rm --pending takes RUN@STEP, not \(reference)")
+                }
+                let gone = if let target { try await checkpointStore.removeRemotePending(target, run: run, step: step) } else { try checkpointStore.removePending(run: run, step: step) }
+                if let gone { removed.append(gone) }
+            }
+            if json {
+                try JSONOutput.print(Report(dryRun: false, removed: [], pending: removed))
+                return
+            }
+            for entry in removed { print("removed pending \(entry.run)@\(entry.step) (\(entry.shards.count) of \(entry.shardCount) shards)") }
+            if removed.isEmpty { Terminal.standardError("nothing pending at \(references.joined(separator: ", "))") }
+            return
+        }
         let checkpointStore = try store.open()
         var ids = [CheckpointID]()
         for reference in references { ids.append(try await checkpointStore.checkpoint(for: CheckpointReference(parsing: reference))) }

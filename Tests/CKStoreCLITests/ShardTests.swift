@@ -141,6 +141,19 @@ import Testing
             #expect(Self.errorCode(clash) == "conflict" && clash.stderr.contains("config.json"), "\(clash.stderr)")
             #expect(try Self.jsonList(try ck(["ls", "--json"])).isEmpty)
             #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).first?["missing"] as? [Int] == [])
+
+            // A restarted job removes what its predecessor left pending, then saves the step again.
+            let removed = try Self.json(try ck(["rm", "job@5", "--pending", "--json"]))
+            #expect((removed["pending"] as? [[String: Any]])?.first?["shard_count"] as? Int == 2, "\(removed)")
+            #expect(try Self.jsonList(try ck(["ls", "--pending", "--json"])).isEmpty)
+            #expect(try ck(["rm", "job@5", "--pending"]).stderr.contains("nothing pending"))
+            #expect(Self.errorCode(try ck(["rm", "job@latest", "--pending", "--json"])) == "invalid_input")
+            try Files.write(Array(#"{"model_type": "toy"}"#.utf8), to: root + "/rank1/config.json")
+            for rank in [1, 0] {
+                #expect(try ck(["put", root + "/rank\(rank)", "--run", "job", "--step", "5", "--shard", "\(rank)/2"]).status == 0)
+            }
+            #expect(try Self.jsonList(try ck(["ls", "--json"])).count == 1)
+            #expect(Self.errorCode(try ck(["rm", "job@5", "--pending", "--json"])) == nil)
         }
     }
 
@@ -371,6 +384,11 @@ struct RemoteShardTests {
                 let remote = ["--remote", "s3://stale/job", "--endpoint", server.endpoint]
                 try ShardTests.writeRank(0, step: 5, to: root + "/rank0", megabytes: 3)
                 #expect(try Self.ckstore(["put", root + "/rank0", "--run", "job", "--step", "5", "--shard", "0/2", "--push", "s3://stale/job"], store: root + "/a", server: server).status == 0)
+                // Another pending step, removed by hand as a restarted job removes what it will save again.
+                #expect(try Self.ckstore(["put", root + "/rank0", "--run", "job", "--step", "6", "--shard", "0/2", "--push", "s3://stale/job"], store: root + "/a", server: server).status == 0)
+                let removed = try ShardTests.json(try Self.ckstore(["rm", "job@6", "--pending", "--json"] + remote, store: root + "/b", server: server))
+                #expect((removed["pending"] as? [[String: Any]])?.first?["step"] as? Int == 6, "\(removed)")
+                #expect(try ShardTests.jsonList(try Self.ckstore(["ls", "--pending", "--json"] + remote, store: root + "/b", server: server)).compactMap { $0["step"] as? Int } == [5])
                 let verify = try ShardTests.json(try Self.ckstore(["verify", "--pending-age", "0s", "--json"] + remote, store: root + "/b", server: server))
                 #expect((verify["stale_pending"] as? [[String: Any]])?.first?["step"] as? Int == 5, "\(verify)")
                 #expect(verify["ok"] as? Bool == true)

@@ -43,7 +43,7 @@ def test_a_rank_killed_before_its_push_leaves_its_step_pending_and_the_job_resum
     killed = torchrun(2, "--stores", str(tmp_path / "killed"), "--remote", remote, "--kill-rank", "1", "--kill-step", "4",
                       "--out", str(tmp_path / "killed.pt"), env=env)
     assert killed.returncode != 0, killed.stdout + killed.stderr
-    viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs)
+    viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs, env=env)
     assert [c.step for c in viewer.ls(RUN, remote=remote)] == [2]
     assert [(p.step, p.shard_count, p.missing) for p in viewer.pending(RUN, remote=remote)] == [(4, 2, [1])]
     # Rank 1's own store committed its shard of step 4, pending there (it never had rank 0's).

@@ -126,3 +126,25 @@ def test_push_and_pull_through_a_folder_remote(store, tmp_path):
     pulled = fresh.pull("r@latest-valid")
     assert pulled.pulled and pulled.id == put.id
     assert store.push(["r@7"], remote="file://" + str(tmp_path / "remote")).already_present == [put.id]
+
+
+def test_shards_stay_pending_until_every_rank_put_its_own_and_a_pending_step_can_be_removed(store, tmp_path):
+    for rank in (0, 1):
+        folder = tmp_path / f"rank{rank}"
+        folder.mkdir()
+        (folder / f"__{rank}_0.distcp").write_bytes(os.urandom(100_000))
+    first = store.put(str(tmp_path / "rank1"), run="job", step=3, shard=(1, 2))
+    assert first.shard == {"index": 1, "count": 2} and first.checkpoint is None and first.missing_shards == [0]
+    assert store.ls("job") == []
+    assert [(p.step, p.shard_count, p.missing) for p in store.pending("job")] == [(3, 2, [0])]
+    last = store.put(str(tmp_path / "rank0"), run="job", step=3, shard=(0, 2))
+    assert last.checkpoint == store.latest("job").id and last.missing_shards == []
+    store.get("job@3", str(tmp_path / "back"), shard=(1, 2))
+    assert os.listdir(tmp_path / "back") == ["__1_0.distcp"]
+    with pytest.raises(ckstore.Conflict):
+        (tmp_path / "rank1" / "__1_0.distcp").write_bytes(os.urandom(100_000))
+        store.put(str(tmp_path / "rank1"), run="job", step=3, shard=(1, 2))
+    # A step a crashed job left pending is removed before a restarted job saves it again.
+    store.put(str(tmp_path / "rank1"), run="job", step=5, shard=(1, 2))
+    assert [p.step for p in store.rm_pending("job", 5)] == [5]
+    assert store.pending("job") == []

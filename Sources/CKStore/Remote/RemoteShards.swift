@@ -238,3 +238,23 @@ extension CheckpointStore {
         }
     }
 }
+
+extension CheckpointStore {
+    /// Removes the shard objects of the pending checkpoint of `run` at `step` from a remote (`rm --pending
+    /// --remote`): what they alone needed is condemned by the next remote gc. A step whose commit object
+    /// exists is not pending, and is refused. Returns what was removed, nil when nothing is pending there.
+    @discardableResult
+    public func removeRemotePending(_ remote: Remote, run: String, step: Int64) async throws(CKStoreError) -> PendingCheckpoint? {
+        try await CKStoreError.wrapping("removal of pending \(run)@\(step) from remote \(remote.name)") {
+            let session = RemoteSession(catalogue: catalogue, remote: remote)
+            try await session.ensureMarker(create: false)
+            if try await remote.objects.getIfPresent(RemoteLayout.commit(run: run, step: step)) != nil {
+                throw CKStoreError(.conflict, "remote \(remote.name) has a committed checkpoint at \(run)@\(step); it is not pending (remove it with retention or `gc --remote`)")
+            }
+            let shards = try await session.shardObjects(prefix: RemoteLayout.shards(run: run, step: step))
+            guard !shards.isEmpty else { return nil }
+            for entry in shards { try await remote.objects.delete(entry.key) }
+            return PendingCheckpoint.grouping(shards.map(\.shard.pending)).first
+        }
+    }
+}

@@ -206,3 +206,22 @@ public final class CheckpointStore: Sendable {
         try chunkReader().manifest(of: id)
     }
 }
+
+extension CheckpointStore {
+    /// Removes the pending checkpoint of `run` at `step` (`rm --pending`): its shard records, then its
+    /// shards in one transaction; the next gc frees what only they needed. What a job that was restarted
+    /// does with the steps its crashed predecessor left incomplete, before it saves them again. Returns
+    /// what was removed, nil when nothing is pending there.
+    @discardableResult
+    public func removePending(run: String, step: Int64) throws(CKStoreError) -> PendingCheckpoint? {
+        try CKStoreError.wrapping("removal of pending \(run)@\(step)") {
+            let lock = try StoreLock(path: layout.lockPath, mode: .shared)
+            defer { withExtendedLifetime(lock) {} }
+            let shards = try withCatalogue { try $0.pendingShards(run: run, step: step) }
+            guard !shards.isEmpty else { return nil }
+            try CommitLog.shards(layout: layout).removeShards(run: run, step: step)
+            try withCatalogue { catalogue in try catalogue.write { try catalogue.deletePendingShards(shards.map(\.id)) } }
+            return PendingCheckpoint.grouping(shards).first
+        }
+    }
+}

@@ -232,6 +232,14 @@ class Store:
             arguments += self._remote_arguments(remote)
         return [_build(PendingCheckpoint, entry) for entry in self._runner.run(arguments) or []]
 
+    def rm_pending(self, run: str, step: int, remote: Optional[str] = None) -> List[PendingCheckpoint]:
+        """Removes the pending checkpoint ``run@step`` (of a remote with ``remote``): what a restarted job
+        does with the steps its crashed predecessor left incomplete, before it saves them again."""
+        arguments = ["rm", f"{run}@{int(step)}", "--pending"]
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        return [_build(PendingCheckpoint, entry) for entry in (self._runner.run(arguments) or {}).get("pending") or []]
+
     def show(self, ref: str) -> Dict[str, Any]:
         """Everything the manifest says of one checkpoint (``ckstore show --json``)."""
         return self._runner.run(["show", ref])

@@ -127,14 +127,20 @@ def save_sharded(store: Store, run: str, step: int, state_dict: Mapping[str, Any
 
 
 def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remote: Optional[str] = None,
-                 process_group=None) -> ShardedLoad:
+                 process_group=None, discard_newer_pending: bool = True) -> ShardedLoad:
     """Loads checkpoint ``ref`` (``RUN@latest-valid``, ``RUN@STEP``, an id) into ``state_dict`` in place,
     with ``torch.distributed.checkpoint.load``: every rank of the process group calls it. The world size
     may differ from the one that saved (DCP reshards on load).
 
     The coordinator resolves ``ref`` (on ``remote`` when given, which is pulled into this rank's store
     first) and every rank loads that checkpoint. Each rank restores only the files its own load plan
-    reads, plus ``.metadata``: a rank that loads what it saved fetches its own shard."""
+    reads, plus ``.metadata``: a rank that loads what it saved fetches its own shard.
+
+    A job that resumes from step S will save the steps after S again, and a crashed predecessor may have
+    left some of them pending (a rank died before its shard was committed); their shards may differ from
+    what this job writes, which would be a conflict. So, unless ``discard_newer_pending`` is false, each
+    rank removes the run's pending checkpoints after S from its store, and the coordinator from the
+    remote."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
@@ -147,6 +153,14 @@ def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remot
     checkpoint = resolved[0]
     if rank != 0 and remote is not None:
         store.pull(checkpoint.id, remote=remote)
+    if discard_newer_pending:
+        for pending in store.pending(checkpoint.run):
+            if pending.step > checkpoint.step:
+                store.rm_pending(checkpoint.run, pending.step)
+        if rank == 0 and remote is not None:
+            for pending in store.pending(checkpoint.run, remote=remote):
+                if pending.step > checkpoint.step:
+                    store.rm_pending(checkpoint.run, pending.step, remote=remote)
     staging = tempfile.mkdtemp(prefix=f"ckstore-load-rank{rank}-", dir=_staging_root(store))
     try:
         dcp.load(state_dict, storage_reader=_StoreReader(store, checkpoint.id, staging), process_group=process_group)
