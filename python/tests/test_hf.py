@@ -10,6 +10,8 @@ import ckstore.hf
 
 from conftest import run_script
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_train.py")
 
 
@@ -120,3 +122,58 @@ def test_a_failing_push_warns_and_training_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="stored locally but its push failed"):
         callback._put(str(tmp_path / "out" / "checkpoint-3"), 3)
     assert [c.step for c in store.ls("r")] == [3]
+
+
+def test_fsdp_and_deepspeed_ranks_each_put_their_own_files_as_shards_and_resume_their_own_part(tmp_path):
+    """The callback in a sharded job (FSDP's SHARDED_STATE_DICT, DeepSpeed ZeRO), each rank's events as
+    Trainer calls them: rank 1's save leaves the checkpoint pending on the remote, rank 0's completes it,
+    with no barrier between them. The DCP files are real ones, written by two torch ranks."""
+    import shutil
+    from types import SimpleNamespace
+
+    fixture = os.path.join(os.path.dirname(os.path.dirname(HERE)), "Tests", "Fixtures", "real", "dcp", "step-1")
+    output = tmp_path / "out"
+    folder = output / "checkpoint-2"
+    (folder / "pytorch_model_fsdp_0").mkdir(parents=True)
+    for name in (".metadata", "__0_0.distcp", "__1_0.distcp"):
+        shutil.copy(os.path.join(fixture, name), folder / "pytorch_model_fsdp_0" / name)
+    (folder / "global_step2").mkdir()
+    for rank in (0, 1):
+        (folder / "global_step2" / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(os.urandom(50_000))
+        (folder / f"rng_state_{rank}.pth").write_bytes(os.urandom(1_000))
+    (folder / "scheduler.pt").write_bytes(os.urandom(1_000))
+    (folder / "trainer_state.json").write_text('{"global_step": 2, "epoch": 0.5, "log_history": [{"loss": 1.5, "step": 2}]}')
+
+    remote = "file://" + str(tmp_path / "remote")
+    callbacks = [ckstore.hf.CKStoreCallback(ckstore.Store(str(tmp_path / f"rank{rank}")), "fsdp", push=remote) for rank in (0, 1)]
+
+    def event(rank):
+        return (SimpleNamespace(output_dir=str(output), process_index=rank, world_size=2),
+                SimpleNamespace(global_step=2, is_world_process_zero=rank == 0, best_model_checkpoint=None), None)
+
+    viewer = ckstore.Store(str(tmp_path / "viewer"))
+    callbacks[1].on_save(*event(1))
+    assert viewer.ls("fsdp", remote=remote) == []
+    assert [(p.step, p.missing) for p in viewer.pending("fsdp", remote=remote)] == [(2, [0])]
+    callbacks[0].on_save(*event(0))
+    assert [c.step for c in viewer.ls("fsdp", remote=remote)] == [2]
+
+    def tree(root):
+        return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read() for d, _, names in os.walk(root) for n in names}
+
+    viewer.get("fsdp@2", str(tmp_path / "whole"), remote=remote)
+    assert tree(tmp_path / "whole") == tree(folder)
+    shown = viewer.show("fsdp@2")
+    assert shown["shard_count"] == 2
+    rank_one = next(f for f in shown["files"] if f["path"] == "pytorch_model_fsdp_0/__1_0.distcp")
+    assert {t["name"] for t in rank_one["tensors"]} == {"model.2.weight", "optim.state.2.weight.exp_avg_sq"}
+
+    # Fresh machines: each rank restores its own part into checkpoint-2.
+    for rank in (0, 1):
+        args = SimpleNamespace(output_dir=str(tmp_path / f"resumed{rank}"), process_index=rank, world_size=2)
+        path = ckstore.hf.resume(args, ckstore.Store(str(tmp_path / f"fresh{rank}")), "fsdp", remote=remote)
+        assert path == os.path.join(tmp_path / f"resumed{rank}", "checkpoint-2")
+        mine = {name for name in tree(folder) if ckstore.hf._rank_shard(str(folder), rank).count(name)}
+        assert set(tree(path)) == mine
+    assert set(tree(tmp_path / "resumed1" / "checkpoint-2")) == {
+        "global_step2/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "pytorch_model_fsdp_0/__1_0.distcp", "rng_state_1.pth"}

@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 from transformers import TrainerCallback
 
-from .errors import CheckpointNotFound, CKStoreError, DamagedCheckpoint
+from .errors import CheckpointNotFound, CKStoreError, DamagedCheckpoint, RemoteError
 from .store import Store
 
 #: What transformers calls a checkpoint folder (``PREFIX_CHECKPOINT_DIR``), and its JIT sentinel.
@@ -72,6 +72,47 @@ def _stored_steps(store: Store, run: str) -> set:
         return set()
 
 
+# Files one rank writes when a checkpoint is sharded: DCP data files (FSDP's SHARDED_STATE_DICT writes
+# ``pytorch_model_fsdp_0/__<rank>_0.distcp`` and ``optimizer_0/__<rank>_0.distcp``), DeepSpeed ZeRO's
+# ``global_stepN/*zero_pp_rank_<rank>_mp_rank_00_optim_states.pt``, and Trainer's ``rng_state_<rank>.pth``.
+_SHARD_FILES = (re.compile(r"^__(\d+)_\d+\.distcp$"), re.compile(r"zero_pp_rank_(\d+)_"))
+_RANK_FILES = _SHARD_FILES + (re.compile(r"^rng_state_(\d+)\.pth$"),)
+
+
+def _rank_of(name: str, patterns=_RANK_FILES) -> Optional[int]:
+    """The rank whose file ``name`` is, or None for a file of the whole checkpoint (rank 0 writes those)."""
+    for pattern in patterns:
+        match = pattern.search(name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _files(path: str) -> list:
+    """Every file below ``path``, relative to it."""
+    out = []
+    for folder, _, names in os.walk(path):
+        for name in names:
+            out.append(os.path.relpath(os.path.join(folder, name), path))
+    return sorted(out)
+
+
+def _is_sharded(path: str) -> bool:
+    """Whether ranks wrote their own parts of this checkpoint (FSDP's DCP files, DeepSpeed's ZeRO files)."""
+    return any(_rank_of(os.path.basename(name), _SHARD_FILES) is not None for name in _files(path))
+
+
+def _rank_shard(path: str, rank: int) -> list:
+    """The files of checkpoint folder ``path`` that rank ``rank`` wrote: its own rank files, and on rank 0
+    everything that is no rank's."""
+    out = []
+    for name in _files(path):
+        owner = _rank_of(os.path.basename(name))
+        if (0 if owner is None else owner) == rank:
+            out.append(name)
+    return out
+
+
 def _barrier() -> None:
     try:
         import torch.distributed as dist
@@ -112,10 +153,15 @@ class CKStoreCallback(TrainerCallback):
             self._sweep(args.output_dir, state)
 
     def on_save(self, args, state, control, **kwargs):
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if getattr(args, "world_size", 1) > 1 and _is_sharded(path):
+            # FSDP and DeepSpeed: every rank puts its own files as its shard, with no barrier; the
+            # checkpoint exists once the last rank's shard is committed (in a shared store or on the remote).
+            self._put_shard(path, state.global_step, args.process_index, args.world_size, state)
+            return
         _barrier()
         if not state.is_world_process_zero:
             return
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if _is_complete(path):
             self._put(path, state.global_step)
         self._trim(args.output_dir, state)
@@ -144,6 +190,35 @@ class CKStoreCallback(TrainerCallback):
                 self.store.push([result.id], remote=self.push)
             except CKStoreError as error:
                 warnings.warn(f"ckstore: checkpoint {self.run}@{step} is stored locally but its push failed: {error}")
+
+    def _put_shard(self, path: str, step: int, rank: int, world_size: int, state) -> None:
+        """Puts what rank ``rank`` wrote of checkpoint folder ``path`` as its shard (hard links in a staging
+        folder, so nothing is copied), pushing it to ``push`` in the same call."""
+        if rank == 0 and not _is_complete(path):
+            return
+        staging = os.path.join(os.path.dirname(os.path.abspath(path)), f".ckstore-shard-{step}-{rank}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for name in _rank_shard(path, rank):
+                target = os.path.join(staging, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                try:
+                    os.link(os.path.join(path, name), target)
+                except OSError:
+                    shutil.copy2(os.path.join(path, name), target)
+            try:
+                result = self.store.put(staging, run=self.run, step=step, shard=(rank, world_size), push=self.push)
+            except RemoteError as error:
+                # Committed locally before the push: the remote failing warns instead of ending training.
+                warnings.warn(f"ckstore: shard {rank}/{world_size} of {self.run}@{step} is stored locally but its push failed: {error}")
+                return
+            self.stored_steps.append(step)
+            if rank == 0 and result.checkpoint is not None:
+                if self.gc:
+                    self.store.gc(run=self.run)
+                self._trim(os.path.dirname(os.path.abspath(path)), state)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _sweep(self, output_dir: str, state) -> None:
         stored = self._stored_steps()
@@ -178,6 +253,10 @@ def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, 
     """
     output_dir = getattr(args_or_output_dir, "output_dir", args_or_output_dir)
     output_dir = os.fspath(output_dir)
+    rank = getattr(args_or_output_dir, "process_index", 0)
+    world_size = getattr(args_or_output_dir, "world_size", 1)
+    if world_size > 1:
+        return _resume_sharded(output_dir, store, run, remote, rank, world_size)
     # Complete folders the store lacks (a JIT checkpoint on SIGTERM, a crash between Trainer's save and
     # on_save) are stored first, so that the newest of them is where training resumes.
     stored = _stored_steps(store, run)
@@ -199,4 +278,40 @@ def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, 
         shutil.rmtree(path)
     os.makedirs(output_dir, exist_ok=True)
     store.get(shown["id"], path)
+    return path
+
+
+def _resume_sharded(output_dir: str, store: Store, run: str, remote: Optional[str], rank: int, world_size: int) -> Optional[str]:
+    """``resume`` on every rank of a distributed job: the coordinator picks the checkpoint, and each rank
+    restores its own part of it into ``checkpoint-N`` (the whole checkpoint on rank 0 when the world size
+    changed, for the framework to reshard), then all meet at a barrier."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    chosen = [None]
+    if rank == 0 or not distributed:
+        if remote is not None and not _stored_steps(store, run):
+            try:
+                store.pull(f"{run}@latest-valid", remote=remote)
+            except CheckpointNotFound:
+                pass
+        try:
+            shown = store.show(f"{run}@latest-valid")
+            chosen[0] = (shown["id"], int(shown["step"]), shown.get("shard_count"))
+        except (CheckpointNotFound, DamagedCheckpoint):
+            chosen[0] = None
+    if distributed:
+        dist.broadcast_object_list(chosen, src=0)
+    if chosen[0] is None:
+        return None
+    checkpoint, step, shard_count = chosen[0]
+    path = os.path.join(output_dir, f"checkpoint-{step}")
+    os.makedirs(path, exist_ok=True)
+    if shard_count == world_size:
+        if rank != 0 and remote is not None:
+            store.pull(checkpoint, remote=remote)
+        store.get(checkpoint, path, shard=(rank, world_size), force=True)
+    elif rank == 0:
+        store.get(checkpoint, path, force=True)
+    _barrier()
     return path
