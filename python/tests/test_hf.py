@@ -168,6 +168,12 @@ def test_fsdp_and_deepspeed_ranks_each_put_their_own_files_as_shards_and_resume_
     rank_one = next(f for f in shown["files"] if f["path"] == "pytorch_model_fsdp_0/__1_0.distcp")
     assert {t["name"] for t in rank_one["tensors"]} == {"model.2.weight", "optim.state.2.weight.exp_avg_sq"}
 
+    # A later step that rank 1 put before the job died: pending, and removed by the resume.
+    shutil.copytree(folder, output / "checkpoint-4")
+    callbacks[1].on_save(SimpleNamespace(output_dir=str(output), process_index=1, world_size=2),
+                         SimpleNamespace(global_step=4, is_world_process_zero=False, best_model_checkpoint=None), None)
+    assert [p.step for p in viewer.pending("fsdp", remote=remote)] == [4]
+
     # Fresh machines: each rank restores its own part into checkpoint-2.
     for rank in (0, 1):
         args = SimpleNamespace(output_dir=str(tmp_path / f"resumed{rank}"), process_index=rank, world_size=2)
@@ -175,5 +181,6 @@ def test_fsdp_and_deepspeed_ranks_each_put_their_own_files_as_shards_and_resume_
         assert path == os.path.join(tmp_path / f"resumed{rank}", "checkpoint-2")
         mine = {name for name in tree(folder) if ckstore.hf._rank_shard(str(folder), rank).count(name)}
         assert set(tree(path)) == mine
+    assert viewer.pending("fsdp", remote=remote) == []
     assert set(tree(tmp_path / "resumed1" / "checkpoint-2")) == {
         "global_step2/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "pytorch_model_fsdp_0/__1_0.distcp", "rng_state_1.pth"}

@@ -20,4 +20,4 @@ __all__ = [
     "Store", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult",
     "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
 ]
-__version__ = "0.7.0"
+__version__ = "0.8.0"

@@ -305,6 +305,14 @@ def _resume_sharded(output_dir: str, store: Store, run: str, remote: Optional[st
     if chosen[0] is None:
         return None
     checkpoint, step, shard_count = chosen[0]
+    # The steps after this one will be saved again: what a crashed predecessor left pending there goes.
+    for pending in store.pending(run):
+        if pending.step > step:
+            store.rm_pending(run, pending.step)
+    if rank == 0 and remote is not None:
+        for pending in store.pending(run, remote=remote):
+            if pending.step > step:
+                store.rm_pending(run, pending.step, remote=remote)
     path = os.path.join(output_dir, f"checkpoint-{step}")
     os.makedirs(path, exist_ok=True)
     if shard_count == world_size:
