@@ -197,7 +197,7 @@ struct RemoteSet: AsyncParsableCommand {
 
 struct Push: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Upload checkpoints to a remote: exactly what it lacks, frames as stored.",
+        abstract: "Upload checkpoints to a remote: exactly what it lacks, frames as stored (with --run or --all, pending shards too).",
         discussion: """
             REF is an id prefix, RUN@STEP, RUN@latest or RUN@latest-valid; --run pushes every checkpoint of
             a run, --all every checkpoint; with none of them, the newest checkpoint of every run. A
@@ -229,12 +229,22 @@ struct Push: AsyncParsableCommand {
         var seen = Set<CheckpointID>()
         ids = ids.filter { seen.insert($0).inserted }
         let renderer = progress.renderer()
-        let report = try await checkpointStore.push(ids, to: target, jobs: transfers.jobs, progress: renderer?.handler)
+        var report = try await checkpointStore.push(ids, to: target, jobs: transfers.jobs, progress: renderer?.handler)
+        // With --run or --all, the run's pending shards go too: a shard whose push failed after its put
+        // (the remote was down) reaches the remote, and completes the checkpoint there if it was the last.
+        if run != nil || all {
+            for pending in try checkpointStore.pendingCheckpoints(run: run) {
+                for shard in pending.shards {
+                    let pushed = try await checkpointStore.pushShard(shard.id, run: shard.run, step: shard.step, shard: shard.shard, to: target, jobs: transfers.jobs)
+                    report.merge(pushed)
+                }
+            }
+        }
         renderer?.finish()
         if json {
             try JSONOutput.print(report)
         } else {
-            Terminal.standardError("pushed \(report.pushed.count) checkpoints to \(target.name) (\(report.alreadyPresent.count) there already): \(ByteCount(report.bytesUploaded)) in \(report.objectsUploaded) objects, \(String(format: "%.2f", report.seconds)) s")
+            Terminal.standardError("pushed \(report.pushed.count) checkpoints and shards to \(target.name) (\(report.alreadyPresent.count) there already): \(ByteCount(report.bytesUploaded)) in \(report.objectsUploaded) objects, \(String(format: "%.2f", report.seconds)) s")
         }
     }
 }

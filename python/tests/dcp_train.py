@@ -1,9 +1,10 @@
-"""A small data-parallel training job for `torchrun` (gloo, CPU): DDP over a model with a frozen embedding,
+"""A small sharded training job for `torchrun` (gloo, CPU): FSDP over a model with a frozen embedding,
 AdamW, and a sharded checkpoint every few steps through ``ckstore.torch.save_sharded``, each rank into
 its own store, pushed to a remote.
 
-Every step's global batch comes from a generator seeded by the step, split across ranks, so a job resumed
-from step S (``--resume``), with any world size, sees the same data as an uninterrupted one.
+Every step's global batch comes from a generator seeded by the step, split into two micro-batches that the
+ranks share out, so a job resumed from step S (``--resume``) with one rank or two computes the same
+gradients, bit for bit, as an uninterrupted one.
 
 ``--kill-rank R --kill-step S``: at step S rank R puts its shard into its own store and is killed
 (SIGKILL) before pushing it, once rank 0's push of that step is done.
@@ -16,7 +17,7 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 import ckstore
 from ckstore.torch import load_sharded, save_sharded
@@ -31,11 +32,27 @@ def model():
     return net
 
 
-def batch(step, rank, world):
+#: The global batch is split into this many micro-batches, whatever the world size: each rank takes
+#: every world-th one, so the gradients are the same sums of the same products with 2 ranks or 1.
+MICRO_BATCHES = 2
+
+
+def shard(net):
+    """FSDP (``fully_shard``, which runs on CPU with gloo): each rank holds and saves its shard of every
+    parameter and of its optimizer state."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in net:
+        if any(parameter.requires_grad for parameter in layer.parameters()):
+            fully_shard(layer)
+    return fully_shard(net)
+
+
+def micro_batches(step, rank, world):
     generator = torch.Generator().manual_seed(1000 + step)
     tokens = torch.randint(0, 64, (GLOBAL_BATCH, 4), generator=generator)
     targets = torch.randn(GLOBAL_BATCH, 4, generator=generator)
-    return tokens[rank::world], targets[rank::world]
+    return [(tokens[index::MICRO_BATCHES], targets[index::MICRO_BATCHES]) for index in range(rank, MICRO_BATCHES, world)]
 
 
 def main():
@@ -56,7 +73,7 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     store = ckstore.Store(os.path.join(args.stores, f"rank{rank}"), create=True)
-    net = torch.nn.parallel.DistributedDataParallel(model())
+    net = shard(model())
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
 
     start = 0
@@ -69,9 +86,12 @@ def main():
         print(f"rank {rank}: resumed from step {start} ({loaded.id[:12]})", flush=True)
 
     for step in range(start + 1, args.steps + 1):
-        tokens, targets = batch(step, rank, world)
-        loss = torch.nn.functional.mse_loss(net(tokens), targets)
-        loss.backward()
+        # FSDP averages each gradient over the ranks (a division by the world size); scaling each micro-batch's
+        # loss by world/MICRO_BATCHES (a power of two, exact) makes every micro-batch's gradient g/2
+        # however many ranks there are, and g0/2 + g1/2 is one exact sum either way.
+        for tokens, targets in micro_batches(step, rank, world):
+            loss = torch.nn.functional.mse_loss(net(tokens), targets) * (world / MICRO_BATCHES)
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if step % args.save_every:
@@ -90,8 +110,10 @@ def main():
             open(marker, "w").close()
         print(f"rank {rank}: step {step} shard {result.shard} pushed, missing on the remote: {result.push.missing_shards}", flush=True)
 
+    # The whole weights (gathered from the ranks' shards), written by rank 0.
+    model_state, _ = get_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        torch.save({name: tensor.detach().clone() for name, tensor in net.module.state_dict().items()}, args.out)
+        torch.save({name: tensor.detach().clone() for name, tensor in model_state.items()}, args.out)
     dist.destroy_process_group()
 
 

@@ -482,6 +482,9 @@ extension Archiver {
 
         let commits = CommitLog(layout: layout)
         func existing(in catalogue: Catalogue) throws -> CheckpointID? {
+            if let shard = try catalogue.pendingShards(run: options.run, step: step).first {
+                throw CKStoreError(.conflict, "run \(options.run) has step \(step) pending as \(shard.shard.count) shards; put each rank's files with --shard I/\(shard.shard.count), or remove the pending shards with `ckstore rm \(options.run)@\(step) --pending`")
+            }
             guard let found = try catalogue.checkpoint(run: options.run, step: step) else {
                 // A commit record the catalogue does not know: the catalogue lost committed checkpoints
                 // (its write-ahead log was deleted, or it was rebuilt from a partial copy).

@@ -36,6 +36,19 @@ public struct PushReport: Codable, Sendable, Equatable {
     }
 }
 
+extension PushReport {
+    /// Adds what another push (of a shard) did to this report.
+    public mutating func merge(_ other: PushReport) {
+        pushed += other.pushed
+        alreadyPresent += other.alreadyPresent
+        bytesUploaded += other.bytesUploaded
+        objectsUploaded += other.objectsUploaded
+        framesUploaded += other.framesUploaded
+        frameBytesUploaded += other.frameBytesUploaded
+        seconds += other.seconds
+    }
+}
+
 /// What remote gc condemned and when (`gc/pending`): the first of its two phases. A push never commits a
 /// checkpoint that needs a condemned object; gc deletes an object only when it was condemned at least
 /// `grace` seconds before and no commit object names it then.

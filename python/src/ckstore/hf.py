@@ -143,6 +143,8 @@ class CKStoreCallback(TrainerCallback):
         self.gc = gc
         #: Steps this callback stored, newest last, for tests and logs.
         self.stored_steps: list = []
+        #: Whether this job's checkpoints are sharded (each rank puts its own files).
+        self._sharded = False
 
     # Trainer's events
 
@@ -157,6 +159,7 @@ class CKStoreCallback(TrainerCallback):
         if getattr(args, "world_size", 1) > 1 and _is_sharded(path):
             # FSDP and DeepSpeed: every rank puts its own files as its shard, with no barrier; the
             # checkpoint exists once the last rank's shard is committed (in a shared store or on the remote).
+            self._sharded = True
             self._put_shard(path, state.global_step, args.process_index, args.world_size, state)
             return
         _barrier()
@@ -168,6 +171,13 @@ class CKStoreCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         _barrier()
+        if self._sharded and self.push is not None:
+            # Every rank: shards whose push failed during training (the remote was down) go now, and
+            # complete their checkpoints on the remote if they were the last.
+            try:
+                self.store.push(run=self.run, remote=self.push)
+            except RemoteError as error:
+                warnings.warn(f"ckstore: the shards of {self.run} stored locally could not be pushed: {error}")
         if state.is_world_process_zero:
             self._sweep(args.output_dir, state)
             if self.push is not None and _stored_steps(self.store, self.run):
@@ -223,7 +233,8 @@ class CKStoreCallback(TrainerCallback):
     def _sweep(self, output_dir: str, state) -> None:
         stored = self._stored_steps()
         for step, path in _checkpoint_folders(output_dir):
-            if step not in stored and _is_complete(path):
+            # A sharded folder is put by its ranks, each its own files (on_save), never whole.
+            if step not in stored and _is_complete(path) and not _is_sharded(path):
                 self._put(path, step)
         self._trim(output_dir, state)
 
