@@ -103,6 +103,7 @@ enum AuditText {
         "\(bytes(report.diskBytes)) on disk: \(bytes(report.storedBytes)) stored for \(bytes(report.logicalBytes)) of checkpoints "
             + String(format: "(%.2f× dedup, %.2f× compression)", report.dedupRatio, report.compressionRatio)
             + (report.deadBytes > 0 ? ", \(bytes(report.deadBytes)) awaiting gc" : "")
+            + (report.pendingBytes > 0 ? ", \(bytes(report.pendingBytes)) in pending shards" : "")
     }
 
     static func print(_ report: AuditReport) {

@@ -170,6 +170,8 @@ import Testing
             // Fresh: verify is quiet about it, gc keeps it and everything it needs.
             let quiet = try Self.json(try ck(["verify", "--json"]))
             #expect((quiet["stale_pending"] as? [Any])?.isEmpty == true)
+            let audit = try Self.json(try ck(["audit", "--json"]))
+            #expect((audit["pending_bytes"] as? Int ?? 0) > 3 << 20 && audit["dead_bytes"] as? Int == 0, "\(audit)")
             let kept = try Self.json(try ck(["gc", "--json"]))
             #expect((kept["pending_removed"] as? [Any])?.isEmpty == true)
             #expect(kept["chunks_freed"] as? Int == 0, "\(kept)")

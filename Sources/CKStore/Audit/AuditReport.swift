@@ -238,6 +238,9 @@ public struct AuditReport: Sendable, Codable, Equatable {
     public var catalogueBytes: Int64
     /// Frames no checkpoint needs: what `gc` would sweep.
     public var deadBytes: Int64
+    /// Frames only pending shards need (checkpoints whose other shards have not arrived): kept by gc until
+    /// their checkpoint completes or gets older than the pending age.
+    public var pendingBytes: Int64 = 0
     /// Frames recording policies, pins, tags and deletions.
     public var annotationBytes: Int64
     /// Decoded bytes of the distinct live chunks.
@@ -278,6 +281,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         case packBytes = "pack_bytes"
         case catalogueBytes = "catalogue_bytes"
         case deadBytes = "dead_bytes"
+        case pendingBytes = "pending_bytes"
         case annotationBytes = "annotation_bytes"
         case uniqueBytes = "unique_bytes"
         case dedupRatio = "dedup_ratio"

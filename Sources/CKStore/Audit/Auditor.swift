@@ -37,7 +37,7 @@ struct Auditor {
 
         var exclusive = Array(repeating: Int64(0), count: usage.checkpoints.count)
         var runExclusive = Array(repeating: Int64(0), count: usage.runs.count)
-        var dead: Int64 = 0, annotations: Int64 = 0, unique: Int64 = 0, liveFrames: Int64 = 0
+        var dead: Int64 = 0, pending: Int64 = 0, annotations: Int64 = 0, unique: Int64 = 0, liveFrames: Int64 = 0
         var storedByLabel = Array(repeating: Int64(0), count: usage.labels.count)
         var unlabelled: Int64 = 0
         for chunk in 0..<chunkCount {
@@ -50,7 +50,7 @@ struct Auditor {
             if label >= 0 { storedByLabel[label] += frame } else { unlabelled += frame }
             let owner = byCheckpoint[chunk]
             if owner == StoreUsage.none {
-                dead += frame
+                if usage.pendingChunks.contains(Int32(chunk)) { pending += frame } else { dead += frame }
                 continue
             }
             unique += usage.rawBytes[chunk]
@@ -127,6 +127,7 @@ struct Auditor {
             checkpoints: checkpoints.filter { options.run == nil || $0.run == options.run },
             parts: parts, largestTensors: Array(tensors)
         )
+        report.pendingBytes = pending
         if let budget = options.budget {
             report.budget = projection(budget, usage: usage, policies: policies, runs: runs, diskBytes: disk, storedBytes: stored, only: options.run)
         }

@@ -49,6 +49,9 @@ struct StoreUsage {
     private var digestIndex = DigestIndex([])
     /// References to digests the catalogue has no chunk row for (damage `verify` reports).
     var missingReferences = 0
+    /// Chunks the pending shards need (of checkpoints not complete yet), delta bases included: gc keeps
+    /// them, so they are not dead.
+    var pendingChunks = Set<Int32>()
     /// The catalogue's files (database and write-ahead log) in bytes.
     var catalogueBytes: Int64 = 0
 
@@ -129,6 +132,10 @@ struct StoreUsage {
         usage.digestIndex = DigestIndex(usage.digests)
         usage.bases = Array(repeating: none, count: usage.digests.count)
         for (index, base) in baseDigests { usage.bases[Int(index)] = usage.number(of: base) ?? none }
+        for digest in try catalogue.pendingShardDigests() {
+            var chunk = usage.number(of: digest) ?? none
+            while chunk != none, usage.pendingChunks.insert(chunk).inserted { chunk = usage.bases[Int(chunk)] }
+        }
 
         // References come in primary-key order, so one checkpoint's rows are consecutive.
         var current: (id: CheckpointID, index: Int?)?

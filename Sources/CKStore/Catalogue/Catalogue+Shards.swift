@@ -105,6 +105,11 @@ extension Catalogue {
         }
     }
 
+    /// Every chunk some pending shard needs (without delta bases).
+    func pendingShardDigests() throws -> [ChunkDigest] {
+        try statement("SELECT DISTINCT digest FROM shard_chunks").rows([]) { try $0.digest(0) }
+    }
+
     /// The newest committed shard `shard` of `run` before `step`: a shard's delta bases when the store
     /// holds no complete checkpoint newer (a rank that keeps its own store holds only its own shards).
     func previousShard(run: String, before step: Int64, shard: ShardSpec) throws -> (id: CheckpointID, step: Int64)? {
