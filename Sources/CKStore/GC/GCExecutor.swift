@@ -25,9 +25,14 @@ struct GCExecutor {
         }
         let commits = CommitLog(layout: layout)
         for checkpoint in plan.deleted { try commits.remove(checkpoint.id, run: checkpoint.run, step: checkpoint.step) }
-        // Stale pending checkpoints: their shard records go first, as commit records do.
+        // Stale pending checkpoints: their shard records go first, as commit records do. So do the records
+        // of shards whose checkpoint is committed (a combine that stopped before removing them).
         let shardLog = CommitLog.shards(layout: layout)
         for pending in plan.stalePending { try shardLog.removeShards(run: pending.run, step: pending.step) }
+        let committedSteps = Set(try commits.records().map { "\($0.run)@\($0.step)" })
+        for record in try shardLog.records() where committedSteps.contains("\(record.run)@\(record.step)") {
+            try shardLog.removeShards(run: record.run, step: record.step)
+        }
         let first = try self.annotations.commit(annotations) { catalogue -> Catalogue.SweepOutcome in
             try catalogue.prepareSweep(deleting: plan.deleted.map(\.id) + plan.stalePending.flatMap(\.shardIDs))
             for (id, drop) in plan.drops {
