@@ -161,17 +161,3 @@ enum DistributedCheckpoint {
         return layout
     }
 }
-
-/// A byte range of another source, read as a whole: an item of a `.distcp` file as its own archive.
-struct WindowByteSource<Base: ByteSource>: ByteSource {
-    let base: Base
-    let start: Int64
-    let size: Int64
-
-    func read(count: Int, at offset: Int64) throws -> [UInt8] {
-        guard offset >= 0, count >= 0, offset + Int64(count) <= size else {
-            throw CKStoreError(.malformedFile, "read of \(count) bytes at \(offset) runs past the item's \(size) bytes")
-        }
-        return try base.read(count: count, at: start + offset)
-    }
-}
