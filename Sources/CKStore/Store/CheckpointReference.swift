@@ -66,6 +66,10 @@ extension Catalogue {
         case .step(let run, let step):
             guard try runID(named: run) != nil else { throw CKStoreError(.notFound, "no run named \(run)") }
             guard let found = try checkpoint(run: run, step: step) else {
+                let pending = try pendingShards(run: run, step: step)
+                if let count = pending.first?.shard.count {
+                    throw CKStoreError(.notFound, "run \(run) has no checkpoint at step \(step): it is pending, with \(pending.count) of its \(count) shards committed (`ckstore ls --pending`)")
+                }
                 throw CKStoreError(.notFound, "run \(run) has no checkpoint at step \(step)")
             }
             return found.id
