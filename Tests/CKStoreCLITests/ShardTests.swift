@@ -207,6 +207,25 @@ import Testing
         }
     }
 
+    @Test func verifyOfARemoteChecksWhatPendingShardsNeed() async throws {
+        try await withTemporaryDirectory { root in
+            let store = root + "/store", remote = "file://" + root + "/remote"
+            func ck(_ arguments: [String]) throws -> CLI.Output { try CLI.run(arguments + ["--store", store]) }
+            try Self.writeRank(0, step: 9, to: root + "/rank0", megabytes: 1)
+            let put = try Self.json(try ck(["put", root + "/rank0", "--run", "job", "--step", "9", "--shard", "0/2", "--push", remote, "--json"]))
+            let shard = try #require(put["id"] as? String)
+            #expect(try ck(["verify", "--full", "--remote", remote]).status == 0)
+            // The shard's packs go missing: verify names the shard that needed them.
+            for pack in try FileManager.default.subpathsOfDirectory(atPath: root + "/remote/packs") where pack.count > 3 {
+                try FileManager.default.removeItem(atPath: root + "/remote/packs/" + pack)
+            }
+            let damaged = try ck(["verify", "--remote", remote, "--json"])
+            #expect(damaged.status == 1, "\(damaged.stdout)")
+            let problems = try #require(try Self.json(damaged)["problems"] as? [[String: Any]])
+            #expect(problems.contains { ($0["checkpoints"] as? [String])?.contains(shard) == true }, "\(problems)")
+        }
+    }
+
     @Test func concurrentPutsOfShardsFromManyProcessesCommitExactlyOneCheckpoint() async throws {
         try await withTemporaryDirectory { root in
             let store = root + "/store"

@@ -70,7 +70,11 @@ struct RemoteChecker {
         var needers = [String: Set<CheckpointID>]()
         var packSizes = [String: Int64]()
         var indexes = [String: RemoteIndex]()
-        for commit in commits {
+        // Shard objects of pending checkpoints need their objects as commit objects do.
+        let committed = Set(commits.map { "\($0.run)@\($0.step)" })
+        let pendingShards = try await session.shardObjects().map(\.shard).filter { !committed.contains("\($0.run)@\($0.step)") }
+        let owners = commits.map { (id: $0.id, indexes: $0.indexes) } + pendingShards.map { (id: $0.id, indexes: $0.indexes) }
+        for commit in owners {
             for name in commit.indexes {
                 let key = RemoteLayout.index(name)
                 needers[key, default: []].insert(commit.id)
@@ -159,10 +163,8 @@ struct RemoteChecker {
             RemoteVerifyReport.Problem(object: $0.key, problem: $0.value, checkpoints: (needers[$0.key] ?? []).sorted())
         }
         report.ok = report.problems.isEmpty
-        let committed = Set(commits.map { "\($0.run)@\($0.step)" })
         let now = Date().timeIntervalSince1970
-        report.stalePending = PendingCheckpoint.grouping(try await session.shardObjects().map(\.shard.pending).filter { !committed.contains("\($0.run)@\($0.step)") })
-            .filter { now - $0.createdAt >= pendingAge }
+        report.stalePending = PendingCheckpoint.grouping(pendingShards.map(\.pending)).filter { now - $0.createdAt >= pendingAge }
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
         return report
     }
