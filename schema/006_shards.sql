@@ -25,3 +25,11 @@ CREATE TABLE shard_chunks (
     uses        INTEGER NOT NULL,
     PRIMARY KEY (manifest_id, digest)
 ) WITHOUT ROWID;
+
+-- Chunks a partial pull brought (`get --remote --shard` or `--file`: the files one rank needs, not the
+-- whole checkpoint), kept by gc until the hold expires so that the restore that follows finds them; then
+-- they are a cache that gc frees like any unreferenced chunk.
+CREATE TABLE chunk_holds (
+    digest     BLOB PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;

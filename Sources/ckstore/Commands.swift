@@ -206,7 +206,14 @@ struct Get: AsyncParsableCommand {
             checkpointStore = try store.open(create: true)
             let source = try remote.connect(checkpointStore)
             let pullRenderer = progress.renderer()
-            id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: transfers.jobs, progress: pullRenderer?.handler).id
+            let shardSpec = try shard.map { try ShardSpec(parsing: $0) }
+            if (shardSpec != nil || !files.isEmpty) && tensors.isEmpty {
+                // Some files only (a rank's shard): fetch what they need, not the whole checkpoint.
+                id = try await checkpointStore.pullFiles(try CheckpointReference(parsing: reference), from: source, shard: shardSpec, files: files,
+                                                         jobs: transfers.jobs, progress: pullRenderer?.handler).id
+            } else {
+                id = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, jobs: transfers.jobs, progress: pullRenderer?.handler).id
+            }
             pullRenderer?.finish()
         } else {
             (checkpointStore, id) = try await store.resolve(reference)

@@ -332,6 +332,18 @@ struct RemoteShardTests {
                 let rankOne = try ck(["get", "job@latest", root + "/rank1-resumed", "--shard", "1/2"] + remote, "fresh-rank1")
                 #expect(rankOne.status == 0, "\(rankOne.stderr)")
                 #expect(try Files.tree(root + "/rank1-resumed") == Files.tree(root + "/s10/rank1"))
+                // Only rank 1's part was fetched: no checkpoint is recorded there, its chunks are held
+                // from gc for the restore, and they take about half of what the whole checkpoint does.
+                #expect(try ShardTests.jsonList(try ck(["ls", "--json"], "fresh-rank1")).isEmpty)
+                let partial = try ShardTests.json(try ck(["audit", "--json"], "fresh-rank1"))
+                let whole = try ShardTests.json(try ck(["audit", "--json"], "fresh"))
+                let partialBytes = try #require(partial["pending_bytes"] as? Int), wholeBytes = try #require(whole["stored_bytes"] as? Int)
+                #expect(partialBytes > 2 << 20 && Double(partialBytes) < Double(wholeBytes) * 0.6, "partial \(partialBytes), whole \(wholeBytes)")
+                #expect(try ShardTests.json(try ck(["gc", "--json"], "fresh-rank1"))["chunks_freed"] as? Int == 0)
+                let again = try ck(["get", "job@latest", root + "/rank1-again", "--shard", "1/2"] + remote, "fresh-rank1")
+                #expect(again.status == 0, "\(again.stderr)")
+                #expect(try Files.tree(root + "/rank1-again") == Files.tree(root + "/s10/rank1"))
+                #expect(try ShardTests.json(try ck(["audit", "--json"], "fresh-rank1"))["pending_bytes"] as? Int == partialBytes)
                 #expect(try ck(["verify", "--full", "--json"] + remote, "fresh").status == 0)
 
                 // A remote gc with a short grace condemns and deletes nothing a pending shard needs; it

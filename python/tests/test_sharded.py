@@ -61,7 +61,10 @@ def test_a_rank_killed_before_its_push_leaves_its_step_pending_and_the_job_resum
     two = torchrun(2, "--stores", str(tmp_path / "fresh2"), "--remote", remote, "--resume", "--out", str(tmp_path / "two.pt"), env=env)
     assert two.returncode == 0, two.stdout + two.stderr
     assert two.stdout.count("resumed from step 2") == 2
-    # Each rank fetched only its own data file and .metadata from its store (rank 1 never restored rank 0's).
+    # Each rank fetched from the remote only what its load plan reads (.metadata and its own data file):
+    # a whole pull would have recorded step 2 as a checkpoint of its store.
+    for rank in (0, 1):
+        assert ckstore.Store(str(tmp_path / "fresh2" / f"rank{rank}"), env=env).ls(RUN) == []
     expected, resumed, single = weights(tmp_path / "full.pt"), weights(tmp_path / "two.pt"), weights(tmp_path / "one.pt")
     assert expected.keys() == resumed.keys() == single.keys()
     for name in expected:

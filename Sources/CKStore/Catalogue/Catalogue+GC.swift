@@ -40,6 +40,8 @@ extension Catalogue {
             INSERT OR IGNORE INTO temp.gc_live (d)
                 SELECT digest FROM shard_chunks
                 WHERE manifest_id IN (SELECT manifest_id FROM pending_shards WHERE manifest_id NOT IN (SELECT id FROM temp.gc_excluded));
+            DELETE FROM chunk_holds WHERE expires_at <= (julianday('now') - 2440587.5) * 86400.0;
+            INSERT OR IGNORE INTO temp.gc_live (d) SELECT digest FROM chunk_holds;
             """)
         // What checkpoints name themselves, before their bases join: gc's re-encoding looks for bases
         // that only deltas keep alive.
@@ -145,6 +147,7 @@ extension Catalogue {
             DELETE FROM chunks WHERE pack_id = ?
               AND digest NOT IN (SELECT digest FROM checkpoint_chunks)
               AND digest NOT IN (SELECT digest FROM shard_chunks)
+              AND digest NOT IN (SELECT digest FROM chunk_holds)
               AND digest NOT IN (SELECT base FROM chunks WHERE base IS NOT NULL)
             """)
         let pack = try statement("DELETE FROM packs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack_id = ?)")

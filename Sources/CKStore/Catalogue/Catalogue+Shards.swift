@@ -1,3 +1,5 @@
+import Foundation
+
 extension Catalogue {
     private static let pendingColumns = "p.manifest_id, r.name, p.step, p.shard_index, p.shard_count, p.content_digest, p.created_at, p.logical_bytes, p.stored_bytes_added"
 
@@ -40,9 +42,25 @@ extension Catalogue {
         }
     }
 
-    /// Every chunk some pending shard needs (without delta bases).
+    /// Every chunk some pending shard needs, or a partial pull holds (without delta bases): what gc keeps
+    /// though no checkpoint needs it.
     func pendingShardDigests() throws -> [ChunkDigest] {
-        try statement("SELECT DISTINCT digest FROM shard_chunks").rows([]) { try $0.digest(0) }
+        try statement("SELECT digest FROM shard_chunks UNION SELECT digest FROM chunk_holds WHERE expires_at > ?")
+            .rows([.real(Date().timeIntervalSince1970)]) { try $0.digest(0) }
+    }
+
+    /// Keeps `digests` from gc until `expiry` (unix seconds): the chunks a partial pull brought for the
+    /// restore that follows it.
+    func holdChunks(withBases digests: some Sequence<ChunkDigest>, until expiry: Double) throws {
+        let hold = try statement("INSERT INTO chunk_holds (digest, expires_at) VALUES (?, ?) ON CONFLICT(digest) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)")
+        let base = try statement("SELECT base FROM chunks WHERE digest = ? AND base IS NOT NULL")
+        var held = Set<ChunkDigest>()
+        var frontier = Array(digests)
+        while let digest = frontier.popLast() {
+            guard held.insert(digest).inserted else { continue }
+            try hold.run([.blob(digest.bytes), .real(expiry)])
+            frontier += try base.rows([.blob(digest.bytes)]) { try $0.digest(0) }
+        }
     }
 
     /// The newest committed shard `shard` of `run` before `step`: a shard's delta bases when the store

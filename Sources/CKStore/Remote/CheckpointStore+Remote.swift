@@ -111,6 +111,45 @@ extension CheckpointStore {
     }
 }
 
+extension CheckpointStore {
+    /// Brings some files of a remote checkpoint into this store: those of shard `shard` (what one rank
+    /// wrote), narrowed to `files` when given. Only their chunks and delta bases are fetched (each checked
+    /// against its SHA-256), and held from gc for an hour; the checkpoint itself is not recorded, since this
+    /// store does not have all of it. ``restore(_:to:options:)`` with the same shard and files then writes
+    /// them: `get --remote --shard I/N` on each rank of a resuming job fetches that rank's part, not the
+    /// whole checkpoint. A checkpoint this store holds already is not fetched again.
+    ///
+    /// - Throws: `invalidArgument` when the checkpoint was not put as that many shards, `notFound` for a
+    ///   file it does not have.
+    public func pullFiles(_ reference: CheckpointReference, from remote: Remote, shard: ShardSpec? = nil, files: [String] = [],
+                          jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> PullReport {
+        let commit = try await resolve(reference, on: remote)
+        return try await CKStoreError.wrapping("pull of some files of \(commit.run)@\(commit.step) from remote \(remote.name)") {
+            var puller = Puller(catalogue: catalogue, layout: layout, remote: remote)
+            puller.jobs = max(1, jobs)
+            puller.progress = progress
+            return try await puller.pull(commit) { manifest in
+                var chosen = manifest.files
+                if let shard {
+                    guard let count = manifest.shards?.count, count == shard.count else {
+                        throw CKStoreError(.invalidArgument, "checkpoint \(commit.id.short) (\(commit.run)@\(commit.step)) was not put as \(shard.count) shards")
+                    }
+                    chosen = manifest.files(ofShard: shard.index)
+                }
+                guard !files.isEmpty else { return chosen.map(\.path) }
+                let available = Set(chosen.map(\.path))
+                return try files.map { (path) throws -> String in
+                    let normalized = RelativePath.normalize(path) ?? path
+                    guard available.contains(normalized) else {
+                        throw CKStoreError(.notFound, "checkpoint \(commit.id.short) (\(commit.run)@\(commit.step)) has no file \(path)\(shard.map { " in shard \($0)" } ?? "")")
+                    }
+                    return normalized
+                }
+            }
+        }
+    }
+}
+
 /// What `remote add` found when it checked a remote.
 public struct RemoteCheck: Codable, Sendable, Equatable {
     public var remote: String

@@ -15,9 +15,12 @@ public struct PullReport: Codable, Sendable, Equatable {
     /// Frames written into the local store.
     public var framesAdded: Int = 0
     public var seconds: Double = 0
+    /// True for a pull of some files only (`get --remote --shard` or `--file`): their chunks are in the
+    /// store, held from gc for an hour, but the checkpoint is not recorded.
+    public var partial: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case remote, id, run, step, pulled, requests, seconds
+        case remote, id, run, step, pulled, requests, seconds, partial
         case bytesDownloaded = "bytes_downloaded"
         case framesAdded = "frames_added"
     }
@@ -41,7 +44,13 @@ struct Puller {
 
     private var objects: any ObjectStore { remote.objects }
 
-    func pull(_ commit: RemoteCommit) async throws -> PullReport {
+    /// How long the chunks of a partial pull are kept from gc: the restore that follows has this long.
+    static let holdSeconds: Double = 3600
+
+    /// Pulls checkpoint `commit`; with `select`, only the files it picks from the manifest (a *partial*
+    /// pull: their chunks and delta bases, held from gc for ``holdSeconds`` for the restore that follows,
+    /// with no checkpoint recorded, since this store does not have all of it).
+    func pull(_ commit: RemoteCommit, select: (@Sendable (Manifest) throws -> [String])? = nil) async throws -> PullReport {
         let started = ContinuousClock.now
         var report = PullReport(remote: remote.name, id: commit.id, run: commit.run, step: commit.step, pulled: false)
         try CheckpointStore.validateRunName(commit.run)
@@ -57,7 +66,13 @@ struct Puller {
         // The manifest first: its SHA-256 is the checkpoint id.
         let (manifest, manifestFrame) = try await manifest(of: commit, report: &report)
         let droppedTensors = commit.droppedTensors.mapValues { Set($0) }
-        let uses = manifest.chunkUses(id: commit.id, droppedPaths: Set(commit.droppedFiles.keys), droppedTensors: droppedTensors)
+        var droppedPaths = Set(commit.droppedFiles.keys)
+        if let select {
+            let chosen = Set(try select(manifest))
+            droppedPaths.formUnion(manifest.files.map(\.path).filter { !chosen.contains($0) })
+            report.partial = true
+        }
+        let uses = manifest.chunkUses(id: commit.id, droppedPaths: droppedPaths, droppedTensors: droppedTensors)
 
         // Every frame the closure needs that this store lacks, delta bases included, where the commit's
         // own index objects say it is.
@@ -93,6 +108,14 @@ struct Puller {
                     var added: Int64 = 0
                     let now = Date().timeIntervalSince1970
                     for pack in sealed { added += try catalogue.insert(pack: pack, now: now) }
+                    if select != nil {
+                        // Not a checkpoint of this store: the chunks are held for the restore instead.
+                        for digest in seen where try !catalogue.containsChunk(digest) {
+                            throw CKStoreError(.conflict, "chunk \(digest), which this store had, was removed by a concurrent gc while \(commit.id.short) was being pulled; get it again")
+                        }
+                        try catalogue.holdChunks(withBases: seen, until: now + Self.holdSeconds)
+                        return
+                    }
                     if let local = try catalogue.checkpoint(run: commit.run, step: commit.step) {
                         guard local.id == commit.id else {
                             throw CKStoreError(.conflict, "run \(commit.run) got a different checkpoint at step \(commit.step) (\(local.id.short)) while \(commit.id.short) was being pulled")
@@ -111,7 +134,9 @@ struct Puller {
                     }
                 }
             }
-            _ = try CommitLog(layout: layout).commit(CommitLog.Record(id: commit.id, run: commit.run, step: commit.step, content: contentDigest, createdAt: manifest.createdAt))
+            if select == nil {
+                _ = try CommitLog(layout: layout).commit(CommitLog.Record(id: commit.id, run: commit.run, step: commit.step, content: contentDigest, createdAt: manifest.createdAt))
+            }
         } catch {
             // Nothing refers to the new packs: removed now rather than left to gc's grace period.
             let recorded = Set(try catalogue.with { try $0.packRows().map(\.id) })

@@ -301,13 +301,10 @@ def _resume_sharded(output_dir: str, store: Store, run: str, remote: Optional[st
     distributed = dist.is_available() and dist.is_initialized()
     chosen = [None]
     if rank == 0 or not distributed:
-        if remote is not None and not _stored_steps(store, run):
-            try:
-                store.pull(f"{run}@latest-valid", remote=remote)
-            except CheckpointNotFound:
-                pass
+        # A store that has no checkpoint of the run (a fresh machine) resumes from the remote's newest.
+        source = remote if remote is not None and not _stored_steps(store, run) else None
         try:
-            shown = store.show(f"{run}@latest-valid")
+            shown = store.show(f"{run}@latest-valid", remote=source)
             chosen[0] = (shown["id"], int(shown["step"]), shown.get("shard_count"))
         except (CheckpointNotFound, DamagedCheckpoint):
             chosen[0] = None
@@ -316,6 +313,12 @@ def _resume_sharded(output_dir: str, store: Store, run: str, remote: Optional[st
     if chosen[0] is None:
         return None
     checkpoint, step, shard_count = chosen[0]
+    # This rank's store may lack what the coordinator's has: then it fetches from the remote.
+    try:
+        local = any(entry.id == checkpoint for entry in store.ls(run))
+    except CheckpointNotFound:
+        local = False
+    source = None if local or remote is None else remote
     # The steps after this one will be saved again: what a crashed predecessor left pending there goes.
     for pending in store.pending(run):
         if pending.step > step:
@@ -327,10 +330,9 @@ def _resume_sharded(output_dir: str, store: Store, run: str, remote: Optional[st
     path = os.path.join(output_dir, f"checkpoint-{step}")
     os.makedirs(path, exist_ok=True)
     if shard_count == world_size:
-        if rank != 0 and remote is not None:
-            store.pull(checkpoint, remote=remote)
-        store.get(checkpoint, path, shard=(rank, world_size), force=True)
+        # Each rank fetches only its own part (from the remote: only what its files need).
+        store.get(checkpoint, path, shard=(rank, world_size), force=True, remote=source)
     elif rank == 0:
-        store.get(checkpoint, path, force=True)
+        store.get(checkpoint, path, force=True, remote=source)
     _barrier()
     return path

@@ -193,7 +193,8 @@ class Store:
     def get(self, ref: str, dest: str, files: Optional[Sequence[str]] = None, tensors: Optional[Sequence[str]] = None,
             force: bool = False, remote: Optional[str] = None, shard: Optional[Tuple[int, int]] = None) -> RestoreResult:
         """Restores a checkpoint into ``dest``, every chunk verified; with ``remote``, from that remote
-        through this store; with ``shard=(rank, world_size)``, only what that rank put."""
+        through this store; with ``shard=(rank, world_size)``, only what that rank put. From a remote with
+        ``shard`` or ``files``, only what those files need is fetched."""
         arguments = ["get", ref, os.fspath(dest)]
         if shard is not None:
             arguments += ["--shard", f"{int(shard[0])}/{int(shard[1])}"]
@@ -240,9 +241,13 @@ class Store:
             arguments += self._remote_arguments(remote)
         return [_build(PendingCheckpoint, entry) for entry in (self._runner.run(arguments) or {}).get("pending") or []]
 
-    def show(self, ref: str) -> Dict[str, Any]:
-        """Everything the manifest says of one checkpoint (``ckstore show --json``)."""
-        return self._runner.run(["show", ref])
+    def show(self, ref: str, remote: Optional[str] = None) -> Dict[str, Any]:
+        """Everything the manifest says of one checkpoint (``ckstore show --json``), of a remote's with
+        ``remote`` (only its manifest is read)."""
+        arguments = ["show", ref]
+        if remote is not None:
+            arguments += self._remote_arguments(remote)
+        return self._runner.run(arguments)
 
     def latest(self, run: str) -> Optional[Checkpoint]:
         """The run's newest checkpoint, or None."""

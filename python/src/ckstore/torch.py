@@ -132,9 +132,10 @@ def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remot
     with ``torch.distributed.checkpoint.load``: every rank of the process group calls it. The world size
     may differ from the one that saved (DCP reshards on load).
 
-    The coordinator resolves ``ref`` (on ``remote`` when given, which is pulled into this rank's store
-    first) and every rank loads that checkpoint. Each rank restores only the files its own load plan
-    reads, plus ``.metadata``: a rank that loads what it saved fetches its own shard.
+    The coordinator resolves ``ref`` (on ``remote`` when given) and every rank loads that checkpoint.
+    Each rank restores only the files its own load plan reads, plus ``.metadata``, from its store or,
+    with ``remote``, fetching only what those files need: a rank that loads what it saved fetches its
+    own shard, not the whole checkpoint.
 
     A job that resumes from step S will save the steps after S again, and a crashed predecessor may have
     left some of them pending (a rank died before its shard was committed); their shards may differ from
@@ -151,8 +152,6 @@ def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remot
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(resolved, src=dist.get_global_rank(process_group, 0) if process_group is not None else 0, group=process_group)
     checkpoint = resolved[0]
-    if rank != 0 and remote is not None:
-        store.pull(checkpoint.id, remote=remote)
     if discard_newer_pending:
         for pending in store.pending(checkpoint.run):
             if pending.step > checkpoint.step:
@@ -163,17 +162,14 @@ def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remot
                     store.rm_pending(checkpoint.run, pending.step, remote=remote)
     staging = tempfile.mkdtemp(prefix=f"ckstore-load-rank{rank}-", dir=_staging_root(store))
     try:
-        dcp.load(state_dict, storage_reader=_StoreReader(store, checkpoint.id, staging), process_group=process_group)
+        dcp.load(state_dict, storage_reader=_StoreReader(store, checkpoint.id, staging, remote), process_group=process_group)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return checkpoint
 
 
 def _resolve(store: Store, ref: str, remote: Optional[str]) -> ShardedLoad:
-    if remote is not None:
-        pulled = store.pull(ref, remote=remote)
-        return ShardedLoad(id=pulled.id, run=pulled.run, step=pulled.step)
-    shown = store.show(ref)
+    shown = store.show(ref, remote=remote)
     return ShardedLoad(id=shown["id"], run=shown["run"], step=int(shown["step"]))
 
 
@@ -184,17 +180,18 @@ def _store_reader_class():
         """DCP's file system reader over a folder that fills from the store as the load plan asks:
         ``.metadata`` first, then exactly the data files the plan's items are in."""
 
-        def __init__(self, store: Store, checkpoint_id: str, folder: str):
+        def __init__(self, store: Store, checkpoint_id: str, folder: str, remote: Optional[str]):
             super().__init__(folder)
             self._store = store
             self._checkpoint = checkpoint_id
             self._folder = folder
+            self._remote = remote
             self._fetched: set = set()
 
         def _fetch(self, files) -> None:
             wanted = sorted(set(files) - self._fetched)
             if wanted:
-                self._store.get(self._checkpoint, self._folder, files=wanted, force=True)
+                self._store.get(self._checkpoint, self._folder, files=wanted, force=True, remote=self._remote)
                 self._fetched.update(wanted)
 
         def read_metadata(self, *args, **kwargs):
@@ -208,5 +205,5 @@ def _store_reader_class():
     return StoreReader
 
 
-def _StoreReader(store: Store, checkpoint_id: str, folder: str):
-    return _store_reader_class()(store, checkpoint_id, folder)
+def _StoreReader(store: Store, checkpoint_id: str, folder: str, remote: Optional[str]):
+    return _store_reader_class()(store, checkpoint_id, folder, remote)
