@@ -344,6 +344,11 @@ struct RemoteShardTests {
                 #expect(again.status == 0, "\(again.stderr)")
                 #expect(try Files.tree(root + "/rank1-again") == Files.tree(root + "/s10/rank1"))
                 #expect(try ShardTests.json(try ck(["audit", "--json"], "fresh-rank1"))["pending_bytes"] as? Int == partialBytes)
+                // Once the hold expires, they are a cache that gc frees.
+                try SQLiteDatabase(path: root + "/fresh-rank1/ckstore.db").execute("UPDATE chunk_holds SET expires_at = 0")
+                let freed = try ShardTests.json(try ck(["gc", "--json"], "fresh-rank1"))
+                #expect((freed["chunks_freed"] as? Int ?? 0) > 2, "\(freed)")
+                #expect(try ShardTests.json(try ck(["audit", "--json"], "fresh-rank1"))["pending_bytes"] as? Int == 0)
                 #expect(try ck(["verify", "--full", "--json"] + remote, "fresh").status == 0)
 
                 // A remote gc with a short grace condemns and deletes nothing a pending shard needs; it
