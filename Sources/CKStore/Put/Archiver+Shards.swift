@@ -40,7 +40,7 @@ extension Archiver {
             }
             guard let same = pending.first(where: { $0.shard.index == shard.index }) else { return .absent }
             guard same.content == content else {
-                throw CKStoreError(.conflict, "\(what) is already committed with different content (\(same.id.short)); put under another step, or remove the pending shard with `ckstore gc --pending-age 0`")
+                throw CKStoreError(.conflict, "\(what) is already committed with different content (\(same.id.short)); put under another step, or remove the pending step with `ckstore rm \(run)@\(step) --pending`")
             }
             return .pending(same.id)
         }
