@@ -1,13 +1,13 @@
 // swift-tools-version: 6.1
 // libFuzzer targets for ckstore's parsers of untrusted bytes: safetensors headers, torch.save zip
-// archives and pack files. Built and run by `make fuzz` (see docs/fuzzing.md); not part of `make test`.
+// archives, torch.distributed.checkpoint files and pack files. Built and run by `make fuzz` (see docs/fuzzing.md); not part of `make test`.
 import PackageDescription
 
 let package = Package(
     name: "ckstore-fuzz",
     platforms: [.macOS(.v15)],
     dependencies: [.package(name: "ckstore", path: "..")],
-    targets: [.target(name: "FuzzDriver")] + ["FuzzSafetensors", "FuzzTorchZip", "FuzzPack"].map { name in
+    targets: [.target(name: "FuzzDriver")] + ["FuzzSafetensors", "FuzzTorchZip", "FuzzPack", "FuzzDCP"].map { name in
         .executableTarget(
             name: name,
             dependencies: ["FuzzDriver", .product(name: "CKStore", package: "ckstore")],

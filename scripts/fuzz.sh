@@ -12,10 +12,11 @@ flags=(-c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld)
 (cd Fuzz && swift build "${flags[@]}")
 bin="$(cd Fuzz && swift build "${flags[@]}" --show-bin-path)"
 
-mkdir -p "$work/crashes" "$work/corpus/safetensors" "$work/corpus/torchzip" "$work/corpus/pack"
+mkdir -p "$work/crashes" "$work/corpus/safetensors" "$work/corpus/torchzip" "$work/corpus/pack" "$work/corpus/dcp"
 if [ -d "$fixtures" ]; then
   find "$fixtures" -name '*.safetensors' -exec cp {} "$work/corpus/safetensors/" \;
   i=0; for f in $(find "$fixtures" -name '*.pt' -o -name '*.pth'); do cp "$f" "$work/corpus/torchzip/seed-$i"; i=$((i+1)); done
+  i=0; for f in $(find "$fixtures/dcp" -name '*.distcp' -o -name '.metadata'); do cp "$f" "$work/corpus/dcp/seed-$i"; i=$((i+1)); done
   swift build >/dev/null
   rm -rf "$work/seed-store"
   "$(swift build --show-bin-path)/ckstore" put --store "$work/seed-store" "$fixtures/hf-tiny/checkpoint-2" --run seed >/dev/null
@@ -23,7 +24,7 @@ if [ -d "$fixtures" ]; then
 fi
 
 status=0
-for target in Safetensors:safetensors TorchZip:torchzip Pack:pack; do
+for target in Safetensors:safetensors TorchZip:torchzip Pack:pack DCP:dcp; do
   name="${target%%:*}"; corpus="${target##*:}"
   echo "== Fuzz$name for ${seconds}s"
   if ! "$bin/Fuzz$name" -max_total_time="$seconds" -max_len=65536 -artifact_prefix="$work/crashes/$corpus-" "$work/corpus/$corpus"; then

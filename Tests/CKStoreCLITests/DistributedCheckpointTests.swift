@@ -129,6 +129,44 @@ import Testing
         }
     }
 
+    @Test func mutatedDCPFilesAndMetadataParseOrThrowAndNeverCrash() throws {
+        // Byte flips (most near the end records, where the backward walk reads), truncations and
+        // overwritten lengths of real DCP files: each must parse or throw CKStoreError, never trap.
+        let file = try Files.read(Self.fixture + "/step-1/__1_0.distcp")
+        let metadata = try Files.read(Self.fixture + "/step-1/.metadata")
+        #expect(try FormatValidation.distcp(file) == 2)
+        #expect(FormatValidation.dcpMetadata(metadata) == 29)
+        var random = SeededRandom(seed: 19)
+        var parsed = 0, refused = 0
+        for round in 0..<1500 {
+            var bytes = round % 2 == 0 ? file : metadata
+            switch round % 5 {
+            case 0: bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &random)))
+            case 1:
+                for _ in 0..<Int.random(in: 1...8, using: &random) {
+                    let at = bytes.count - 1 - Int.random(in: 0..<min(bytes.count, 200), using: &random)
+                    bytes[at] = UInt8.random(in: 0...255, using: &random)
+                }
+            case 2:
+                // A length or offset field set to an extreme value.
+                let at = bytes.count - 1 - Int.random(in: 8..<min(bytes.count, 120), using: &random)
+                for index in at..<min(bytes.count, at + 8) { bytes[index] = 0xff }
+            default:
+                for _ in 0..<Int.random(in: 1...16, using: &random) {
+                    bytes[Int.random(in: 0..<bytes.count, using: &random)] = UInt8.random(in: 0...255, using: &random)
+                }
+            }
+            do {
+                _ = try FormatValidation.distcp(bytes)
+                parsed += 1
+            } catch is CKStoreError {
+                refused += 1
+            }
+            _ = FormatValidation.dcpMetadata(bytes)
+        }
+        #expect(parsed > 0 && refused > 0, "parsed \(parsed), refused \(refused)")
+    }
+
     @Test func theMetadataReaderNamesEveryItemByItsFileAndOffset() throws {
         let names = try #require(DistributedCheckpoint.itemNames(metadata: try Files.read(Self.fixture + "/step-2/.metadata")))
         #expect(Set(names["__1_0.distcp"]?.values.map { $0 } ?? []) == Self.rankOneItems)

@@ -47,6 +47,19 @@ public enum FormatValidation {
         return parsed.entries.count
     }
 
+    /// Parses `bytes` as a torch.distributed.checkpoint data file (`.distcp`); returns the number of
+    /// tensor regions found.
+    public static func distcp(_ bytes: [UInt8]) throws -> Int {
+        let layout = try DistributedCheckpoint.layout(of: MemoryByteSource(bytes: bytes), size: Int64(bytes.count), path: "input", names: nil)
+        return layout.regions.filter { if case .tensor = $0.kind { true } else { false } }.count
+    }
+
+    /// Parses `bytes` as a pickle of DCP's `Metadata`; returns the number of items it names, or nil when it
+    /// is not one.
+    public static func dcpMetadata(_ bytes: [UInt8]) -> Int? {
+        DistributedCheckpoint.itemNames(metadata: bytes).map { $0.values.reduce(0) { $0 + $1.count } }
+    }
+
     /// Parses `bytes` as a pack: its trailer, then every frame it lists with checksums; returns the frame count.
     public static func pack(_ bytes: [UInt8]) throws -> Int {
         try bytes.withUnsafeBytes { buffer in

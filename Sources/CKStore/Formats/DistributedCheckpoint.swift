@@ -108,7 +108,8 @@ enum DistributedCheckpoint {
                 directoryEnd = record - 76
             }
         }
-        guard directorySize >= 0, directoryOffset >= 0, directoryEnd - directorySize - directoryOffset >= 0 else { return nil }
+        // Sizes come from the file: compared before subtracting, so that no hostile value overflows.
+        guard directorySize >= 0, directoryOffset >= 0, directorySize <= directoryEnd, directoryOffset <= directoryEnd - directorySize else { return nil }
         let start = directoryEnd - directorySize - directoryOffset
         guard try file.read(count: 4, at: start).loadLittleEndian(UInt32.self, at: 0) == localHeader else { return nil }
         if directorySize >= 4, try file.read(count: 4, at: directoryEnd - directorySize).loadLittleEndian(UInt32.self, at: 0) != centralHeader { return nil }
