@@ -165,6 +165,21 @@ import Testing
             _ = FormatValidation.dcpMetadata(bytes)
         }
         #expect(parsed > 0 && refused > 0, "parsed \(parsed), refused \(refused)")
+
+        // A zip64 end record whose directory size and offset are the largest Int64: refused, not an overflow.
+        var hostile = Array(file.prefix(file.count - 98))
+        var zip64 = [UInt8](repeating: 0, count: 56)
+        zip64.replaceSubrange(0..<4, with: [0x50, 0x4b, 0x06, 0x06])
+        zip64.replaceSubrange(4..<12, with: withUnsafeBytes(of: UInt64(44).littleEndian, Array.init))
+        zip64.replaceSubrange(40..<48, with: withUnsafeBytes(of: UInt64(Int64.max).littleEndian, Array.init))
+        zip64.replaceSubrange(48..<56, with: withUnsafeBytes(of: UInt64(Int64.max).littleEndian, Array.init))
+        var locator = [UInt8](repeating: 0, count: 20)
+        locator.replaceSubrange(0..<4, with: [0x50, 0x4b, 0x06, 0x07])
+        var end = [UInt8](repeating: 0xff, count: 22)
+        end.replaceSubrange(0..<4, with: [0x50, 0x4b, 0x05, 0x06])
+        end.replaceSubrange(20..<22, with: [0, 0])
+        hostile += zip64 + locator + end
+        #expect(throws: CKStoreError.self) { try FormatValidation.distcp(hostile) }
     }
 
     @Test func theMetadataReaderNamesEveryItemByItsFileAndOffset() throws {
