@@ -125,14 +125,18 @@ struct RemoteTests {
             try push.run()
             // Killed once the first pack is up: the push records each uploaded pack in the store's remote
             // cache before it starts the next, so the test watches the catalogue (listing the bucket was
-            // too slow under load: the push could finish first). The push is stopped while the server dies.
+            // too slow under load). The push runs only in short bursts between SIGCONT and SIGSTOP, and is
+            // checked while stopped, so a test process that the machine schedules late cannot let the
+            // whole push finish unseen; it stays stopped while the server dies.
             let watched = try CheckpointStore.open(at: store)
-            let deadline = Date().addingTimeInterval(120)
+            let deadline = Date().addingTimeInterval(300)
+            kill(push.processIdentifier, SIGSTOP)
             while Date() < deadline, push.isRunning,
                   try watched.catalogue.with({ catalogue in try catalogue.knownRemoteIndexes("s3://crash/p") }).isEmpty {
-                try await Task.sleep(nanoseconds: 2_000_000)
+                kill(push.processIdentifier, SIGCONT)
+                try await Task.sleep(nanoseconds: 10_000_000)
+                kill(push.processIdentifier, SIGSTOP)
             }
-            kill(push.processIdentifier, SIGSTOP)
             server.killNow()
             kill(push.processIdentifier, SIGCONT)
             let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
