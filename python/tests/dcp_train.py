@@ -114,6 +114,9 @@ def main():
     model_state, _ = get_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save({name: tensor.detach().clone() for name, tensor in model_state.items()}, args.out)
+    # Both ranks done before the group goes: a rank tearing gloo down while the other still used it
+    # aborted the job (std::terminate in the other rank) on a loaded machine.
+    dist.barrier()
     dist.destroy_process_group()
 
 
