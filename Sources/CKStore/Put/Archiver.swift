@@ -411,7 +411,8 @@ extension Archiver {
         let totalBytes = sizes.reduce(0, +)
         let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: totalBytes)), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
         session.progress = ProgressMeter("put", total: totalBytes, handler: options.progress)
-        for input in inputs where DistributedCheckpoint.relativeName(input.path) == ".metadata" && inputs.contains(where: { DistributedCheckpoint.isDataFile($0.path) }) {
+        let holdsDataFiles = inputs.contains { DistributedCheckpoint.isDataFile($0.path) }
+        for input in inputs where holdsDataFiles && DistributedCheckpoint.relativeName(input.path) == ".metadata" {
             guard let bytes = try input.smallContents(), let names = DistributedCheckpoint.itemNames(metadata: bytes) else { continue }
             let folder = String(input.path.dropLast(".metadata".count))
             for (file, items) in names { session.dcpItemNames[folder + file] = items }

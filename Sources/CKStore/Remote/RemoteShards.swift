@@ -121,9 +121,19 @@ extension Pusher {
     /// checkpoint's id, or nil and the missing shard indexes.
     func combineShards(run: String, step: Int64, count: Int, report: inout PushReport) async throws -> (CheckpointID?, [Int]) {
         let session = RemoteSession(catalogue: catalogue, remote: remote)
-        let shards = try await session.shardObjects(prefix: RemoteLayout.shards(run: run, step: step)).map(\.shard).filter { $0.shard.count == count }
-        let missing = Array(Set(0..<count).subtracting(shards.map(\.shard.index))).sorted()
+        // The listing's key names say which shards are there (`<I>-of-<N>`): the objects themselves are
+        // read only once all N are, so a job of N ranks does not read N objects on each of N pushes.
+        let prefix = RemoteLayout.shards(run: run, step: step)
+        let present = Set(try await objects.list(prefix: prefix).map(\.key).compactMap { key -> Int? in
+            let parts = key.dropFirst(prefix.count).split(separator: "-")
+            guard parts.count == 3, parts[1] == "of", Int(parts[2]) == count else { return nil }
+            return Int(parts[0])
+        })
+        let missing = Array(Set(0..<count).subtracting(present)).sorted()
         guard missing.isEmpty else { return (nil, missing) }
+        let shards = try await session.shardObjects(prefix: prefix).map(\.shard).filter { $0.shard.count == count }
+        let stillMissing = Array(Set(0..<count).subtracting(shards.map(\.shard.index))).sorted()
+        guard stillMissing.isEmpty else { return (nil, stillMissing) }
         let ordered = shards.sorted { $0.shard.index < $1.shard.index }
         var manifests = [Manifest]()
         var puller = Puller(catalogue: catalogue, layout: layout, remote: remote)

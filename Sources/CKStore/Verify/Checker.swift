@@ -29,12 +29,13 @@ struct Checker {
             return (problems, try catalogue.packRows(), locations, needed)
         }
         problems += catalogueProblems.map { "catalogue: \($0)" }
+        let pendingShards = byCheckpoint ? [] : try catalogue.with { try $0.pendingShards() }
         if !byCheckpoint {
             let listed = Set(try catalogue.with { try $0.allCheckpointIDs() })
             for record in try CommitLog(layout: layout).records() where !listed.contains(record.id) {
                 problems.append("committed checkpoint \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
             }
-            let pending = Set(try catalogue.with { try $0.pendingShards() }.map(\.id))
+            let pending = Set(pendingShards.map(\.id))
             let committed = Set(try CommitLog(layout: layout).records().map { "\($0.run)@\($0.step)" })
             for record in try CommitLog.shards(layout: layout).records()
             where !pending.contains(record.id) && !committed.contains("\(record.run)@\(record.step)") {
@@ -190,8 +191,7 @@ struct Checker {
         let damagedChunks = damaged.keys.sorted()
         let missingChunks = missing.keys.filter { damaged[$0] == nil }.sorted()
         let now = Date().timeIntervalSince1970
-        let stale = byCheckpoint ? [] : PendingCheckpoint.grouping(try catalogue.with { try $0.pendingShards() })
-            .filter { now - $0.createdAt >= options.pendingAge }
+        let stale = PendingCheckpoint.grouping(pendingShards).filter { now - $0.createdAt >= options.pendingAge }
         return VerifyReport(
             ok: problems.isEmpty && damagedChunks.isEmpty && missingChunks.isEmpty,
             mode: mode, packsChecked: packsToCheck.count - unreadablePacks.count, chunksChecked: checked,
