@@ -181,8 +181,13 @@ public struct TrainingSeries: Sendable {
             }
         }
         try put("model.safetensors", model.build())
-        var optimizer = TorchZipBuilder(archiveName: "optimizer", pickle: Array("optimizer-state-pickle step=\(step)".utf8))
-        for tensor in tensors where tensor.trained {
+        // The pickle AdamW's state_dict() has: one group of every trained parameter, numbered in order.
+        let trained = tensors.filter(\.trained)
+        let pickle = OptimizerPickle(
+            parameters: trained.enumerated().map { ($0.offset, $0.element.shape) },
+            groups: [.init(params: Array(trained.indices), lr: Double(learningRate(at: step)), betas: (0.9, 0.95), eps: 1e-8, weightDecay: 0.01)])
+        var optimizer = TorchZipBuilder(archiveName: "optimizer", pickle: pickle.bytes())
+        for tensor in trained {
             optimizer.addStorage(Self.bytes([Float(step)]))
             optimizer.addStorage(Self.bytes(tensor.expAvg))
             optimizer.addStorage(Self.bytes(tensor.expAvgSq))

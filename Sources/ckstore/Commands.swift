@@ -15,7 +15,7 @@ struct Init: AsyncParsableCommand {
         let opened = try CheckpointStore.open(at: path, create: true)
         try settings.apply(to: opened)
         let current = try opened.settings()
-        print("store ready at \(path) (zstd level \(current.compressionLevel), delta chains of at most \(current.maxDeltaDepth))")
+        print("store ready at \(path) (zstd level \(current.compressionLevel), delta chains of at most \(current.maxDeltaDepth)\(current.predictWeights ? ", weights predicted from the optimizer" : ""))")
     }
 }
 
@@ -24,8 +24,13 @@ struct SettingsOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "The store's zstd level for new chunks (1-19; default 1).") var level: Int?
     @Option(help: "The longest chain of delta frames a put may write before storing a chunk in full (0-32; 0 turns deltas off; default 3).")
     var maxDeltaDepth: Int?
+    @Option(help: ArgumentHelp("Whether puts predict fp32 weights from the parent's weights and Adam's moments: fewer stored bytes, slower restores (on or off; default off).", valueName: "on|off"))
+    var predictWeights: String?
 
     func validate() throws {
+        if let predictWeights, !["on", "off"].contains(predictWeights) {
+            throw ValidationError("--predict-weights takes on or off, not \(predictWeights)")
+        }
         if let level, CompressionLevel(level) == nil {
             throw ValidationError("--level takes a zstd level from 1 to 19, not \(level)")
         }
@@ -34,13 +39,14 @@ struct SettingsOptions: ParsableArguments {
         }
     }
 
-    var isEmpty: Bool { level == nil && maxDeltaDepth == nil }
+    var isEmpty: Bool { level == nil && maxDeltaDepth == nil && predictWeights == nil }
 
     func apply(to store: CheckpointStore) throws {
         guard !isEmpty else { return }
         var settings = try store.settings()
         if let level, let compression = CompressionLevel(level) { settings.compressionLevel = compression }
         if let maxDeltaDepth { settings.maxDeltaDepth = maxDeltaDepth }
+        if let predictWeights { settings.predictWeights = predictWeights == "on" }
         try store.updateSettings(settings)
     }
 }
@@ -62,10 +68,16 @@ struct Settings: AsyncParsableCommand {
         try settings.apply(to: opened)
         let current = try opened.settings()
         if json {
-            try JSONOutput.print(["compression_level": Int(current.compressionLevel.rawValue), "max_delta_depth": current.maxDeltaDepth])
+            struct Shown: Encodable {
+                var compression_level: Int
+                var max_delta_depth: Int
+                var predict_weights: Bool
+            }
+            try JSONOutput.print(Shown(compression_level: Int(current.compressionLevel.rawValue), max_delta_depth: current.maxDeltaDepth, predict_weights: current.predictWeights))
         } else {
             print("compression level  \(current.compressionLevel)")
             print("max delta depth    \(current.maxDeltaDepth)")
+            print("predict weights    \(current.predictWeights ? "on" : "off")")
         }
     }
 }

@@ -98,8 +98,9 @@ struct StoredFrames {
             }
             let frames = try StoredFrames(store)
             let encodings = Set(frames.encoding.values)
-            // Puts write difference deltas; XOR deltas (earlier versions) only decode (CodecTests).
-            #expect(encodings == Set(FrameEncoding.allCases).subtracting([.deltaPlanes]), "\(encodings)")
+            // Puts write difference deltas; XOR deltas (earlier versions) only decode (CodecTests). Nothing
+            // here is predicted: the store does not predict weights unless told to (PredictionTests).
+            #expect(encodings == Set(FrameEncoding.allCases).subtracting([.deltaPlanes, .predictedPlanes]), "\(encodings)")
             // Every dtype and the torch storages got delta frames.
             for tensor in ["a.f32", "b.f16", "c.bf16", "d.f64", "e.i64", "optimizer/data/0", "optimizer/data/1"] {
                 #expect(!frames.deltas(ofTensor: tensor).isEmpty, "no delta frame for \(tensor)")

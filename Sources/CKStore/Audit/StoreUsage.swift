@@ -42,6 +42,8 @@ struct StoreUsage {
     var kinds: [FrameKind] = []
     /// The chunk's delta base, or -1.
     var bases: [Int32] = []
+    /// The inputs of predicted frames (the few chunks that have any), by chunk number.
+    var inputs: [Int32: [Int32]] = [:]
     /// The label of the piece that first stored it, or -1.
     var chunkLabels: [Int32] = []
     /// The pack of each chunk, when loaded with `packs`.
@@ -54,6 +56,14 @@ struct StoreUsage {
     var pendingChunks = Set<Int32>()
     /// The catalogue's files (database and write-ahead log) in bytes.
     var catalogueBytes: Int64 = 0
+
+    /// Calls `body` with the chunks decoding `chunk` reads directly: its base, then its inputs.
+    @inline(__always)
+    func forEachPrerequisite(of chunk: Int, _ body: (Int) -> Void) {
+        let base = Int(bases[chunk])
+        if base >= 0 { body(base) }
+        if !inputs.isEmpty, let more = inputs[Int32(chunk)] { for input in more { body(Int(input)) } }
+    }
 
     /// The number of a chunk, or nil when the catalogue has no such chunk.
     func number(of digest: ChunkDigest) -> Int32? { digestIndex.number(of: digest) }
@@ -132,9 +142,13 @@ struct StoreUsage {
         usage.digestIndex = DigestIndex(usage.digests)
         usage.bases = Array(repeating: none, count: usage.digests.count)
         for (index, base) in baseDigests { usage.bases[Int(index)] = usage.number(of: base) ?? none }
-        for digest in try catalogue.pendingShardDigests() {
-            var chunk = usage.number(of: digest) ?? none
-            while chunk != none, usage.pendingChunks.insert(chunk).inserted { chunk = usage.bases[Int(chunk)] }
+        try catalogue.forEachInput { digest, input in
+            if let chunk = usage.number(of: digest), let input = usage.number(of: input) { usage.inputs[chunk, default: []].append(input) }
+        }
+        var pending = try catalogue.pendingShardDigests().compactMap { usage.number(of: $0) }
+        while let chunk = pending.popLast() {
+            guard usage.pendingChunks.insert(chunk).inserted else { continue }
+            usage.forEachPrerequisite(of: Int(chunk)) { pending.append(Int32($0)) }
         }
 
         // References come in primary-key order, so one checkpoint's rows are consecutive.
@@ -171,17 +185,18 @@ struct StoreUsage {
                 byRun[chunk] = Self.merge(byRun[chunk], Int32(checkpoint.run))
             }
         }
-        // Bases inherit their dependents' owners; chains are short, so a few passes settle it.
-        let dependents = bases.indices.filter { bases[$0] != Self.none }
+        // Bases and inputs inherit their dependents' owners; chains are short, so a few passes settle it.
+        let dependents = bases.indices.filter { bases[$0] != Self.none || inputs[Int32($0)] != nil }
         var changed = !dependents.isEmpty
         while changed {
             changed = false
             for chunk in dependents where byCheckpoint[chunk] != Self.none {
-                let base = Int(bases[chunk])
-                let owners = (Self.merge(byCheckpoint[base], byCheckpoint[chunk]), Self.merge(byRun[base], byRun[chunk]))
-                if owners != (byCheckpoint[base], byRun[base]) {
-                    (byCheckpoint[base], byRun[base]) = owners
-                    changed = true
+                forEachPrerequisite(of: chunk) { base in
+                    let owners = (Self.merge(byCheckpoint[base], byCheckpoint[chunk]), Self.merge(byRun[base], byRun[chunk]))
+                    if owners != (byCheckpoint[base], byRun[base]) {
+                        (byCheckpoint[base], byRun[base]) = owners
+                        changed = true
+                    }
                 }
             }
         }
@@ -201,12 +216,14 @@ struct StoreUsage {
         var stamp = Array(repeating: Int32(-1), count: digests.count)
         for checkpoint in checkpoints {
             let run = Int32(checkpoint.run)
+            var stack = [Int]()
             for first in checkpoint.chunks {
-                var chunk = Int(first)
-                while chunk >= 0, stamp[chunk] != run {
+                stack.append(Int(first))
+                while let chunk = stack.popLast() {
+                    guard stamp[chunk] != run else { continue }
                     stamp[chunk] = run
                     needed[checkpoint.run] += frameBytes[chunk]
-                    chunk = Int(bases[chunk])
+                    forEachPrerequisite(of: chunk) { stack.append($0) }
                 }
             }
         }
@@ -259,12 +276,12 @@ struct UsageSimulation {
         var stack = (0..<count).filter { references[$0] > 0 || usage.kinds[$0] == .annotation }
         for chunk in stack { alive[chunk] = true }
         while let chunk = stack.popLast() {
-            let base = Int(usage.bases[chunk])
-            guard base >= 0 else { continue }
-            liveDependents[base] += 1
-            if !alive[base] {
-                alive[base] = true
-                stack.append(base)
+            usage.forEachPrerequisite(of: chunk) { base in
+                liveDependents[base] += 1
+                if !alive[base] {
+                    alive[base] = true
+                    stack.append(base)
+                }
             }
         }
         for chunk in 0..<count {
@@ -296,10 +313,9 @@ struct UsageSimulation {
     }
 
     private mutating func release(_ start: Int) {
-        var next: Int? = start
-        while let chunk = next {
-            next = nil
-            guard alive[chunk], references[chunk] == 0, liveDependents[chunk] == 0, usage.kinds[chunk] != .annotation else { return }
+        var pending = [start]
+        while let chunk = pending.popLast() {
+            guard alive[chunk], references[chunk] == 0, liveDependents[chunk] == 0, usage.kinds[chunk] != .annotation else { continue }
             alive[chunk] = false
             let pack = Int(usage.chunkPacks[chunk])
             if pack >= 0 {
@@ -309,10 +325,9 @@ struct UsageSimulation {
                 packAllLive[pack] = false
                 packBytes += size(ofPack: pack)
             }
-            let base = Int(usage.bases[chunk])
-            if base >= 0 {
+            usage.forEachPrerequisite(of: chunk) { base in
                 liveDependents[base] -= 1
-                next = base
+                pending.append(base)
             }
         }
     }

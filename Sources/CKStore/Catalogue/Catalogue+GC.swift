@@ -46,12 +46,22 @@ extension Catalogue {
         // What checkpoints name themselves, before their bases join: gc's re-encoding looks for bases
         // that only deltas keep alive.
         try database.execute("INSERT OR IGNORE INTO temp.gc_direct (d) SELECT d FROM temp.gc_live")
-        // Delta bases of live chunks are live (I-4), to any depth.
+        // Delta bases and inputs of live chunks are live (I-4), to any depth.
         let bases = try statement("""
             INSERT OR IGNORE INTO temp.gc_live (d)
                 SELECT c.base FROM chunks c JOIN temp.gc_live l ON c.digest = l.d WHERE c.base IS NOT NULL
             """)
-        repeat { try bases.run() } while database.changes > 0
+        let inputs = try statement("""
+            INSERT OR IGNORE INTO temp.gc_live (d)
+                SELECT i.input FROM chunk_inputs i JOIN temp.gc_live l ON i.digest = l.d
+            """)
+        var added: Int
+        repeat {
+            try bases.run()
+            added = database.changes
+            try inputs.run()
+            added += database.changes
+        } while added > 0
         let dead = try statement("SELECT count(*), coalesce(sum(stored_length), 0) FROM chunks WHERE digest NOT IN (SELECT d FROM temp.gc_live)")
             .firstRow([]) { ($0.int(0), $0.int(1)) } ?? (0, 0)
         var live = [PackID: (count: Int, bytes: Int64)]()
@@ -79,10 +89,20 @@ extension Catalogue {
         var storedLength: Int64
     }
 
-    /// Every live delta frame of the sweep in progress (an index keeps this from scanning every chunk).
+    /// Every live delta frame of the sweep in progress that gc may store in full (an index keeps this from
+    /// scanning every chunk). Predicted frames are not among them: see ``livePredictionSources()``.
     func liveDeltas() throws -> [LiveDelta] {
-        try statement("SELECT digest, base, stored_length FROM chunks WHERE base IS NOT NULL AND digest IN (SELECT d FROM temp.gc_live)")
+        try statement("SELECT digest, base, stored_length FROM chunks WHERE base IS NOT NULL AND encoding != \(FrameEncoding.predictedPlanes.rawValue) AND digest IN (SELECT d FROM temp.gc_live)")
             .rows([]) { LiveDelta(digest: try $0.digest(0), base: try $0.digest(1), storedLength: $0.int(2)) }
+    }
+
+    /// The bases and inputs of the live predicted frames of the sweep in progress. gc does not re-encode
+    /// predicted frames, so these stay as long as the frames do, as if a checkpoint named them.
+    func livePredictionSources() throws -> Set<ChunkDigest> {
+        let bases = try statement("SELECT base FROM chunks WHERE base IS NOT NULL AND encoding = \(FrameEncoding.predictedPlanes.rawValue) AND digest IN (SELECT d FROM temp.gc_live)")
+            .rows([]) { try $0.digest(0) }
+        let inputs = try statement("SELECT input FROM chunk_inputs WHERE digest IN (SELECT d FROM temp.gc_live)").rows([]) { try $0.digest(0) }
+        return Set(bases + inputs)
     }
 
     /// Whether a checkpoint of the sweep in progress names `digest` itself (not only as a delta base).
@@ -149,6 +169,7 @@ extension Catalogue {
               AND digest NOT IN (SELECT digest FROM shard_chunks)
               AND digest NOT IN (SELECT digest FROM chunk_holds)
               AND digest NOT IN (SELECT base FROM chunks WHERE base IS NOT NULL)
+              AND digest NOT IN (SELECT input FROM chunk_inputs)
             """)
         let pack = try statement("DELETE FROM packs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack_id = ?)")
         for id in packs {

@@ -15,8 +15,8 @@ extension Catalogue {
     func insertRemoteIndex(_ remote: String, name: String, index: RemoteIndex) throws {
         try statement("INSERT OR IGNORE INTO remote_indexes (remote, name) VALUES (?, ?)").run([.text(remote), .text(name)])
         let insert = try statement("""
-            INSERT OR IGNORE INTO remote_frames (remote, digest, index_name, pack, offset, stored_length, raw_length, encoding, kind, base)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT OR IGNORE INTO remote_frames (remote, digest, index_name, pack, offset, stored_length, raw_length, encoding, kind, base, inputs)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         for pack in index.packs {
             for frame in pack.frames {
@@ -24,6 +24,7 @@ extension Catalogue {
                     .text(remote), .blob(frame.digest.bytes), .text(name), .text(pack.name), .integer(frame.offset),
                     .integer(Int64(frame.storedLength)), .integer(Int64(frame.rawLength)), .integer(Int64(frame.encoding)),
                     .integer(Int64(frame.kind)), frame.base.map { .blob($0.bytes) } ?? .null,
+                    frame.inputs.isEmpty ? .null : .blob(frame.inputs.flatMap(\.bytes)),
                 ])
             }
         }
@@ -44,17 +45,25 @@ extension Catalogue {
     /// copy the cache remembers from an index a remote gc may have deleted since).
     func remoteFrame(_ remote: String, _ digest: ChunkDigest, in indexes: Set<String>? = nil) throws -> RemoteFrameRow? {
         let rows = try statement("""
-            SELECT index_name, pack, offset, stored_length, raw_length, encoding, kind, base FROM remote_frames
+            SELECT index_name, pack, offset, stored_length, raw_length, encoding, kind, base, inputs FROM remote_frames
             WHERE remote = ? AND digest = ? ORDER BY index_name LIKE 'pending:%', index_name
             """).rows([.text(remote), .blob(digest.bytes)]) { (row) throws in
                 RemoteFrameRow(
                     frame: RemoteFrame(digest: digest, offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
                                        encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
-                                       base: row.isNull(7) ? nil : try row.digest(7)),
+                                       base: row.isNull(7) ? nil : try row.digest(7), inputs: try Self.digestList(row, 8)),
                     index: row.text(0), pack: row.text(1))
             }
         guard let indexes else { return rows.first }
         return rows.first { indexes.contains($0.index) }
+    }
+
+    /// A column of concatenated digests (a remote frame's inputs); empty when null.
+    static func digestList(_ row: SQLiteStatement, _ column: Int32) throws -> [ChunkDigest] {
+        guard !row.isNull(column) else { return [] }
+        let bytes = row.blob(column)
+        guard bytes.count % 32 == 0 else { throw CKStoreError(.catalogue, "catalogue holds a malformed list of frame inputs; run `ckstore repair`") }
+        return bytes.withUnsafeBytes { raw in stride(from: 0, to: bytes.count, by: 32).map { ChunkDigest(loading: UnsafeRawBufferPointer(rebasing: raw[$0..<($0 + 32)])) } }
     }
 
     func remoteCommitBodies(_ remote: String) throws -> [(key: String, body: String)] {
@@ -101,12 +110,12 @@ extension Catalogue {
     func remoteFrames(_ remote: String, index: String) throws -> [String: [RemoteFrame]] {
         var out = [String: [RemoteFrame]]()
         let rows = try statement("""
-            SELECT digest, pack, offset, stored_length, raw_length, encoding, kind, base FROM remote_frames
+            SELECT digest, pack, offset, stored_length, raw_length, encoding, kind, base, inputs FROM remote_frames
             WHERE remote = ? AND index_name = ? ORDER BY pack, offset
             """).rows([.text(remote), .text(index)]) { (row) throws in
                 (row.text(1), RemoteFrame(digest: try row.digest(0), offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
                                           encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
-                                          base: row.isNull(7) ? nil : try row.digest(7)))
+                                          base: row.isNull(7) ? nil : try row.digest(7), inputs: try Self.digestList(row, 8)))
             }
         for (pack, frame) in rows { out[pack, default: []].append(frame) }
         return out

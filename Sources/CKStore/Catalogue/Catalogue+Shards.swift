@@ -53,7 +53,7 @@ extension Catalogue {
     /// restore that follows it.
     func holdChunks(withBases digests: some Sequence<ChunkDigest>, until expiry: Double) throws {
         let hold = try statement("INSERT INTO chunk_holds (digest, expires_at) VALUES (?, ?) ON CONFLICT(digest) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)")
-        let base = try statement("SELECT base FROM chunks WHERE digest = ? AND base IS NOT NULL")
+        let base = try statement(Self.prerequisitesQuery)
         var held = Set<ChunkDigest>()
         var frontier = Array(digests)
         while let digest = frontier.popLast() {

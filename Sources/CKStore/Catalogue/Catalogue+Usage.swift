@@ -52,6 +52,13 @@ extension Catalogue {
         }
     }
 
+    /// Calls `body` for every input a frame names besides its base (predicted frames only).
+    func forEachInput(_ body: (ChunkDigest, ChunkDigest) throws -> Void) throws {
+        for (digest, input) in try statement("SELECT digest, input FROM chunk_inputs").rows([], { (try $0.digest(0), try $0.digest(1)) }) {
+            try body(digest, input)
+        }
+    }
+
     /// Calls `body` for every (checkpoint, chunk) reference, in primary-key order: one checkpoint's
     /// references come one after another.
     func forEachReference(_ body: (CheckpointID, ChunkDigest) throws -> Void) throws {

@@ -46,7 +46,7 @@ extension Catalogue {
         }
         // Delta bases of the chunks needed are needed too, transitively.
         var frontier = Array(out)
-        let base = try statement("SELECT base FROM chunks WHERE digest = ? AND base IS NOT NULL")
+        let base = try statement(Self.prerequisitesQuery)
         while let digest = frontier.popLast() {
             for next in try base.rows([.blob(digest.bytes)], { try $0.digest(0) }) where out.insert(next).inserted {
                 frontier.append(next)

@@ -143,7 +143,19 @@ final class Catalogue {
                 .integer(Int64(header.rawLength)), .integer(Int64(header.encoding.rawValue)), .integer(Int64(header.kind.rawValue)),
                 header.base.map { .blob($0.bytes) } ?? .null,
             ])
-        return database.changes > 0
+        guard database.changes > 0 else { return false }
+        for input in header.inputs {
+            try statement("INSERT OR IGNORE INTO chunk_inputs (digest, input) VALUES (?, ?)").run([.blob(header.digest.bytes), .blob(input.bytes)])
+        }
+        return true
+    }
+
+    /// The chunks that decoding chunk `?1` reads directly: its base and its inputs.
+    static let prerequisitesQuery = "SELECT base FROM chunks WHERE digest = ?1 AND base IS NOT NULL UNION ALL SELECT input FROM chunk_inputs WHERE digest = ?1"
+
+    /// The inputs a chunk's frame names besides its base (predicted frames only).
+    func inputs(of digest: ChunkDigest) throws -> [ChunkDigest] {
+        try statement("SELECT input FROM chunk_inputs WHERE digest = ?").rows([.blob(digest.bytes)]) { try $0.digest(0) }
     }
 
     /// Where a chunk and its bases are, down to its full frame or `limit + 1` frames, whichever is first.

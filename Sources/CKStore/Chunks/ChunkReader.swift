@@ -50,10 +50,22 @@ final class ChunkReader: Sendable {
     /// every bit of its bases too (a wrong base bit is a wrong output bit), so they need no check of their
     /// own; with `.checksums`, every frame of the chain is checked.
     func decode(at location: ChunkLocation, checks: ChunkChecks = .all, hops: Int = 0) throws -> ChunkBytes {
+        try decode(at: location, checks: checks, hops: hops, memo: nil)
+    }
+
+    /// The frames a predicted frame's tree of bases and inputs decodes, each once: the tree of a predicted
+    /// chunk at depth 3 names its parents' moments several times over.
+    private final class DecodeMemo {
+        var bytes = [ChunkDigest: ChunkBytes]()
+    }
+
+    private func decode(at location: ChunkLocation, checks: ChunkChecks, hops: Int, memo known: DecodeMemo?) throws -> ChunkBytes {
+        if let known, let bytes = known.bytes[location.digest] { return bytes }
         let reader = try packs.reader(for: location.pack)
         counter?.add()
         let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checks.contains(.checksums))
         let codec = FrameCodec(level: .default, contexts: contexts)
+        let memo = known ?? (header.encoding.hasInputs ? DecodeMemo() : nil)
         let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
             guard let base = header.base else { throw CKStoreError(.damaged, "chunk \(location.digest) is a delta frame without a base") }
             guard hops < Self.hardChainLimit else {
@@ -62,12 +74,22 @@ final class ChunkReader: Sendable {
             guard let baseLocation = try index.location(of: base) else {
                 throw CKStoreError(.damaged, "chunk \(location.digest) is a delta against chunk \(base), which is not in the store")
             }
-            return try decode(at: baseLocation, checks: checks.subtracting(.digest), hops: hops + 1)
+            return try decode(at: baseLocation, checks: checks.subtracting(.digest), hops: hops + 1, memo: memo)
+        } input: { input in
+            // An input, like a base, needs no digest check of its own when the output's is checked.
+            guard hops < Self.hardChainLimit else {
+                throw CKStoreError(.damaged, "chunk \(location.digest): its chain of bases and inputs is longer than \(Self.hardChainLimit) frames (a cycle?)")
+            }
+            guard let inputLocation = try index.location(of: input) else {
+                throw CKStoreError(.damaged, "chunk \(location.digest) is predicted from chunk \(input), which is not in the store")
+            }
+            return try decode(at: inputLocation, checks: checks.subtracting(.digest), hops: hops + 1, memo: memo)
         }
         if header.encoding != .raw { payload.releaseMapping() }
         guard !checks.contains(.digest) || bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == location.digest else {
             throw CKStoreError(.damaged, "chunk \(location.digest) in pack \(location.pack) decodes to bytes with a different SHA-256")
         }
+        if hops > 0 { memo?.bytes[location.digest] = bytes }
         return bytes
     }
 }

@@ -18,11 +18,22 @@ final class ZstdCompressor: @unchecked Sendable {
     deinit { ZSTD_freeCCtx(context) }
 
     /// Compresses `input` at `level`; returns the compressed bytes.
-    func compress(_ input: UnsafeRawBufferPointer, level: CompressionLevel) throws -> [UInt8] {
+    ///
+    /// - Parameter minimumMatch: the shortest match zstd looks for (`ZSTD_c_minMatch`, 3…7); nil for the
+    ///   level's own. Byte planes of floats hold no real repeats, and the 4- and 5-byte matches zstd finds
+    ///   in them by chance cost more than the literals they replace: at 7, zstd codes such a plane almost
+    ///   as Huffman-coded literals alone, which is what it is.
+    func compress(_ input: UnsafeRawBufferPointer, level: CompressionLevel, minimumMatch: Int32? = nil) throws -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
         var failure: Int?
+        for (parameter, value) in [(ZSTD_c_compressionLevel, level.rawValue), (ZSTD_c_minMatch, minimumMatch ?? 0)] {
+            let result = ZSTD_CCtx_setParameter(context, parameter, value)
+            if ZSTD_isError(result) != 0 {
+                throw CKStoreError(.compression, "zstd: cannot set parameter \(parameter.rawValue) to \(value): \(String(cString: ZSTD_getErrorName(result)))")
+            }
+        }
         let output = [UInt8](unsafeUninitializedCapacity: bound) { out, initialized in
-            let written = ZSTD_compressCCtx(context, out.baseAddress, out.count, input.baseAddress, input.count, level.rawValue)
+            let written = ZSTD_compress2(context, out.baseAddress, out.count, input.baseAddress, input.count)
             if ZSTD_isError(written) != 0 {
                 failure = written
                 initialized = 0

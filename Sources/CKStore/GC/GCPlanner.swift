@@ -234,8 +234,10 @@ struct SweepView: Sendable {
         for delta in try catalogue.liveDeltas() { deltas[delta.digest] = delta }
         direct = []
         frames = [:]
+        // What live predicted frames decode from stays: to re-encoding it is as good as named directly.
+        let pinned = try catalogue.livePredictionSources()
         for digest in Set(deltas.keys).union(deltas.values.map(\.base)) {
-            if try catalogue.isDirectlyReferenced(digest) { direct.insert(digest) }
+            if try pinned.contains(digest) || catalogue.isDirectlyReferenced(digest) { direct.insert(digest) }
             if let location = try catalogue.location(of: digest) { frames[digest] = location }
         }
     }

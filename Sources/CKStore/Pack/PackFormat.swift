@@ -68,7 +68,10 @@ struct FrameHeader: Sendable, Equatable {
     var digest: ChunkDigest
     var base: ChunkDigest?
     var checksum: UInt64
-
+    /// The chunks besides the base that decoding reads (``FrameEncoding/hasInputs``). Not part of the 96
+    /// header bytes: they open the payload, and the pack parser reads them from there
+    /// (``attachInputs(payload:pack:offset:)``), so every header a parser returns has them.
+    var inputs: [ChunkDigest] = []
 
     /// Builds the header for a payload and computes its checksum.
     init(kind: FrameKind, chunk: EncodedChunk) {
@@ -78,8 +81,19 @@ struct FrameHeader: Sendable, Equatable {
         self.storedLength = chunk.payload.count
         self.digest = chunk.digest
         self.base = chunk.base
+        self.inputs = chunk.inputs
         self.checksum = 0
         self.checksum = chunk.payload.withUnsafeBytes { Self.checksum(prefix: serializedPrefix(), payload: $0) }
+    }
+
+    /// Reads the inputs a frame of this header's encoding names at the start of its payload.
+    mutating func attachInputs(payload: UnsafeRawBufferPointer, pack: String, offset: Int64) throws {
+        guard encoding.hasInputs else { return }
+        do {
+            inputs = try WeightPrediction(parsing: payload).inputs
+        } catch let error as CKStoreError {
+            throw CKStoreError(.damaged, "pack \(pack): frame at offset \(offset): \(error.message)")
+        }
     }
 
     static func checksum(prefix: [UInt8], payload: UnsafeRawBufferPointer) -> UInt64 {

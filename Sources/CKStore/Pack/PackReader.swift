@@ -66,7 +66,7 @@ struct PackParser {
         if prepare, let base = UnsafeRawBufferPointer(rebasing: bytes[start..<payload.upperBound]).baseAddress {
             system_madvise_populate(base, headerSize + storedLength)
         }
-        let header = try FrameHeader(parsing: UnsafeRawBufferPointer(rebasing: bytes[start..<(start + headerSize)]), pack: name, offset: offset)
+        var header = try FrameHeader(parsing: UnsafeRawBufferPointer(rebasing: bytes[start..<(start + headerSize)]), pack: name, offset: offset)
         guard header.digest == expected, header.storedLength == storedLength else {
             throw damaged("frame at offset \(offset) holds \(header.digest), not chunk \(expected)")
         }
@@ -77,6 +77,7 @@ struct PackParser {
                 throw damaged("chunk \(expected) at offset \(offset) fails its checksum (stored bytes are damaged)")
             }
         }
+        try header.attachInputs(payload: UnsafeRawBufferPointer(rebasing: bytes[payload]), pack: name, offset: offset)
         return (header, payload)
     }
 
@@ -102,11 +103,13 @@ struct PackParser {
         for index in 0..<Int(count) {
             let base = index * PackFormat.trailerEntrySize
             let offset = Int64(trailer.loadLittleEndian(UInt64.self, at: base))
-            let header = try FrameHeader(parsing: UnsafeRawBufferPointer(rebasing: trailer[(base + 8)..<(base + PackFormat.trailerEntrySize)]), pack: name, offset: offset)
+            var header = try FrameHeader(parsing: UnsafeRawBufferPointer(rebasing: trailer[(base + 8)..<(base + PackFormat.trailerEntrySize)]), pack: name, offset: offset)
             guard offset >= Int64(PackFormat.headerSize), offset <= Int64(trailerOffset),
                   Int64(trailerOffset) - offset >= Int64(PackFormat.frameHeaderSize + header.storedLength) else {
                 throw damaged("trailer lists a frame at \(offset) outside the frame area")
             }
+            let payloadStart = Int(offset) + PackFormat.frameHeaderSize
+            try header.attachInputs(payload: UnsafeRawBufferPointer(rebasing: bytes[payloadStart..<(payloadStart + header.storedLength)]), pack: name, offset: offset)
             frames.append(.init(offset: offset, header: header))
         }
         return frames
@@ -139,11 +142,12 @@ struct PackParser {
         let magic = PackFormat.frameMagic
         while offset + PackFormat.frameHeaderSize <= end {
             var failure: String?
-            if let header = try? FrameHeader(parsing: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + PackFormat.frameHeaderSize)]), pack: name, offset: Int64(offset)) {
+            if var header = try? FrameHeader(parsing: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + PackFormat.frameHeaderSize)]), pack: name, offset: Int64(offset)) {
                 let payloadEnd = offset + PackFormat.frameHeaderSize + header.storedLength
                 if payloadEnd <= end {
-                    let checksum = FrameHeader.checksum(prefix: Array(bytes[offset..<(offset + 88)]), payload: UnsafeRawBufferPointer(rebasing: bytes[(offset + PackFormat.frameHeaderSize)..<payloadEnd]))
-                    if checksum == header.checksum {
+                    let payload = UnsafeRawBufferPointer(rebasing: bytes[(offset + PackFormat.frameHeaderSize)..<payloadEnd])
+                    let checksum = FrameHeader.checksum(prefix: Array(bytes[offset..<(offset + 88)]), payload: payload)
+                    if checksum == header.checksum, (try? header.attachInputs(payload: payload, pack: name, offset: Int64(offset))) != nil {
                         walk.frames.append(.init(offset: Int64(offset), header: header))
                         offset = payloadEnd
                         continue

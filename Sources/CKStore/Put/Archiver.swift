@@ -130,6 +130,8 @@ final class Archiver: @unchecked Sendable {
     private let codec: FrameCodec
     private let tensorEncoder: TensorEncoder
     let maxBytesInFlight: Int
+    /// Whether weight chunks may be predicted from the optimizer's moments (``StoreSettings/predictWeights``).
+    let predictsWeights: Bool
     /// Digests this put has claimed for writing, shared with the workers (see ``ChunkClaims``).
     private let claims = ChunkClaims()
     private var sealed = [SealedPack]()
@@ -164,6 +166,7 @@ final class Archiver: @unchecked Sendable {
         try StoreSettings.checkDeltaDepth(maxDepth)
         self.tensorEncoder = TensorEncoder(index: index, reader: reader, codec: codec, maxDepth: maxDepth, parent: parent)
         self.maxBytesInFlight = max(2, options.maxBytesInFlight)
+        self.predictsWeights = settings.predictWeights && maxDepth > 0
     }
 
     /// What a worker did with one chunk.
@@ -199,10 +202,10 @@ final class Archiver: @unchecked Sendable {
     /// Each byte is hashed once, as part of its chunk: the file's digest is computed over the chunk
     /// digests (``FileEntry/chunkListDigest(_:)``) instead of by a second, serial SHA-256 pass over the
     /// whole file, which bounded puts on many cores (docs/design.md, "Put on many cores").
-    func store(_ file: any PutSource, path: String, mode: UInt32, bytesInFlight maxBytesInFlight: Int) async throws -> StoredFile {
+    func store(_ file: any PutSource, path: String, mode: UInt32, bytesInFlight maxBytesInFlight: Int, layout known: (FileLayout, warning: String?)? = nil) async throws -> StoredFile {
         let identity = try file.identity()
         let size = try identity?.size ?? file.size()
-        let (layout, warning) = FormatDetector.layout(of: file, path: path, size: size, dcpNames: dcpItemNames[path])
+        let (layout, warning) = known ?? FormatDetector.layout(of: file, path: path, size: size, dcpNames: dcpItemNames[path])
         var cursor = FileCursor(file: file, path: path, layout: layout, size: size)
         var chunks = [ChunkRef?]()
         var newChunks = 0
@@ -281,6 +284,11 @@ final class Archiver: @unchecked Sendable {
         return StoredFile(entry: entry, warning: warning, newChunks: newChunks, reused: reused)
     }
 
+    /// Lets the weight chunks stored from now on be predicted from `sources`.
+    func predictWeights(from sources: PredictionSources?) {
+        tensorEncoder.predict(from: sources)
+    }
+
     private func append(_ chunk: EncodedChunk, kind: FrameKind) throws {
         try sink.append(chunk, kind: kind)
         hasNewFrames = true
@@ -307,15 +315,16 @@ final class Archiver: @unchecked Sendable {
                         missing.append(digest)
                     }
                     if !missing.isEmpty { return nil }
-                    // A new delta frame needs its base (I-4); a concurrent gc could have taken it with the
-                    // parent checkpoint. The frames are written already, so the put cannot go on.
-                    for base in tensorEncoder.bases.withLock({ $0 }) where try !catalogue.containsChunk(base) {
-                        throw CKStoreError(.conflict, "the parent checkpoint's chunk \(base), which new delta frames are based on, was removed by a concurrent garbage collection; nothing was committed, put again")
-                    }
                     var added: Int64 = 0
                     let now = Date().timeIntervalSince1970
                     for pack in sealed {
                         added += try catalogue.insert(pack: pack, now: now)
+                    }
+                    // A new delta frame needs its base and inputs (I-4), which are this put's own frames or
+                    // the parent's; a concurrent gc could have taken the parent's. The frames are written
+                    // already, so the put cannot go on (throwing rolls the inserts back).
+                    for base in tensorEncoder.bases.withLock({ $0 }) where try !catalogue.containsChunk(base) {
+                        throw CKStoreError(.conflict, "the parent checkpoint's chunk \(base), which new delta frames are based on, was removed by a concurrent garbage collection; nothing was committed, put again")
                     }
                     bytesAdded = added
                     return try record(catalogue, added)
@@ -431,26 +440,57 @@ extension Archiver {
         let order = regular.sorted { (sizes[$0], $1) > (sizes[$1], $0) }
         trace.mark("parent read, \(regular.count) files to store")
         let perFile = max(1, session.maxBytesInFlight / 2)
-        try await withThrowingTaskGroup(of: (Int, StoredFile).self) { group in
-            var next = 0
-            func start() {
-                let index = order[next], input = inputs[index]
-                next += 1
-                group.addTask {
-                    switch input.content {
-                    case .file(let source): (index, try await session.store(SharedFile(path: source), path: input.path, mode: input.mode, bytesInFlight: perFile))
-                    case .memory(let file): (index, try await session.store(file, path: input.path, mode: input.mode, bytesInFlight: perFile))
-                    case .symlink: throw CKStoreError(.internalInvariant, "a link reached the file pipeline")
-                    }
+        func source(_ index: Int) throws -> any PutSource {
+            switch inputs[index].content {
+            case .file(let path): return try SharedFile(path: path)
+            case .memory(let file): return file
+            case .symlink: throw CKStoreError(.internalInvariant, "a link reached the file pipeline")
+            }
+        }
+        // With a parent to predict from, the optimizer's files go first: the weights are predicted from
+        // the moments they store (``PredictionSources``). Their layouts are read here, once.
+        var sources = [Int: any PutSource]()
+        var layouts = [Int: (FileLayout, warning: String?)]()
+        var optimizerFirst = [Int]()
+        if session.predictsWeights, parentManifest?.files.contains(where: { $0.optimizer != nil }) == true {
+            for index in order where [".pt", ".bin"].contains(where: inputs[index].path.lowercased().hasSuffix) {
+                let source = try source(index)
+                let layout = FormatDetector.layout(of: source, path: inputs[index].path, size: sizes[index], dcpNames: session.dcpItemNames[inputs[index].path])
+                layouts[index] = layout
+                if layout.0.optimizer != nil {
+                    optimizerFirst.append(index)
+                    sources[index] = source
                 }
             }
-            while next < regular.count && next < 2 { start() }
-            while let (index, file) = try await group.next() {
-                storedFiles[index] = file
-                session.record(file)
-                trace.mark("chunks of \(file.entry.path) stored")
-                if next < regular.count { start() }
+        }
+        func storeFiles(_ order: [Int]) async throws {
+            try await withThrowingTaskGroup(of: (Int, StoredFile).self) { group in
+                var next = 0
+                func start() {
+                    let index = order[next], input = inputs[index], layout = layouts[index], opened = sources[index]
+                    next += 1
+                    group.addTask {
+                        (index, try await session.store(try opened ?? source(index), path: input.path, mode: input.mode, bytesInFlight: perFile, layout: layout))
+                    }
+                }
+                while next < order.count && next < 2 { start() }
+                while let (index, file) = try await group.next() {
+                    storedFiles[index] = file
+                    session.record(file)
+                    trace.mark("chunks of \(file.entry.path) stored")
+                    if next < order.count { start() }
+                }
             }
+        }
+        if optimizerFirst.isEmpty {
+            try await storeFiles(order)
+        } else {
+            try await storeFiles(optimizerFirst)
+            let stored = optimizerFirst.compactMap { storedFiles[$0]?.entry }
+            var byPath = [String: any PutSource]()
+            for index in optimizerFirst { byPath[inputs[index].path] = sources[index] }
+            session.predictWeights(from: PredictionSources(stored: stored, sources: byPath, parent: parentManifest))
+            try await storeFiles(order.filter { !optimizerFirst.contains($0) })
         }
         for index in regular {
             guard let file = storedFiles[index] else { continue }

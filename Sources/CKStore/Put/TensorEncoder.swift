@@ -52,8 +52,17 @@ final class TensorEncoder: Sendable {
     /// The parent checkpoint's tensors by file path and tensor name.
     private let parent: [String: [String: ParentTensor]]
     private let hints = Mutex<[String: Hint]>([:])
-    /// The bases the frames of this put name; the commit checks they are still there.
+    /// The bases and inputs the frames of this put name; the commit checks they are all there.
     let bases = Mutex<Set<ChunkDigest>>([])
+    /// What weights may be predicted from; set once the optimizer's files are stored.
+    private let predictions = Mutex<PredictionSources?>(nil)
+    /// The chunks this put stored as predicted frames and the inputs they name: no predicted frame may
+    /// be another's input, so that no two frames can need each other.
+    private let predictionUse = Mutex<(predicted: Set<ChunkDigest>, inputs: Set<ChunkDigest>)>(([], []))
+    /// Per weight tensor, the optimizer parameter its last chunk was predicted from.
+    private let matches = Mutex<[String: Int]>([:])
+    /// Per weight tensor, whether its last chunk compared was smallest predicted, and chunks since.
+    private let predictionWins = Mutex<[String: (won: Bool, since: Int)]>([:])
 
     /// An encoder that finds delta bases through `index` and reads them with `reader`.
     init(index: ChunkIndex, reader: ChunkReader, codec: FrameCodec, maxDepth: Int, parent: Manifest?) {
@@ -98,11 +107,40 @@ final class TensorEncoder: Sendable {
         }
     }
 
-    /// Encodes one new chunk of a tensor.
+    /// Lets the chunks encoded from now on be predicted from `sources`.
+    func predict(from sources: PredictionSources?) {
+        predictions.withLock { $0 = sources }
+    }
+
+    /// Encodes one new chunk of a tensor: as ``encodeWithoutPrediction(_:digest:place:)`` would, or as a
+    /// predicted frame when that is smaller.
     func encode(_ bytes: [UInt8], digest: ChunkDigest, place: TensorPlace) throws -> EncodedChunk {
+        guard let sources = predictions.withLock({ $0 }) else { return try encodeWithoutPrediction(bytes, digest: digest, place: place).chunk }
+        // Once prediction has won for a tensor, its chunks are predicted without encoding them any other
+        // way first, but for one in `probeInterval`.
+        let tensorKey = place.file + "\u{0}" + place.tensor
+        let known = predictionWins.withLock { wins -> Bool in
+            let (won, since) = wins[tensorKey] ?? (false, 0)
+            wins[tensorKey] = (won, since + 1)
+            return won && since % Self.probeInterval != Self.probeInterval - 1
+        }
+        if known, let predicted = try encodePredicted(bytes, digest: digest, place: place, parent: nil, sources: sources, toBeat: bytes.count) {
+            return predicted
+        }
+        let (chosen, parent) = try encodeWithoutPrediction(bytes, digest: digest, place: place)
+        let predicted = chosen.payload.count > bytes.count / 8
+            ? try encodePredicted(bytes, digest: digest, place: place, parent: parent, sources: sources, toBeat: chosen.payload.count) : nil
+        predictionWins.withLock { $0[tensorKey, default: (false, 0)].won = predicted != nil }
+        return predicted ?? chosen
+    }
+
+    /// Encodes one new chunk of a tensor as byte planes, a difference or raw.
+    ///
+    /// - Returns: the frame, and the decoded delta base when it was read.
+    private func encodeWithoutPrediction(_ bytes: [UInt8], digest: ChunkDigest, place: TensorPlace) throws -> (chunk: EncodedChunk, base: ChunkBytes?) {
         let width = place.elementWidth
         guard ByteGrouping.widths.contains(width), bytes.count >= 2 * width else {
-            return try codec.encode(bytes, digest: digest)
+            return (try codec.encode(bytes, digest: digest), nil)
         }
         // What this tensor showed so far; for a tensor not seen yet, what the other tensors of its file
         // with the same element width showed (its first chunk tries everything anyway). Chunks of one
@@ -118,11 +156,13 @@ final class TensorEncoder: Sendable {
         let allPlanes = Array(repeating: true, count: width)
 
         var delta: (payload: [UInt8], outcome: PlaneOutcome, base: ChunkDigest)?
+        var decodedBase: ChunkBytes?
         if probing || hint.deltaWins == true, let base = baseChunk(for: place, length: bytes.count), base.digest != digest,
            // A base already `maxDepth` deep is not used (this chunk becomes a keyframe); the depth comes
            // from the catalogue, so such a base is not decoded for nothing.
            try baseDepth(base.digest).map({ $0 < maxDepth }) == true,
            let decoded = try loadBase(base.digest) {
+            decodedBase = decoded
             let encoded = try decoded.withUnsafeBytes { base in
                 try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: base, delta: .difference, width: width, tryCompressing: probing ? allPlanes : hint.compressDeltaPlanes) }
             }
@@ -154,13 +194,121 @@ final class TensorEncoder: Sendable {
         let rawLimit = Double(bytes.count) * (1 - FrameCodec.minimumSaving)
         if let delta, delta.payload.count + (full == nil ? 0 : margin) < full?.payload.count ?? .max, Double(delta.payload.count) <= rawLimit {
             bases.withLock { _ = $0.insert(delta.base) }
-            return EncodedChunk(digest: digest, encoding: .differencePlanes, rawLength: bytes.count, payload: delta.payload, base: delta.base)
+            return (EncodedChunk(digest: digest, encoding: .differencePlanes, rawLength: bytes.count, payload: delta.payload, base: delta.base), decodedBase)
         }
         if let full, Double(full.payload.count) <= rawLimit {
-            return EncodedChunk(digest: digest, encoding: .planes, rawLength: bytes.count, payload: full.payload)
+            return (EncodedChunk(digest: digest, encoding: .planes, rawLength: bytes.count, payload: full.payload), decodedBase)
         }
-        return EncodedChunk(digest: digest, encoding: .raw, rawLength: bytes.count, payload: bytes)
+        return (EncodedChunk(digest: digest, encoding: .raw, rawLength: bytes.count, payload: bytes), decodedBase)
     }
+
+    /// The chunk as a predicted frame (``WeightPrediction``), when it is an fp32 weight chunk with a base
+    /// in the parent, a parameter's moments match its change, and the frame is smaller than `size` by the
+    /// margin a delta must win by. Nil otherwise.
+    ///
+    /// - Parameter known: the base chunk's bytes when the caller decoded them already.
+    private func encodePredicted(_ bytes: [UInt8], digest: ChunkDigest, place: TensorPlace, parent known: ChunkBytes?, sources: PredictionSources, toBeat size: Int) throws -> EncodedChunk? {
+        guard place.elementWidth == 4, place.dtype == DType(safetensorsName: "F32"), bytes.count % 4 == 0,
+              !sources.optimizerFiles.contains(place.file), let shape = place.shape, let candidates = sources.byShape[shape],
+              let base = baseChunk(for: place, length: bytes.count), base.digest != digest,
+              try baseDepth(base.digest).map({ $0 < maxDepth }) == true,
+              let parent = try known ?? loadBase(base.digest) else { return nil }
+        let usable = candidates.filter { candidate in
+            [candidate.average.chunks, candidate.averageSquare.chunks, candidate.parentAverage, candidate.parentAverageSquare].allSatisfy {
+                place.index < $0.count && $0[place.index].length == bytes.count
+            }
+        }
+        let tensorKey = place.file + "\u{0}" + place.tensor
+        guard let match = try bestMatch(bytes, parent: parent, place: place, candidates: usable, previous: matches.withLock { $0[tensorKey] }) else { return nil }
+        matches.withLock { $0[tensorKey] = match.param }
+
+        // This checkpoint's moments are read again from the file they were stored from, and must still
+        // be the bytes stored: the prediction is decoded from the stored ones.
+        let index = place.index
+        let current = try [match.average, match.averageSquare].map { (tensor) throws -> [UInt8]? in
+            let chunk = tensor.chunks[index]
+            let read = try tensor.source.read(count: chunk.length, at: tensor.offset(ofChunk: index))
+            return SHA256Hasher.digest(read) == chunk.digest ? read : nil
+        }
+        guard let average = current[0], let square = current[1],
+              let parentAverage = try loadBase(match.parentAverage[index].digest),
+              let parentSquare = try loadBase(match.parentAverageSquare[index].digest) else { return nil }
+        let inputs = [match.average.chunks[index].digest, match.averageSquare.chunks[index].digest,
+                      match.parentAverage[index].digest, match.parentAverageSquare[index].digest]
+        guard !inputs.contains(digest) else { return nil }
+        let moments = [ChunkBytes(average), ChunkBytes(square), parentAverage, parentSquare]
+        let payload = try bytes.withUnsafeBytes { weights in
+            try parent.withUnsafeBytes { parent in
+                try FrameCodec.withUnsafeBytes(of: moments) { moments -> [UInt8]? in
+                    guard let (a, b, c) = WeightPrediction.fit(count: bytes.count / 4, weights: weights.baseAddress!, parent: parent.baseAddress!,
+                                                              moments: moments.map { $0.baseAddress! }, scale: match.scale,
+                                                              parentScale: match.parentScale, epsilon: match.epsilon) else { return nil }
+                    let prediction = WeightPrediction(inputs: inputs, scale: match.scale, parentScale: match.parentScale, epsilon: match.epsilon, a: a, b: b, c: c)
+                    return try codec.encodePredicted(weights, parent: parent, moments: moments, prediction: prediction, tryCompressing: Array(repeating: true, count: 4)).payload
+                }
+            }
+        }
+        let margin = Int(Double(bytes.count) * FrameCodec.minimumSaving)
+        guard let payload, payload.count + margin < size else { return nil }
+        // No frame of this put may be both predicted and an input of a predicted frame.
+        let allowed = predictionUse.withLock { use in
+            guard !use.inputs.contains(digest), !inputs.contains(where: use.predicted.contains) else { return false }
+            use.predicted.insert(digest)
+            use.inputs.formUnion(inputs)
+            return true
+        }
+        guard allowed else { return nil }
+        bases.withLock { $0.formUnion([base.digest] + inputs) }
+        return EncodedChunk(digest: digest, encoding: .predictedPlanes, rawLength: bytes.count, payload: payload, base: base.digest, inputs: inputs)
+    }
+
+    /// The candidate whose update `m/(√(v·s)+ε)` correlates best with the chunk's change from its parent
+    /// over its first elements, read from the optimizer file; the one `previous` names (the match of the
+    /// tensor's earlier chunks) is tried first and kept when it correlates well. Nil when none does.
+    private func bestMatch(_ bytes: [UInt8], parent: ChunkBytes, place: TensorPlace, candidates: [PredictionSources.Candidate], previous: Int?) throws -> PredictionSources.Candidate? {
+        let sample = min(bytes.count / 4, Self.matchSample)
+        guard sample > 0 else { return nil }
+        func score(_ candidate: PredictionSources.Candidate) throws -> Double {
+            let m = try candidate.average.source.read(count: sample * 4, at: candidate.average.offset(ofChunk: place.index))
+            let v = try candidate.averageSquare.source.read(count: sample * 4, at: candidate.averageSquare.offset(ofChunk: place.index))
+            var (product, changes, updates) = (0.0, 0.0, 0.0)
+            bytes.withUnsafeBytes { w in
+                parent.withUnsafeBytes { p in
+                    m.withUnsafeBytes { m in
+                        v.withUnsafeBytes { v in
+                            for element in 0..<sample {
+                                let offset = element * 4
+                                let change = Double(Float(bitPattern: w.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+                                    - Double(Float(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+                                let update = Double(WeightPrediction.update(Float(bitPattern: m.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
+                                                                            Float(bitPattern: v.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
+                                                                            scale: candidate.scale, epsilon: candidate.epsilon))
+                                guard change.isFinite, update.isFinite else { continue }
+                                product += change * update
+                                changes += change * change
+                                updates += update * update
+                            }
+                        }
+                    }
+                }
+            }
+            let denominator = (changes * updates).squareRoot()
+            return denominator > 0 ? abs(product) / denominator : 0
+        }
+        if let previous, let known = candidates.first(where: { $0.param == previous }), try score(known) >= Self.goodMatch { return known }
+        var best: (score: Double, candidate: PredictionSources.Candidate)?
+        for candidate in candidates {
+            let value = try score(candidate)
+            if value > best?.score ?? Self.poorMatch { best = (value, candidate) }
+        }
+        return best?.candidate
+    }
+
+    /// Elements of a chunk compared with each candidate's update to find its parameter.
+    static let matchSample = 4096
+    /// A correlation below this is no match; above `goodMatch`, the tensor's previous match is kept.
+    static let poorMatch = 0.1
+    static let goodMatch = 0.3
 
     /// The hint key of the tensors of one file and element width (tensor keys are `file NUL tensor`).
     private static func fileKey(_ file: String, width: Int) -> String {

@@ -88,6 +88,7 @@ struct Puller {
             }
             wanted.append(row)
             if let base = row.frame.base { frontier.append(base) }
+            frontier += row.frame.inputs
         }
         let meter = ProgressMeter("pull", total: wanted.reduce(0) { $0 + Int64($1.frame.range.count) }, handler: progress)
         let fetched = try await fetch(wanted, report: &report, meter: meter)
@@ -181,10 +182,21 @@ struct Puller {
     /// a base this store already had is read (and checked) from the local store.
     func verify(_ fetched: [FetchedFrame]) async throws {
         let fetchedDigests = Set(fetched.map(\.chunk.digest))
+        // Predicted frames, and the frames built on them, decode from several fetched frames: they are
+        // checked after the trees of single bases, each through ``checkPredicted``.
+        let byDigest = Dictionary(fetched.map { ($0.chunk.digest, $0) }, uniquingKeysWith: { first, _ in first })
+        var deferred = Set<ChunkDigest>()
+        func isDeferred(_ frame: FetchedFrame, depth: Int = 0) -> Bool {
+            if !frame.chunk.inputs.isEmpty { return true }
+            guard depth < ChunkReader.hardChainLimit, let base = frame.chunk.base, let parent = byDigest[base] else { return false }
+            return isDeferred(parent, depth: depth + 1)
+        }
         var children = [ChunkDigest: [FetchedFrame]]()
         var roots = [FetchedFrame]()
         for frame in fetched {
-            if let base = frame.chunk.base, fetchedDigests.contains(base) {
+            if isDeferred(frame) {
+                deferred.insert(frame.chunk.digest)
+            } else if let base = frame.chunk.base, fetchedDigests.contains(base) {
                 children[base, default: []].append(frame)
             } else {
                 roots.append(frame)
@@ -224,9 +236,48 @@ struct Puller {
             }
             return total
         }
-        guard checked == fetched.count else {
-            throw CKStoreError(.damaged, "remote \(remoteName): \(fetched.count - checked) fetched frames form a cycle of delta bases")
+        let checkedPredicted = try checkPredicted(deferred, fetched: byDigest, local: local)
+        guard checked + checkedPredicted == fetched.count else {
+            throw CKStoreError(.damaged, "remote \(remoteName): \(fetched.count - checked - checkedPredicted) fetched frames form a cycle of delta bases")
         }
+    }
+
+    /// Checks the fetched predicted frames and the frames built on them: each is decoded from its base and
+    /// inputs, fetched ones decoded (and checked) from memory on the way, the others read from the local
+    /// store. Returns how many frames it checked.
+    private func checkPredicted(_ digests: Set<ChunkDigest>, fetched: [ChunkDigest: FetchedFrame], local: ChunkReader) throws -> Int {
+        guard !digests.isEmpty else { return 0 }
+        let codec = FrameCodec(level: .default)
+        let remoteName = remote.name
+        // Decoded fetched frames that a predicted frame needs more than once stay for this check only.
+        var decoded = [ChunkDigest: ChunkBytes]()
+        func resolve(_ digest: ChunkDigest, hops: Int) throws -> ChunkBytes {
+            if let known = decoded[digest] { return known }
+            guard let frame = fetched[digest] else {
+                return try local.read(digest, checks: .all, what: "chunk \(digest), a base or input of a fetched chunk")
+            }
+            guard hops < ChunkReader.hardChainLimit else {
+                throw CKStoreError(.damaged, "remote \(remoteName): chunk \(digest): its chain of bases and inputs is longer than \(ChunkReader.hardChainLimit) frames (a cycle?)")
+            }
+            let chunk = frame.chunk
+            let bytes = try codec.decode(ChunkBytes(chunk.payload), encoding: chunk.encoding, rawLength: chunk.rawLength) {
+                guard let base = chunk.base else { throw CKStoreError(.damaged, "a delta frame names no base") }
+                return try resolve(base, hops: hops + 1)
+            } input: { try resolve($0, hops: hops + 1) }
+            guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == digest else {
+                throw CKStoreError(.damaged, "remote \(remoteName): chunk \(digest) does not decode to bytes with that SHA-256 (the pack object is damaged)")
+            }
+            // Only what predicted frames read is kept: their bases and inputs, not the frames themselves.
+            if !digests.contains(digest) || hops > 0 { decoded[digest] = bytes }
+            return bytes
+        }
+        for digest in digests.sorted() {
+            _ = try resolve(digest, hops: 0)
+            // Chains end with this frame; what it read is not needed by a later, unrelated frame often
+            // enough to keep it all in memory.
+            if decoded.count > 256 { decoded.removeAll(keepingCapacity: true) }
+        }
+        return digests.count
     }
 
     /// A frame fetched from the remote, checked against its checksum and the digest the index gave.
@@ -273,7 +324,7 @@ struct Puller {
                         return try request.frames.map { (frame) throws -> FetchedFrame in
                             let (header, payload) = try parser.frame(at: frame.offset - request.range.lowerBound, storedLength: frame.storedLength, expected: frame.digest, checkChecksum: true)
                             return FetchedFrame(
-                                chunk: EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: Array(buffer[payload]), base: header.base),
+                                chunk: EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: Array(buffer[payload]), base: header.base, inputs: header.inputs),
                                 kind: header.kind)
                         }
                     }

@@ -54,9 +54,35 @@ struct RemoteFrame: Codable, Sendable, Equatable {
     var encoding: UInt8
     var kind: UInt8
     var base: ChunkDigest?
+    /// What a predicted frame decodes from besides its base (absent from the JSON when empty).
+    var inputs: [ChunkDigest] = []
 
     enum CodingKeys: String, CodingKey {
-        case digest = "d", offset = "o", storedLength = "s", rawLength = "r", encoding = "e", kind = "k", base = "b"
+        case digest = "d", offset = "o", storedLength = "s", rawLength = "r", encoding = "e", kind = "k", base = "b", inputs = "i"
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        digest = try container.decode(ChunkDigest.self, forKey: .digest)
+        offset = try container.decode(Int64.self, forKey: .offset)
+        storedLength = try container.decode(Int.self, forKey: .storedLength)
+        rawLength = try container.decode(Int.self, forKey: .rawLength)
+        encoding = try container.decode(UInt8.self, forKey: .encoding)
+        kind = try container.decode(UInt8.self, forKey: .kind)
+        base = try container.decodeIfPresent(ChunkDigest.self, forKey: .base)
+        inputs = try container.decodeIfPresent([ChunkDigest].self, forKey: .inputs) ?? []
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(digest, forKey: .digest)
+        try container.encode(offset, forKey: .offset)
+        try container.encode(storedLength, forKey: .storedLength)
+        try container.encode(rawLength, forKey: .rawLength)
+        try container.encode(encoding, forKey: .encoding)
+        try container.encode(kind, forKey: .kind)
+        try container.encodeIfPresent(base, forKey: .base)
+        if !inputs.isEmpty { try container.encode(inputs, forKey: .inputs) }
     }
 
     init(_ header: FrameHeader, offset: Int64) {
@@ -67,9 +93,10 @@ struct RemoteFrame: Codable, Sendable, Equatable {
         self.encoding = header.encoding.rawValue
         self.kind = header.kind.rawValue
         self.base = header.base
+        self.inputs = header.inputs
     }
 
-    init(digest: ChunkDigest, offset: Int64, storedLength: Int, rawLength: Int, encoding: UInt8, kind: UInt8, base: ChunkDigest?) {
+    init(digest: ChunkDigest, offset: Int64, storedLength: Int, rawLength: Int, encoding: UInt8, kind: UInt8, base: ChunkDigest?, inputs: [ChunkDigest] = []) {
         self.digest = digest
         self.offset = offset
         self.storedLength = storedLength
@@ -77,6 +104,7 @@ struct RemoteFrame: Codable, Sendable, Equatable {
         self.encoding = encoding
         self.kind = kind
         self.base = base
+        self.inputs = inputs
     }
 
     /// The bytes of the frame in its pack, header included.

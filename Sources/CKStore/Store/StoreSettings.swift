@@ -7,6 +7,11 @@ public struct StoreSettings: Sendable, Equatable {
     /// deltas deep is stored in full (a "keyframe"). Restoring a chunk decodes at most this many frames
     /// beyond its keyframe. 0 turns deltas off.
     public var maxDeltaDepth: Int
+    /// Whether puts store fp32 weights as their difference from a prediction made from the parent's
+    /// weights and Adam's moments (``FrameEncoding/predictedPlanes``), where that is smaller. It stores the
+    /// weights of real fine-tuning checkpoints in about a tenth fewer bytes, and makes restoring them
+    /// decode the moments of every checkpoint down their delta chain: see docs/benchmarks.md.
+    public var predictWeights: Bool = false
 
     /// zstd level 1 and chains of at most 3 deltas, the choice `docs/benchmarks.md` measures: on byte
     /// planes level 1 stores slightly less than level 3 and is faster; chains of 3 store 1.3% less than
@@ -23,9 +28,10 @@ public struct StoreSettings: Sendable, Equatable {
         }
     }
 
-    public init(compressionLevel: CompressionLevel, maxDeltaDepth: Int) {
+    public init(compressionLevel: CompressionLevel, maxDeltaDepth: Int, predictWeights: Bool = false) {
         self.compressionLevel = compressionLevel
         self.maxDeltaDepth = maxDeltaDepth
+        self.predictWeights = predictWeights
     }
 }
 
