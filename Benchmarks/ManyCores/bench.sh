@@ -10,7 +10,8 @@
 # lib/libzstd.so.1 and lib/libsqlite3.so.0 (for ckstore alone), restic.gz (Debian's static binary).
 # Environment: OUT (results.txt goes there), CORES ("16 8 4 2 1"), PY (python3), SERIES_ARGS, and
 # SERIES_DIR to measure an existing series instead (the 1- and 2-core scaling on this project's machine:
-# SERIES_DIR=/tmp/ckstore-compare/real-fp32 CORES="2 1").
+# SERIES_DIR=/tmp/ckstore-compare/real-fp32 CORES="2 1"), and PREDICT (core counts at which to measure
+# a store with `--predict-weights on` too, in tmpfs; none by default).
 set -u
 D=$(cd "${1:?usage: bench.sh CARRY}" && pwd)
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,13 +55,14 @@ trace = [line for line in r.stderr.decode().splitlines() if line.startswith("tra
 if trace: print("   " + " | ".join(line.split(": ", 1)[1] for line in trace))
 ' "$label" "$@" | tee -a $R
 }
-run_ckstore() {  # cores storeroot
-  local c=$1 root=$2 cpus="0-$(($1-1))"
-  rm -rf $root/store; $CK init --store $root/store >/dev/null
-  for k in $CKPTS; do CKSTORE_TRACE=1 measure "ckstore cores=$c at=$root put $(basename $k)" taskset -c $cpus $CK put $k --store $root/store --run gpt; done
-  for i in 1 2 3; do rm -rf $root/out; CKSTORE_TRACE=1 measure "ckstore cores=$c at=$root get newest #$i" taskset -c $cpus $CK get gpt@latest $root/out --store $root/store; done
-  cmp $root/out/optimizer.pt $NEWEST/optimizer.pt && log "ckstore cores=$c restored newest byte-exact"
-  log "ckstore cores=$c stored $(du -sb $root/store | cut -f1) bytes"
+run_ckstore() {  # cores storeroot [init options…]
+  local c=$1 root=$2 cpus="0-$(($1-1))" name=ckstore; shift 2
+  [ $# -gt 0 ] && name="ckstore$(echo "$*" | tr -d ' -')"
+  rm -rf $root/store; $CK init --store $root/store "$@" >/dev/null
+  for k in $CKPTS; do CKSTORE_TRACE=1 measure "$name cores=$c at=$root put $(basename $k)" taskset -c $cpus $CK put $k --store $root/store --run gpt; done
+  for i in 1 2 3; do rm -rf $root/out; CKSTORE_TRACE=1 measure "$name cores=$c at=$root get newest #$i" taskset -c $cpus $CK get gpt@latest $root/out --store $root/store; done
+  cmp $root/out/optimizer.pt $NEWEST/optimizer.pt && cmp $root/out/model.safetensors $NEWEST/model.safetensors && log "$name cores=$c restored newest byte-exact"
+  log "$name cores=$c stored $(du -sb $root/store | cut -f1) bytes"
   rm -rf $root/out
 }
 run_restic() {
@@ -75,6 +77,7 @@ run_restic() {
 mkdir -p /tmp/ck
 ALL=${CORES:-16 8 4 2 1}; MOST=$(echo $ALL | cut -d' ' -f1)
 for c in $ALL; do run_ckstore $c $W; done
+for c in ${PREDICT:-}; do run_ckstore $c $W --predict-weights on; done
 run_ckstore $MOST /tmp/ck
 run_ckstore 2 /tmp/ck
 run_restic $MOST $W

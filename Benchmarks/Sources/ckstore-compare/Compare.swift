@@ -27,6 +27,7 @@ struct Compare: ParsableCommand {
     @Option(help: "zstd level for ckstore's puts (default: the store's).") var level: Int?
     @Option(help: "Maximum delta depth for ckstore's puts (default: the store's).") var maxDeltaDepth: Int?
     @Option(parsing: .upToNextOption, help: "Tools to run (default: ckstore and every peer installed).") var tools: [String] = []
+    @Flag(help: "Also run ckstore with weights predicted from the optimizer (`init --predict-weights on`), as the tool ckstore+predict.") var predictWeights = false
     @Option(parsing: .upToNextOption, help: ArgumentHelp("Folders of checkpoint-N folders (a real trainer's output) to measure instead of generated series.", discussion: "Each is labelled by its folder name and held to the stored-bytes target of fp32, bf16 or frozen when its name contains one.")) var folders: [String] = []
 
     /// One tool's way of storing and restoring a checkpoint folder.
@@ -56,6 +57,15 @@ struct Compare: ParsableCommand {
                 ([ckstore, "get", "bench@latest", destination, "--store", repository], destination)
             }),
         ]
+        if predictWeights {
+            available.append(Tool(name: "ckstore+predict", warmUp: [ckstore, "--help"], setUp: { repository in
+                _ = try Command.measure([ckstore, "init", "--store", repository, "--predict-weights", "on"])
+            }, put: { repository, folder, _ in
+                [ckstore, "put", folder, "--store", repository, "--run", "bench"] + extra
+            }, restore: { repository, _, _, destination in
+                ([ckstore, "get", "bench@latest", destination, "--store", repository], destination)
+            }))
+        }
         if Command.exists("restic") {
             available.append(Tool(name: "restic", warmUp: ["restic", "version"], setUp: { repository in
                 _ = try Command.measure(["restic", "init", "--repo", repository, "--repository-version", "2"])
@@ -189,9 +199,14 @@ struct Compare: ParsableCommand {
             lines.append(String(format: "| %@ | %.1f | %.3f | %.2f | %.0f | %.2f | %.0f | %.0f |", result.name as NSString, Double(result.stored) / 1_048_576,
                                 Double(result.stored) / logical, put, logical / Double(paths.count) / put / 1e6, restore, newestBytes / restore / 1e6, Double(result.peakKiB) / 1024))
         }
-        if let ours = results.first(where: { $0.name == "ckstore" }) {
+        for ours in results where ours.name.hasPrefix("ckstore") {
             let storedTarget = target.flatMap { ["fp32": 0.65, "bf16": 0.8, "frozen": 0.4][$0] }
             lines.append("")
+            if target == "fp32" {
+                // Issue 18: the whole store at most 0.70 of logical on the real fp32 series.
+                let share = Double(ours.stored) / logical
+                lines.append("- \(ours.name): stored \(String(format: "%.3f", share)) of logical (issue 18 target ≤ 0.70: \(share <= 0.70 ? "met" : "NOT met"))")
+            }
             for peer in results where peer.name == "restic" || peer.name == "borg" {
                 let stored = Double(ours.stored) / Double(peer.stored)
                 let put = median(peer.puts.map(\.seconds)) / median(ours.puts.map(\.seconds))
@@ -202,7 +217,7 @@ struct Compare: ParsableCommand {
                 // 0.9450000000000001, and 1.89 s over it 1.9999999999999998, which is 2×, not short of it.
                 func atLeast(_ value: Double, _ target: Double) -> Bool { value >= target * (1 - 1e-9) }
                 func atMost(_ value: Double, _ target: Double) -> Bool { value <= target * (1 + 1e-9) }
-                let putTarget = peer.name == "restic" ? 2.5 : 2
+                let putTarget = peer.name == "restic" ? 3.0 : 2
                 var checks = ["put \(f(put))× \(peer.name)'s throughput (target ≥ \(putTarget)×: \(verdict(atLeast(put, putTarget))))"]
                 if peer.name == "restic" {
                     if let storedTarget { checks.insert("stored \(f(stored))× restic's (target ≤ \(storedTarget)×: \(verdict(atMost(stored, storedTarget))))", at: 0) }
@@ -210,10 +225,10 @@ struct Compare: ParsableCommand {
                 } else {
                     checks.insert("stored \(f(stored))× \(peer.name)'s", at: 0)
                 }
-                lines.append("- vs \(peer.name): " + checks.joined(separator: "; "))
+                lines.append("- \(ours.name) vs \(peer.name): " + checks.joined(separator: "; "))
             }
             let peak = Double(ours.peakKiB) / 1024
-            lines.append("- ckstore peak memory \(String(format: "%.0f", peak)) MiB (target < 512 MiB: \(peak < 512 ? "met" : "NOT met"))")
+            lines.append("- \(ours.name) peak memory \(String(format: "%.0f", peak)) MiB (target < 512 MiB: \(peak < 512 ? "met" : "NOT met"))")
         }
         let table = lines.joined(separator: "\n")
         print("\n" + table)

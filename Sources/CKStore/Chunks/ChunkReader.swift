@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// Reads chunks: finds a frame, reads it with a positioned read, decodes its delta chain and checks what
@@ -15,6 +16,12 @@ final class ChunkReader: Sendable {
     let packs: PackReaderCache
     private let contexts: ZstdContextPool
     private let counter: FrameCounter?
+    /// Predicted frames decoding at once. Each holds its base, its four inputs and what their chains
+    /// decode (about a dozen chunks at depth 3), so their number, not the number of cores, must bound a
+    /// restore's memory: 16 of them hold about 200 MiB. On 16 cores a limit of 6 halved the speed of a
+    /// restore and did not lower its peak resident size, which pages of the mapped packs make up.
+    private let predictedDecodes = DispatchSemaphore(value: ChunkReader.maxPredictedDecodes)
+    static let maxPredictedDecodes = 16
 
     /// A reader over `packs` that finds frames through `index`; every frame read is counted on `counter`.
     init(index: any ChunkLocating, packs: PackReaderCache, contexts: ZstdContextPool = ZstdContextPool(), counter: FrameCounter? = nil) {
@@ -66,6 +73,10 @@ final class ChunkReader: Sendable {
         let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest, checkChecksum: checks.contains(.checksums))
         let codec = FrameCodec(level: .default, contexts: contexts)
         let memo = known ?? (header.encoding.hasInputs ? DecodeMemo() : nil)
+        // Only the outermost predicted frame of a tree waits for a turn (the frames inside it are its work).
+        let gated = known == nil && memo != nil
+        if gated { predictedDecodes.wait() }
+        defer { if gated { predictedDecodes.signal() } }
         let bytes = try codec.decode(payload, encoding: header.encoding, rawLength: header.rawLength) {
             guard let base = header.base else { throw CKStoreError(.damaged, "chunk \(location.digest) is a delta frame without a base") }
             guard hops < Self.hardChainLimit else {

@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// Where a tensor chunk sits: the place a delta base is looked up by, and what encoding learns about.
@@ -59,6 +60,10 @@ final class TensorEncoder: Sendable {
     /// The chunks this put stored as predicted frames and the inputs they name: no predicted frame may
     /// be another's input, so that no two frames can need each other.
     private let predictionUse = Mutex<(predicted: Set<ChunkDigest>, inputs: Set<ChunkDigest>)>(([], []))
+    /// Predictions computed at once: each holds the chunk's parent, its four moment chunks and the
+    /// prediction (about 8 chunks), so their number, not the number of cores, bounds a put's memory
+    /// (16: about 130 MiB).
+    private let predicting = DispatchSemaphore(value: 16)
     /// Per weight tensor, the optimizer parameter its last chunk was predicted from.
     private let matches = Mutex<[String: Int]>([:])
     /// Per weight tensor, whether its last chunk compared was smallest predicted, and chunks since.
@@ -218,6 +223,8 @@ final class TensorEncoder: Sendable {
                 place.index < $0.count && $0[place.index].length == bytes.count
             }
         }
+        predicting.wait()
+        defer { predicting.signal() }
         let tensorKey = place.file + "\u{0}" + place.tensor
         guard let match = try bestMatch(bytes, parent: parent, place: place, candidates: usable, previous: matches.withLock { $0[tensorKey] }) else { return nil }
         matches.withLock { $0[tensorKey] = match.param }
@@ -263,30 +270,40 @@ final class TensorEncoder: Sendable {
     }
 
     /// The candidate whose update `m/(√(v·s)+ε)` correlates best with the chunk's change from its parent
-    /// over its first elements, read from the optimizer file; the one `previous` names (the match of the
-    /// tensor's earlier chunks) is tried first and kept when it correlates well. Nil when none does.
+    /// over a sample of its elements (``matchWindows`` windows spread over the chunk, read from the
+    /// optimizer file); the one `previous` names (the match of the tensor's earlier chunks) is tried first
+    /// and kept when it correlates well. When none correlates, the previous match, or the only candidate
+    /// of this shape, is still taken: where the moments say nothing (rows of an embedding no batch
+    /// touched) the fitted weight-decay term predicts the change alone, and the frame is kept only if it
+    /// is the smallest anyway.
     private func bestMatch(_ bytes: [UInt8], parent: ChunkBytes, place: TensorPlace, candidates: [PredictionSources.Candidate], previous: Int?) throws -> PredictionSources.Candidate? {
-        let sample = min(bytes.count / 4, Self.matchSample)
-        guard sample > 0 else { return nil }
+        let count = bytes.count / 4
+        let window = min(count, Self.matchSample / Self.matchWindows)
+        guard window > 0 else { return nil }
+        // Window starts, spread evenly (the first and last elements included).
+        let starts = Array(Set((0..<Self.matchWindows).map { Self.matchWindows == 1 ? 0 : $0 * (count - window) / (Self.matchWindows - 1) })).sorted()
         func score(_ candidate: PredictionSources.Candidate) throws -> Double {
-            let m = try candidate.average.source.read(count: sample * 4, at: candidate.average.offset(ofChunk: place.index))
-            let v = try candidate.averageSquare.source.read(count: sample * 4, at: candidate.averageSquare.offset(ofChunk: place.index))
             var (product, changes, updates) = (0.0, 0.0, 0.0)
-            bytes.withUnsafeBytes { w in
-                parent.withUnsafeBytes { p in
-                    m.withUnsafeBytes { m in
-                        v.withUnsafeBytes { v in
-                            for element in 0..<sample {
-                                let offset = element * 4
-                                let change = Double(Float(bitPattern: w.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-                                    - Double(Float(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-                                let update = Double(WeightPrediction.update(Float(bitPattern: m.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
-                                                                            Float(bitPattern: v.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
-                                                                            scale: candidate.scale, epsilon: candidate.epsilon))
-                                guard change.isFinite, update.isFinite else { continue }
-                                product += change * update
-                                changes += change * change
-                                updates += update * update
+            let (mStart, vStart) = (candidate.average.offset(ofChunk: place.index), candidate.averageSquare.offset(ofChunk: place.index))
+            for start in starts {
+                let m = try candidate.average.source.read(count: window * 4, at: mStart + Int64(start * 4))
+                let v = try candidate.averageSquare.source.read(count: window * 4, at: vStart + Int64(start * 4))
+                bytes.withUnsafeBytes { w in
+                    parent.withUnsafeBytes { p in
+                        m.withUnsafeBytes { m in
+                            v.withUnsafeBytes { v in
+                                for element in 0..<window {
+                                    let offset = (start + element) * 4, inWindow = element * 4
+                                    let change = Double(Float(bitPattern: w.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+                                        - Double(Float(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+                                    let update = Double(WeightPrediction.update(Float(bitPattern: m.loadUnaligned(fromByteOffset: inWindow, as: UInt32.self)),
+                                                                                Float(bitPattern: v.loadUnaligned(fromByteOffset: inWindow, as: UInt32.self)),
+                                                                                scale: candidate.scale, epsilon: candidate.epsilon))
+                                    guard change.isFinite, update.isFinite else { continue }
+                                    product += change * update
+                                    changes += change * change
+                                    updates += update * update
+                                }
                             }
                         }
                     }
@@ -295,17 +312,19 @@ final class TensorEncoder: Sendable {
             let denominator = (changes * updates).squareRoot()
             return denominator > 0 ? abs(product) / denominator : 0
         }
-        if let previous, let known = candidates.first(where: { $0.param == previous }), try score(known) >= Self.goodMatch { return known }
+        let known = previous.flatMap { previous in candidates.first { $0.param == previous } }
+        if let known, try score(known) >= Self.goodMatch { return known }
         var best: (score: Double, candidate: PredictionSources.Candidate)?
         for candidate in candidates {
             let value = try score(candidate)
             if value > best?.score ?? Self.poorMatch { best = (value, candidate) }
         }
-        return best?.candidate
+        return best?.candidate ?? known ?? (candidates.count == 1 ? candidates.first : nil)
     }
 
-    /// Elements of a chunk compared with each candidate's update to find its parameter.
+    /// Elements of a chunk compared with each candidate's update to find its parameter, in windows.
     static let matchSample = 4096
+    static let matchWindows = 8
     /// A correlation below this is no match; above `goodMatch`, the tensor's previous match is kept.
     static let poorMatch = 0.1
     static let goodMatch = 0.3

@@ -2,7 +2,7 @@
 /// --json` prints, and what the Python package and remotes check before they trust a binary or a store.
 public enum CKStoreVersion {
     /// The release, as `ckstore --version` prints it.
-    public static let release = "0.8.0"
+    public static let release = "0.9.0"
     /// The pack file format (the header's version field).
     public static var packFormat: Int { Int(PackFormat.formatVersion) }
     /// The manifest format: manifests up to this are read, this is written.

@@ -20,4 +20,4 @@ __all__ = [
     "Store", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult",
     "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
 ]
-__version__ = "0.8.0"
+__version__ = "0.9.0"
