@@ -19,7 +19,9 @@ if [ -d "$fixtures" ]; then
   i=0; for f in $(find "$fixtures/dcp" -name '*.distcp' -o -name '.metadata'); do cp "$f" "$work/corpus/dcp/seed-$i"; i=$((i+1)); done
   swift build >/dev/null
   rm -rf "$work/seed-store"
-  "$(swift build --show-bin-path)/ckstore" put --store "$work/seed-store" "$fixtures/hf-tiny/checkpoint-2" --run seed >/dev/null
+  # Both checkpoints, predicting weights: the second holds predicted frames, whose payloads name inputs.
+  "$(swift build --show-bin-path)/ckstore" init --store "$work/seed-store" --predict-weights on >/dev/null
+  for step in 2 4; do "$(swift build --show-bin-path)/ckstore" put --store "$work/seed-store" "$fixtures/hf-tiny/checkpoint-$step" --run seed >/dev/null; done
   find "$work/seed-store/packs" -name '*.pack' -exec cp {} "$work/corpus/pack/" \;
 fi
 

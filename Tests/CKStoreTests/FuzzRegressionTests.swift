@@ -34,7 +34,18 @@ import Testing
         if let range = badOffset.lastRange(of: littleEndian(UInt32(0x0201_4b50))) {
             badOffset.replaceSubrange((range.lowerBound + 42)..<(range.lowerBound + 46), with: littleEndian(UInt32(0x7fff_ffff)))
         }
-        return [[], [0x50, 0x4b, 0x03, 0x04], eocdOnly, hugeCount, Array(valid.prefix(valid.count / 2)) + Array(valid.suffix(22)), badOffset]
+        // A zip64 record whose directory offset and size each fit in an Int64 but whose sum does not:
+        // `make fuzz` found that it trapped (an overflow in the bounds check) until they were compared by
+        // subtraction. The fuzzer's own input is in Tests/Fixtures/fuzz.
+        var zip64Builder = TorchZipBuilder(archiveName: "a")
+        zip64Builder.forceZip64 = true
+        zip64Builder.addStorage([1, 2, 3, 4])
+        var overflowing = zip64Builder.build()
+        if let range = overflowing.lastRange(of: littleEndian(UInt32(0x0606_4b50))) {
+            overflowing.replaceSubrange((range.lowerBound + 40)..<(range.lowerBound + 56), with: littleEndian(UInt64(1) << 62 | 7) + littleEndian(UInt64(1) << 62 | 9))
+        }
+        let found = FileManager.default.contents(atPath: Repository.root + "/Tests/Fixtures/fuzz/torchzip-zip64-directory-overflow").map { [UInt8]($0) } ?? []
+        return [[], [0x50, 0x4b, 0x03, 0x04], eocdOnly, hugeCount, Array(valid.prefix(valid.count / 2)) + Array(valid.suffix(22)), badOffset, overflowing, found]
     }()
 
     static let packs: [[UInt8]] = {
@@ -64,6 +75,15 @@ import Testing
 
     @Test(arguments: packs.indices) func packEdgeCasesThrowCleanly(_ index: Int) {
         expectNoTrap { try FormatValidation.pack(Self.packs[index]) }
+    }
+
+    /// DCP metadata pickles `make fuzz` found: one whose containers hold themselves leaked (a reference
+    /// cycle per read) until a read empties its containers when it ends. It must still read or fail cleanly.
+    @Test func dcpMetadataFoundByTheFuzzerReadsOrFails() throws {
+        let found = try #require(FileManager.default.contents(atPath: Repository.root + "/Tests/Fixtures/fuzz/dcp-metadata-cycle"))
+        _ = FormatValidation.dcpMetadata([UInt8](found))
+        // A list that holds itself, through the memo: EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP.
+        _ = FormatValidation.dcpMetadata([0x80, 0x02, 0x5d, 0x71, 0x00, 0x68, 0x00, 0x61, 0x2e])
     }
 
     @Test func validInputsStillParse() throws {

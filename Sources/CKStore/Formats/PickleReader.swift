@@ -83,6 +83,7 @@ struct PickleReader {
     /// The pickled object, or nil when the pickle is not one this reader understands.
     mutating func read(_ pickle: [UInt8]) -> PickleValue? {
         var machine = Machine(pickle: pickle)
+        defer { for container in machine.registry.all { container.empty() } }
         let result = machine.run()
         storages = machine.storages
         guard let result else { return nil }
@@ -107,10 +108,29 @@ struct PickleReader {
         var callable: Node?
         var arguments = [Node]()
         var state: Node?
+
+        /// A container registered with `registry`, which empties it once the read is over.
+        init(_ registry: Registry) { registry.all.append(self) }
+
+        func empty() {
+            elements = []
+            items = []
+            callable = nil
+            arguments = []
+            state = nil
+        }
+    }
+
+    /// Every container of one read. A pickle can put a container inside itself (through the memo), as
+    /// Python can; here that is a reference cycle, which emptying them all breaks when the read ends
+    /// (`make fuzz` found the leak).
+    fileprivate final class Registry {
+        var all = [Container]()
     }
 
     fileprivate struct Machine {
         let pickle: [UInt8]
+        let registry = Registry()
         var position = 0
         var stack = [Node]()
         var marks = [Int]()
@@ -256,9 +276,9 @@ struct PickleReader {
                       case .scalar(.string(let moduleName)) = module, case .scalar(.string(let globalName)) = name else { return false }
                 push(.global(module: moduleName, name: globalName))
             case 0x29: stack.append(.tuple([]))                                               // EMPTY_TUPLE
-            case 0x5d: stack.append(.list(Container()))                                       // EMPTY_LIST
-            case 0x7d: stack.append(.dict(Container()))                                       // EMPTY_DICT
-            case 0x8f: stack.append(.list(Container()))                                       // EMPTY_SET (read as a list)
+            case 0x5d: stack.append(.list(Container(registry)))                                       // EMPTY_LIST
+            case 0x7d: stack.append(.dict(Container(registry)))                                       // EMPTY_DICT
+            case 0x8f: stack.append(.list(Container(registry)))                                       // EMPTY_SET (read as a list)
             case 0x74:                                                                        // TUPLE
                 guard let items = popToMark() else { return false }
                 stack.append(.tuple(Array(items.dropFirst())))
@@ -271,12 +291,12 @@ struct PickleReader {
                 stack.append(.tuple(items))
             case 0x6c:                                                                        // LIST
                 guard let items = popToMark() else { return false }
-                let list = Container()
+                let list = Container(registry)
                 list.elements = Array(items.dropFirst())
                 stack.append(.list(list))
             case 0x64:                                                                        // DICT
                 guard let items = popToMark(), items.count % 2 == 1 else { return false }
-                let dict = Container()
+                let dict = Container(registry)
                 dict.items = stride(from: 1, to: items.count, by: 2).map { (items[$0], items[$0 + 1]) }
                 stack.append(.dict(dict))
             case 0x91:                                                                        // FROZENSET
@@ -365,7 +385,7 @@ struct PickleReader {
                 storages.append(record)
                 return .scalar(.storage(record))
             }
-            let object = Container()
+            let object = Container(registry)
             object.callable = .scalar(.global(module: "pickle", name: "persistent_load"))
             object.arguments = [id]
             return .object(object)
@@ -376,7 +396,7 @@ struct PickleReader {
             if case .scalar(.global(let module, let name)) = callable {
                 switch (module, name) {
                 case ("collections", "OrderedDict") where arguments.isEmpty:
-                    return .dict(Container())
+                    return .dict(Container(registry))
                 case ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"):
                     if arguments.count >= 4, case .scalar(.storage(let storage)) = arguments[0], case .scalar(.int(let offset)) = arguments[1],
                        let shape = integers(arguments[2]), let stride = integers(arguments[3]) {
@@ -388,7 +408,7 @@ struct PickleReader {
                     break
                 }
             }
-            let object = Container()
+            let object = Container(registry)
             object.callable = callable
             object.arguments = arguments
             return .object(object)

@@ -111,14 +111,15 @@ struct TorchZipFile: Sendable {
             let locator = try file.read(count: 20, at: eocdOffset - 20)
             guard locator.loadLittleEndian(UInt32.self, at: 0) == zip64Locator else { throw malformed("zip64 archive without a zip64 locator") }
             let recordOffset = Int64(bitPattern: locator.loadLittleEndian(UInt64.self, at: 8))
-            guard recordOffset >= 0, recordOffset + 56 <= size else { throw malformed("zip64 record offset \(recordOffset) is past the end of the file") }
+            guard recordOffset >= 0, recordOffset <= size - 56 else { throw malformed("zip64 record offset \(recordOffset) is past the end of the file") }
             let record = try file.read(count: 56, at: recordOffset)
             guard record.loadLittleEndian(UInt32.self, at: 0) == zip64EndOfCentralDirectory else { throw malformed("no zip64 end-of-central-directory record at \(recordOffset)") }
             entryCount = Int64(bitPattern: record.loadLittleEndian(UInt64.self, at: 32))
             directorySize = Int64(bitPattern: record.loadLittleEndian(UInt64.self, at: 40))
             directoryOffset = Int64(bitPattern: record.loadLittleEndian(UInt64.self, at: 48))
         }
-        guard directoryOffset >= 0, directorySize >= 0, directoryOffset + directorySize <= size,
+        // Compared by subtraction: zip64 fields are 64-bit, and a crafted pair would overflow a sum.
+        guard directoryOffset >= 0, directorySize >= 0, directoryOffset <= size, directorySize <= size - directoryOffset,
               entryCount >= 0, entryCount <= directorySize / 46 + 1 else {
             throw malformed("central directory (offset \(directoryOffset), size \(directorySize), \(entryCount) entries) does not fit in the file (\(size) bytes)")
         }
@@ -164,7 +165,7 @@ struct TorchZipFile: Sendable {
             guard compressed >= 0, uncompressed >= 0, localOffset >= 0 else {
                 throw malformed("zip entry \(entryName) has a damaged zip64 extra field")
             }
-            guard localOffset + 30 <= size else {
+            guard localOffset <= size - 30 else {
                 throw malformed("zip entry \(entryName) starts past the end of the file (offset \(localOffset), size \(compressed))")
             }
             let local = try file.read(count: 30, at: localOffset)
@@ -172,10 +173,10 @@ struct TorchZipFile: Sendable {
                 throw malformed("zip entry \(entryName) has no local header at offset \(localOffset)")
             }
             let dataOffset = localOffset + 30 + Int64(local.loadLittleEndian(UInt16.self, at: 26)) + Int64(local.loadLittleEndian(UInt16.self, at: 28))
-            guard dataOffset + compressed <= size else {
+            guard compressed <= size - dataOffset else {
                 throw malformed("zip entry \(entryName) ends past the end of the file (offset \(dataOffset), size \(compressed))")
             }
-            guard dataOffset + compressed <= directoryOffset else {
+            guard compressed <= directoryOffset - dataOffset else {
                 throw malformed("zip entry \(entryName) runs into the central directory (offset \(dataOffset), size \(compressed))")
             }
             entries.append(Entry(name: entryName, method: method, compressedSize: compressed, uncompressedSize: uncompressed, localHeaderOffset: localOffset, dataOffset: dataOffset))

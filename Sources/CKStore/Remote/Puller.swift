@@ -273,9 +273,9 @@ struct Puller {
         }
         for digest in digests.sorted() {
             _ = try resolve(digest, hops: 0)
-            // Chains end with this frame; what it read is not needed by a later, unrelated frame often
-            // enough to keep it all in memory.
-            if decoded.count > 256 { decoded.removeAll(keepingCapacity: true) }
+            // Frames of one checkpoint's tensor share their parents' moments; at most 32 decoded chunks
+            // (32 MiB) are kept for the next frames, so that a pull's memory does not grow with its size.
+            if decoded.count > 32 { decoded.removeAll(keepingCapacity: true) }
         }
         return digests.count
     }
