@@ -131,14 +131,30 @@ struct RemoteTests {
             // too slow under load). The push runs only in short bursts between SIGCONT and SIGSTOP, and is
             // checked while stopped, so a test process that the machine schedules late cannot let the
             // whole push finish unseen; it stays stopped while the server dies.
+            // The bursts are timed on a thread of their own: under a full test run the tasks of other tests
+            // kept the cooperative pool busy, a `Task.sleep` of 10 ms came back seconds later, and the push
+            // finished inside one burst (twice, on a clean clone's CI run).
             let watched = try CheckpointStore.open(at: store)
-            let deadline = Date().addingTimeInterval(300)
-            kill(push.processIdentifier, SIGSTOP)
-            while Date() < deadline, push.isRunning,
-                  try watched.catalogue.with({ catalogue in try catalogue.knownRemoteIndexes("s3://crash/p") }).isEmpty {
-                kill(push.processIdentifier, SIGCONT)
-                try await Task.sleep(nanoseconds: 10_000_000)
-                kill(push.processIdentifier, SIGSTOP)
+            let pid = push.processIdentifier
+            nonisolated(unsafe) let pushing = push
+            let stopped = DispatchSemaphore(value: 0)
+            let watcher = Thread {
+                let deadline = Date().addingTimeInterval(300)
+                kill(pid, SIGSTOP)
+                while Date() < deadline, pushing.isRunning,
+                      (try? watched.catalogue.with({ catalogue in try catalogue.knownRemoteIndexes("s3://crash/p") }).isEmpty) ?? true {
+                    kill(pid, SIGCONT)
+                    usleep(10_000)
+                    kill(pid, SIGSTOP)
+                }
+                stopped.signal()
+            }
+            watcher.start()
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global().async {
+                    stopped.wait()
+                    done.resume()
+                }
             }
             server.killNow()
             kill(push.processIdentifier, SIGCONT)
