@@ -1,4 +1,4 @@
-import CKStore
+@testable import CKStore
 import CKStoreTestSupport
 import Foundation
 import Testing
@@ -81,9 +81,13 @@ import Testing
     /// cycle per read) until a read empties its containers when it ends. It must still read or fail cleanly.
     @Test func dcpMetadataFoundByTheFuzzerReadsOrFails() throws {
         let found = try #require(FileManager.default.contents(atPath: Repository.root + "/Tests/Fixtures/fuzz/dcp-metadata-cycle"))
-        _ = FormatValidation.dcpMetadata([UInt8](found))
-        // A list that holds itself, through the memo: EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP.
-        _ = FormatValidation.dcpMetadata([0x80, 0x02, 0x5d, 0x71, 0x00, 0x68, 0x00, 0x61, 0x2e])
+        #expect(FormatValidation.dcpMetadata([UInt8](found)) == nil, "the fuzzer's input is no DCP Metadata")
+        // A list that holds itself, through the memo: EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP. As a
+        // value it is infinitely deep, so the reader refuses it (its depth bound); the next read works.
+        #expect(FormatValidation.dcpMetadata([0x80, 0x02, 0x5d, 0x71, 0x00, 0x68, 0x00, 0x61, 0x2e]) == nil)
+        var reader = PickleReader()
+        #expect(reader.read([0x80, 0x02, 0x5d, 0x71, 0x00, 0x68, 0x00, 0x61, 0x2e]) == nil)
+        #expect(reader.read([0x80, 0x02, 0x4b, 0x07, 0x2e]) == .int(7))
     }
 
     @Test func validInputsStillParse() throws {

@@ -71,6 +71,18 @@ struct WeightPrediction: Sendable, Equatable {
         return m / denominator
     }
 
+    /// Element `element` of fp32 values at `values`, little-endian.
+    @inline(__always)
+    static func float(_ values: UnsafeRawPointer, _ element: Int) -> Float {
+        Float(bitPattern: values.loadUnaligned(fromByteOffset: element &* 4, as: UInt32.self))
+    }
+
+    /// The update of element `element` from the moment chunks at `m` and `v`.
+    @inline(__always)
+    static func update(_ m: UnsafeRawPointer, _ v: UnsafeRawPointer, at element: Int, scale: Float, epsilon: Float) -> Float {
+        update(float(m, element), float(v, element), scale: scale, epsilon: epsilon)
+    }
+
     /// Writes the predicted bit pattern of each of `count` elements into `output`.
     ///
     /// - Parameters:
@@ -84,10 +96,8 @@ struct WeightPrediction: Sendable, Equatable {
             let offset = element &* 4
             let bits = parent.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
             let w = Float(bitPattern: bits)
-            let ut = Self.update(Float(bitPattern: m.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
-                                 Float(bitPattern: v.loadUnaligned(fromByteOffset: offset, as: UInt32.self)), scale: scale, epsilon: epsilon)
-            let up = Self.update(Float(bitPattern: mp.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
-                                 Float(bitPattern: vp.loadUnaligned(fromByteOffset: offset, as: UInt32.self)), scale: parentScale, epsilon: epsilon)
+            let ut = Self.update(m, v, at: element, scale: scale, epsilon: epsilon)
+            let up = Self.update(mp, vp, at: element, scale: parentScale, epsilon: epsilon)
             let first = a * ut
             let second = b * up
             let third = c * w
@@ -107,13 +117,9 @@ struct WeightPrediction: Sendable, Equatable {
         var (r0, r1, r2) = (0.0, 0.0, 0.0)
         var used = 0
         for element in 0..<count {
-            let offset = element * 4
-            let w = Float(bitPattern: parent.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            let target = Float(bitPattern: weights.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            let ut = update(Float(bitPattern: moments[0].loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
-                            Float(bitPattern: moments[1].loadUnaligned(fromByteOffset: offset, as: UInt32.self)), scale: scale, epsilon: epsilon)
-            let up = update(Float(bitPattern: moments[2].loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
-                            Float(bitPattern: moments[3].loadUnaligned(fromByteOffset: offset, as: UInt32.self)), scale: parentScale, epsilon: epsilon)
+            let (w, target) = (float(parent, element), float(weights, element))
+            let ut = update(moments[0], moments[1], at: element, scale: scale, epsilon: epsilon)
+            let up = update(moments[2], moments[3], at: element, scale: parentScale, epsilon: epsilon)
             let (x0, x1, x2) = (Double(ut), Double(up), Double(w))
             let y = Double(target) - x2
             guard x0.isFinite, x1.isFinite, x2.isFinite, y.isFinite else { continue }

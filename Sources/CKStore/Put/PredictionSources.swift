@@ -8,14 +8,23 @@ struct PredictionSources: Sendable {
     /// One tensor's chunks in a file being put, and where they start in it.
     struct TensorChunks: Sendable {
         var source: any PutSource
-        var path: String
-        var begin: Int64
         var chunks: [ChunkRef]
+        /// The file offset of each chunk (asked for each candidate of each weight chunk).
+        private let offsets: [Int64]
+
+        init(source: any PutSource, begin: Int64, chunks: [ChunkRef]) {
+            self.source = source
+            self.chunks = chunks
+            var offsets = [Int64](), position = begin
+            for chunk in chunks {
+                offsets.append(position)
+                position += Int64(chunk.length)
+            }
+            self.offsets = offsets
+        }
 
         /// The file offset of chunk `index`.
-        func offset(ofChunk index: Int) -> Int64 {
-            begin + chunks[..<index].reduce(Int64(0)) { $0 + Int64($1.length) }
-        }
+        func offset(ofChunk index: Int) -> Int64 { offsets[index] }
     }
 
     /// One optimizer parameter whose moments can predict a weight tensor of the same shape.
@@ -64,8 +73,8 @@ struct PredictionSources: Sendable {
                     let chunks = { (tensor: TensorEntry, file: FileEntry) in Array(file.chunks[tensor.firstChunk..<(tensor.firstChunk + tensor.chunkCount)]) }
                     byShape[shape, default: []].append(Candidate(
                         param: param,
-                        average: TensorChunks(source: source, path: file.path, begin: average.begin, chunks: chunks(average, file)),
-                        averageSquare: TensorChunks(source: source, path: file.path, begin: square.begin, chunks: chunks(square, file)),
+                        average: TensorChunks(source: source, begin: average.begin, chunks: chunks(average, file)),
+                        averageSquare: TensorChunks(source: source, begin: square.begin, chunks: chunks(square, file)),
                         parentAverage: chunks(parentAverage, parentFile), parentAverageSquare: chunks(parentSquare, parentFile),
                         scale: scale, parentScale: parentScale, epsilon: Float(eps)))
                 }

@@ -129,8 +129,13 @@ final class TensorEncoder: Sendable {
             wins[tensorKey] = (won, since + 1)
             return won && since % Self.probeInterval != Self.probeInterval - 1
         }
-        if known, let predicted = try encodePredicted(bytes, digest: digest, place: place, parent: nil, sources: sources, toBeat: bytes.count) {
-            return predicted
+        if known {
+            if let predicted = try encodePredicted(bytes, digest: digest, place: place, parent: nil, sources: sources, toBeat: bytes.count) {
+                return predicted
+            }
+            // Tried and declined: not predicted again for this chunk, and the tensor compares both next time.
+            predictionWins.withLock { $0[tensorKey, default: (false, 0)].won = false }
+            return try encodeWithoutPrediction(bytes, digest: digest, place: place).chunk
         }
         let (chosen, parent) = try encodeWithoutPrediction(bytes, digest: digest, place: place)
         let predicted = chosen.payload.count > bytes.count / 8
@@ -293,12 +298,8 @@ final class TensorEncoder: Sendable {
                         m.withUnsafeBytes { m in
                             v.withUnsafeBytes { v in
                                 for element in 0..<window {
-                                    let offset = (start + element) * 4, inWindow = element * 4
-                                    let change = Double(Float(bitPattern: w.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-                                        - Double(Float(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-                                    let update = Double(WeightPrediction.update(Float(bitPattern: m.loadUnaligned(fromByteOffset: inWindow, as: UInt32.self)),
-                                                                                Float(bitPattern: v.loadUnaligned(fromByteOffset: inWindow, as: UInt32.self)),
-                                                                                scale: candidate.scale, epsilon: candidate.epsilon))
+                                    let change = Double(WeightPrediction.float(w.baseAddress!, start + element)) - Double(WeightPrediction.float(p.baseAddress!, start + element))
+                                    let update = Double(WeightPrediction.update(m.baseAddress!, v.baseAddress!, at: element, scale: candidate.scale, epsilon: candidate.epsilon))
                                     guard change.isFinite, update.isFinite else { continue }
                                     product += change * update
                                     changes += change * change
