@@ -119,7 +119,21 @@ public final class SeaweedServer: @unchecked Sendable {
     }
 
     public func createBucket(_ name: String) async throws {
-        try await objects(bucket: name).createBucket()
+        let bucket = try objects(bucket: name)
+        try await bucket.createBucket()
+        // Under a loaded machine a fresh server answered writes with HTTP 500 for longer than a client's
+        // retries last (a clean clone's CI once failed `remote add` so): a probe object is written until
+        // the bucket takes writes, then removed.
+        let deadline = Date().addingTimeInterval(60)
+        while true {
+            do {
+                _ = try await bucket.put(".ckstore-test-probe", [1], ifAbsent: false)
+                try await bucket.delete(".ckstore-test-probe")
+                return
+            } catch where Date() < deadline {
+                try await Task.sleep(nanoseconds: 250_000_000)
+            }
+        }
     }
 
     /// Stops the server: SIGTERM, then SIGKILL after 5 s (SeaweedFS is slow to stop).
