@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// Where new frames go: packs under `tmp/`, opened on the first frame and sealed (fsynced and renamed into
@@ -96,10 +97,13 @@ final class PackSink: @unchecked Sendable {
             }
             return state.open.values.map(\.writer).sorted { $0.id.description < $1.id.description }
         }
-        var sealed = [SealedPack]()
-        for writer in open {
-            sealed.append(try writer.seal())
+        // Sealed side by side: each waits for its fsync, and the disk can take both flushes at once.
+        let results = Mutex([Result<SealedPack, any Error>?](repeating: nil, count: open.count))
+        DispatchQueue.concurrentPerform(iterations: open.count) { index in
+            let result = Result { try open[index].seal() }
+            results.withLock { $0[index] = result }
         }
+        let sealed = try results.withLock { $0 }.map { try $0!.get() }
         return state.withLock { state in
             defer { state.sealed.removeAll() }
             return state.sealed + sealed

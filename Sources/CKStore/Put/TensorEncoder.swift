@@ -66,6 +66,13 @@ final class TensorEncoder: Sendable {
     private let predicting = DispatchSemaphore(value: 16)
     /// Per weight tensor, the optimizer parameter its last chunk was predicted from.
     private let matches = Mutex<[String: Int]>([:])
+    /// Where base prefetches run. `madvise(WILLNEED)` allocates the page cache and submits the reads
+    /// itself, and blocks once the disk's queue is full; called on the task that feeds a put's workers,
+    /// it held them up while a cold store's bases were read. A queue of its own (its thread is not one
+    /// of the cores' worth that Swift's tasks run on); serial, so that bases are read in the order the
+    /// workers need them. Walking further ahead than the chunks the put has taken was tried: it queued
+    /// reads the workers needed later in front of those they needed now, and was no faster.
+    private let prefetcher = DispatchQueue(label: "ckstore.put.prefetch")
     /// Per weight tensor, whether its last chunk compared was smallest predicted, and chunks since.
     private let predictionWins = Mutex<[String: (won: Bool, since: Int)]>([:])
 
@@ -101,14 +108,18 @@ final class TensorEncoder: Sendable {
     /// its base and the base's own bases. Called as the chunk is read, a few chunks before a worker
     /// encodes it, so that a store whose packs left the page cache does not stall the workers on disk
     /// reads. Skipped for tensors whose file has shown that deltas do not pay.
+    ///
+    /// Returns at once: the chain's lookup and the reads run on ``prefetcher``, in the order asked.
     func prefetchBase(for place: TensorPlace, length: Int) {
         guard place.index == 0 || hints.withLock({ $0[Self.fileKey(place.file, width: place.elementWidth)]?.deltaWins }) != false,
               let base = baseChunk(for: place, length: length) else { return }
-        let chain = (try? index.chain(of: base.digest, limit: maxDepth)) ?? []
-        // A chain already at the maximum depth is not decoded (the chunk becomes a keyframe).
-        guard let depth = ChunkIndex.depth(of: chain), depth < maxDepth else { return }
-        for location in chain {
-            try? reader.packs.reader(for: location.pack).prefetch(offset: location.offset, storedLength: location.storedLength)
+        prefetcher.async { [self] in
+            let chain = (try? index.chain(of: base.digest, limit: maxDepth)) ?? []
+            // A chain already at the maximum depth is not decoded (the chunk becomes a keyframe).
+            guard let depth = ChunkIndex.depth(of: chain), depth < maxDepth else { return }
+            for location in chain {
+                try? reader.packs.reader(for: location.pack).prefetch(offset: location.offset, storedLength: location.storedLength)
+            }
         }
     }
 
