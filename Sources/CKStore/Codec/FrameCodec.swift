@@ -121,35 +121,40 @@ struct FrameCodec: Sendable {
             }
             count = bytes.count
         }
-        var header = [UInt8]()
-        header.reserveCapacity(PlanePayload.headerSize(width: width))
-        header.append(UInt8(width))
-        var body = [UInt8]()
-        body.reserveCapacity(bytes.count)
+        // The payload is written in place: zstd compresses each plane straight into it, given room for no
+        // more than a plane worth compressing (``minimumPlaneSaving``), and a plane that does not fit is
+        // copied raw over the attempt. Every plane then takes at most its own size.
+        let headerSize = PlanePayload.headerSize(width: width)
+        let keepAtMost = Int(Double(elements) * (1 - Self.minimumPlaneSaving))
         var outcome = PlaneOutcome(compressed: Array(repeating: nil, count: width))
         let level = self.level
-        try grouped.withUnsafeBytes { (planes) throws in
-            for plane in 0..<width {
-                let bytes = UnsafeRawBufferPointer(rebasing: planes[(plane * elements)..<((plane + 1) * elements)])
-                if tryCompressing[plane] && elements > 0 {
-                    let compressed = try contexts.withCompressor { try $0.compress(bytes, level: level, minimumMatch: Self.planeMinimumMatch) }
-                    let worth = Double(compressed.count) <= Double(elements) * (1 - Self.minimumPlaneSaving)
-                    outcome.compressed[plane] = worth
-                    if worth {
-                        header.append(1)
-                        header.appendLittleEndian(UInt32(compressed.count))
-                        body += compressed
-                        continue
+        let payload = try grouped.withUnsafeBytes { (planes) throws -> [UInt8] in
+            try [UInt8](unsafeUninitializedCapacity: headerSize + bytes.count) { out, initialized in
+                let target = UnsafeMutableRawBufferPointer(out)
+                target[0] = UInt8(width)
+                var end = headerSize
+                for plane in 0..<width {
+                    let source = UnsafeRawBufferPointer(rebasing: planes[(plane * elements)..<((plane + 1) * elements)])
+                    var stored: Int?
+                    if tryCompressing[plane] && elements > 0 {
+                        let room = UnsafeMutableRawBufferPointer(rebasing: target[end..<(end + keepAtMost)])
+                        stored = try contexts.withCompressor { try $0.compress(source, into: room, level: level, minimumMatch: Self.planeMinimumMatch) }
+                        outcome.compressed[plane] = stored != nil
                     }
+                    if stored == nil {
+                        UnsafeMutableRawBufferPointer(rebasing: target[end..<(end + elements)]).copyMemory(from: source)
+                    }
+                    target[1 + 5 * plane] = stored == nil ? 0 : 1
+                    target.storeBytes(of: UInt32(stored ?? elements).littleEndian, toByteOffset: 2 + 5 * plane, as: UInt32.self)
+                    end += stored ?? elements
                 }
-                header.append(0)
-                header.appendLittleEndian(UInt32(elements))
-                body.append(contentsOf: bytes)
+                let tail = UnsafeRawBufferPointer(rebasing: planes[(elements * width)...])
+                UnsafeMutableRawBufferPointer(rebasing: target[end..<(end + tail.count)]).copyMemory(from: tail)
+                initialized = end + tail.count
             }
-            body.append(contentsOf: UnsafeRawBufferPointer(rebasing: planes[(elements * width)...]))
         }
         grouped = []
-        return (header + body, outcome)
+        return (payload, outcome)
     }
 
     /// Encodes fp32 `weights` as their difference from `prediction`'s guess, computed from `parent` (the

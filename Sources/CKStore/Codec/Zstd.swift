@@ -26,12 +26,7 @@ final class ZstdCompressor: @unchecked Sendable {
     func compress(_ input: UnsafeRawBufferPointer, level: CompressionLevel, minimumMatch: Int32? = nil) throws -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
         var failure: Int?
-        for (parameter, value) in [(ZSTD_c_compressionLevel, level.rawValue), (ZSTD_c_minMatch, minimumMatch ?? 0)] {
-            let result = ZSTD_CCtx_setParameter(context, parameter, value)
-            if ZSTD_isError(result) != 0 {
-                throw CKStoreError(.compression, "zstd: cannot set parameter \(parameter.rawValue) to \(value): \(String(cString: ZSTD_getErrorName(result)))")
-            }
-        }
+        try configure(level: level, minimumMatch: minimumMatch)
         let output = [UInt8](unsafeUninitializedCapacity: bound) { out, initialized in
             let written = ZSTD_compress2(context, out.baseAddress, out.count, input.baseAddress, input.count)
             if ZSTD_isError(written) != 0 {
@@ -45,6 +40,30 @@ final class ZstdCompressor: @unchecked Sendable {
             throw CKStoreError(.compression, "zstd: compression failed: \(String(cString: ZSTD_getErrorName(failure)))")
         }
         return output
+    }
+
+    /// Compresses `input` into `output`, as ``compress(_:level:minimumMatch:)`` does; returns the
+    /// compressed size, or nil when the result does not fit in `output` (whose size is then the most a
+    /// caller would keep: zstd gives up as soon as it knows).
+    func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, level: CompressionLevel, minimumMatch: Int32? = nil) throws -> Int? {
+        try configure(level: level, minimumMatch: minimumMatch)
+        let written = ZSTD_compress2(context, output.baseAddress, output.count, input.baseAddress, input.count)
+        if ZSTD_isError(written) != 0 {
+            if ZSTD_getErrorCode(written) == ZSTD_error_dstSize_tooSmall { return nil }
+            throw CKStoreError(.compression, "zstd: compression failed: \(String(cString: ZSTD_getErrorName(written)))")
+        }
+        return written
+    }
+
+    /// Sets the level and minimum match of the next compression. A context is reused, so both are set
+    /// every time (a minimum match of 0 is zstd's "the level's own").
+    private func configure(level: CompressionLevel, minimumMatch: Int32?) throws {
+        for (parameter, value) in [(ZSTD_c_compressionLevel, level.rawValue), (ZSTD_c_minMatch, minimumMatch ?? 0)] {
+            let result = ZSTD_CCtx_setParameter(context, parameter, value)
+            if ZSTD_isError(result) != 0 {
+                throw CKStoreError(.compression, "zstd: cannot set parameter \(parameter.rawValue) to \(value): \(String(cString: ZSTD_getErrorName(result)))")
+            }
+        }
     }
 }
 
