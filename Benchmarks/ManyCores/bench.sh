@@ -39,7 +39,9 @@ else
   log "series made in $(python3 -c "import sys; print(round($(date +%s.%N) - $t0, 1))") s: $(du -sh $SERIES | cut -f1)"
 fi
 ls -la $(ls -d $SERIES/checkpoint-* | head -1) | tee -a $R
-CKPTS=$(ls -d $SERIES/checkpoint-* | sort -t- -k2 -n)
+# In step order: by the number after the last dash (a plain sort put checkpoint-100 before checkpoint-20,
+# and sorting on the second dash-separated field did the same for a series folder with a dash in its path).
+CKPTS=$(ls -d $SERIES/checkpoint-* | awk -F- '{print $NF "\t" $0}' | sort -n | cut -f2)
 NEWEST=$(echo "$CKPTS" | tail -1)
 cat $SERIES/*/* > /dev/null
 # measure LABEL CMD...: wall seconds and the child's peak RSS (MiB)
