@@ -38,6 +38,41 @@ import Testing
         }
     }
 
+    /// Planes are compressed straight into the payload, in room for no more than a result worth keeping:
+    /// every plane is kept compressed exactly when zstd's own output (with room for anything) saves the
+    /// plane's margin, with that output's length, including planes whose saving is right at the margin.
+    @Test func planesCompressedInPlaceKeepExactlyWhatZstdSavesEnoughOn() throws {
+        let codec = FrameCodec(level: .default)
+        let elements = 1 << 15
+        let compressor = try ZstdCompressor()
+        var decisions = Set<Bool>()
+        // A plane's bytes are 0 with probability zeros/1000 and random otherwise: zstd saves about 4% of
+        // such a plane, the margin, at 100 to 110 in 1000.
+        for (chunk, zeros) in [[0, 95, 100, 105], [110, 115, 98, 1000], [102, 107, 112, 0]].enumerated() {
+            var random = SeededRandom(seed: UInt64(100 + chunk))
+            var bytes = [UInt8](repeating: 0, count: elements * 4)
+            for element in 0..<elements {
+                for plane in 0..<4 where random.next() % 1000 >= UInt64(zeros[plane]) {
+                    bytes[element * 4 + plane] = UInt8(truncatingIfNeeded: random.next())
+                }
+            }
+            let (payload, outcome) = try bytes.withUnsafeBytes { try codec.encodePlanes($0, base: nil, width: 4, tryCompressing: [true, true, true, true]) }
+            for plane in 0..<4 {
+                let planeBytes = (0..<elements).map { bytes[$0 * 4 + plane] }
+                let reference = try planeBytes.withUnsafeBytes { try compressor.compress($0, level: .default, minimumMatch: FrameCodec.planeMinimumMatch) }
+                let kept = Double(reference.count) <= Double(elements) * (1 - FrameCodec.minimumPlaneSaving)
+                decisions.insert(kept)
+                #expect(outcome.compressed[plane] == kept, "chunk \(chunk) plane \(plane): zstd gave \(reference.count) of \(elements)")
+                #expect(payload[1 + 5 * plane] == (kept ? 1 : 0))
+                let length = payload[(2 + 5 * plane)..<(6 + 5 * plane)].reversed().reduce(0) { $0 << 8 | Int($1) }
+                #expect(length == (kept ? reference.count : elements))
+            }
+            let decoded = try codec.decode(ChunkBytes(payload), encoding: .planes, rawLength: bytes.count)
+            #expect(decoded.array == bytes)
+        }
+        #expect(decisions == [true, false], "the planes fall on both sides of the margin")
+    }
+
     @Test func planesShrinkFloatsThatZstdAloneBarelyCompresses() throws {
         let codec = FrameCodec(level: .default)
         let floats = Self.floats(1 << 18, seed: 3)

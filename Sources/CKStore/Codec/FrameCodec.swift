@@ -121,15 +121,18 @@ struct FrameCodec: Sendable {
             }
             count = bytes.count
         }
-        // The payload is written in place: zstd compresses each plane straight into it, given room for no
-        // more than a plane worth compressing (``minimumPlaneSaving``), and a plane that does not fit is
-        // copied raw over the attempt. Every plane then takes at most its own size.
+        // The payload is written in place: zstd compresses each plane straight into it, and a plane that
+        // saves less than ``minimumPlaneSaving`` is copied raw over the attempt, so every plane takes at
+        // most its own size. An attempt may run past its plane's place into the later planes' (not written
+        // yet); the buffer ends `bound - elements` bytes after the payload's largest size, so that zstd
+        // always has the room it asks for and keeps exactly what it would with a buffer of its own.
         let headerSize = PlanePayload.headerSize(width: width)
         let keepAtMost = Int(Double(elements) * (1 - Self.minimumPlaneSaving))
+        let room = headerSize + bytes.count + ZstdCompressor.bound(elements) - elements
         var outcome = PlaneOutcome(compressed: Array(repeating: nil, count: width))
         let level = self.level
         let payload = try grouped.withUnsafeBytes { (planes) throws -> [UInt8] in
-            try [UInt8](unsafeUninitializedCapacity: headerSize + bytes.count) { out, initialized in
+            try [UInt8](unsafeUninitializedCapacity: room) { out, initialized in
                 let target = UnsafeMutableRawBufferPointer(out)
                 target[0] = UInt8(width)
                 var end = headerSize
@@ -137,8 +140,9 @@ struct FrameCodec: Sendable {
                     let source = UnsafeRawBufferPointer(rebasing: planes[(plane * elements)..<((plane + 1) * elements)])
                     var stored: Int?
                     if tryCompressing[plane] && elements > 0 {
-                        let room = UnsafeMutableRawBufferPointer(rebasing: target[end..<(end + keepAtMost)])
-                        stored = try contexts.withCompressor { try $0.compress(source, into: room, level: level, minimumMatch: Self.planeMinimumMatch) }
+                        let attempt = UnsafeMutableRawBufferPointer(rebasing: target[end...])
+                        let size = try contexts.withCompressor { try $0.compress(source, into: attempt, level: level, minimumMatch: Self.planeMinimumMatch) }
+                        stored = size.flatMap { $0 <= keepAtMost ? $0 : nil }
                         outcome.compressed[plane] = stored != nil
                     }
                     if stored == nil {

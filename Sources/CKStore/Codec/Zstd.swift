@@ -42,9 +42,13 @@ final class ZstdCompressor: @unchecked Sendable {
         return output
     }
 
+    /// The most bytes compressing `count` bytes can take (`ZSTD_compressBound`): with that much room,
+    /// compressing never fails for want of it.
+    static func bound(_ count: Int) -> Int { ZSTD_compressBound(count) }
+
     /// Compresses `input` into `output`, as ``compress(_:level:minimumMatch:)`` does; returns the
-    /// compressed size, or nil when the result does not fit in `output` (whose size is then the most a
-    /// caller would keep: zstd gives up as soon as it knows).
+    /// compressed size, or nil when the result does not fit in `output`. zstd needs some room beyond
+    /// what it finally writes, so give it ``bound(_:)`` bytes where a result must not be lost.
     func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, level: CompressionLevel, minimumMatch: Int32? = nil) throws -> Int? {
         try configure(level: level, minimumMatch: minimumMatch)
         let written = ZSTD_compress2(context, output.baseAddress, output.count, input.baseAddress, input.count)
