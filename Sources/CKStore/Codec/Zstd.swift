@@ -24,22 +24,12 @@ final class ZstdCompressor: @unchecked Sendable {
     ///   in them by chance cost more than the literals they replace: at 7, zstd codes such a plane almost
     ///   as Huffman-coded literals alone, which is what it is.
     func compress(_ input: UnsafeRawBufferPointer, level: CompressionLevel, minimumMatch: Int32? = nil) throws -> [UInt8] {
-        let bound = ZSTD_compressBound(input.count)
-        var failure: Int?
-        try configure(level: level, minimumMatch: minimumMatch)
-        let output = [UInt8](unsafeUninitializedCapacity: bound) { out, initialized in
-            let written = ZSTD_compress2(context, out.baseAddress, out.count, input.baseAddress, input.count)
-            if ZSTD_isError(written) != 0 {
-                failure = written
-                initialized = 0
-            } else {
-                initialized = written
+        try [UInt8](unsafeUninitializedCapacity: Self.bound(input.count)) { out, initialized in
+            guard let written = try compress(input, into: UnsafeMutableRawBufferPointer(out), level: level, minimumMatch: minimumMatch) else {
+                throw CKStoreError(.compression, "zstd: compression needed more than its own bound of \(out.count) bytes")
             }
+            initialized = written
         }
-        if let failure {
-            throw CKStoreError(.compression, "zstd: compression failed: \(String(cString: ZSTD_getErrorName(failure)))")
-        }
-        return output
     }
 
     /// The most bytes compressing `count` bytes can take (`ZSTD_compressBound`): with that much room,
