@@ -97,16 +97,22 @@ final class PackSink: @unchecked Sendable {
             }
             return state.open.values.map(\.writer).sorted { $0.id.description < $1.id.description }
         }
-        // Sealed side by side: each waits for its fsync, and the disk can take both flushes at once.
-        let results = Mutex([Result<SealedPack, any Error>?](repeating: nil, count: open.count))
+        // Sealed side by side: each waits for its fsync, and the disk can take both flushes at once. The
+        // packs that sealed are kept for the next call even when another failed, as the append path keeps
+        // them: a caller that goes on after the error still learns of every pack in `packs/`.
+        let failures = Mutex([any Error]())
         DispatchQueue.concurrentPerform(iterations: open.count) { index in
-            let result = Result { try open[index].seal() }
-            results.withLock { $0[index] = result }
+            do {
+                let sealed = try open[index].seal()
+                state.withLock { $0.sealed.append(sealed) }
+            } catch {
+                failures.withLock { $0.append(error) }
+            }
         }
-        let sealed = try results.withLock { $0 }.map { try $0!.get() }
+        if let failure = failures.withLock({ $0.first }) { throw failure }
         return state.withLock { state in
             defer { state.sealed.removeAll() }
-            return state.sealed + sealed
+            return state.sealed
         }
     }
 }

@@ -105,7 +105,7 @@ final class TensorEncoder: Sendable {
     }
 
     /// Starts reading, in the background, the frames that encoding this chunk as a delta will decode:
-    /// its base and the base's own bases. Called as the chunk is read, a few chunks before a worker
+    /// its base and the base's own bases. Called as the put takes the chunk, a few chunks before a worker
     /// encodes it, so that a store whose packs left the page cache does not stall the workers on disk
     /// reads. Skipped for tensors whose file has shown that deltas do not pay.
     ///
