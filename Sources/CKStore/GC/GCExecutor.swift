@@ -23,22 +23,20 @@ struct GCExecutor {
         let annotations: [Annotation] = plan.deleted.map { .remove($0.id) } + plan.drops.sorted { $0.key < $1.key }.map {
             .drop($0.key, paths: $0.value.files, part: $0.value.part.rawValue, tensors: $0.value.tensors)
         }
-        let commits = CommitLog(layout: layout)
-        for checkpoint in plan.deleted { try commits.remove(checkpoint.id, run: checkpoint.run, step: checkpoint.step) }
-        // Stale pending checkpoints: their shard records go first, as commit records do. So do the records
-        // of shards whose checkpoint is committed (a combine that stopped before removing them).
-        let shardLog = CommitLog.shards(layout: layout)
-        for pending in plan.stalePending { try shardLog.removeShards(run: pending.run, step: pending.step) }
-        let committedSteps = Set(try commits.records().map { "\($0.run)@\($0.step)" })
-        for record in try shardLog.records() where committedSteps.contains("\(record.run)@\(record.step)") {
-            try shardLog.removeShards(run: record.run, step: record.step)
-        }
-        let first = try self.annotations.commit(annotations) { catalogue -> Catalogue.SweepOutcome in
-            try catalogue.prepareSweep(deleting: plan.deleted.map(\.id) + plan.stalePending.flatMap(\.shardIDs))
-            for (id, drop) in plan.drops {
-                try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
+        // Records go first, under the commit lock with the catalogue's deletion (``Committer/withdraw``).
+        // Stale pending checkpoints' shard records go with them, and so do the records of shards whose
+        // checkpoint is committed (a combine that stopped before retiring them).
+        let committer = Committer(catalogue: catalogue, layout: layout)
+        try committer.retireCombinedShardRecords()
+        let first = try committer.withdraw(plan.deleted.map { (id: $0.id, run: $0.run, step: $0.step) },
+                                           pendingSteps: plan.stalePending.map { (run: $0.run, step: $0.step) }) {
+            try self.annotations.commit(annotations) { catalogue -> Catalogue.SweepOutcome in
+                try catalogue.prepareSweep(deleting: plan.deleted.map(\.id) + plan.stalePending.flatMap(\.shardIDs))
+                for (id, drop) in plan.drops {
+                    try catalogue.drop(drop.files, tensors: drop.tensors, part: drop.part, from: id, manifest: drop.manifest, sweep: true)
+                }
+                return try catalogue.sweep()
             }
-            return try catalogue.sweep()
         }
         report.chunksFreed = first.deadChunks
         report.bytesUnreferenced = first.deadBytes

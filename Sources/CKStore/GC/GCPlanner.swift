@@ -123,14 +123,10 @@ struct GCPlanner {
 
     /// Refuses to plan when a commit record names a checkpoint the catalogue does not list: its packs would
     /// look like orphans and its chunks like dead ones, and gc must never delete what a committed checkpoint
-    /// needs (I-9). `repair` brings such checkpoints back.
+    /// needs (I-9). `repair` brings such checkpoints back. The check is the committer's, ordered with
+    /// every commit: a put committing beside this gc is never taken for a lost checkpoint.
     private func checkNoCommittedCheckpointIsMissing() throws {
-        let listed = Set(try catalogue.with { try $0.allCheckpointIDs() })
-        let missing = try CommitLog(layout: layout).records().filter { !listed.contains($0.id) }
-        guard missing.isEmpty else {
-            let names = missing.prefix(5).map { "\($0.run)@\($0.step) (\($0.id.short))" }.joined(separator: ", ")
-            throw CKStoreError(.damaged, "the catalogue does not list \(missing.count) committed checkpoint(s): \(names); nothing was deleted. Run `ckstore repair` to bring them back, then gc again")
-        }
+        try Committer(catalogue: catalogue, layout: layout).requireEveryCommitListed(doing: "nothing was deleted")
     }
 
     /// Part rules: which files, and which tensors of the remaining safetensors files, each slimmed

@@ -4,9 +4,9 @@ extension Archiver {
     /// Commits `manifest` as shard `shard` of its checkpoint (the end of a put with ``PutOptions/shard``),
     /// then combines the checkpoint if this was its last missing shard.
     ///
-    /// The shard is recorded as pending in the put's one transaction, with the chunks it needs (so gc keeps
-    /// them), and its shard record `shards/<run key>/<step>/<I>-of-<N>` is written before the put reports
-    /// success. Putting the same shard again with the same content is a no-op; with other content, or with
+    /// The shard is committed through the store's ``Committer``: recorded as pending with the chunks it
+    /// needs (so gc keeps them), and its shard record `shards/<run key>/<step>/<I>-of-<N>` written before
+    /// the put reports success. Putting the same shard again with the same content is a no-op; with other content, or with
     /// another shard count than shards already committed at that step, it is a conflict.
     static func commitShard(
         _ manifest: Manifest, shard: ShardSpec, session: Archiver, warnings: [String], started: ContinuousClock.Instant,
@@ -58,7 +58,9 @@ extension Archiver {
         case .committed(let id):
             return try checkCommitted(id)
         case .pending(let id):
-            if session.hasNewFrames { _ = try session.commit { _, _ in () } }
+            // Its record too, if a crash kept the first put from writing it.
+            let record = CommitLog.Record(id: id, run: run, step: step, content: content, createdAt: manifest.createdAt, shard: shard)
+            try session.commit { _, _ in .keep((), record: record) }
             let checkpoint = try ShardCombiner(catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
                 .completeIfReady(run: run, step: step, count: shard.count)
             return result(id: id, alreadyStored: true, checkpoint: checkpoint, missing: checkpoint == nil ? try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue) : [])
@@ -69,39 +71,18 @@ extension Archiver {
         let bytes = try manifest.canonicalJSON()
         let id = CheckpointID(SHA256Hasher.digest(bytes))
         try session.appendManifest(bytes, digest: id.digest)
-        let outcome = try session.commit { (catalogue, added) throws -> Standing in
+        let outcome = try session.commit { (catalogue, added) throws -> Committer.Decision<Standing> in
             let now = try standing(in: catalogue)
-            guard case .absent = now else { return now }
-            try catalogue.insertPendingShard(
-                PendingShard(id: id, run: run, step: step, shard: shard, content: content, createdAt: manifest.createdAt,
-                             logicalBytes: manifest.logicalBytes, storedBytesAdded: added),
-                chunkUses: manifest.chunkUses(id: id), now: Date().timeIntervalSince1970)
-            return .absent
+            guard case .absent = now else { return .keep(now) }
+            let pending = PendingShard(id: id, run: run, step: step, shard: shard, content: content, createdAt: manifest.createdAt,
+                                       logicalBytes: manifest.logicalBytes, storedBytesAdded: added)
+            return .commit(.shard(pending, chunkUses: manifest.chunkUses(id: id)), .absent)
         }
         switch outcome {
         case .committed(let existing): return try checkCommitted(existing)
         case .pending(let existing):
             return result(id: existing, alreadyStored: true, checkpoint: nil, missing: try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue))
         case .absent: break
-        }
-        // The shard's commit point for a rebuild, before the put reports success; a put that cannot write
-        // it takes its shard out of the catalogue again.
-        let log = CommitLog.shards(layout: layout)
-        let record: CommitLog.Record
-        do {
-            record = try log.commit(CommitLog.Record(id: id, run: run, step: step, content: content, createdAt: manifest.createdAt, shard: shard))
-        } catch {
-            let packs = session.committedPacks
-            try? catalogue.with { catalogue in
-                try catalogue.write {
-                    try catalogue.deletePendingShards([id])
-                    try catalogue.forgetUnusedFrames(inPacks: packs)
-                }
-            }
-            throw error
-        }
-        guard record.content == content else {
-            throw CKStoreError(.conflict, "\(what) has a shard record with different content (\(record.id.short)); run `ckstore repair`")
         }
         let checkpoint: CheckpointID?
         do {

@@ -125,6 +125,7 @@ extension CheckpointStore {
 /// which alone runs ``commit(_:)`` and ``appendManifest(_:digest:)``.
 final class Archiver: @unchecked Sendable {
     private let catalogue: LockedCatalogue
+    private let committer: Committer
     private let index: ChunkIndex
     private let sink: PackSink
     private let codec: FrameCodec
@@ -141,8 +142,6 @@ final class Archiver: @unchecked Sendable {
     private(set) var bytesAdded: Int64 = 0
     /// Whether this put appended any frame (chunks or a manifest) that a commit must record.
     private(set) var hasNewFrames = false
-    /// The packs this put recorded in the catalogue.
-    var committedPacks: [PackID] { sealed.map(\.id) }
     /// Counts the bytes of every chunk read and stored (or found stored). Set before the first store.
     var progress: ProgressMeter?
     /// The items of the `.distcp` files this put holds, by file path and item offset, from the `.metadata`
@@ -157,8 +156,9 @@ final class Archiver: @unchecked Sendable {
         var length: Int
     }
 
-    init(catalogue: LockedCatalogue, sink: PackSink, reader: ChunkReader, contexts: ZstdContextPool, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
+    init(catalogue: LockedCatalogue, layout: StoreLayout, sink: PackSink, reader: ChunkReader, contexts: ZstdContextPool, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
         self.catalogue = catalogue
+        self.committer = Committer(catalogue: catalogue, layout: layout)
         self.index = ChunkIndex(catalogue: catalogue)
         self.sink = sink
         self.codec = FrameCodec(level: options.compressionLevel ?? settings.compressionLevel, contexts: contexts)
@@ -300,37 +300,24 @@ final class Archiver: @unchecked Sendable {
         try append(encoded, kind: .manifest)
     }
 
-    /// Seals the open pack and records everything in one write transaction (commit protocol step 3).
+    /// Seals the open packs and commits them with what `decide` says through the store's ``Committer``
+    /// (commit protocol step 3 and the commit record).
     ///
-    /// Inside the transaction every reused chunk is checked again; if a concurrent gc removed one, the
-    /// transaction is rolled back, the missing chunks are written again from the input files into a new
-    /// pack, and the commit is retried.
-    func commit<T: Sendable>(_ record: (Catalogue, _ bytesAdded: Int64) throws -> T) throws -> T {
+    /// The committer re-checks every reused chunk inside its transaction; if a concurrent gc removed one,
+    /// nothing is committed, the missing chunks are written again from the input files into a new pack,
+    /// and the commit is retried.
+    func commit<T: Sendable>(_ decide: (Catalogue, _ bytesAdded: Int64) throws -> Committer.Decision<T>) throws -> T {
         sealed += try sink.seal()
         for attempt in 1...5 {
-            var missing = [ChunkDigest]()
-            let outcome: T? = try catalogue.with { (catalogue) throws -> T? in
-                try catalogue.write { () throws -> T? in
-                    for (digest, _) in reused where try !catalogue.containsChunk(digest) {
-                        missing.append(digest)
-                    }
-                    if !missing.isEmpty { return nil }
-                    var added: Int64 = 0
-                    let now = Date().timeIntervalSince1970
-                    for pack in sealed {
-                        added += try catalogue.insert(pack: pack, now: now)
-                    }
-                    // A new delta frame needs its base and inputs (I-4), which are this put's own frames or
-                    // the parent's; a concurrent gc could have taken the parent's. The frames are written
-                    // already, so the put cannot go on (throwing rolls the inserts back).
-                    for base in tensorEncoder.bases.withLock({ $0 }) where try !catalogue.containsChunk(base) {
-                        throw CKStoreError(.conflict, "the parent checkpoint's chunk \(base), which new delta frames are based on, was removed by a concurrent garbage collection; nothing was committed, put again")
-                    }
-                    bytesAdded = added
-                    return try record(catalogue, added)
-                }
+            let needs = Committer.Needs(reused: Array(reused.keys), bases: Array(tensorEncoder.bases.withLock { $0 }))
+            let outcome = try committer.commit(packs: sealed, needs: needs) { (catalogue, added) throws -> Committer.Decision<T> in
+                bytesAdded = added
+                return try decide(catalogue, added)
             }
-            if let outcome { return outcome }
+            guard case .missing(let missing) = outcome else {
+                if case .done(let value) = outcome { return value }
+                break
+            }
             guard attempt < 5 else { break }
             // A concurrent gc removed chunks this put reused: write them again and retry.
             for digest in missing {
@@ -418,7 +405,7 @@ extension Archiver {
         // Each file's size, read once (a stat per file on disk).
         let sizes = inputs.map(\.size)
         let totalBytes = sizes.reduce(0, +)
-        let session = try Archiver(catalogue: catalogue, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: totalBytes)), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
+        let session = try Archiver(catalogue: catalogue, layout: layout, sink: PackSink(layout: layout, writers: Self.packWriters(forBytes: totalBytes)), reader: reader, contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
         session.progress = ProgressMeter("put", total: totalBytes, handler: options.progress)
         let holdsDataFiles = inputs.contains { DistributedCheckpoint.isDataFile($0.path) }
         for input in inputs where holdsDataFiles && DistributedCheckpoint.relativeName(input.path) == ".metadata" {
@@ -521,7 +508,7 @@ extension Archiver {
         }
         let contentDigest = try manifest.contentDigest()
 
-        let commits = CommitLog(layout: layout)
+        let committer = Committer(catalogue: catalogue, layout: layout)
         func existing(in catalogue: Catalogue) throws -> CheckpointID? {
             if let shard = try catalogue.pendingShards(run: options.run, step: step).first {
                 throw CKStoreError(.conflict, "run \(options.run) has step \(step) pending as \(shard.shard.count) shards; put each rank's files with --shard I/\(shard.shard.count), or remove the pending shards with `ckstore rm \(options.run)@\(step) --pending`")
@@ -529,7 +516,7 @@ extension Archiver {
             guard let found = try catalogue.checkpoint(run: options.run, step: step) else {
                 // A commit record the catalogue does not know: the catalogue lost committed checkpoints
                 // (its write-ahead log was deleted, or it was rebuilt from a partial copy).
-                if let record = try commits.record(run: options.run, step: step) {
+                if let record = try committer.record(run: options.run, step: step) {
                     throw CKStoreError(.damaged, "run \(options.run) has a committed checkpoint at step \(step) (\(record.id.short)) that the catalogue does not list; run `ckstore repair` to bring it back before putting more")
                 }
                 return nil
@@ -540,6 +527,9 @@ extension Archiver {
             return found.id
         }
         let seconds = { (ContinuousClock.now - started) / .seconds(1) }
+        func rerecord(_ id: CheckpointID) -> CommitLog.Record {
+            CommitLog.Record(id: id, run: options.run, step: step, content: contentDigest, createdAt: manifest.createdAt)
+        }
         if let id = try catalogue.with({ catalogue in try existing(in: catalogue) }) {
             // Already stored. Chunks the store lacked (dropped by `repair` after damage) were written
             // again; so is the manifest frame if it was lost: the stored checkpoint's manifest is this one
@@ -551,10 +541,8 @@ extension Archiver {
                 let bytes = try original.canonicalJSON()
                 if SHA256Hasher.digest(bytes) == id.digest { try session.appendManifest(bytes, digest: id.digest) }
             }
-            if session.hasNewFrames {
-                _ = try session.commit { _, _ in (id: id, alreadyStored: true) }
-            }
-            _ = try commits.commit(CommitLog.Record(id: id, run: options.run, step: step, content: contentDigest, createdAt: manifest.createdAt))
+            // Its record too, if a crash kept the first put from writing it.
+            try session.commit { _, _ in .keep((), record: rerecord(id)) }
             return PutResult(id: id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
                              chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: seconds(), alreadyStored: true, warnings: warnings)
         }
@@ -564,36 +552,12 @@ extension Archiver {
         let uses = manifest.chunkUses(id: id)
         try session.appendManifest(manifestBytes, digest: id.digest)
 
-        let stored = try session.commit { (catalogue, added) throws in
-            if let id = try existing(in: catalogue) { return (id: id, alreadyStored: true) }
-            try catalogue.insert(
-                Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses),
-                now: Date().timeIntervalSince1970
-            )
-            return (id: id, alreadyStored: false)
+        let stored = try session.commit { (catalogue, added) throws -> Committer.Decision<(id: CheckpointID, alreadyStored: Bool)> in
+            if let id = try existing(in: catalogue) { return .keep((id: id, alreadyStored: true), record: rerecord(id)) }
+            let new = Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses)
+            return .commit(.checkpoint(new), (id: id, alreadyStored: false))
         }
-        trace.mark("packs sealed and catalogue committed")
-        // The commit point a rebuild sees (I-9), written before the put reports success. A put that cannot
-        // write it fails, and takes its checkpoint out of the catalogue again: nothing is listed that a
-        // rebuild would not bring back.
-        let record: CommitLog.Record
-        do {
-            record = try commits.commit(CommitLog.Record(id: stored.id, run: options.run, step: step, content: contentDigest, createdAt: manifest.createdAt))
-        } catch {
-            if !stored.alreadyStored {
-                let packs = session.committedPacks
-                try? catalogue.with { catalogue in
-                    try catalogue.write {
-                        try catalogue.deleteCheckpoint(stored.id)
-                        try catalogue.forgetUnusedFrames(inPacks: packs)
-                    }
-                }
-            }
-            throw error
-        }
-        guard record.content == contentDigest else {
-            throw CKStoreError(.conflict, "run \(options.run) already has a different committed checkpoint at step \(step) (\(record.id.short)); run `ckstore repair` if `ls` does not list it")
-        }
+        trace.mark("packs sealed, catalogue committed and commit recorded")
         return PutResult(
             id: stored.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes,
             storedBytesAdded: session.bytesAdded, chunksTotal: manifest.chunkCount,

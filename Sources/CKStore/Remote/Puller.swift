@@ -104,39 +104,30 @@ struct Puller {
         do {
             try await verified
             let contentDigest = try manifest.contentDigest()
-            try catalogue.with { catalogue in
-                try catalogue.write {
-                    var added: Int64 = 0
-                    let now = Date().timeIntervalSince1970
-                    for pack in sealed { added += try catalogue.insert(pack: pack, now: now) }
-                    if select != nil {
-                        // Not a checkpoint of this store: the chunks are held for the restore instead.
-                        for digest in seen where try !catalogue.containsChunk(digest) {
-                            throw CKStoreError(.conflict, "chunk \(digest), which this store had, was removed by a concurrent gc while \(commit.id.short) was being pulled; get it again")
-                        }
-                        try catalogue.holdChunks(withBases: seen, until: now + Self.holdSeconds)
-                        return
-                    }
-                    if let local = try catalogue.checkpoint(run: commit.run, step: commit.step) {
-                        guard local.id == commit.id else {
-                            throw CKStoreError(.conflict, "run \(commit.run) got a different checkpoint at step \(commit.step) (\(local.id.short)) while \(commit.id.short) was being pulled")
-                        }
-                        return
-                    }
-                    try catalogue.insert(
-                        Catalogue.NewCheckpoint(id: commit.id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: manifest.chunkUses(id: commit.id)),
-                        now: now)
-                    for (path, part) in commit.droppedFiles {
-                        guard let part = CheckpointPart(rawValue: part) else { continue }
-                        try catalogue.drop([path], part: part, from: commit.id, manifest: manifest)
-                    }
-                    if !droppedTensors.isEmpty {
-                        try catalogue.drop([], tensors: droppedTensors.mapValues { $0.sorted() }, part: .optimizer, from: commit.id, manifest: manifest)
-                    }
-                }
+            var drops = commit.droppedFiles.sorted { $0.key < $1.key }.compactMap { path, part in
+                CheckpointPart(rawValue: part).map { Committer.PartDrop(paths: [path], part: $0) }
             }
-            if select == nil {
-                _ = try CommitLog(layout: layout).commit(CommitLog.Record(id: commit.id, run: commit.run, step: commit.step, content: contentDigest, createdAt: manifest.createdAt))
+            if !droppedTensors.isEmpty {
+                drops.append(Committer.PartDrop(paths: [], tensors: droppedTensors.mapValues { $0.sorted() }, part: .optimizer))
+            }
+            let record = CommitLog.Record(id: commit.id, run: commit.run, step: commit.step, content: contentDigest, createdAt: manifest.createdAt)
+            try Committer(catalogue: catalogue, layout: layout).commit(packs: sealed) { (catalogue, added) throws -> Committer.Decision<Void> in
+                if select != nil {
+                    // Not a checkpoint of this store: the chunks are held for the restore instead.
+                    for digest in seen where try !catalogue.containsChunk(digest) {
+                        throw CKStoreError(.conflict, "chunk \(digest), which this store had, was removed by a concurrent gc while \(commit.id.short) was being pulled; get it again")
+                    }
+                    try catalogue.holdChunks(withBases: seen, until: Date().timeIntervalSince1970 + Self.holdSeconds)
+                    return .keep(())
+                }
+                if let local = try catalogue.checkpoint(run: commit.run, step: commit.step) {
+                    guard local.id == commit.id else {
+                        throw CKStoreError(.conflict, "run \(commit.run) got a different checkpoint at step \(commit.step) (\(local.id.short)) while \(commit.id.short) was being pulled")
+                    }
+                    return .keep((), record: record)
+                }
+                let new = Catalogue.NewCheckpoint(id: commit.id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: manifest.chunkUses(id: commit.id))
+                return .commit(.checkpoint(new, drops: drops), ())
             }
         } catch {
             // Nothing refers to the new packs: removed now rather than left to gc's grace period.

@@ -246,8 +246,7 @@ struct Repairer {
         }
         // Committed checkpoints the catalogue does not list (its write-ahead log was lost): brought back
         // from their manifest frames, with the packs and frames the catalogue did not know.
-        let commits = CommitLog(layout: layout)
-        let records = try commits.records()
+        let records = try CommitLog(layout: layout).records()
         let readers = PackReaderCache(layout: layout)
         let removed = try removedCheckpoints(scan)
         let listed = Set(try catalogue.allCheckpointIDs())
@@ -262,29 +261,35 @@ struct Repairer {
         }
         report.importedCheckpoints = imports.map(\.0).sorted()
         if !dryRun {
-            try catalogue.write {
-                let now = Date().timeIntervalSince1970
-                let catalogued = Set(try catalogue.packRows().map(\.id))
-                if !imports.isEmpty {
+            if !imports.isEmpty {
+                try catalogue.write {
+                    let now = Date().timeIntervalSince1970
+                    let catalogued = Set(try catalogue.packRows().map(\.id))
                     for pack in scan where pack.isIntact && !catalogued.contains(pack.id) {
                         try catalogue.insertPackRow(pack.id, size: pack.size, frameCount: pack.intact.count, now: now)
                         for frame in pack.intact { try catalogue.insertChunk(frame.header, pack: pack.id, offset: frame.offset) }
                     }
                 }
-                for (id, manifest) in imports.sorted(by: { $0.1.createdAt < $1.1.createdAt }) {
-                    try catalogue.insert(
-                        Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: try manifest.contentDigest(), storedBytesAdded: 0, chunkUses: manifest.chunkUses(id: id)),
-                        now: manifest.createdAt
-                    )
+            }
+            // Each lost checkpoint is committed again, as a pull commits one: its frames are catalogued now.
+            let committer = Committer(catalogue: LockedCatalogue(catalogue), layout: layout)
+            for (id, manifest) in imports.sorted(by: { $0.1.createdAt < $1.1.createdAt }) {
+                let new = Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: try manifest.contentDigest(), storedBytesAdded: 0, chunkUses: manifest.chunkUses(id: id))
+                try committer.commit(packs: []) { (catalogue, _) throws -> Committer.Decision<Void> in
+                    if try catalogue.checkpoint(run: manifest.run, step: manifest.step) != nil { return .keep(()) }
+                    return .commit(.checkpoint(new), ())
                 }
             }
             // Every listed checkpoint gets its commit record (one a crash kept a put from writing), and
             // records of removed checkpoints go.
+            var listed = [CommitLog.Record]()
             for summary in try catalogue.summaries() {
                 guard let content = try catalogue.checkpoint(run: summary.run, step: summary.step)?.content else { continue }
-                _ = try commits.commit(CommitLog.Record(id: summary.id, run: summary.run, step: summary.step, content: content, createdAt: summary.createdAt))
+                listed.append(CommitLog.Record(id: summary.id, run: summary.run, step: summary.step, content: content, createdAt: summary.createdAt))
             }
-            for record in records where removed.contains(record.id) { try commits.remove(record.id, run: record.run, step: record.step) }
+            try committer.recordListed(listed)
+            let withdrawn = records.filter { removed.contains($0.id) }.map { (id: $0.id, run: $0.run, step: $0.step) }
+            try committer.withdraw(withdrawn) {}
         }
 
         // Incomplete: every listed checkpoint that needs a chunk with no intact frame, whether this repair

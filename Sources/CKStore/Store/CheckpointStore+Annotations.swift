@@ -4,9 +4,11 @@ extension CheckpointStore {
     /// Deletes checkpoints explicitly; pinned ones only with `force`. Their chunks stay until `gc`.
     public func remove(_ ids: [CheckpointID], force: Bool = false) throws {
         try checkRemovable(ids, force: force)
-        for summary in try ids.map({ try summary(of: $0) }) { try CommitLog(layout: layout).remove(summary.id, run: summary.run, step: summary.step) }
-        try annotations.commit(ids.map { .remove($0) }) { catalogue in
-            for id in ids { try catalogue.deleteCheckpoint(id) }
+        let removed = try ids.map { try summary(of: $0) }.map { (id: $0.id, run: $0.run, step: $0.step) }
+        try Committer(catalogue: catalogue, layout: layout).withdraw(removed) {
+            try annotations.commit(ids.map { .remove($0) }) { catalogue in
+                for id in ids { try catalogue.deleteCheckpoint(id) }
+            }
         }
     }
 

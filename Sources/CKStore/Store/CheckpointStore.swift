@@ -40,6 +40,12 @@ public final class CheckpointStore: Sendable {
     public static func open(at path: String, create: Bool = false) throws -> CheckpointStore {
         let layout = StoreLayout(root: path)
         let exists = FileSystem.exists(layout.cataloguePath)
+        if try exists && FileSystem.size(of: layout.cataloguePath) == 0 && FileSystem.size(of: layout.cataloguePath + "-wal") == 0
+            && (Self.holdsPacks(layout) || !CommitLog(layout: layout).records().isEmpty) {
+            // An empty file where the catalogue was (truncated, or replaced by hand): SQLite would take it
+            // for a new database, and the store would list nothing while its packs hold checkpoints.
+            throw CKStoreError(.damaged, "store \(path) has packs but its catalogue (ckstore.db) is an empty file; run `ckstore repair` to rebuild it from the packs")
+        }
         if !exists {
             // A store whose packs hold checkpoints never silently gets a new, empty catalogue (I-9): a
             // later gc would take every pack for an orphan.
@@ -109,25 +115,17 @@ public final class CheckpointStore: Sendable {
         return try PackDirectory(layout: layout).entries().contains { $0.id != nil }
     }
 
-    /// Writes the commit records a store made before they existed lacks, one per catalogued checkpoint.
-    /// A store that cannot be written (a read-only mount) stays as it is: it is read the same way.
+    /// Writes the commit records a store made before they existed lacks, one per catalogued checkpoint,
+    /// through the ``Committer``. A store that cannot be written (a read-only mount) stays as it is: it is
+    /// read the same way.
     private func recordCommitsOfOlderStore() {
-        // Filled beside and renamed into place, so that an interrupted backfill leaves no partial set of
-        // records (a rebuild would keep only the checkpoints they name).
-        let filling = CommitLog(layout: layout, root: layout.commitsRoot + ".new")
         guard let summaries = try? list() else { return }
-        do {
-            FileSystem.removeTree(filling.root)
-            try FileSystem.createDirectory(filling.root)
-            for summary in summaries {
-                guard let content = try withCatalogue({ try $0.checkpoint(run: summary.run, step: summary.step)?.content }) else { continue }
-                _ = try filling.commit(CommitLog.Record(id: summary.id, run: summary.run, step: summary.step, content: content, createdAt: summary.createdAt))
-            }
-            try FileSystem.rename(filling.root, layout.commitsRoot)
-            try FileSystem.syncDirectory(layout.root)
-        } catch {
-            FileSystem.removeTree(filling.root)
+        var records = [CommitLog.Record]()
+        for summary in summaries {
+            guard let content = try? withCatalogue({ try $0.checkpoint(run: summary.run, step: summary.step)?.content }) else { continue }
+            records.append(CommitLog.Record(id: summary.id, run: summary.run, step: summary.step, content: content, createdAt: summary.createdAt))
         }
+        Committer(catalogue: catalogue, layout: layout).backfill(records)
     }
 
     /// Records the pieces of checkpoints committed before schema version 3, from their manifests; a
@@ -219,8 +217,9 @@ extension CheckpointStore {
             defer { withExtendedLifetime(lock) {} }
             let shards = try withCatalogue { try $0.pendingShards(run: run, step: step) }
             guard !shards.isEmpty else { return nil }
-            try CommitLog.shards(layout: layout).removeShards(run: run, step: step)
-            try withCatalogue { catalogue in try catalogue.write { try catalogue.deletePendingShards(shards.map(\.id)) } }
+            try Committer(catalogue: catalogue, layout: layout).withdraw([], pendingSteps: [(run: run, step: step)]) {
+                try withCatalogue { catalogue in try catalogue.write { try catalogue.deletePendingShards(shards.map(\.id)) } }
+            }
             return PendingCheckpoint.grouping(shards).first
         }
     }

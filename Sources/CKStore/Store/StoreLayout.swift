@@ -7,6 +7,8 @@ struct StoreLayout: Sendable {
     var packsRoot: String { root + "/packs" }
     var temporaryRoot: String { root + "/tmp" }
     var lockPath: String { root + "/lock" }
+    /// The commit lock (``CommitLock``): orders commits against the check that every commit is listed.
+    var commitLockPath: String { root + "/lock.commit" }
     var quarantineRoot: String { root + "/quarantine" }
     /// Space kept back for a full disk (``CheckpointStore/reserveBytes``).
     var reservePath: String { root + "/reserve" }

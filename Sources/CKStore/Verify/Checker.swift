@@ -31,14 +31,11 @@ struct Checker {
         problems += catalogueProblems.map { "catalogue: \($0)" }
         let pendingShards = byCheckpoint ? [] : try catalogue.with { try $0.pendingShards() }
         if !byCheckpoint {
-            let listed = Set(try catalogue.with { try $0.allCheckpointIDs() })
-            for record in try CommitLog(layout: layout).records() where !listed.contains(record.id) {
+            let unlisted = try Committer(catalogue: catalogue, layout: layout).unlisted()
+            for record in unlisted.checkpoints {
                 problems.append("committed checkpoint \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
             }
-            let pending = Set(pendingShards.map(\.id))
-            let committed = Set(try CommitLog(layout: layout).records().map { "\($0.run)@\($0.step)" })
-            for record in try CommitLog.shards(layout: layout).records()
-            where !pending.contains(record.id) && !committed.contains("\(record.run)@\(record.step)") {
+            for record in unlisted.shards {
                 problems.append("committed shard \(record.shard?.description ?? "?") of \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
             }
         }
@@ -152,7 +149,10 @@ struct Checker {
         var manifests = [CheckpointID: Manifest]()
         for id in checkpoints where damaged[id.digest] == nil && missing[id.digest] == nil {
             do {
-                manifests[id] = try reader.manifest(of: id)
+                let manifest = try reader.manifest(of: id)
+                manifests[id] = manifest
+                // Judged as `get` judges it: a manifest it would refuse is damage, not a sound checkpoint.
+                try manifest.checkRestorable(id: id)
             } catch {
                 damaged[id.digest] = CKStoreError.wrap(error).message
             }
@@ -169,7 +169,9 @@ struct Checker {
             for id in users {
                 affected.insert(id)
                 guard let manifest = manifests[id] ?? (try? reader.manifest(of: id)) else {
-                    affects.append(.init(checkpoint: id, run: "?", step: -1, file: nil, tensor: "manifest"))
+                    // The manifest is what is lost: the catalogue still says which run and step it was.
+                    let summary = try catalogue.with { try $0.summary(of: id) }
+                    affects.append(.init(checkpoint: id, run: summary?.run ?? "?", step: summary?.step ?? -1, file: nil, tensor: "manifest"))
                     continue
                 }
                 if id.digest == digest {

@@ -3,8 +3,8 @@ import Foundation
 /// The commit points of a store's checkpoints, kept where a rebuild from the packs can see them: one small
 /// file per checkpoint, `commits/<run key>/<step>`, naming the checkpoint's id and content.
 ///
-/// A put writes its record after the catalogue transaction that records the checkpoint and before it
-/// reports success; the record is created with `link(2)` onto its final name, so of two writers of the same
+/// ``Committer`` alone writes and removes records: after the catalogue transaction that records the
+/// checkpoint and before the commit reports success; the record is created with `link(2)` onto its final name, so of two writers of the same
 /// run and step exactly one succeeds. A catalogue rebuilt from the packs holds exactly the checkpoints these
 /// records name (less those a removal annotation deleted): a manifest left by a killed put, a put refused as
 /// a conflict, the loser of a race or a pack copied in from elsewhere has no record and does not come back
@@ -113,16 +113,17 @@ struct CommitLog {
         FileSystem.removeTree(folder)
     }
 
-    /// Every record in the store.
+    /// Every record in the store. A record or folder removed while they are listed (a concurrent `rm`, gc
+    /// or combine) is left out, not an error.
     func records() throws -> [Record] {
         guard isKept else { return [] }
         var out = [Record]()
-        for folder in try FileSystem.contents(of: root) where FileSystem.isDirectory(root + "/" + folder) {
-            for name in try FileSystem.contents(of: root + "/" + folder) where Int64(name) != nil {
+        for folder in try Self.names(in: root) where FileSystem.isDirectory(root + "/" + folder) {
+            for name in try Self.names(in: root + "/" + folder) where Int64(name) != nil {
                 let path = root + "/" + folder + "/" + name
                 if FileSystem.isDirectory(path) {
                     // Shard records: one folder per step.
-                    for shard in try FileSystem.contents(of: path) where shard.contains("-of-") {
+                    for shard in try Self.names(in: path) where shard.contains("-of-") {
                         if let record = try read(path + "/" + shard) { out.append(record) }
                     }
                 } else if let record = try read(path) {
@@ -133,9 +134,25 @@ struct CommitLog {
         return out
     }
 
+    /// The names in `folder`, or none once it is gone.
+    private static func names(in folder: String) throws -> [String] {
+        do {
+            return try FileSystem.contents(of: folder)
+        } catch where !FileSystem.exists(folder) {
+            return []
+        }
+    }
+
+    /// The record at `path`, or nil when there is none. A record removed between the look and the open (a
+    /// concurrent `rm` or gc) is absent too, not an error.
     private func read(_ path: String) throws -> Record? {
         guard FileSystem.exists(path) else { return nil }
-        let file = try SystemFile.openForReading(path)
+        let file: SystemFile
+        do {
+            file = try SystemFile.openForReading(path)
+        } catch where !FileSystem.exists(path) {
+            return nil
+        }
         let bytes = try file.read(count: Int(try file.size()), at: 0)
         do {
             return try JSONDecoder().decode(Record.self, from: Data(bytes))
