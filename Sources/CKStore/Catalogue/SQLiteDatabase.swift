@@ -50,7 +50,7 @@ final class SQLiteDatabase {
         if code != SQLITE_OK {
             let message = errorMessage.map { String(cString: $0) } ?? lastErrorMessage
             sqlite3_free(errorMessage)
-            throw error(code, message, sql: sql)
+            throw error(code, message)
         }
     }
 
@@ -59,7 +59,7 @@ final class SQLiteDatabase {
         var statement: OpaquePointer?
         let code = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
         guard code == SQLITE_OK, let statement else {
-            throw error(code, lastErrorMessage, sql: sql)
+            throw error(code, lastErrorMessage)
         }
         return SQLiteStatement(handle: statement, database: self, sql: sql)
     }
@@ -78,6 +78,9 @@ final class SQLiteDatabase {
         switch completion {
         case .commit(let value):
             do {
+                if kind != .deferred, let fault = system_commitTransaction(path) {
+                    throw CKStoreError.io("catalogue \(path): the transaction cannot be committed", fault)
+                }
                 try execute("COMMIT")
             } catch {
                 try? execute("ROLLBACK")
@@ -94,7 +97,7 @@ final class SQLiteDatabase {
     var changes: Int { Int(sqlite3_changes(handle)) }
     var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
-    func error(_ code: Int32, _ message: String, sql: String? = nil) -> CKStoreError {
+    func error(_ code: Int32, _ message: String) -> CKStoreError {
         let primary = code & 0xff
         // A full disk often reaches SQLite as an I/O error (growing the shared-memory or log file); the
         // errno behind it says what it was.
@@ -107,7 +110,12 @@ final class SQLiteDatabase {
         if primary == SQLITE_BUSY {
             return CKStoreError(.locked, "catalogue \(path) is busy: another ckstore process holds it (\(message))")
         }
-        return CKStoreError(.catalogue, "catalogue \(path): \(message)" + (sql.map { " [\($0.prefix(80))]" } ?? ""))
+        if primary == SQLITE_READONLY {
+            let folder = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+            return CKStoreError(.catalogue, "the store \(folder) cannot be written here (\(message)): this command changes the store; run it where the store's folder is writable, or use a command that only reads (ls, show, get, verify, audit)")
+        }
+        // The statement is not part of the message: users act on what failed, not on SQL.
+        return CKStoreError(.catalogue, "catalogue \(path): \(message)")
     }
 }
 
@@ -163,7 +171,7 @@ final class SQLiteStatement {
             case .blob(let bytes):
                 code = bytes.withUnsafeBytes { sqlite3_bind_blob(handle, index, $0.baseAddress, Int32($0.count), ckstore_sqlite_transient()) }
             }
-            guard code == SQLITE_OK else { throw database.error(code, database.lastErrorMessage, sql: sql) }
+            guard code == SQLITE_OK else { throw database.error(code, database.lastErrorMessage) }
         }
         return self
     }
@@ -174,7 +182,7 @@ final class SQLiteStatement {
         switch code {
         case SQLITE_ROW: return true
         case SQLITE_DONE: return false
-        default: throw database.error(code, database.lastErrorMessage, sql: sql)
+        default: throw database.error(code, database.lastErrorMessage)
         }
     }
 

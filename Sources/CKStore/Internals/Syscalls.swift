@@ -17,6 +17,9 @@ import Synchronization
 /// wrapper's own name (`#function`), so a call cannot be recorded under another call's name.
 package enum SyscallOperation: String, Sendable, CaseIterable {
     case open, close, pread, pwrite, fsync, fallocate, rename, link, unlink, mkdir, flock, fstat, stat, lstat, readlink, chmod, symlink, mmap
+    /// The `COMMIT` of a catalogue write transaction (``system_commitTransaction(_:)``): SQLite does its
+    /// own I/O, so its durable commit is the one point of it that faults target.
+    case commitTransaction
 
     /// The operation of the wrapper `function` (`system_chmod(_:_:)` → `chmod`), as `#function` names it.
     init?(wrapper function: StaticString) {
@@ -104,6 +107,12 @@ func valueOrErrno<I: FixedWidthInteger>(
         }
         return .success(result)
     }
+}
+
+/// The fault, if any, to inject into the commit of a write transaction on the catalogue at `path`.
+func system_commitTransaction(_ path: String) -> Errno? {
+    if case .fail(let code) = FaultInjector.shared.fault(#function, path) { return Errno(rawValue: code) }
+    return nil
 }
 
 func system_open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o644) -> Result<Int32, Errno> {

@@ -20,26 +20,6 @@ struct RestoreDestination {
         self.modeMask = keepSpecialModeBits ? 0o7777 : 0o777
     }
 
-    /// Refuses a manifest whose paths or link targets would leave the destination (I-7).
-    static func checkPaths(of manifest: Manifest, id: CheckpointID) throws {
-        var links = [String: String]()
-        for file in manifest.files { if let target = file.linkTarget { links[file.path] = target } }
-        for (path, target) in links where !RelativePath.linkStaysInside(path, target: target, links: links) {
-            throw CKStoreError(.unsafePath, "checkpoint \(id.short): symbolic link \(path) points to \(target), which leaves the target folder once the checkpoint's other links are followed; refused")
-        }
-        for file in manifest.files {
-            guard RelativePath.isSafe(file.path) else {
-                throw CKStoreError(.unsafePath, "checkpoint \(id.short): manifest names the path \(file.path.debugDescription), which would leave the target folder; refused")
-            }
-            if let target = file.linkTarget {
-                let folder = file.path.split(separator: "/").dropLast().joined(separator: "/")
-                guard !target.hasPrefix("/"), RelativePath.normalize(folder.isEmpty ? target : folder + "/" + target) != nil else {
-                    throw CKStoreError(.unsafePath, "checkpoint \(id.short): symbolic link \(file.path) points to \(target), outside the target folder; refused")
-                }
-            }
-        }
-    }
-
     /// Writes every output and link of `plan` through `restorer` into a staging folder, then moves them
     /// into place. A destination that does not exist yet is staged whole beside itself and renamed into
     /// place at once: whatever happens, it is then either absent or complete. Into an existing folder

@@ -212,7 +212,7 @@ extension CheckpointStore {
             restorer.progress = options.progress
             return try await restorer.locked {
                 var manifest = try restorer.manifest(of: id)
-                try RestoreDestination.checkPaths(of: manifest, id: id)
+                try manifest.checkRestorable(id: id)
                 if let shard = options.shard {
                     // What rank `shard.index` wrote, so that each rank of a resuming job fetches its own files.
                     guard let shards = manifest.shards else {
