@@ -169,11 +169,19 @@ import Testing
     /// Commits a checkpoint whose manifest names `path`, bypassing put's checks, as a damaged or
     /// malicious store could.
     private func commitCraftedManifest(_ store: CheckpointStore, path: String, linkTarget: String?) throws -> CheckpointID {
+        try Self.commitCraftedManifest(store, files: [(path, linkTarget)])
+    }
+
+    /// Commits a checkpoint whose manifest names `files` (each with the same small content, or a link),
+    /// bypassing put's checks.
+    static func commitCraftedManifest(_ store: CheckpointStore, files paths: [(path: String, linkTarget: String?)]) throws -> CheckpointID {
         let content = Array("payload".utf8)
         let digest = SHA256Hasher.digest(content)
-        let file = FileEntry(path: path, mode: 0o644, size: Int64(content.count), sha256: digest, format: linkTarget == nil ? .opaque : .symlink,
-                             linkTarget: linkTarget, chunks: linkTarget == nil ? [ChunkRef(digest: digest, length: content.count)] : [], tensors: nil)
-        let manifest = Manifest(format: 1, run: "evil", step: 1, epoch: nil, createdAt: 0, metrics: [:], tags: [], metadata: [:], parent: nil, modelConfig: nil, trainerState: nil, files: [file])
+        let files = paths.map { path, linkTarget in
+            FileEntry(path: path, mode: 0o644, size: Int64(content.count), sha256: digest, format: linkTarget == nil ? .opaque : .symlink,
+                      linkTarget: linkTarget, chunks: linkTarget == nil ? [ChunkRef(digest: digest, length: content.count)] : [], tensors: nil)
+        }
+        let manifest = Manifest(format: 1, run: "evil", step: 1, epoch: nil, createdAt: 0, metrics: [:], tags: [], metadata: [:], parent: nil, modelConfig: nil, trainerState: nil, files: files)
         let bytes = try manifest.canonicalJSON()
         let id = CheckpointID(SHA256Hasher.digest(bytes))
         let writer = try PackWriter(layout: store.layout)
@@ -188,5 +196,39 @@ import Testing
             }
         }
         return id
+    }
+
+    /// Issue 32's fault pass: `verify --full` said "ok" for manifests that `get` refuses. Both now judge a
+    /// manifest by ``Manifest/checkRestorable(id:)``, so what one refuses the other reports.
+    @Test func verifyJudgesAManifestAsGetDoes() async throws {
+        let cases: [[(path: String, linkTarget: String?)]] = [
+            [("../escape.txt", nil)],
+            [("a", nil), ("a/b", nil)],
+            [(String(repeating: "x", count: 300), nil)],
+            [("link", "../../outside")],
+        ]
+        for files in cases {
+            try await withTemporaryDirectory { root in
+                let store = try CheckpointStore.open(at: root + "/store", create: true)
+                let id = try Self.commitCraftedManifest(store, files: files)
+                let refused = await #expect(throws: CKStoreError.self) { try await store.restore(id, to: root + "/dest") }
+                #expect(refused?.code == .unsafePath, "\(files.map(\.path))")
+                for depth in [VerifyDepth.quick, .full] {
+                    let report = try await store.verify(VerifyOptions(depth: depth))
+                    #expect(!report.ok && report.affectedCheckpoints == [id], "\(files.map(\.path)) \(depth)")
+                    let damage = report.damage.first { $0.chunk == id.digest }
+                    #expect(damage?.problem == refused?.message, "\(files.map(\.path))")
+                    #expect(damage?.affects.first?.run == "evil" && damage?.affects.first?.step == 1)
+                }
+            }
+        }
+        // The same crafting with a sound manifest verifies and restores: the check is not refusing all.
+        try await withTemporaryDirectory { root in
+            let store = try CheckpointStore.open(at: root + "/store", create: true)
+            let id = try Self.commitCraftedManifest(store, files: [("a/b", nil), ("c", nil)])
+            #expect(try await store.verify(VerifyOptions(depth: .full)).ok)
+            _ = try await store.restore(id, to: root + "/dest")
+            #expect(try Files.read(root + "/dest/a/b") == Array("payload".utf8))
+        }
     }
 }

@@ -172,11 +172,13 @@ struct Committer {
         }
     }
 
-    /// Forgets the pending shards a combined checkpoint replaced, and their records. Best effort: the
+    /// Forgets the pending shards a combined checkpoint replaced, and then their records. Best effort: the
     /// checkpoint is committed; shards left behind are retired by the next combine or gc.
     private func retire(_ shards: [CheckpointID], of new: Catalogue.NewCheckpoint) {
-        try? catalogue.with { catalogue in try catalogue.write { try catalogue.deletePendingShards(shards) } }
-        try? CommitLog.shards(layout: layout).removeShards(run: new.manifest.run, step: new.manifest.step)
+        do {
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.deletePendingShards(shards) } }
+            try CommitLog.shards(layout: layout).removeShards(run: new.manifest.run, step: new.manifest.step)
+        } catch {}
     }
 
     // MARK: Records outside a commit
@@ -226,11 +228,13 @@ struct Committer {
         return try delete()
     }
 
-    /// Removes the shard records of `run` at `step` once the checkpoint's own record exists.
+    /// Removes the shard records of `run` at `step` once the checkpoint's own record exists and no shard
+    /// of that step is pending any more.
     func retireShardRecords(run: String, step: Int64) throws {
         let lock = try CommitLock(layout: layout, mode: .exclusive)
         defer { withExtendedLifetime(lock) {} }
-        guard try CommitLog(layout: layout).record(run: run, step: step) != nil else { return }
+        guard try CommitLog(layout: layout).record(run: run, step: step) != nil,
+              try catalogue.with({ try $0.pendingShards(run: run, step: step) }).isEmpty else { return }
         try CommitLog.shards(layout: layout).removeShards(run: run, step: step)
     }
 
@@ -239,8 +243,9 @@ struct Committer {
         let lock = try CommitLock(layout: layout, mode: .exclusive)
         defer { withExtendedLifetime(lock) {} }
         let committed = Set(try CommitLog(layout: layout).records().map { "\($0.run)@\($0.step)" })
+        let pending = Set(try catalogue.with { try $0.pendingShards() }.map { "\($0.run)@\($0.step)" })
         let shards = CommitLog.shards(layout: layout)
-        for record in try shards.records() where committed.contains("\(record.run)@\(record.step)") {
+        for record in try shards.records() where committed.contains("\(record.run)@\(record.step)") && !pending.contains("\(record.run)@\(record.step)") {
             try shards.removeShards(run: record.run, step: record.step)
         }
     }

@@ -42,7 +42,8 @@ struct ShardCombiner {
             return .commit(.combined(new, shards: ids), id)
         }
         if committed != nil {
-            try Committer(catalogue: catalogue, layout: layout).retireShardRecords(run: run, step: step)
+            // Best effort: the checkpoint is committed; records left behind are retired by the next gc.
+            try? Committer(catalogue: catalogue, layout: layout).retireShardRecords(run: run, step: step)
         }
         return committed
     }
