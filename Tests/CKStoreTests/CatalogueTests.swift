@@ -93,7 +93,8 @@ import Testing
     }
 }
 
-/// The layering the design promises, checked on the sources: SQL only in `Catalogue/`.
+/// The layering the design promises, checked on the sources: SQL only in `Catalogue/`; commit records
+/// written only by the committer.
 @Suite struct LayeringTests {
     static let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/Sources/CKStore"
 
@@ -115,6 +116,37 @@ import Testing
             }
         }
         #expect(files > 50, "the sources were not found at \(Self.sources)")
+        #expect(offenders.isEmpty, "\(offenders.joined(separator: "\n"))")
+    }
+
+    /// Issue 32: no type but ``Committer`` writes or removes a commit record. The writes are `fileprivate`
+    /// to `Commit/Committer.swift` (the compiler holds the rest of the tree to that); this checks that they
+    /// stay there, and that no other file reaches the records' folders by path, in any target.
+    @Test func commitRecordsAreWrittenOnlyByTheCommitter() throws {
+        let root = URL(fileURLWithPath: Self.sources).deletingLastPathComponent().path
+        let committer = "CKStore/Commit/Committer.swift"
+        let writes = ["func commit(_ record", "func remove(_ id: CheckpointID, run", "func removeShards("]
+        let paths = ["commitsRoot", "\"/commits", "\"/shards"]
+        // Where the records' folder is named without writing a record: its definition, the reader, and the
+        // empty folder a new store starts with.
+        let namesTheFolder: Set<String> = ["CKStore/Store/StoreLayout.swift", "CKStore/Commit/CommitLog.swift", "CKStore/Store/CheckpointStore.swift"]
+        var offenders = [String]()
+        var declaresWrites = false
+        let enumerator = try #require(FileManager.default.enumerator(atPath: root))
+        for case let path as String in enumerator where path.hasSuffix(".swift") {
+            let text = try String(contentsOfFile: root + "/" + path, encoding: .utf8)
+            if path == committer {
+                declaresWrites = writes.allSatisfy { text.contains("fileprivate " + $0) }
+                continue
+            }
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let code = line.trimmingCharacters(in: .whitespaces)
+                guard !code.hasPrefix("//") else { continue }
+                for pattern in writes where code.contains(pattern) { offenders.append("\(path):\(number + 1): \(code)") }
+                for pattern in paths where code.contains(pattern) && !namesTheFolder.contains(path) { offenders.append("\(path):\(number + 1): \(code)") }
+            }
+        }
+        #expect(declaresWrites, "\(committer) no longer declares the record writes fileprivate")
         #expect(offenders.isEmpty, "\(offenders.joined(separator: "\n"))")
     }
 }

@@ -47,14 +47,14 @@ struct CommitLog {
     /// Whether this store keeps commit records (every store made or opened read-write since they exist).
     var isKept: Bool { FileSystem.isDirectory(root) }
 
-    private func folder(run: String) -> String { root + "/" + Self.runKey(run) }
+    func folder(run: String) -> String { root + "/" + Self.runKey(run) }
 
     /// The folder name of a run's records, locally and in a remote's `commits/`.
     static func runKey(_ run: String) -> String {
         Array(SHA256Hasher.digest(Array(run.utf8)).bytes.prefix(16)).hexString
     }
 
-    private func path(run: String, step: Int64, shard: ShardSpec? = nil) -> String {
+    func path(run: String, step: Int64, shard: ShardSpec? = nil) -> String {
         folder(run: run) + "/" + String(step) + (shard.map { "/\($0.index)-of-\($0.count)" } ?? "")
     }
 
@@ -66,51 +66,6 @@ struct CommitLog {
     /// The record of `run` at `step`, if there is one.
     func record(run: String, step: Int64) throws -> Record? {
         try read(path(run: run, step: step))
-    }
-
-    /// Writes `record` unless `run` already has one at that step; returns the record that is there now
-    /// (`record` itself when this call wrote it). The record is durable when this returns.
-    func commit(_ record: Record) throws -> Record {
-        let final = path(run: record.run, step: record.step, shard: record.shard)
-        let folder = String(final[..<(final.lastIndex(of: "/") ?? final.endIndex)])
-        if let existing = try read(final) { return existing }
-        try FileSystem.createDirectory(folder)
-        let temporary = layout.temporaryRoot + "/commit-" + PackID.random().hex
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let file = try SystemFile.createNew(temporary)
-        defer { try? FileSystem.removeFile(temporary) }
-        try file.write(Array(try encoder.encode(record)), at: 0)
-        try file.sync()
-        guard try FileSystem.linkExclusively(temporary, final) else {
-            return try read(final) ?? record
-        }
-        do {
-            try FileSystem.syncDirectory(folder)
-        } catch {
-            // Not durable, so not a commit point: the put fails and takes the record back with it.
-            try? FileSystem.removeFile(final)
-            throw error
-        }
-        return record
-    }
-
-    /// Forgets the record of a checkpoint being deleted (`rm`, gc), before the catalogue deletes it: a
-    /// crash in between leaves a listed checkpoint without a record, which `repair` records again, never
-    /// a record of a checkpoint the catalogue no longer has. Only if it names `id`: a record of a later
-    /// checkpoint at the same run and step stays.
-    func remove(_ id: CheckpointID, run: String, step: Int64) throws {
-        let file = path(run: run, step: step)
-        guard let existing = try read(file), existing.id == id else { return }
-        try FileSystem.removeFile(file)
-    }
-
-    /// Forgets the shard records of `run` at `step` once its checkpoint is committed (or its pending
-    /// shards were removed).
-    func removeShards(run: String, step: Int64) throws {
-        let folder = path(run: run, step: step)
-        guard FileSystem.isDirectory(folder) else { return }
-        FileSystem.removeTree(folder)
     }
 
     /// Every record in the store. A record or folder removed while they are listed (a concurrent `rm`, gc
@@ -145,7 +100,7 @@ struct CommitLog {
 
     /// The record at `path`, or nil when there is none. A record removed between the look and the open (a
     /// concurrent `rm` or gc) is absent too, not an error.
-    private func read(_ path: String) throws -> Record? {
+    func read(_ path: String) throws -> Record? {
         guard FileSystem.exists(path) else { return nil }
         let file: SystemFile
         do {

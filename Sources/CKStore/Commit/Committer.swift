@@ -314,3 +314,52 @@ final class CommitLock {
         lock = try StoreLock(path: layout.commitLockPath, mode: mode)
     }
 }
+
+/// The writes of commit records: `fileprivate`, so that the compiler holds what the design says, that no
+/// type but ``Committer`` writes or removes a record.
+extension CommitLog {
+    /// Writes `record` unless `run` already has one at that step; returns the record that is there now
+    /// (`record` itself when this call wrote it). The record is durable when this returns.
+    fileprivate func commit(_ record: Record) throws -> Record {
+        let final = path(run: record.run, step: record.step, shard: record.shard)
+        let folder = String(final[..<(final.lastIndex(of: "/") ?? final.endIndex)])
+        if let existing = try read(final) { return existing }
+        try FileSystem.createDirectory(folder)
+        let temporary = layout.temporaryRoot + "/commit-" + PackID.random().hex
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let file = try SystemFile.createNew(temporary)
+        defer { try? FileSystem.removeFile(temporary) }
+        try file.write(Array(try encoder.encode(record)), at: 0)
+        try file.sync()
+        guard try FileSystem.linkExclusively(temporary, final) else {
+            return try read(final) ?? record
+        }
+        do {
+            try FileSystem.syncDirectory(folder)
+        } catch {
+            // Not durable, so not a commit point: the put fails and takes the record back with it.
+            try? FileSystem.removeFile(final)
+            throw error
+        }
+        return record
+    }
+
+    /// Forgets the record of a checkpoint being deleted (`rm`, gc), before the catalogue deletes it: a
+    /// crash in between leaves a listed checkpoint without a record, which `repair` records again, never
+    /// a record of a checkpoint the catalogue no longer has. Only if it names `id`: a record of a later
+    /// checkpoint at the same run and step stays.
+    fileprivate func remove(_ id: CheckpointID, run: String, step: Int64) throws {
+        let file = path(run: run, step: step)
+        guard let existing = try read(file), existing.id == id else { return }
+        try FileSystem.removeFile(file)
+    }
+
+    /// Forgets the shard records of `run` at `step` once its checkpoint is committed (or its pending
+    /// shards were removed).
+    fileprivate func removeShards(run: String, step: Int64) throws {
+        let folder = path(run: run, step: step)
+        guard FileSystem.isDirectory(folder) else { return }
+        FileSystem.removeTree(folder)
+    }
+}
