@@ -89,7 +89,7 @@ struct PolicyShow: AsyncParsableCommand {
 
     struct Entry: Encodable {
         var scope: String
-        var source: String
+        var source: PolicySource
         var policy: RetentionPolicy
         var summary: String
     }
@@ -102,7 +102,7 @@ struct PolicyShow: AsyncParsableCommand {
             entries.append(Entry(scope: run, source: source, policy: policy, summary: policy.summary))
         } else {
             let (fallback, _) = try checkpointStore.policy(run: nil)
-            entries.append(Entry(scope: "*", source: "default", policy: fallback, summary: fallback.summary))
+            entries.append(Entry(scope: "*", source: .default, policy: fallback, summary: fallback.summary))
             let runs = Set(try checkpointStore.list().map(\.run)).union(try checkpointStore.runsWithPolicies())
             for name in runs.sorted() {
                 let (policy, source) = try checkpointStore.policy(run: name)
@@ -113,7 +113,11 @@ struct PolicyShow: AsyncParsableCommand {
             try JSONOutput.print(run == nil ? AnyEncodable(entries) : AnyEncodable(entries[0]))
         } else {
             for entry in entries {
-                let origin = entry.source == "run" ? "" : entry.source == "default" && entry.scope != "*" ? " (store default)" : entry.source == "none" ? " (no policy)" : ""
+                let origin = switch entry.source {
+                case .run: ""
+                case .default: entry.scope == "*" ? "" : " (store default)"
+                case .none: " (no policy)"
+                }
                 print("\(entry.scope == "*" ? "default" : entry.scope): \(entry.summary)\(origin)")
             }
         }

@@ -252,8 +252,8 @@ import Testing
         bounded.keepBest = [.init(count: 2, metric: "loss", order: .min)]
         #expect(bounded.steadyStateCount(pinned: 1, tagged: 0) == 7)
         #expect(RetentionPolicy().steadyStateCount(pinned: 0, tagged: 0) == nil)
-        #expect(bounded.part(path: "optimizer.pt", tensor: "") == "optimizer")
-        #expect(bounded.part(path: "model.safetensors", tensor: "w") == "weights")
-        #expect(bounded.part(path: "trainer_state.json", tensor: "") == "other")
+        #expect(bounded.part(path: "optimizer.pt", tensor: "") == .optimizer)
+        #expect(bounded.part(path: "model.safetensors", tensor: "w") == .weights)
+        #expect(bounded.part(path: "trainer_state.json", tensor: "") == .other)
     }
 }

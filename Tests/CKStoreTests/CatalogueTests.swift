@@ -129,7 +129,7 @@ import Testing
         let paths = ["commitsRoot", "\"/commits", "\"/shards"]
         // Where the records' folder is named without writing a record: its definition, the reader, and the
         // empty folder a new store starts with.
-        let namesTheFolder: Set<String> = ["CKStore/Store/StoreLayout.swift", "CKStore/Commit/CommitLog.swift", "CKStore/Store/CheckpointStore.swift"]
+        let namesTheFolder: Set<String> = ["CKStore/Layout/StoreLayout.swift", "CKStore/Commit/CommitLog.swift", "CKStore/Store/CheckpointStore.swift"]
         var offenders = [String]()
         var declaresWrites = false
         let enumerator = try #require(FileManager.default.enumerator(atPath: root))
@@ -148,5 +148,60 @@ import Testing
         }
         #expect(declaresWrites, "\(committer) no longer declares the record writes fileprivate")
         #expect(offenders.isEmpty, "\(offenders.joined(separator: "\n"))")
+    }
+
+    /// Issue 32: the folders of `Sources/CKStore` are layers. A folder uses a folder when it names a type
+    /// declared at the top level of one of its files; no folder may use, directly or through others, a
+    /// folder that uses it back. The first cycle found is reported with a use on each of its edges.
+    @Test func noFolderCycleInTheLibrary() throws {
+        let declaration = try NSRegularExpression(pattern: #"^(?:(?:public|package|internal|fileprivate|private|final|indirect)\s+|@\w+(?:\([^)]*\))?\s+)*(?:struct|class|enum|protocol|typealias|actor)\s+([A-Z][A-Za-z0-9_]*)"#, options: [.anchorsMatchLines])
+        let identifier = try NSRegularExpression(pattern: #"\b[A-Z][A-Za-z0-9_]*\b"#)
+        var texts = [String: [(file: String, code: String)]]()
+        var owner = [String: String]()
+        for folder in try FileManager.default.contentsOfDirectory(atPath: Self.sources).sorted() where !folder.hasSuffix(".docc") {
+            guard let files = try? FileManager.default.contentsOfDirectory(atPath: Self.sources + "/" + folder) else { continue }
+            for file in files.sorted() where file.hasSuffix(".swift") {
+                let text = try String(contentsOfFile: Self.sources + "/" + folder + "/" + file, encoding: .utf8)
+                // Comments out: a type named in a comment is no use of it.
+                let code = text.split(separator: "\n", omittingEmptySubsequences: false)
+                    .map { line in line.range(of: "//").map { String(line[..<$0.lowerBound]) } ?? String(line) }.joined(separator: "\n")
+                texts[folder, default: []].append((file, code))
+                for match in declaration.matches(in: code, range: NSRange(code.startIndex..., in: code)) {
+                    guard let range = Range(match.range(at: 1), in: code) else { continue }
+                    if owner[String(code[range])] == nil { owner[String(code[range])] = folder }
+                }
+            }
+        }
+        #expect(texts.count > 10 && owner.count > 100, "the sources were not found at \(Self.sources)")
+        var uses = [String: [String: String]]()
+        for (folder, files) in texts {
+            for (file, code) in files {
+                for match in identifier.matches(in: code, range: NSRange(code.startIndex..., in: code)) {
+                    guard let range = Range(match.range, in: code), let other = owner[String(code[range])], other != folder else { continue }
+                    if uses[folder, default: [:]][other] == nil { uses[folder, default: [:]][other] = "\(folder)/\(file) names \(code[range])" }
+                }
+            }
+        }
+        // Depth-first search for a back edge.
+        var state = [String: Int]()
+        var path = [String]()
+        func cycle(from folder: String) -> [String]? {
+            state[folder] = 1
+            path.append(folder)
+            for next in (uses[folder] ?? [:]).keys.sorted() {
+                if state[next] == 1, let start = path.firstIndex(of: next) { return Array(path[start...]) + [next] }
+                if state[next] == nil, let found = cycle(from: next) { return found }
+            }
+            path.removeLast()
+            state[folder] = 2
+            return nil
+        }
+        for folder in texts.keys.sorted() where state[folder] == nil {
+            if let found = cycle(from: folder) {
+                let edges = zip(found, found.dropFirst()).map { uses[$0]?[$1] ?? "" }
+                Issue.record("folder cycle \(found.joined(separator: " → ")):\n\(edges.joined(separator: "\n"))")
+                return
+            }
+        }
     }
 }

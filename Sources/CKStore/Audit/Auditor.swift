@@ -94,20 +94,19 @@ struct Auditor {
 
         // Parts: each label classified by its run's policy; frames no label names (manifests) are "other".
         let runIndex = Dictionary(usage.runs.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
-        var partBytes = [String: (logical: Int64, stored: Int64)]()
+        var partBytes = [CheckpointPart: (logical: Int64, stored: Int64)]()
         for (index, label) in usage.labels.enumerated() {
             let policy = runIndex[label.run].map { policies[$0] } ?? RetentionPolicy()
             let part = policy.part(path: label.path, tensor: label.tensor)
             partBytes[part, default: (0, 0)].logical += usage.labelLogicalBytes[index]
             partBytes[part, default: (0, 0)].stored += storedByLabel[index]
         }
-        partBytes["other", default: (0, 0)].stored += unlabelled
+        partBytes[.other, default: (0, 0)].stored += unlabelled
         // Checkpoints put before pieces were recorded have no labels: their logical bytes count as other.
         let labelledLogical = usage.labelLogicalBytes.reduce(0, +)
-        if logical > labelledLogical { partBytes["other", default: (0, 0)].logical += logical - labelledLogical }
-        let order = ["weights", "optimizer", "other"]
-        let parts = partBytes.map { AuditReport.Part(part: $0.key, logicalBytes: $0.value.logical, storedBytes: $0.value.stored) }
-            .sorted { (order.firstIndex(of: $0.part) ?? order.count, $0.part) < (order.firstIndex(of: $1.part) ?? order.count, $1.part) }
+        if logical > labelledLogical { partBytes[.other, default: (0, 0)].logical += logical - labelledLogical }
+        let parts = partBytes.sorted { $0.key < $1.key }
+            .map { AuditReport.Part(part: $0.key.rawValue, logicalBytes: $0.value.logical, storedBytes: $0.value.stored) }
 
         let tensors = usage.labels.indices
             .filter { !usage.labels[$0].tensor.isEmpty && (options.run == nil || usage.labels[$0].run == options.run) && storedByLabel[$0] > 0 }

@@ -2,7 +2,7 @@
 extension Catalogue {
     /// A frame a remote holds, with the index object that listed it and the pack it is in.
     struct RemoteFrameRow: Sendable {
-        var frame: RemoteFrame
+        var frame: PackedFrame
         var index: String
         var pack: String
     }
@@ -12,13 +12,13 @@ extension Catalogue {
     }
 
     /// Records an index object and the frames it lists.
-    func insertRemoteIndex(_ remote: String, name: String, index: RemoteIndex) throws {
+    func insertRemoteIndex(_ remote: String, name: String, packs: [(name: String, frames: [PackedFrame])]) throws {
         try statement("INSERT OR IGNORE INTO remote_indexes (remote, name) VALUES (?, ?)").run([.text(remote), .text(name)])
         let insert = try statement("""
             INSERT OR IGNORE INTO remote_frames (remote, digest, index_name, pack, offset, stored_length, raw_length, encoding, kind, base, inputs)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
-        for pack in index.packs {
+        for pack in packs {
             for frame in pack.frames {
                 try insert.run([
                     .text(remote), .blob(frame.digest.bytes), .text(name), .text(pack.name), .integer(frame.offset),
@@ -49,7 +49,7 @@ extension Catalogue {
             WHERE remote = ? AND digest = ? ORDER BY index_name LIKE 'pending:%', index_name
             """).rows([.text(remote), .blob(digest.bytes)]) { (row) throws in
                 RemoteFrameRow(
-                    frame: RemoteFrame(digest: digest, offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
+                    frame: PackedFrame(digest: digest, offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
                                        encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
                                        base: row.isNull(7) ? nil : try row.digest(7), inputs: try Self.digestList(row, 8)),
                     index: row.text(0), pack: row.text(1))
@@ -107,13 +107,13 @@ extension Catalogue {
 
 extension Catalogue {
     /// The frames the cache knows through one index object (or one pending pack), grouped by pack.
-    func remoteFrames(_ remote: String, index: String) throws -> [String: [RemoteFrame]] {
-        var out = [String: [RemoteFrame]]()
+    func remoteFrames(_ remote: String, index: String) throws -> [String: [PackedFrame]] {
+        var out = [String: [PackedFrame]]()
         let rows = try statement("""
             SELECT digest, pack, offset, stored_length, raw_length, encoding, kind, base, inputs FROM remote_frames
             WHERE remote = ? AND index_name = ? ORDER BY pack, offset
             """).rows([.text(remote), .text(index)]) { (row) throws in
-                (row.text(1), RemoteFrame(digest: try row.digest(0), offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
+                (row.text(1), PackedFrame(digest: try row.digest(0), offset: row.int(2), storedLength: Int(row.int(3)), rawLength: Int(row.int(4)),
                                           encoding: UInt8(truncatingIfNeeded: row.int(5)), kind: UInt8(truncatingIfNeeded: row.int(6)),
                                           base: row.isNull(7) ? nil : try row.digest(7), inputs: try Self.digestList(row, 8)))
             }

@@ -29,10 +29,10 @@ extension Catalogue {
     }
 
     /// The policy that applies to `run`: its own, else the store default, else the empty policy.
-    func effectivePolicy(run: String) throws -> (RetentionPolicy, source: String) {
-        if let own = try policy(scope: run) { return (own, "run") }
-        if let fallback = try policy(scope: "*") { return (fallback, "default") }
-        return (RetentionPolicy(), "none")
+    func effectivePolicy(run: String) throws -> (RetentionPolicy, source: PolicySource) {
+        if let own = try policy(scope: run) { return (own, .run) }
+        if let fallback = try policy(scope: "*") { return (fallback, .default) }
+        return (RetentionPolicy(), .none)
     }
 
     func isPinned(_ id: CheckpointID) throws -> Bool {

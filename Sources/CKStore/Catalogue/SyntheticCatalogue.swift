@@ -5,14 +5,13 @@ import Foundation
 /// the catalogue it writes names pack files that do not exist.
 @_spi(Benchmarking)
 public enum SyntheticCatalogue {
-    /// Creates a store at `path` holding `checkpoints` checkpoints of one run, each referencing
+    /// Fills `catalogue` with `checkpoints` checkpoints of one run, each referencing
     /// `chunksPerCheckpoint` chunks of which `sharedFraction` are shared with the previous checkpoint
-    /// (frozen tensors) and the rest are new.
-    public static func build(at path: String, run: String = "synthetic", checkpoints: Int, chunksPerCheckpoint: Int, sharedFraction: Double = 0.5) throws {
-        let store = try CheckpointStore.open(at: path, create: true)
+    /// (frozen tensors) and the rest are new. ``build(at:run:checkpoints:chunksPerCheckpoint:sharedFraction:)``
+    /// makes the store around it.
+    static func fill(_ catalogue: Catalogue, run: String, checkpoints: Int, chunksPerCheckpoint: Int, sharedFraction: Double) throws {
         let chunkSize = 1 << 20, storedSize = (1 << 20) - 4096
-        try store.withCatalogue { catalogue in
-            try catalogue.write {
+        try catalogue.write {
                 var counter: UInt64 = 0
                 // Uniformly distributed, like real SHA-256 digests (a counter would make every digest share
                 // its first words, which is all a digest's hash looks at).
@@ -70,6 +69,5 @@ public enum SyntheticCatalogue {
                     previous = current
                 }
             }
-        }
     }
 }

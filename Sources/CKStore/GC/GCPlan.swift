@@ -61,7 +61,7 @@ struct GCPlan: Sendable {
 
     /// The size of the pack that the re-encoded frames are written to (0 when there are none).
     var reencodedPackSize: Int64 {
-        reencodes.isEmpty ? 0 : Self.packSize(frames: reencodes.count, frameBytes: reencodes.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) })
+        reencodes.isEmpty ? 0 : PackFormat.packSize(frames: reencodes.count, frameBytes: reencodes.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) })
     }
 
     /// How much smaller the packs and orphan files are on disk afterwards: deleted packs, the dead share
@@ -83,17 +83,4 @@ struct GCPlan: Sendable {
             chunksReencoded: reencodes.count, budget: budget, pendingRemoved: stalePending
         )
     }
-
-    /// The size of a pack holding `frames` frames of `frameBytes` (headers included).
-    static func packSize(frames: Int, frameBytes: Int64) -> Int64 {
-        Int64(PackFormat.headerSize + PackFormat.footerSize + frames * PackFormat.trailerEntrySize) + frameBytes
-    }
-}
-
-/// A part of a checkpoint that a retention rule can drop while keeping the rest.
-public enum CheckpointPart: String, Sendable, Codable, CustomStringConvertible {
-    /// Optimizer state: `optimizer.pt`, and tensors named like `optimizer.*` or `*.exp_avg*`.
-    case optimizer
-
-    public var description: String { rawValue }
 }

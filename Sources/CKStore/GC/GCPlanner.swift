@@ -6,6 +6,17 @@ extension CheckpointStore {
         GCPlanner(catalogue: catalogue, layout: layout, reader: chunkReader(), contexts: contexts)
     }
 
+    /// What removing `ids` would do, changing nothing: the checkpoints, and what the next gc would then
+    /// free because of them alone (no retention rule, no orphans) — `rm --dry-run`.
+    ///
+    /// - Throws: as ``remove(_:force:)`` would.
+    public func planRemoval(_ ids: [CheckpointID], force: Bool = false) throws -> GCReport {
+        try checkRemovable(ids, force: force)
+        var options = GCOptions(dryRun: true)
+        options.removing = ids
+        return try gcPlanner().plan(options).report(dryRun: true)
+    }
+
     /// Applies the retention policies and sweeps what nothing needs any more.
     ///
     /// Plans first (``GCPlanner``), then, unless `options.dryRun`, executes that plan: a dry run reports
@@ -105,7 +116,7 @@ struct GCPlanner {
                 packsToDelete.append(pack)
                 continue
             }
-            let rewritten = GCPlan.packSize(frames: frames.count, frameBytes: frames.bytes)
+            let rewritten = PackFormat.packSize(frames: frames.count, frameBytes: frames.bytes)
             if Double(pack.size - rewritten) / Double(max(pack.size, 1)) > repackThreshold {
                 packsToRewrite.append(GCPlan.Repack(pack: pack, liveFrames: frames.count, newSize: rewritten))
             }

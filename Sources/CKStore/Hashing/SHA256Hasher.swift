@@ -28,3 +28,10 @@ struct SHA256Hasher {
         bytes.withUnsafeBytes { digest($0) }
     }
 }
+
+extension ChunkDigest {
+    /// The SHA-256 of `bytes`: what ckstore names those bytes by.
+    public init(hashing bytes: [UInt8]) {
+        self = SHA256Hasher.digest(bytes)
+    }
+}

@@ -13,6 +13,11 @@
 /// bit anywhere in a frame is found without decoding it. A pack is self-describing: the catalogue can be
 /// rebuilt from the trailers (or, for a pack whose trailer is damaged, by walking the frames).
 enum PackFormat {
+    /// The size of a pack holding `frames` frames of `frameBytes` (headers included).
+    static func packSize(frames: Int, frameBytes: Int64) -> Int64 {
+        Int64(headerSize + footerSize + frames * trailerEntrySize) + frameBytes
+    }
+
     static let headerMagic: [UInt8] = Array("CKPACK".utf8) + [0, 1]
     static let footerMagic: [UInt8] = Array("CKPKEND1".utf8)
     static let frameMagic: [UInt8] = Array("CKFR".utf8)

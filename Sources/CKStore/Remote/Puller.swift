@@ -104,8 +104,8 @@ struct Puller {
         do {
             try await verified
             let contentDigest = try manifest.contentDigest()
-            var drops = commit.droppedFiles.sorted { $0.key < $1.key }.compactMap { path, part in
-                CheckpointPart(rawValue: part).map { Committer.PartDrop(paths: [path], part: $0) }
+            var drops = commit.droppedFiles.sorted { $0.key < $1.key }.map { path, part in
+                Committer.PartDrop(paths: [path], part: CheckpointPart(rawValue: part))
             }
             if !droppedTensors.isEmpty {
                 drops.append(Committer.PartDrop(paths: [], tensors: droppedTensors.mapValues { $0.sorted() }, part: .optimizer))

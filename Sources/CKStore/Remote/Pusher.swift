@@ -253,7 +253,7 @@ struct Pusher {
         try catalogue.with { catalogue in
             try catalogue.write {
                 try catalogue.forgetRemoteIndexes(remote.url, pending)
-                try catalogue.insertRemoteIndex(remote.url, name: name, index: index)
+                try catalogue.insertRemoteIndex(remote.url, name: name, packs: index.frames)
             }
         }
         return name
@@ -296,7 +296,7 @@ struct Pusher {
                     _ = try await objects.put(RemoteLayout.pack(name), bytes, ifAbsent: false)
                     let pack = RemoteIndex.Pack(name: name, size: Int64(bytes.count), frames: frames)
                     try catalogue.with { catalogue in
-                        try catalogue.write { try catalogue.insertRemoteIndex(url, name: Self.pendingName(name), index: RemoteIndex(packs: [pack])) }
+                        try catalogue.write { try catalogue.insertRemoteIndex(url, name: Self.pendingName(name), packs: RemoteIndex(packs: [pack]).frames) }
                     }
                     meter.add(frames.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) })
                     return (pack, Int64(bytes.count))
@@ -404,7 +404,7 @@ struct RemoteSession {
                 throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) fails its SHA-256 (it was altered or damaged)")
             }
             let index = try RemoteJSON.decode(RemoteIndex.self, bytes, what: "\(remote.name): \(key)")
-            try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: name, index: index) } }
+            try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: name, packs: index.frames) } }
         }
     }
 }

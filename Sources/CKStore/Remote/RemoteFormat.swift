@@ -42,21 +42,10 @@ struct RemoteMarker: Codable, Equatable {
     var version = 1
 }
 
-/// One frame as an index object lists it: enough to fetch it with a ranged GET and to know its delta base
-/// before fetching anything.
-struct RemoteFrame: Codable, Sendable, Equatable {
-    var digest: ChunkDigest
-    /// Offset of the frame header in the pack.
-    var offset: Int64
-    /// Payload bytes (the frame adds a 96-byte header).
-    var storedLength: Int
-    var rawLength: Int
-    var encoding: UInt8
-    var kind: UInt8
-    var base: ChunkDigest?
-    /// What a predicted frame decodes from besides its base (absent from the JSON when empty).
-    var inputs: [ChunkDigest] = []
+/// One frame as an index object lists it, in its wire form: one-letter keys, `i` absent when empty.
+typealias RemoteFrame = PackedFrame
 
+extension PackedFrame: Codable {
     enum CodingKeys: String, CodingKey {
         case digest = "d", offset = "o", storedLength = "s", rawLength = "r", encoding = "e", kind = "k", base = "b", inputs = "i"
     }
@@ -84,31 +73,6 @@ struct RemoteFrame: Codable, Sendable, Equatable {
         try container.encodeIfPresent(base, forKey: .base)
         if !inputs.isEmpty { try container.encode(inputs, forKey: .inputs) }
     }
-
-    init(_ header: FrameHeader, offset: Int64) {
-        self.digest = header.digest
-        self.offset = offset
-        self.storedLength = header.storedLength
-        self.rawLength = header.rawLength
-        self.encoding = header.encoding.rawValue
-        self.kind = header.kind.rawValue
-        self.base = header.base
-        self.inputs = header.inputs
-    }
-
-    init(digest: ChunkDigest, offset: Int64, storedLength: Int, rawLength: Int, encoding: UInt8, kind: UInt8, base: ChunkDigest?, inputs: [ChunkDigest] = []) {
-        self.digest = digest
-        self.offset = offset
-        self.storedLength = storedLength
-        self.rawLength = rawLength
-        self.encoding = encoding
-        self.kind = kind
-        self.base = base
-        self.inputs = inputs
-    }
-
-    /// The bytes of the frame in its pack, header included.
-    var range: Range<Int64> { offset..<(offset + Int64(PackFormat.frameHeaderSize + storedLength)) }
 }
 
 /// An index object: the frames of the packs one push uploaded. Its name is the SHA-256 of its bytes.
@@ -121,6 +85,9 @@ struct RemoteIndex: Codable, Sendable {
 
     var format = 1
     var packs: [Pack]
+
+    /// The packs and their frames, as the catalogue caches them.
+    var frames: [(name: String, frames: [PackedFrame])] { packs.map { ($0.name, $0.frames) } }
 }
 
 /// A commit object, `commits/<run key>/<step>`: a checkpoint is on the remote when this exists. It names

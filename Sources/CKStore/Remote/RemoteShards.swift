@@ -171,7 +171,7 @@ extension Pusher {
         _ = try await objects.put(RemoteLayout.index(indexName), indexBody, ifAbsent: false)
         report.bytesUploaded += Int64(pack.count + indexBody.count)
         report.objectsUploaded += 2
-        try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: indexName, index: index) } }
+        try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: indexName, packs: index.frames) } }
 
         // Rule 5, as for any commit: none of the objects it names is condemned or gone.
         let indexes = Set(ordered.flatMap(\.indexes)).union([indexName])

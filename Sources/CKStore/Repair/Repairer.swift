@@ -486,7 +486,7 @@ struct Repairer {
                 case .tag(let id, let tag, let present) where try catalogue.summary(of: id) != nil: try catalogue.setTag(id, tag, present)
                 case .remove(let id): try catalogue.deleteCheckpoint(id)
                 case .drop(let id, let paths, let part, let tensors) where try catalogue.summary(of: id) != nil:
-                    if let manifest = byID[id] { try catalogue.drop(paths, tensors: tensors ?? [:], part: CheckpointPart(rawValue: part) ?? .optimizer, from: id, manifest: manifest) }
+                    if let manifest = byID[id] { try catalogue.drop(paths, tensors: tensors ?? [:], part: CheckpointPart(rawValue: part), from: id, manifest: manifest) }
                 default: continue
                 }
             }

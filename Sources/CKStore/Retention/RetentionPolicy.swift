@@ -149,14 +149,14 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// The part a piece of a checkpoint belongs to: the first part whose globs match its file path or
     /// its tensor name (`optimizer` includes `optimizer*.pt`), else `weights` for tensor files, else
     /// `other`.
-    func part(path: String, tensor: String) -> String {
-        var named = parts.filter { $0.key != "optimizer" }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-        named.insert(("optimizer", optimizerGlobs), at: 0)
-        for (name, globs) in named where globs.contains(where: { fnmatch($0, path, 0) == 0 || (!tensor.isEmpty && fnmatch($0, tensor, 0) == 0) }) {
-            return name
+    func part(path: String, tensor: String) -> CheckpointPart {
+        var named = parts.filter { $0.key != CheckpointPart.optimizer.rawValue }.sorted { $0.key < $1.key }.map { (CheckpointPart(rawValue: $0.key), $0.value) }
+        named.insert((.optimizer, optimizerGlobs), at: 0)
+        for (part, globs) in named where globs.contains(where: { fnmatch($0, path, 0) == 0 || (!tensor.isEmpty && fnmatch($0, tensor, 0) == 0) }) {
+            return part
         }
         let lowered = path.lowercased()
-        return [".safetensors", ".pt", ".bin", ".pth", ".ckpt"].contains(where: { lowered.hasSuffix($0) }) ? "weights" : "other"
+        return [".safetensors", ".pt", ".bin", ".pth", ".ckpt"].contains(where: { lowered.hasSuffix($0) }) ? .weights : .other
     }
 
     /// True when no rule is set: such a policy keeps everything.
@@ -178,7 +178,7 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     }
 
     /// The file globs of the optimizer part.
-    var optimizerGlobs: [String] { ["optimizer*.pt", "*/optimizer*.pt"] + (parts["optimizer"] ?? []) }
+    var optimizerGlobs: [String] { ["optimizer*.pt", "*/optimizer*.pt"] + (parts[CheckpointPart.optimizer.rawValue] ?? []) }
 
     /// A one-line summary (`keep-last 2, keep-best 1:loss:min`).
     public var summary: String {

@@ -12,19 +12,8 @@ extension CheckpointStore {
         }
     }
 
-    /// What removing `ids` would do, changing nothing: the checkpoints, and what the next gc would then
-    /// free because of them alone (no retention rule, no orphans) — `rm --dry-run`.
-    ///
-    /// - Throws: as ``remove(_:force:)`` would.
-    public func planRemoval(_ ids: [CheckpointID], force: Bool = false) throws -> GCReport {
-        try checkRemovable(ids, force: force)
-        var options = GCOptions(dryRun: true)
-        options.removing = ids
-        return try gcPlanner().plan(options).report(dryRun: true)
-    }
-
     /// Throws `notFound` for an id that is not a checkpoint, `invalidArgument` for a pinned one unless `force`.
-    private func checkRemovable(_ ids: [CheckpointID], force: Bool) throws {
+    func checkRemovable(_ ids: [CheckpointID], force: Bool) throws {
         try withCatalogue { catalogue in
             for id in ids {
                 guard try catalogue.summary(of: id) != nil else { throw CKStoreError(.notFound, "no checkpoint \(id.short)") }
@@ -58,12 +47,11 @@ extension CheckpointStore {
         return try annotations.commit([.policy(scope: run ?? "*", policy: nil)]) { try $0.clearPolicy(scope: run ?? "*") }
     }
 
-    /// The policy that applies to `run` and where it comes from (`run`, `default`, `none`); the store
-    /// default when `run` is nil.
-    public func policy(run: String?) throws -> (RetentionPolicy, source: String) {
+    /// The policy that applies to `run` and where it comes from; the store default when `run` is nil.
+    public func policy(run: String?) throws -> (RetentionPolicy, source: PolicySource) {
         try withCatalogue { catalogue in
             if let run { return try catalogue.effectivePolicy(run: run) }
-            return (try catalogue.policy(scope: "*") ?? RetentionPolicy(), "default")
+            return (try catalogue.policy(scope: "*") ?? RetentionPolicy(), .default)
         }
     }
 

@@ -29,11 +29,6 @@ public struct ChunkDigest: Hashable, Sendable, Comparable, CustomStringConvertib
         words = (word(0), word(1), word(2), word(3))
     }
 
-    /// The SHA-256 of `bytes`: what ckstore names those bytes by.
-    public init(hashing bytes: [UInt8]) {
-        self = SHA256Hasher.digest(bytes)
-    }
-
     /// Parses 64 hex characters.
     public init?(hex: some StringProtocol) {
         guard hex.utf8.count == Self.byteCount * 2, let bytes = [UInt8](hexString: hex) else { return nil }

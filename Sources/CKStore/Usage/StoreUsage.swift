@@ -300,7 +300,7 @@ struct UsageSimulation {
     private func size(ofPack pack: Int) -> Int64 {
         if packLive[pack].frames == 0 { return 0 }
         if packAllLive[pack] { return usage.packs[pack].size }
-        return GCPlan.packSize(frames: packLive[pack].frames, frameBytes: packLive[pack].bytes)
+        return PackFormat.packSize(frames: packLive[pack].frames, frameBytes: packLive[pack].bytes)
     }
 
     /// Deletes one more checkpoint.
