@@ -10,10 +10,10 @@ import Darwin
 /// that all of them hold the store's shared lock while they read, check each chunk against its SHA-256
 /// once, and decode a chunk used more than once only once.
 ///
-/// Its seams: the catalogue (chunk locations and dropped parts), the store's layout (its lock) and a
-/// ``ChunkReader``.
+/// Its seams: the catalogue's ``RestoreQueries`` (chunk locations and dropped parts), the store's layout
+/// (its lock) and a ``ChunkReader``.
 struct Restorer {
-    let catalogue: LockedCatalogue
+    let catalogue: any RestoreQueries
     let layout: StoreLayout
     let reader: ChunkReader
     /// How many bytes of chunks may be read and decoded at once, all outputs together.
@@ -36,7 +36,8 @@ struct Restorer {
 
     /// What part rules took from the checkpoint.
     func dropped(of id: CheckpointID) throws -> DroppedParts {
-        try catalogue.with { DroppedParts(files: try $0.droppedFiles(of: id), tensors: try $0.droppedTensors(of: id)) }
+        let dropped = try catalogue.droppedParts(of: id)
+        return DroppedParts(files: dropped.files, tensors: dropped.tensors)
     }
 
     /// Produces every output of `plan` into the target `target` makes for it, two outputs at a time (so
@@ -123,13 +124,11 @@ extension Restorer {
     /// Where each chunk of `output` is stored; `damaged` naming the checkpoint, output and chunk for one
     /// the catalogue does not have.
     func locations(of output: RestorePlan.Output, checkpoint: CheckpointID) throws -> [ChunkLocation] {
-        try catalogue.with { (catalogue) throws -> [ChunkLocation] in
-            try output.chunks.map { (chunk) throws in
-                guard let location = try catalogue.location(of: chunk.digest) else {
-                    throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
-                }
-                return location
+        try zip(output.chunks, try catalogue.locations(of: output.chunks.map(\.digest))).map { (chunk, location) throws in
+            guard let location else {
+                throw CKStoreError(.damaged, "checkpoint \(checkpoint.short): \(output.path): chunk \(chunk.digest) is missing from the store")
             }
+            return location
         }
     }
 }

@@ -4,9 +4,13 @@ import Foundation
 /// or those some checkpoints need), the manifests, and which checkpoints, files and tensors any damage
 /// breaks. Reads only: it holds the store's lock shared.
 ///
-/// Its seams: the catalogue, the store's layout (lock and packs) and a ``ChunkReader``.
+/// Its seams: the catalogue's ``VerifyQueries`` (on one snapshot), the store's ``Committer`` (whose check
+/// that every commit is listed reads the live catalogue under the commit lock: a snapshot taken before a
+/// put committed would take its record for a lost checkpoint), the store's layout (packs) and a
+/// ``ChunkReader``.
 struct Checker {
-    let catalogue: LockedCatalogue
+    let catalogue: any VerifyQueries
+    let committer: Committer
     let layout: StoreLayout
     let reader: ChunkReader
 
@@ -19,19 +23,17 @@ struct Checker {
         var damaged = [ChunkDigest: String]()
         var missing = [ChunkDigest: String]()
 
-        let (catalogueProblems, packs, locations, needed) = try catalogue.with { catalogue in
-            let problems = byCheckpoint ? [] : try catalogue.integrityProblems()
-            let needed = try catalogue.referencedDigests(of: byCheckpoint ? options.checkpoints : nil)
-            var locations = [ChunkDigest: ChunkLocation]()
-            for location in try catalogue.chunkLocations() where !byCheckpoint || needed.contains(location.digest) {
-                locations[location.digest] = location
-            }
-            return (problems, try catalogue.packRows(), locations, needed)
+        let catalogueProblems = byCheckpoint ? [] : try catalogue.integrityProblems()
+        let needed = try catalogue.referencedDigests(of: byCheckpoint ? options.checkpoints : nil)
+        var locations = [ChunkDigest: ChunkLocation]()
+        for location in try catalogue.chunkLocations() where !byCheckpoint || needed.contains(location.digest) {
+            locations[location.digest] = location
         }
+        let packs = try catalogue.packRows()
         problems += catalogueProblems.map { "catalogue: \($0)" }
-        let pendingShards = byCheckpoint ? [] : try catalogue.with { try $0.pendingShards() }
+        let pendingShards = byCheckpoint ? [] : try catalogue.pendingShards()
         if !byCheckpoint {
-            let unlisted = try Committer(catalogue: catalogue, layout: layout).unlisted()
+            let unlisted = try committer.unlisted()
             for record in unlisted.checkpoints {
                 problems.append("committed checkpoint \(record.run)@\(record.step) (\(record.id.short)) is not in the catalogue; run `ckstore repair`")
             }
@@ -145,7 +147,7 @@ struct Checker {
         }
 
         // Manifests: every checkpoint's must read and parse (when its frame is not already known damaged).
-        let checkpoints = byCheckpoint ? options.checkpoints : try catalogue.with { try $0.allCheckpointIDs() }
+        let checkpoints = byCheckpoint ? options.checkpoints : try catalogue.allCheckpointIDs()
         var manifests = [CheckpointID: Manifest]()
         for id in checkpoints where damaged[id.digest] == nil && missing[id.digest] == nil {
             do {
@@ -162,7 +164,7 @@ struct Checker {
         var damage = [VerifyReport.Damage]()
         var affected = Set<CheckpointID>()
         let broken = damaged.map { ($0.key, false, $0.value) } + missing.filter { damaged[$0.key] == nil }.map { ($0.key, true, $0.value) }
-        let usersByDigest = try catalogue.with { try $0.checkpoints(using: Set(broken.map(\.0))) }
+        let usersByDigest = try catalogue.checkpoints(using: Set(broken.map(\.0)))
         for (digest, isMissing, problem) in broken.sorted(by: { $0.0 < $1.0 }) {
             let users = usersByDigest[digest] ?? []
             var affects = [VerifyReport.Affected]()
@@ -170,7 +172,7 @@ struct Checker {
                 affected.insert(id)
                 guard let manifest = manifests[id] ?? (try? reader.manifest(of: id)) else {
                     // The manifest is what is lost: the catalogue still says which run and step it was.
-                    let summary = try catalogue.with { try $0.summary(of: id) }
+                    let summary = try catalogue.summary(of: id)
                     affects.append(.init(checkpoint: id, run: summary?.run ?? "?", step: summary?.step ?? -1, file: nil, tensor: "manifest"))
                     continue
                 }
@@ -224,9 +226,9 @@ extension CheckpointStore {
             let snapshot = try Catalogue(path: layout.cataloguePath, readOnly: FileSystem.isReadOnlyMount(layout.cataloguePath))
             try snapshot.beginSnapshot()
             defer { snapshot.endSnapshot() }
-            let catalogue = LockedCatalogue(snapshot)
-            let reader = ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: PackReaderCache(layout: layout), contexts: contexts, counter: framesRead)
-            return try await Checker(catalogue: catalogue, layout: layout, reader: reader).check(options)
+            let view = LockedCatalogue(snapshot)
+            let reader = ChunkReader(index: ChunkIndex(catalogue: view), packs: PackReaderCache(layout: layout), contexts: contexts, counter: framesRead)
+            return try await Checker(catalogue: view, committer: Committer(catalogue: catalogue, layout: layout), layout: layout, reader: reader).check(options)
         }
     }
 
