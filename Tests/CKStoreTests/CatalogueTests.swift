@@ -204,4 +204,30 @@ import Testing
             }
         }
     }
+
+    /// Issue 32: an operation depends on the narrow protocol of the catalogue queries it makes
+    /// (`Catalogue/CatalogueQueries.swift`), not on `LockedCatalogue`. A stored property or parameter of
+    /// that type outside `Catalogue/` is allowed where operations are wired together (the store's facade),
+    /// for the chunk index and the committer (which are themselves the narrow seams), and, until they are
+    /// narrowed too, in the operations listed below; the list only shrinks.
+    @Test func operationsDependOnNarrowCatalogueProtocols() throws {
+        let wiring: Set<String> = ["Store/CheckpointStore.swift", "Chunks/ChunkIndex.swift", "Commit/Committer.swift"]
+        let notYetNarrowed: Set<String> = [
+            "GC/GCExecutor.swift", "GC/GCPlanner.swift", "Put/Archiver.swift", "Put/Archiver+Put.swift",
+            "Put/Archiver+Shards.swift", "Put/ShardCombiner.swift", "Remote/Puller.swift", "Remote/Pusher.swift",
+            "Remote/RemoteChecker.swift", "Remote/RemoteCollector.swift", "Repair/Repairer.swift", "Store/Annotation.swift",
+        ]
+        var naming = Set<String>()
+        let enumerator = try #require(FileManager.default.enumerator(atPath: Self.sources))
+        for case let path as String in enumerator where path.hasSuffix(".swift") && !path.hasPrefix("Catalogue/") {
+            let text = try String(contentsOfFile: Self.sources + "/" + path, encoding: .utf8)
+            let code = text.split(separator: "\n").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("//") }.joined(separator: "\n")
+            if code.contains(": LockedCatalogue") { naming.insert(path) }
+        }
+        #expect(naming.contains("Store/CheckpointStore.swift"), "the sources were not found at \(Self.sources)")
+        let offenders = naming.subtracting(wiring).subtracting(notYetNarrowed)
+        #expect(offenders.isEmpty, "operations that take LockedCatalogue instead of a narrow protocol: \(offenders.sorted())")
+        // Narrowed: the restorer, the checker and the auditor name only their protocols.
+        #expect(naming.isDisjoint(with: ["Restore/Restorer.swift", "Verify/Checker.swift", "Audit/Auditor.swift"]))
+    }
 }

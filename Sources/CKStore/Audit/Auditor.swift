@@ -15,23 +15,41 @@ extension CheckpointStore {
     }
 }
 
+/// What an audit asks the catalogue: whether the run it names exists, and in one read, what the store
+/// holds and each run's effective policy.
+protocol AuditQueries: Sendable {
+    /// Throws `notFound` unless `run` is nil or a run of the store.
+    func requireRun(_ run: String?) throws
+    /// What the catalogue says every checkpoint and pack holds, and the policy of each of its runs.
+    func usageAndPolicies(layout: StoreLayout) throws -> (StoreUsage, [RetentionPolicy])
+}
+
+extension LockedCatalogue: AuditQueries {
+    func requireRun(_ run: String?) throws {
+        try with { try $0.requireRun(run) }
+    }
+
+    func usageAndPolicies(layout: StoreLayout) throws -> (StoreUsage, [RetentionPolicy]) {
+        try with { catalogue in
+            let usage = try StoreUsage.load(catalogue, layout: layout)
+            return (usage, try usage.runs.map { try catalogue.effectivePolicy(run: $0).0 })
+        }
+    }
+}
+
 /// Says what a store costs (`audit`): every number from the catalogue, none from the packs.
 ///
-/// Its seams: the catalogue, the store's layout (the catalogue's size on disk) and the gc planner, whose
-/// plan `--what-if` reports.
+/// Its seams: the catalogue's ``AuditQueries``, the store's layout (the catalogue's size on disk) and the
+/// gc planner, whose plan `--what-if` reports.
 struct Auditor {
-    let catalogue: LockedCatalogue
+    let catalogue: any AuditQueries
     let layout: StoreLayout
     let planner: GCPlanner
 
     /// The audit `options` ask for.
     func audit(_ options: AuditOptions) throws -> AuditReport {
-        try catalogue.with { try $0.requireRun(options.run) }
-        let (usage, policies) = try catalogue.with { catalogue in
-            let usage = try StoreUsage.load(catalogue, layout: layout)
-            let policies = try usage.runs.map { try catalogue.effectivePolicy(run: $0).0 }
-            return (usage, policies)
-        }
+        try catalogue.requireRun(options.run)
+        let (usage, policies) = try catalogue.usageAndPolicies(layout: layout)
         let (byCheckpoint, byRun) = usage.owners()
         let chunkCount = usage.digests.count
 
