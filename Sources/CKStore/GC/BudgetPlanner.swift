@@ -5,16 +5,7 @@ extension GCPlanner {
     /// - Throws: ``CKStoreError/Code/overBudget`` when even deleting every unprotected checkpoint is not
     ///   enough; nothing is deleted then.
     func planBudget(_ budget: Int64, plans: [GCPlan.RunRetention], deleted: [CheckpointID], drops: [CheckpointID: GCPlan.PartDrop]) throws -> GCReport.BudgetOutcome {
-        let (usage, remaining) = try catalogue.with { catalogue -> (StoreUsage, [CheckpointID: [ChunkDigest]]) in
-            var remaining = [CheckpointID: [ChunkDigest]]()
-            for (id, drop) in drops {
-                let paths = Set(try catalogue.droppedFiles(of: id).keys).union(drop.files)
-                var tensors = try catalogue.droppedTensors(of: id)
-                for (path, names) in drop.tensors { tensors[path, default: []].formUnion(names) }
-                remaining[id] = Array(drop.manifest.chunkUses(id: id, droppedPaths: paths, droppedTensors: tensors).keys)
-            }
-            return (try StoreUsage.load(catalogue, layout: layout, packs: true), remaining)
-        }
+        let (usage, remaining) = try catalogue.budgetInputs(drops: drops, layout: layout)
         let index = Dictionary(usage.checkpoints.enumerated().map { ($1.summary.id, $0) }, uniquingKeysWith: { first, _ in first })
         var slimmed = [Int: [Int32]]()
         for (id, digests) in remaining { if let checkpoint = index[id] { slimmed[checkpoint] = digests.compactMap { usage.number(of: $0) } } }

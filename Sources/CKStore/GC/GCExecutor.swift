@@ -7,12 +7,16 @@ import Foundation
 /// The sweeps are computed again inside their own transactions, so a put that committed after planning
 /// keeps what it reused (I-8); with nothing running beside it, the report equals the plan's.
 ///
-/// Its seams: the catalogue, the store's layout (packs and lock), the annotation log that records
-/// deletions in packs before the catalogue, and the zstd contexts to encode with.
+/// Its seams: the catalogue's ``GCExecuteQueries``, the store's ``Committer`` (which withdraws the deleted
+/// checkpoints' records with the first sweep), the store's layout (packs and lock), the annotation log
+/// that records deletions in packs before the catalogue, a ``ChunkReader`` (frames to store in full) and
+/// the zstd contexts to encode with.
 struct GCExecutor {
-    let catalogue: LockedCatalogue
+    let catalogue: any GCExecuteQueries
+    let committer: Committer
     let layout: StoreLayout
     let annotations: AnnotationLog
+    let reader: ChunkReader
     let contexts: ZstdContextPool
     /// Told how many bytes of packs have been rewritten.
     var progress: ProgressHandler? = nil
@@ -26,7 +30,6 @@ struct GCExecutor {
         // Records go first, under the commit lock with the catalogue's deletion (``Committer/withdraw``).
         // Stale pending checkpoints' shard records go with them, and so do the records of shards whose
         // checkpoint is committed (a combine that stopped before retiring them).
-        let committer = Committer(catalogue: catalogue, layout: layout)
         try committer.retireCombinedShardRecords()
         let first = try committer.withdraw(plan.deleted.map { (id: $0.id, run: $0.run, step: $0.step) },
                                            pendingSteps: plan.stalePending.map { (run: $0.run, step: $0.step) }) {
@@ -47,12 +50,7 @@ struct GCExecutor {
         report.chunksReencoded = reencoded
         if let reencodedPack {
             freed -= reencodedPack
-            let second = try catalogue.with { catalogue in
-                try catalogue.write { () throws -> Catalogue.SweepOutcome in
-                    try catalogue.prepareSweep(deleting: [])
-                    return try catalogue.sweep()
-                }
-            }
+            let second = try catalogue.sweepAgain()
             report.chunksFreed += second.deadChunks
             report.bytesUnreferenced += second.deadBytes
         }
@@ -62,18 +60,12 @@ struct GCExecutor {
         report.packsRewritten = 0
         let meter = ProgressMeter("gc", total: plan.packsToRewrite.reduce(0) { $0 + $1.pack.size }, handler: progress)
         for repack in plan.packsToRewrite {
-            let frames = try catalogue.with { try $0.chunkLocations(inPack: repack.pack.id) }
+            let frames = try catalogue.chunkLocations(inPack: repack.pack.id)
             let sink = PackSink(layout: layout, targetSize: .max)
             let copier = FrameCopier(packs: PackReaderCache(layout: layout), sink: sink)
             let moved = try frames.map { ($0.digest, try copier.copy($0)) }
             let sealed = try sink.seal()
-            try catalogue.with { catalogue in
-                try catalogue.write {
-                    let now = Date().timeIntervalSince1970
-                    for pack in sealed { try catalogue.insertPackRow(pack.id, size: pack.size, frameCount: pack.frames.count, now: now) }
-                    for (digest, location) in moved { try catalogue.moveChunk(digest, from: repack.pack.id, to: location) }
-                }
-            }
+            try catalogue.recordRewrite(of: repack.pack.id, sealed: sealed, moved: moved)
             freed += repack.pack.size - sealed.reduce(0) { $0 + $1.size }
             retired.append(repack.pack.id)
             report.packsRewritten += 1
@@ -86,14 +78,7 @@ struct GCExecutor {
         let lock = try StoreLock(path: layout.lockPath, mode: .exclusive)
         defer { withExtendedLifetime(lock) {} }
         // Retire packs that hold no live frame: their rows first (one transaction), files after.
-        let gone = try catalogue.with { catalogue in
-            try catalogue.write { () throws -> [PackID] in
-                let used = try catalogue.packsInUse()
-                let gone = retired.filter { !used.contains($0) }
-                for id in gone { try catalogue.deletePackRow(id) }
-                return gone
-            }
-        }
+        let gone = try catalogue.retirePacks(retired)
         let planned = Set(plan.packsToDelete.map(\.id))
         report.packsDeleted = 0
         for id in gone {
@@ -105,7 +90,7 @@ struct GCExecutor {
                 report.packsDeleted += 1
             }
         }
-        let stillKnown = Set(try catalogue.with { try $0.packRows() }.map(\.id))
+        let stillKnown = Set(try catalogue.packRows().map(\.id))
         let orphans = Set(try PackDirectory(layout: layout).orphans(olderThan: plan.orphanGrace, known: stillKnown).map(\.path))
         report.orphansRemoved = 0
         for orphan in plan.orphans where orphans.contains(orphan.path) {
@@ -117,7 +102,7 @@ struct GCExecutor {
         report.bytesFreed = freed
         // The removals are not fsynced: a removal a crash undoes leaves an orphan the next gc removes.
         // Fold the sweep's log into the catalogue file so the store's size on disk reflects it now.
-        try catalogue.with { try $0.truncateLog() }
+        try catalogue.truncateLog()
         // Space was freed: keep the full-disk reserve again if it was given back.
         try? CheckpointStore.makeReserve(layout)
         return report
@@ -127,25 +112,18 @@ struct GCExecutor {
     /// how many were and the new pack's size (nil when none were).
     private func reencode(_ planned: [GCPlan.Reencode]) throws -> (Int, Int64?) {
         guard !planned.isEmpty else { return (0, nil) }
-        let reader = ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: PackReaderCache(layout: layout), contexts: contexts)
-        let codec = FrameCodec(level: try catalogue.with { try $0.settings() }.compressionLevel, contexts: contexts)
+        let codec = FrameCodec(level: try catalogue.settings().compressionLevel, contexts: contexts)
         let sink = PackSink(layout: layout, targetSize: .max)
         var moved = [(digest: ChunkDigest, base: ChunkDigest, location: ChunkLocation)]()
         for frame in planned {
             // A frame that changed since planning (another gc) is left as it is.
-            guard let location = try ChunkIndex(catalogue: catalogue).location(of: frame.digest), location.encoding.hasBase,
+            guard let location = try catalogue.location(of: frame.digest), location.encoding.hasBase,
                   let full = try GCPlanner.fullFrame(of: location, reader: reader, codec: codec) else { continue }
             moved.append((frame.digest, frame.base, try sink.append(full, kind: .chunk)))
         }
         let sealed = try sink.seal()
         guard !sealed.isEmpty else { return (0, nil) }
-        let count = try catalogue.with { catalogue in
-            try catalogue.write { () throws -> Int in
-                // The frames are known digests, so the insert records only the pack; the rebase moves them.
-                for pack in sealed { _ = try catalogue.insert(pack: pack, now: Date().timeIntervalSince1970) }
-                return try moved.filter { try catalogue.rebase($0.digest, from: $0.base, to: $0.location) }.count
-            }
-        }
+        let count = try catalogue.recordReencoded(sealed: sealed, moved: moved)
         return (count, sealed.reduce(0) { $0 + $1.size })
     }
 }

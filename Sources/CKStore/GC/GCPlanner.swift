@@ -3,7 +3,7 @@ import Foundation
 extension CheckpointStore {
     /// The gc planner over this store.
     func gcPlanner() -> GCPlanner {
-        GCPlanner(catalogue: catalogue, layout: layout, reader: chunkReader(), contexts: contexts)
+        GCPlanner(catalogue: catalogue, committer: Committer(catalogue: catalogue, layout: layout), layout: layout, reader: chunkReader(), contexts: contexts)
     }
 
     /// What removing `ids` would do, changing nothing: the checkpoints, and what the next gc would then
@@ -33,7 +33,8 @@ extension CheckpointStore {
         try CKStoreError.wrapping("gc") {
             let plan = try gcPlanner().plan(options)
             if options.dryRun { return plan.report(dryRun: true) }
-            return try GCExecutor(catalogue: catalogue, layout: layout, annotations: annotations, contexts: contexts, progress: options.progress).execute(plan)
+            return try GCExecutor(catalogue: catalogue, committer: Committer(catalogue: catalogue, layout: layout), layout: layout, annotations: annotations,
+                                  reader: chunkReader(), contexts: contexts, progress: options.progress).execute(plan)
         }
     }
 }
@@ -42,10 +43,12 @@ extension CheckpointStore {
 /// parts to drop, a budget's extra deletions, the sweep, the delta frames to store in full, the packs to
 /// delete or rewrite and the orphans. `gc --dry-run` prints its plan; `audit --what-if` reports it.
 ///
-/// Its seams: the catalogue, the store's layout (its packs, for orphans), a ``ChunkReader`` (manifests,
-/// and the frames it weighs re-encoding) and the zstd contexts to encode with.
+/// Its seams: the catalogue's ``GCPlanQueries``, the store's ``Committer`` (its check that every commit is
+/// listed), the store's layout (its packs, for orphans), a ``ChunkReader`` (manifests, and the frames it
+/// weighs re-encoding) and the zstd contexts to encode with.
 struct GCPlanner {
-    let catalogue: LockedCatalogue
+    let catalogue: any GCPlanQueries
+    let committer: Committer
     let layout: StoreLayout
     let reader: ChunkReader
     let contexts: ZstdContextPool
@@ -53,25 +56,22 @@ struct GCPlanner {
     /// The retention decision for every run (or one), without side effects, with the run and step of
     /// every checkpoint considered.
     func retentionPlans(run: String?, policyOverride: RetentionPolicy? = nil) throws -> (plans: [GCPlan.RunRetention], steps: [CheckpointID: (run: String, step: Int64)]) {
-        try catalogue.with { catalogue in
-            var steps = [CheckpointID: (run: String, step: Int64)]()
-            let runs = try run.map { [$0] } ?? catalogue.runNames()
-            let plans = try runs.map { name in
-                let policy = try policyOverride ?? catalogue.effectivePolicy(run: name).0
-                let candidates = try catalogue.summaries(run: name).map { summary in
-                    steps[summary.id] = (name, summary.step)
-                    return RetentionPlanner.Candidate(summary)
-                }
-                return GCPlan.RunRetention(run: name, plan: RetentionPlanner.plan(policy, candidates), policy: policy)
+        var steps = [CheckpointID: (run: String, step: Int64)]()
+        let plans = try catalogue.retentionInputs(run: run).map { name, effective, summaries in
+            let policy = policyOverride ?? effective
+            let candidates = summaries.map { summary in
+                steps[summary.id] = (name, summary.step)
+                return RetentionPlanner.Candidate(summary)
             }
-            return (plans, steps)
+            return GCPlan.RunRetention(run: name, plan: RetentionPlanner.plan(policy, candidates), policy: policy)
         }
+        return (plans, steps)
     }
 
     /// Decides everything a gc with `options` does, changing nothing: the plan `gc --dry-run` prints,
     /// `audit --what-if` reports and ``GCExecutor`` runs.
     func plan(_ options: GCOptions) throws -> GCPlan {
-        try catalogue.with { try $0.requireRun(options.run) }
+        try catalogue.requireRun(options.run)
         try checkNoCommittedCheckpointIsMissing()
         var (plans, steps) = try retentionPlans(run: options.run, policyOverride: options.policyOverride)
         var deleted = plans.flatMap(\.plan.deleted)
@@ -91,7 +91,7 @@ struct GCPlanner {
         drops = drops.filter { !deletedSet.contains($0.key) }
         // Pending checkpoints too old to complete go with their shards (a rank died before its put).
         let now = Date().timeIntervalSince1970
-        let stale = options.removing != nil ? [] : PendingCheckpoint.grouping(try catalogue.with { try $0.pendingShards(run: options.run) })
+        let stale = options.removing != nil ? [] : PendingCheckpoint.grouping(try catalogue.pendingShards(run: options.run))
             .filter { now - $0.createdAt >= options.pendingAge }
         let kept = plans.flatMap { retention in
             retention.plan.kept.filter { !deletedSet.contains($0.key) }.map { id, reasons in
@@ -101,11 +101,7 @@ struct GCPlanner {
 
         // The sweep as it would run, in one transaction rolled back: the live set is computed where the
         // dead would be deleted, so what a put committed before is seen.
-        let sweep = try catalogue.with { catalogue in
-            try catalogue.transaction(.immediate) { () throws -> TransactionCompletion<SweepView> in
-                .rollback(try SweepView(catalogue, deleting: deleted + stale.flatMap(\.shardIDs), drops: drops))
-            }
-        }
+        let sweep = try catalogue.sweepView(deleting: deleted + stale.flatMap(\.shardIDs), drops: drops)
         let reencodes = try planReencodes(sweep)
         let final = sweep.afterReencoding(reencodes)
 
@@ -137,7 +133,7 @@ struct GCPlanner {
     /// needs (I-9). `repair` brings such checkpoints back. The check is the committer's, ordered with
     /// every commit: a put committing beside this gc is never taken for a lost checkpoint.
     private func checkNoCommittedCheckpointIsMissing() throws {
-        try Committer(catalogue: catalogue, layout: layout).requireEveryCommitListed(doing: "nothing was deleted")
+        try committer.requireEveryCommitListed(doing: "nothing was deleted")
     }
 
     /// Part rules: which files, and which tensors of the remaining safetensors files, each slimmed
@@ -147,7 +143,7 @@ struct GCPlanner {
         for retention in plans {
             for id in retention.plan.slimmed {
                 let manifest = try reader.manifest(of: id)
-                let (already, alreadyTensors) = try catalogue.with { (try $0.droppedFiles(of: id), try $0.droppedTensors(of: id)) }
+                let (already, alreadyTensors) = try catalogue.droppedParts(of: id)
                 let globs = retention.policy.optimizerGlobs
                 let files = manifest.files.map(\.path).filter { path in
                     already[path] == nil && globs.contains { fnmatch($0, path, 0) == 0 }
@@ -181,7 +177,7 @@ struct GCPlanner {
     private func planReencodes(_ sweep: SweepView) throws -> [GCPlan.Reencode] {
         var dependents = [ChunkDigest: Int]()
         for delta in sweep.deltas.values { dependents[delta.base, default: 0] += 1 }
-        let codec = FrameCodec(level: try catalogue.with { try $0.settings() }.compressionLevel, contexts: contexts)
+        let codec = FrameCodec(level: try catalogue.settings().compressionLevel, contexts: contexts)
         var planned = [GCPlan.Reencode]()
         var saved: Int64 = 0
         for (digest, delta) in sweep.deltas.sorted(by: { $0.key < $1.key }) where sweep.direct.contains(digest) && !sweep.direct.contains(delta.base) {
