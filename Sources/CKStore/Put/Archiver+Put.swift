@@ -8,9 +8,9 @@ extension Archiver {
     /// read the trainer's state and config, choose the parent and the delta bases, store every file
     /// through one archiver, build the manifest, and commit it (as a checkpoint, or as one shard).
     static func put(
-        _ inputs: [CheckpointStore.PutInput], options: PutOptions, describing what: String, defaultStep: Int64?,
-        catalogue: LockedCatalogue, layout: StoreLayout, reader: ChunkReader, contexts: ZstdContextPool
+        _ inputs: [CheckpointStore.PutInput], options: PutOptions, describing what: String, defaultStep: Int64?, seams: PutSeams
     ) async throws -> PutResult {
+        let catalogue = seams.catalogue, layout = seams.layout
         let started = ContinuousClock.now
         let trace = Trace("put")
         try prepare(run: options.run, layout: layout)
@@ -23,13 +23,13 @@ extension Archiver {
         }
         guard step >= 0 else { throw CKStoreError(.invalidArgument, "step \(step) is negative") }
         let (parent, base) = try bases(run: options.run, step: step, shard: options.shard, catalogue: catalogue)
-        let parentManifest = try baseManifest(base, reader: reader)
+        let parentManifest = try baseManifest(base, reader: seams.reader)
 
         // Each file's size, read once (a stat per file on disk).
         let sizes = inputs.map(\.size)
         let totalBytes = sizes.reduce(0, +)
-        let session = try Archiver(catalogue: catalogue, layout: layout, sink: PackSink(layout: layout, writers: packWriters(forBytes: totalBytes)), reader: reader,
-                                   contexts: contexts, options: options, settings: try catalogue.with { try $0.settings() }, parent: parentManifest)
+        let session = try Archiver(seams: seams, sink: PackSink(layout: layout, writers: packWriters(forBytes: totalBytes)),
+                                   options: options, settings: try catalogue.settings(), parent: parentManifest)
         session.progress = ProgressMeter("put", total: totalBytes, handler: options.progress)
         try session.readItemNames(of: inputs)
         trace.mark("parent read, \(inputs.count) files to store")
@@ -39,10 +39,9 @@ extension Archiver {
         if let shard = options.shard {
             manifest.shard = shard
             manifest.itemNames = session.itemNamesHeldElsewhere(than: inputs)
-            return try commitShard(manifest, shard: shard, session: session, warnings: warnings, started: started,
-                                   catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
+            return try commitShard(manifest, shard: shard, session: session, warnings: warnings, started: started, seams: seams)
         }
-        let result = try commitCheckpoint(manifest, session: session, catalogue: catalogue)
+        let result = try commitCheckpoint(manifest, session: session, seams: seams)
         trace.mark("packs sealed, catalogue committed and commit recorded")
         return PutResult(id: result.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
                          chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: (ContinuousClock.now - started) / .seconds(1),
@@ -76,17 +75,15 @@ extension Archiver {
     /// The parent (the run's checkpoint before `step`) and the checkpoint whose tensors give delta bases:
     /// the parent, or for a shard its own previous shard when that is newer (a rank that keeps its own
     /// store never holds the combined checkpoints).
-    private static func bases(run: String, step: Int64, shard: ShardSpec?, catalogue: LockedCatalogue) throws -> (parent: CheckpointID?, base: CheckpointID?) {
-        try catalogue.with { (catalogue) throws -> (CheckpointID?, CheckpointID?) in
-            let parent = try catalogue.parent(run: run, before: step)
-            guard let shard, let previous = try catalogue.previousShard(run: run, before: step, shard: shard) else {
-                return (parent, parent)
-            }
-            guard let parent, let parentStep = try catalogue.summary(of: parent)?.step, parentStep >= previous.step else {
-                return (parent, previous.id)
-            }
+    private static func bases(run: String, step: Int64, shard: ShardSpec?, catalogue: some PutQueries) throws -> (parent: CheckpointID?, base: CheckpointID?) {
+        let parent = try catalogue.parent(run: run, before: step)
+        guard let shard, let previous = try catalogue.previousShard(run: run, before: step, shard: shard) else {
             return (parent, parent)
         }
+        guard let parent, let parentStep = try catalogue.summary(of: parent)?.step, parentStep >= previous.step else {
+            return (parent, previous.id)
+        }
+        return (parent, parent)
     }
 
     /// The manifest of the checkpoint that gives delta bases. A damaged one only means no deltas (`verify`
@@ -212,11 +209,11 @@ extension Archiver {
     ///
     /// - Throws: `conflict` when the run has other content at that step, or pending shards there;
     ///   `damaged` when a commit record names a checkpoint there that the catalogue lost.
-    private static func commitCheckpoint(_ manifest: Manifest, session: Archiver, catalogue: LockedCatalogue) throws -> (id: CheckpointID, alreadyStored: Bool) {
+    private static func commitCheckpoint(_ manifest: Manifest, session: Archiver, seams: PutSeams) throws -> (id: CheckpointID, alreadyStored: Bool) {
         let run = manifest.run, step = manifest.step
         let contentDigest = try manifest.contentDigest()
         let committer = session.committer
-        func existing(in catalogue: Catalogue) throws -> CheckpointID? {
+        func existing(in catalogue: some PutQueries) throws -> CheckpointID? {
             if let shard = try catalogue.pendingShards(run: run, step: step).first {
                 throw CKStoreError(.conflict, "run \(run) has step \(step) pending as \(shard.shard.count) shards; put each rank's files with --shard I/\(shard.shard.count), or remove the pending shards with `ckstore rm \(run)@\(step) --pending`")
             }
@@ -236,11 +233,11 @@ extension Archiver {
         func rerecord(_ id: CheckpointID) -> CommitLog.Record {
             CommitLog.Record(id: id, run: run, step: step, content: contentDigest, createdAt: manifest.createdAt)
         }
-        if let id = try catalogue.with({ catalogue in try existing(in: catalogue) }) {
+        if let id = try existing(in: seams.catalogue) {
             // Already stored. Chunks the store lacked (dropped by `repair` after damage) were written
             // again; so is the manifest frame if it was lost: the stored checkpoint's manifest is this one
             // with the catalogue's creation time and parent, and its SHA-256 says whether it is.
-            if try !ChunkIndex(catalogue: catalogue).contains(id.digest), let summary = try catalogue.with({ try $0.summary(of: id) }) {
+            if try !seams.index.contains(id.digest), let summary = try seams.catalogue.summary(of: id) {
                 var original = manifest
                 original.createdAt = summary.createdAt
                 original.parent = summary.parent

@@ -9,9 +9,9 @@ extension Archiver {
     /// the put reports success. Putting the same shard again with the same content is a no-op; with other content, or with
     /// another shard count than shards already committed at that step, it is a conflict.
     static func commitShard(
-        _ manifest: Manifest, shard: ShardSpec, session: Archiver, warnings: [String], started: ContinuousClock.Instant,
-        catalogue: LockedCatalogue, layout: StoreLayout, reader: ChunkReader, contexts: ZstdContextPool
+        _ manifest: Manifest, shard: ShardSpec, session: Archiver, warnings: [String], started: ContinuousClock.Instant, seams: PutSeams
     ) throws -> PutResult {
+        let catalogue = seams.catalogue
         let run = manifest.run, step = manifest.step
         let content = try manifest.contentDigest()
         let what = "\(run)@\(step) shard \(shard)"
@@ -32,7 +32,7 @@ extension Archiver {
             case pending(CheckpointID)
             case absent
         }
-        func standing(in catalogue: Catalogue) throws -> Standing {
+        func standing(in catalogue: some PutQueries) throws -> Standing {
             if let found = try catalogue.checkpoint(run: run, step: step) { return .committed(found.id) }
             let pending = try catalogue.pendingShards(run: run, step: step)
             if let other = pending.first(where: { $0.shard.count != shard.count }) {
@@ -46,7 +46,7 @@ extension Archiver {
         }
         /// A committed checkpoint at this step: this shard's put is a no-op if the checkpoint holds it.
         func checkCommitted(_ id: CheckpointID) throws -> PutResult {
-            let committed = try reader.manifest(of: id)
+            let committed = try seams.reader.manifest(of: id)
             guard let shards = committed.shards, shards.count == shard.count, shards[shard.index].content == content else {
                 let held = committed.shards.map { "as \($0.count) shards" } ?? "unsharded"
                 throw CKStoreError(.conflict, "run \(run) already has a different checkpoint at step \(step) (\(id.short), \(held)); \(what) does not match it")
@@ -54,14 +54,14 @@ extension Archiver {
             return result(id: id, alreadyStored: true, checkpoint: id, missing: [])
         }
 
-        switch try catalogue.with({ try standing(in: $0) }) {
+        switch try standing(in: catalogue) {
         case .committed(let id):
             return try checkCommitted(id)
         case .pending(let id):
             // Its record too, if a crash kept the first put from writing it.
             let record = CommitLog.Record(id: id, run: run, step: step, content: content, createdAt: manifest.createdAt, shard: shard)
             try session.commit { _, _ in .keep((), record: record) }
-            let checkpoint = try ShardCombiner(catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
+            let checkpoint = try ShardCombiner(seams: seams)
                 .completeIfReady(run: run, step: step, count: shard.count)
             return result(id: id, alreadyStored: true, checkpoint: checkpoint, missing: checkpoint == nil ? try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue) : [])
         case .absent:
@@ -86,7 +86,7 @@ extension Archiver {
         }
         let checkpoint: CheckpointID?
         do {
-            checkpoint = try ShardCombiner(catalogue: catalogue, layout: layout, reader: reader, contexts: contexts)
+            checkpoint = try ShardCombiner(seams: seams)
                 .completeIfReady(run: run, step: step, count: shard.count)
         } catch let error as CKStoreError where error.code == .conflict {
             throw CKStoreError(.conflict, "\(what) is committed (\(id.short)), but the shards cannot make a checkpoint: \(error.message)")
@@ -95,8 +95,8 @@ extension Archiver {
                       missing: checkpoint == nil ? try missingShards(run: run, step: step, count: shard.count, catalogue: catalogue) : [])
     }
 
-    private static func missingShards(run: String, step: Int64, count: Int, catalogue: LockedCatalogue) throws -> [Int] {
-        let held = try catalogue.with { try $0.pendingShards(run: run, step: step) }.filter { $0.shard.count == count }.map(\.shard.index)
+    private static func missingShards(run: String, step: Int64, count: Int, catalogue: some PutQueries) throws -> [Int] {
+        let held = try catalogue.pendingShards(run: run, step: step).filter { $0.shard.count == count }.map(\.shard.index)
         return Array(Set(0..<count).subtracting(held)).sorted()
     }
 }

@@ -76,8 +76,7 @@ extension CheckpointStore {
     /// Puts the files `inputs` as one checkpoint: the core of ``put(directory:options:)`` and of saves from
     /// memory. `what` names the checkpoint in errors.
     func put(_ inputs: [PutInput], options: PutOptions, describing what: String, defaultStep: Int64?) async throws -> PutResult {
-        try await Archiver.put(inputs, options: options, describing: what, defaultStep: defaultStep,
-                               catalogue: catalogue, layout: layout, reader: chunkReader(), contexts: contexts)
+        try await Archiver.put(inputs, options: options, describing: what, defaultStep: defaultStep, seams: putSeams())
     }
 
     /// The characters a run name may hold besides letters and digits (of any script).
@@ -124,7 +123,6 @@ extension CheckpointStore {
 /// what it learns comes back in its ``StoredFile`` and is merged by ``record(_:)`` on the put's own task,
 /// which alone runs ``commit(_:)`` and ``appendManifest(_:digest:)``.
 final class Archiver: @unchecked Sendable {
-    private let catalogue: LockedCatalogue
     let committer: Committer
     private let index: ChunkIndex
     private let sink: PackSink
@@ -156,10 +154,10 @@ final class Archiver: @unchecked Sendable {
         var length: Int
     }
 
-    init(catalogue: LockedCatalogue, layout: StoreLayout, sink: PackSink, reader: ChunkReader, contexts: ZstdContextPool, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
-        self.catalogue = catalogue
-        self.committer = Committer(catalogue: catalogue, layout: layout)
-        self.index = ChunkIndex(catalogue: catalogue)
+    init(seams: PutSeams, sink: PackSink, options: PutOptions, settings: StoreSettings, parent: Manifest?) throws {
+        let reader = seams.reader, contexts = seams.contexts
+        self.committer = seams.committer
+        self.index = seams.index
         self.sink = sink
         self.codec = FrameCodec(level: options.compressionLevel ?? settings.compressionLevel, contexts: contexts)
         let maxDepth = options.maxDeltaDepth ?? settings.maxDeltaDepth

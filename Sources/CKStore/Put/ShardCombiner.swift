@@ -2,10 +2,7 @@ import Foundation
 
 /// Turns the shards of a checkpoint into the checkpoint, once all of them are committed to this store.
 struct ShardCombiner {
-    let catalogue: LockedCatalogue
-    let layout: StoreLayout
-    let reader: ChunkReader
-    let contexts: ZstdContextPool
+    let seams: PutSeams
 
     /// Combines `run`@`step` if all `count` of its shards are pending here: writes the combined manifest
     /// (``Manifest/combining(_:)``) and commits the checkpoint through the store's ``Committer``, which
@@ -13,15 +10,15 @@ struct ShardCombiner {
     /// nil while shards are missing. Two processes that combine at once write the same content: one commits,
     /// the other finds it committed.
     func completeIfReady(run: String, step: Int64, count: Int) throws -> CheckpointID? {
-        let pending = try catalogue.with { try $0.pendingShards(run: run, step: step) }.filter { $0.shard.count == count }
+        let pending = try seams.catalogue.pendingShards(run: run, step: step).filter { $0.shard.count == count }
         guard pending.count == count else { return nil }
-        let manifests = try pending.map { try reader.manifest(of: $0.id) }
+        let manifests = try pending.map { try seams.reader.manifest(of: $0.id) }
         let combined = try Manifest.combining(manifests)
         let bytes = try combined.canonicalJSON()
         let id = CheckpointID(SHA256Hasher.digest(bytes))
         let content = try combined.contentDigest()
-        let session = try Archiver(catalogue: catalogue, layout: layout, sink: PackSink(layout: layout, writers: 1), reader: reader, contexts: contexts,
-                                   options: PutOptions(run: run), settings: try catalogue.with { try $0.settings() }, parent: nil)
+        let session = try Archiver(seams: seams, sink: PackSink(layout: seams.layout, writers: 1),
+                                   options: PutOptions(run: run), settings: try seams.catalogue.settings(), parent: nil)
         try session.appendManifest(bytes, digest: id.digest)
         let ids = pending.map(\.id)
         let committed = try session.commit { (catalogue, _) throws -> Committer.Decision<CheckpointID?> in
@@ -43,7 +40,7 @@ struct ShardCombiner {
         }
         if committed != nil {
             // Best effort: the checkpoint is committed; records left behind are retired by the next gc.
-            try? Committer(catalogue: catalogue, layout: layout).retireShardRecords(run: run, step: step)
+            try? seams.committer.retireShardRecords(run: run, step: step)
         }
         return committed
     }
