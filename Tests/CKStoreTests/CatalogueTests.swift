@@ -212,22 +212,23 @@ import Testing
     /// narrowed too, in the operations listed below; the list only shrinks.
     @Test func operationsDependOnNarrowCatalogueProtocols() throws {
         let wiring: Set<String> = ["Store/CheckpointStore.swift", "Chunks/ChunkIndex.swift", "Commit/Committer.swift"]
-        let notYetNarrowed: Set<String> = [
-            "Remote/Puller.swift", "Remote/Pusher.swift",
-            "Remote/RemoteChecker.swift", "Remote/RemoteCollector.swift", "Repair/Repairer.swift", "Store/Annotation.swift",
-        ]
+        // The push and the pull are rewritten by issues 28 and 29; the annotation log is the owner of the
+        // annotation protocol, as the committer is of the commit protocol.
+        let notYetNarrowed: Set<String> = ["Remote/Puller.swift", "Remote/Pusher.swift", "Store/Annotation.swift"]
         var naming = Set<String>()
         let enumerator = try #require(FileManager.default.enumerator(atPath: Self.sources))
         for case let path as String in enumerator where path.hasSuffix(".swift") && !path.hasPrefix("Catalogue/") {
             let text = try String(contentsOfFile: Self.sources + "/" + path, encoding: .utf8)
             let code = text.split(separator: "\n").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("//") }.joined(separator: "\n")
-            if code.contains(": LockedCatalogue") { naming.insert(path) }
+            // A property or parameter of the type; `LockedCatalogue(…)` builds one, which is wiring.
+            if code.range(of: #": LockedCatalogue(?!\()"#, options: .regularExpression) != nil { naming.insert(path) }
         }
         #expect(naming.contains("Store/CheckpointStore.swift"), "the sources were not found at \(Self.sources)")
         let offenders = naming.subtracting(wiring).subtracting(notYetNarrowed)
         #expect(offenders.isEmpty, "operations that take LockedCatalogue instead of a narrow protocol: \(offenders.sorted())")
-        // Narrowed: the restorer, the checker, the auditor, gc and the put name only their protocols.
+        // Narrowed: these name only their protocols.
         #expect(naming.isDisjoint(with: ["Restore/Restorer.swift", "Verify/Checker.swift", "Audit/Auditor.swift", "GC/GCPlanner.swift", "GC/GCExecutor.swift",
-                                         "Put/Archiver.swift", "Put/Archiver+Put.swift", "Put/Archiver+Shards.swift", "Put/ShardCombiner.swift"]))
+                                         "Put/Archiver.swift", "Put/Archiver+Put.swift", "Put/Archiver+Shards.swift", "Put/ShardCombiner.swift",
+                                         "Remote/RemoteChecker.swift", "Remote/RemoteCollector.swift", "Repair/Repairer.swift"]))
     }
 }

@@ -325,7 +325,7 @@ struct Pusher {
 /// What push, pull, ls and verify share about one remote: its marker, the cache of its commit and index
 /// objects, and `gc/pending`.
 struct RemoteSession {
-    let catalogue: LockedCatalogue
+    let catalogue: any RemoteCacheQueries
     let remote: Remote
 
     private var objects: any ObjectStore { remote.objects }
@@ -354,7 +354,7 @@ struct RemoteSession {
     /// A store's first contact with a remote: learns every commit and the index objects they name, so
     /// that its first push uploads only what the remote lacks (as restic loads a repository's index).
     func syncIfNeverSynced() async throws {
-        guard try catalogue.with({ try $0.remoteSyncTime(remote.url) }) == nil else { return }
+        guard try catalogue.remoteSyncTime(remote.url) == nil else { return }
         let commits = try await sync()
         try await loadIndexes(Array(Set(commits.flatMap(\.commit.indexes))).sorted())
     }
@@ -365,7 +365,7 @@ struct RemoteSession {
     func sync() async throws -> [(key: String, commit: RemoteCommit)] {
         let now = Date().timeIntervalSince1970
         let listed = try await objects.list(prefix: RemoteLayout.commitsPrefix).map(\.key)
-        let cached = Dictionary(try catalogue.with { try $0.remoteCommitBodies(remote.url) }.map { ($0.key, $0.body) }, uniquingKeysWith: { a, _ in a })
+        let cached = Dictionary(try catalogue.remoteCommitBodies(remote.url).map { ($0.key, $0.body) }, uniquingKeysWith: { a, _ in a })
         var out = [(key: String, commit: RemoteCommit)]()
         var fresh = [(String, RemoteCommit, String)]()
         for key in listed {
@@ -382,19 +382,13 @@ struct RemoteSession {
             fresh.append((key, commit, String(decoding: bytes, as: UTF8.self)))
         }
         let gone = Set(cached.keys).subtracting(listed)
-        try catalogue.with { catalogue in
-            try catalogue.write {
-                for (key, commit, body) in fresh { try catalogue.setRemoteCommit(remote.url, key: key, id: commit.id, body: body) }
-                for key in gone { try catalogue.forgetRemoteCommit(remote.url, key: key) }
-                try catalogue.setRemoteSyncTime(remote.url, now)
-            }
-        }
+        try catalogue.recordSync(remote.url, fresh: fresh.map { (key: $0.0, id: $0.1.id, body: $0.2) }, gone: gone, at: now)
         return out
     }
 
     /// Makes sure the cache holds the index objects `names`, reading (and checking) the ones it lacks.
     func loadIndexes(_ names: [String]) async throws {
-        let known = try catalogue.with { try $0.knownRemoteIndexes(remote.url) }
+        let known = try catalogue.knownRemoteIndexes(remote.url)
         for name in names where !known.contains(name) {
             let key = RemoteLayout.index(name)
             guard let bytes = try await objects.getIfPresent(key) else {
@@ -404,7 +398,7 @@ struct RemoteSession {
                 throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) fails its SHA-256 (it was altered or damaged)")
             }
             let index = try RemoteJSON.decode(RemoteIndex.self, bytes, what: "\(remote.name): \(key)")
-            try catalogue.with { catalogue in try catalogue.write { try catalogue.insertRemoteIndex(remote.url, name: name, packs: index.frames) } }
+            try catalogue.insertRemoteIndex(remote.url, name: name, packs: index.frames)
         }
     }
 }

@@ -46,7 +46,7 @@ public struct RemoteVerifyReport: Codable, Sendable, Equatable {
 /// size the index gives; `full` (or `sample` of a share of the packs) reads packs whole and checks each
 /// against the SHA-256 that names it, then every frame's checksum.
 struct RemoteChecker {
-    let catalogue: LockedCatalogue
+    let catalogue: any RemoteCacheQueries
     let remote: Remote
     var depth: VerifyDepth = .quick
     var jobs = 4

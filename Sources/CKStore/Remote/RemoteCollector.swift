@@ -53,7 +53,7 @@ public struct RemoteGCReport: Codable, Sendable, Equatable {
 /// deleting gc sees (rule 5). Only one gc runs at a time per remote (`gc/lease`, a conditional create that
 /// expires); pushes never wait for it.
 struct RemoteCollector {
-    let catalogue: LockedCatalogue
+    let catalogue: any RemoteRetentionQueries
     let remote: Remote
     var grace: Double = 3600
     var dryRun = false
@@ -112,9 +112,7 @@ struct RemoteCollector {
         var commits = try await session.sync()
         var doomed = Set<String>()
         for (run, entries) in Dictionary(grouping: commits, by: \.commit.run) {
-            let (policy, pins) = try catalogue.with { catalogue in
-                (try catalogue.effectivePolicy(run: run).0, try Set(entries.map(\.commit.id).filter { try catalogue.isPinned($0) }))
-            }
+            let (policy, pins) = try catalogue.retention(run: run, pinnedAmong: entries.map(\.commit.id))
             let candidates = entries.map { entry in
                 RetentionPlanner.Candidate(id: entry.commit.id, step: entry.commit.step, createdAt: entry.commit.createdAt,
                                            metrics: entry.commit.metrics, tags: entry.commit.tags, pinned: pins.contains(entry.commit.id))
@@ -136,7 +134,7 @@ struct RemoteCollector {
         commits.removeAll { doomed.contains($0.key) }
         if !dryRun {
             for key in doomed.sorted() { try await objects.delete(key) }
-            try catalogue.with { catalogue in try catalogue.write { for key in doomed { try catalogue.forgetRemoteCommit(remote.url, key: key) } } }
+            try catalogue.forgetRemoteCommits(remote.url, keys: doomed)
         }
 
         // What the remaining commits need. Re-listed after the deletions, so commits made meanwhile count.
@@ -158,7 +156,7 @@ struct RemoteCollector {
         if !dryRun { for key in retire.sorted() { try await objects.delete(key) } }
         let referencedIndexes = Set(commits.flatMap(\.commit.indexes) + shards.flatMap(\.shard.indexes))
         try await session.loadIndexes(referencedIndexes.sorted())
-        let referencedPacks = try catalogue.with { try $0.remotePacks(remote.url, indexes: referencedIndexes.sorted()) }
+        let referencedPacks = try catalogue.remotePacks(remote.url, indexes: referencedIndexes.sorted())
         func referenced(_ key: String) -> Bool {
             let name = RemoteLayout.name(ofKey: key)
             return key.hasPrefix(RemoteLayout.indexPrefix) ? referencedIndexes.contains(name) : referencedPacks.contains(name)
@@ -197,7 +195,7 @@ struct RemoteCollector {
             pending.condemned[key] = nil
         }
         let deletedIndexes = delete.filter { $0.hasPrefix(RemoteLayout.indexPrefix) }.map(RemoteLayout.name(ofKey:))
-        try catalogue.with { catalogue in try catalogue.write { try catalogue.forgetRemoteIndexes(remote.url, deletedIndexes) } }
+        try catalogue.forgetRemoteIndexes(remote.url, names: Array(deletedIndexes))
         for key in condemn { pending.condemned[key] = now }
         _ = try await objects.put(RemoteLayout.pending, try RemoteJSON.encode(pending), ifAbsent: false)
         return report
