@@ -5,32 +5,38 @@ import Foundation
 /// shard needs (its shard manifest, chunks and their delta bases), and it is written last, by a
 /// conditional create. The checkpoint itself exists on the remote only once its commit object does, which
 /// whoever finds all N shard objects present writes (``Pusher/combineShards(run:step:count:report:)``).
+@dynamicMemberLookup
 public struct RemoteShard: Codable, Sendable, Equatable {
     public var format = 1
-    /// The shard manifest's id.
-    public var id: CheckpointID
-    public var run: String
-    public var step: Int64
-    public var shard: ShardSpec
-    /// The shard manifest's content digest (without its time and parent).
-    public var content: ChunkDigest
-    public var createdAt: Double
-    public var logicalBytes: Int64
-    public var storedBytesAdded: Int64
+    /// The shard as `ls --pending` lists it: the object's fields but its format and index objects, written
+    /// beside them in the same JSON object. Its fields read through the shard (`shard.run`).
+    public var pending: PendingShard
     /// Index objects that together locate every frame of the shard's closure.
     var indexes: [String]
 
-    enum CodingKeys: String, CodingKey {
-        case format, id, run, step, shard, content, indexes
-        case createdAt = "created_at"
-        case logicalBytes = "logical_bytes"
-        case storedBytesAdded = "stored_bytes_added"
+    init(_ pending: PendingShard, indexes: [String]) {
+        self.pending = pending
+        self.indexes = indexes
     }
 
-    /// The shard as `ls --pending` lists it.
-    var pending: PendingShard {
-        PendingShard(id: id, run: run, step: step, shard: shard, content: content, createdAt: createdAt,
-                     logicalBytes: logicalBytes, storedBytesAdded: storedBytesAdded)
+    public subscript<T>(dynamicMember field: KeyPath<PendingShard, T>) -> T { pending[keyPath: field] }
+
+    private enum CodingKeys: String, CodingKey {
+        case format, indexes
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        format = try container.decode(Int.self, forKey: .format)
+        indexes = try container.decode([String].self, forKey: .indexes)
+        pending = try PendingShard(from: decoder)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try pending.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(format, forKey: .format)
+        try container.encode(indexes, forKey: .indexes)
     }
 }
 
@@ -84,9 +90,7 @@ extension Pusher {
         let key = RemoteLayout.shard(run: shard.run, step: shard.step, shard: shard.shard)
         let closure = try catalogue.with { try $0.referencedDigests(of: [shard.id]) }
         let outcome = try await commitObject(key: key, closure: closure, report: &report) { indexes in
-            try RemoteJSON.encode(RemoteShard(id: shard.id, run: shard.run, step: shard.step, shard: shard.shard, content: shard.content,
-                                              createdAt: shard.createdAt, logicalBytes: shard.logicalBytes,
-                                              storedBytesAdded: shard.storedBytesAdded, indexes: indexes))
+            try RemoteJSON.encode(RemoteShard(shard, indexes: indexes))
         }
         switch outcome {
         case .written:
