@@ -70,11 +70,7 @@ struct DiskUsage: AsyncParsableCommand {
         var runs: [AuditReport.Run]
 
         enum CodingKeys: String, CodingKey {
-            case runs
-            case logicalBytes = "logical_bytes"
-            case storedBytes = "stored_bytes"
-            case diskBytes = "disk_bytes"
-            case deadBytes = "dead_bytes"
+            case runs, logicalBytes, storedBytes, diskBytes, deadBytes
         }
     }
 

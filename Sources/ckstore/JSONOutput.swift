@@ -5,6 +5,9 @@ enum JSONOutput {
     static func print(_ value: some Encodable) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        // Field names are snake_case, from the Swift names (`storedBytesAdded` → `stored_bytes_added`);
+        // dictionary keys (metrics, paths, tensor names) are left as they are.
+        encoder.keyEncodingStrategy = .convertToSnakeCase
         // A diverged run's NaN or infinite loss prints as the strings "NaN", "Infinity", "-Infinity".
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         let data = try encoder.encode(value)

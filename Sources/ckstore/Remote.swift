@@ -129,9 +129,7 @@ struct RemoteList: AsyncParsableCommand {
         var pushOnCommit: Bool
 
         enum CodingKeys: String, CodingKey {
-            case name, url, endpoint, region
-            case pathStyle = "path_style"
-            case pushOnCommit = "push_on_commit"
+            case name, url, endpoint, region, pathStyle, pushOnCommit
         }
     }
 

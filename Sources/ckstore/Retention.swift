@@ -221,12 +221,7 @@ struct Remove: AsyncParsableCommand {
         var packsRewritten: Int?
 
         enum CodingKeys: String, CodingKey {
-            case removed, pending
-            case dryRun = "dry_run"
-            case bytesFreed = "bytes_freed"
-            case chunksFreed = "chunks_freed"
-            case packsDeleted = "packs_deleted"
-            case packsRewritten = "packs_rewritten"
+            case removed, pending, dryRun, bytesFreed, chunksFreed, packsDeleted, packsRewritten
         }
     }
 

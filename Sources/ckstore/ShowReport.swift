@@ -27,8 +27,7 @@ struct ShowReport: Encodable {
         var shards: [Int]?
 
         enum CodingKeys: String, CodingKey {
-            case path, format, size, mode, sha256, digest, chunks, tensors, optimizer, shards
-            case linkTarget = "link_target"
+            case path, format, size, mode, sha256, digest, chunks, tensors, optimizer, shards, linkTarget
         }
     }
 
@@ -52,15 +51,8 @@ struct ShowReport: Encodable {
     var shardCount: Int?
 
     enum CodingKeys: String, CodingKey {
-        case id, run, step, epoch, parent, metrics, tags, metadata, files
-        case shardCount = "shard_count"
-        case createdAt = "created_at"
-        case logicalBytes = "logical_bytes"
-        case storedBytesAdded = "stored_bytes_added"
-        case chunkCount = "chunk_count"
-        case modelConfig = "model_config"
-        case pinned
-        case droppedFiles = "dropped_files"
+        case id, run, step, epoch, parent, metrics, tags, metadata, files, shardCount, createdAt, logicalBytes
+        case storedBytesAdded, chunkCount, modelConfig, pinned, droppedFiles
     }
 
     init(id: CheckpointID, manifest: Manifest, summary: CheckpointSummary, dropped: [String: String]) {

@@ -19,11 +19,7 @@ struct Version: AsyncParsableCommand {
         var frameEncodings = CKStoreVersion.frameEncodings
 
         enum CodingKeys: String, CodingKey {
-            case version
-            case packFormat = "pack_format"
-            case manifestFormat = "manifest_format"
-            case catalogueSchema = "catalogue_schema"
-            case frameEncodings = "frame_encodings"
+            case version, packFormat, manifestFormat, catalogueSchema, frameEncodings
         }
     }
 

@@ -47,13 +47,8 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var share: Double
 
         enum CodingKeys: String, CodingKey {
-            case run, checkpoints, policy, share
-            case logicalBytes = "logical_bytes"
-            case storedBytes = "stored_bytes"
-            case exclusiveBytes = "exclusive_bytes"
-            case addedBytes = "added_bytes"
-            case keptByPolicy = "kept_by_policy"
-            case averageAddedBytes = "average_added_bytes"
+            case run, checkpoints, policy, share, logicalBytes, storedBytes, exclusiveBytes, addedBytes
+            case keptByPolicy, averageAddedBytes
         }
     }
 
@@ -81,12 +76,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var metrics: [String: Double]
 
         enum CodingKeys: String, CodingKey {
-            case id, run, step, pinned, metrics
-            case createdAt = "created_at"
-            case logicalBytes = "logical_bytes"
-            case addedBytes = "added_bytes"
-            case exclusiveBytes = "exclusive_bytes"
-            case sharedBytes = "shared_bytes"
+            case id, run, step, pinned, metrics, createdAt, logicalBytes, addedBytes, exclusiveBytes, sharedBytes
         }
     }
 
@@ -100,9 +90,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var storedBytes: Int64
 
         enum CodingKeys: String, CodingKey {
-            case part
-            case logicalBytes = "logical_bytes"
-            case storedBytes = "stored_bytes"
+            case part, logicalBytes, storedBytes
         }
     }
 
@@ -120,9 +108,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var logicalBytes: Int64
 
         enum CodingKeys: String, CodingKey {
-            case run, file, tensor
-            case storedBytes = "stored_bytes"
-            case logicalBytes = "logical_bytes"
+            case run, file, tensor, storedBytes, logicalBytes
         }
     }
 
@@ -143,11 +129,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
             public var moreCheckpoints: Int?
 
             enum CodingKeys: String, CodingKey {
-                case run
-                case bytesPerCheckpoint = "bytes_per_checkpoint"
-                case keptAtSteadyState = "kept_at_steady_state"
-                case steadyStateBytes = "steady_state_bytes"
-                case moreCheckpoints = "more_checkpoints"
+                case run, bytesPerCheckpoint, keptAtSteadyState, steadyStateBytes, moreCheckpoints
             }
 
             // "Unbounded" is an explicit null in JSON, not a missing key.
@@ -178,12 +160,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var runs: [RunProjection]
 
         enum CodingKeys: String, CodingKey {
-            case fits, runs
-            case budgetBytes = "budget_bytes"
-            case diskBytes = "disk_bytes"
-            case headroomBytes = "headroom_bytes"
-            case steadyStateBytes = "steady_state_bytes"
-            case moreCheckpoints = "more_checkpoints"
+            case fits, runs, budgetBytes, diskBytes, headroomBytes, steadyStateBytes, moreCheckpoints
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -214,9 +191,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var diskBytesFreed: Int64
 
         enum CodingKeys: String, CodingKey {
-            case policy, run, deleted, slimmed
-            case storedBytesFreed = "stored_bytes_freed"
-            case diskBytesFreed = "disk_bytes_freed"
+            case policy, run, deleted, slimmed, storedBytesFreed, diskBytesFreed
         }
     }
 
@@ -273,25 +248,9 @@ public struct AuditReport: Sendable, Codable, Equatable {
     public var whatIf: WhatIf?
 
     enum CodingKeys: String, CodingKey {
-        case store, run, runs, checkpoints, parts, budget
-        case generatedAt = "generated_at"
-        case logicalBytes = "logical_bytes"
-        case storedBytes = "stored_bytes"
-        case diskBytes = "disk_bytes"
-        case packBytes = "pack_bytes"
-        case catalogueBytes = "catalogue_bytes"
-        case deadBytes = "dead_bytes"
-        case pendingBytes = "pending_bytes"
-        case annotationBytes = "annotation_bytes"
-        case uniqueBytes = "unique_bytes"
-        case dedupRatio = "dedup_ratio"
-        case compressionRatio = "compression_ratio"
-        case runCount = "run_count"
-        case checkpointCount = "checkpoint_count"
-        case chunkCount = "chunk_count"
-        case packCount = "pack_count"
-        case missingReferences = "missing_references"
-        case largestTensors = "largest_tensors"
-        case whatIf = "what_if"
+        case store, run, runs, checkpoints, parts, budget, generatedAt, logicalBytes, storedBytes, diskBytes
+        case packBytes, catalogueBytes, deadBytes, pendingBytes, annotationBytes, uniqueBytes, dedupRatio
+        case compressionRatio, runCount, checkpointCount, chunkCount, packCount, missingReferences, largestTensors
+        case whatIf
     }
 }

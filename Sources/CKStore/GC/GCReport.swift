@@ -106,24 +106,12 @@ public struct GCReport: Sendable, Codable, Equatable {
         public var deletedForBudget: [Deleted]
 
         enum CodingKeys: String, CodingKey {
-            case budgetBytes = "budget_bytes"
-            case diskBytesBefore = "disk_bytes_before"
-            case diskBytesAfter = "disk_bytes_after"
-            case deletedForBudget = "deleted_for_budget"
+            case budgetBytes, diskBytesBefore, diskBytesAfter, deletedForBudget
         }
     }
 
     enum CodingKeys: String, CodingKey {
-        case kept, deleted, budget
-        case dryRun = "dry_run"
-        case deletedCheckpoints = "deleted_checkpoints"
-        case bytesFreed = "bytes_freed"
-        case bytesUnreferenced = "bytes_unreferenced"
-        case chunksFreed = "chunks_freed"
-        case packsDeleted = "packs_deleted"
-        case packsRewritten = "packs_rewritten"
-        case orphansRemoved = "orphans_removed"
-        case chunksReencoded = "chunks_reencoded"
-        case pendingRemoved = "pending_removed"
+        case kept, deleted, budget, dryRun, deletedCheckpoints, bytesFreed, bytesUnreferenced, chunksFreed
+        case packsDeleted, packsRewritten, orphansRemoved, chunksReencoded, pendingRemoved
     }
 }

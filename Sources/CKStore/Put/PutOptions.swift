@@ -76,12 +76,7 @@ public struct PutResult: Sendable, Codable, Equatable {
     public var missingShards: [Int]?
 
     enum CodingKeys: String, CodingKey {
-        case id, run, step, seconds, warnings, shard, checkpoint
-        case missingShards = "missing_shards"
-        case logicalBytes = "logical_bytes"
-        case storedBytesAdded = "stored_bytes_added"
-        case chunksTotal = "chunks_total"
-        case chunksNew = "chunks_new"
-        case alreadyStored = "already_stored"
+        case id, run, step, seconds, warnings, shard, checkpoint, missingShards, logicalBytes, storedBytesAdded
+        case chunksTotal, chunksNew, alreadyStored
     }
 }

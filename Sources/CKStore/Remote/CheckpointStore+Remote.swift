@@ -162,9 +162,7 @@ public struct RemoteCheck: Codable, Sendable, Equatable {
     public var conditionalWrites: Bool
 
     enum CodingKeys: String, CodingKey {
-        case remote, url, checkpoints
-        case createdMarker = "created_marker"
-        case conditionalWrites = "conditional_writes"
+        case remote, url, checkpoints, createdMarker, conditionalWrites
     }
 }
 

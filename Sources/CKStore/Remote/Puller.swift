@@ -20,9 +20,7 @@ public struct PullReport: Codable, Sendable, Equatable {
     public var partial: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case remote, id, run, step, pulled, requests, seconds, partial
-        case bytesDownloaded = "bytes_downloaded"
-        case framesAdded = "frames_added"
+        case remote, id, run, step, pulled, requests, seconds, partial, bytesDownloaded, framesAdded
     }
 }
 

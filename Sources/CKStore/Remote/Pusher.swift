@@ -26,13 +26,8 @@ public struct PushReport: Codable, Sendable, Equatable {
     public var missingShards: [Int]?
 
     enum CodingKeys: String, CodingKey {
-        case remote, pushed, seconds, shard, checkpoint
-        case missingShards = "missing_shards"
-        case alreadyPresent = "already_present"
-        case bytesUploaded = "bytes_uploaded"
-        case objectsUploaded = "objects_uploaded"
-        case framesUploaded = "frames_uploaded"
-        case frameBytesUploaded = "frame_bytes_uploaded"
+        case remote, pushed, seconds, shard, checkpoint, missingShards, alreadyPresent, bytesUploaded
+        case objectsUploaded, framesUploaded, frameBytesUploaded
     }
 }
 

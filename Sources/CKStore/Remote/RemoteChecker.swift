@@ -28,10 +28,7 @@ public struct RemoteVerifyReport: Codable, Sendable, Equatable {
     public var stalePending: [PendingCheckpoint] = []
 
     enum CodingKeys: String, CodingKey {
-        case remote, mode, checkpoints, packs, problems, seconds, ok
-        case stalePending = "stale_pending"
-        case objectsHashed = "objects_hashed"
-        case bytesHashed = "bytes_hashed"
+        case remote, mode, checkpoints, packs, problems, seconds, ok, stalePending, objectsHashed, bytesHashed
     }
 
     init(remote: String, mode: String, checkpoints: Int) {

@@ -28,17 +28,8 @@ public struct RemoteGCReport: Codable, Sendable, Equatable {
     public var shardObjectsRetired: Int = 0
 
     enum CodingKeys: String, CodingKey {
-        case remote, deleted, kept, seconds
-        case pendingRemoved = "pending_removed"
-        case shardObjectsRetired = "shard_objects_retired"
-        case dryRun = "dry_run"
-        case deletedCheckpoints = "deleted_checkpoints"
-        case condemnedObjects = "condemned_objects"
-        case condemnedBytes = "condemned_bytes"
-        case deletedObjects = "deleted_objects"
-        case bytesFreed = "bytes_freed"
-        case rescuedObjects = "rescued_objects"
-        case graceSeconds = "grace_seconds"
+        case remote, deleted, kept, seconds, pendingRemoved, shardObjectsRetired, dryRun, deletedCheckpoints
+        case condemnedObjects, condemnedBytes, deletedObjects, bytesFreed, rescuedObjects, graceSeconds
     }
 }
 

@@ -32,19 +32,9 @@ public struct RepairReport: Sendable, Codable, Equatable {
     public var importedCheckpoints: [CheckpointID] = []
 
     enum CodingKeys: String, CodingKey {
-        case checkpoints
-        case dryRun = "dry_run"
-        case catalogueRebuilt = "catalogue_rebuilt"
-        case catalogueProblem = "catalogue_problem"
-        case damagedCatalogueMovedTo = "damaged_catalogue_moved_to"
-        case packsScanned = "packs_scanned"
-        case framesIntact = "frames_intact"
-        case droppedChunks = "dropped_chunks"
-        case salvagedFrames = "salvaged_frames"
-        case quarantinedPacks = "quarantined_packs"
-        case incompleteCheckpoints = "incomplete_checkpoints"
-        case skippedManifests = "skipped_manifests"
-        case importedCheckpoints = "imported_checkpoints"
+        case checkpoints, dryRun, catalogueRebuilt, catalogueProblem, damagedCatalogueMovedTo, packsScanned
+        case framesIntact, droppedChunks, salvagedFrames, quarantinedPacks, incompleteCheckpoints
+        case skippedManifests, importedCheckpoints
     }
 }
 

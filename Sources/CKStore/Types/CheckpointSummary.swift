@@ -32,13 +32,7 @@ public struct CheckpointSummary: Sendable, Equatable, Codable {
     public var pinned = false
 
     enum CodingKeys: String, CodingKey {
-        case id, run, step, epoch, parent, metrics, tags, pinned
-        case droppedParts = "dropped_parts"
-        case createdAt = "created_at"
-        case logicalBytes = "logical_bytes"
-        case storedBytesAdded = "stored_bytes_added"
-        case chunkCount = "chunk_count"
-        case fileCount = "file_count"
-        case tensorCount = "tensor_count"
+        case id, run, step, epoch, parent, metrics, tags, pinned, droppedParts, createdAt, logicalBytes
+        case storedBytesAdded, chunkCount, fileCount, tensorCount
     }
 }

@@ -37,10 +37,7 @@ public struct PendingCheckpoint: Codable, Sendable, Equatable {
     public var logicalBytes: Int64
 
     enum CodingKeys: String, CodingKey {
-        case run, step, shards, missing
-        case shardCount = "shard_count"
-        case createdAt = "created_at"
-        case logicalBytes = "logical_bytes"
+        case run, step, shards, missing, shardCount, createdAt, logicalBytes
     }
 
     /// How old a pending checkpoint may get before `verify` reports it and `gc` removes it: 24 hours.

@@ -108,14 +108,7 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var stalePending: [PendingCheckpoint] = []
 
     enum CodingKeys: String, CodingKey {
-        case ok, mode, problems, damage, seconds
-        case stalePending = "stale_pending"
-        case packsChecked = "packs_checked"
-        case chunksChecked = "chunks_checked"
-        case storedBytesChecked = "stored_bytes_checked"
-        case logicalBytesChecked = "logical_bytes_checked"
-        case damagedChunks = "damaged_chunks"
-        case missingChunks = "missing_chunks"
-        case affectedCheckpoints = "affected_checkpoints"
+        case ok, mode, problems, damage, seconds, stalePending, packsChecked, chunksChecked, storedBytesChecked
+        case logicalBytesChecked, damagedChunks, missingChunks, affectedCheckpoints
     }
 }
