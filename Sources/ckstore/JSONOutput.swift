@@ -1,15 +1,10 @@
+import CKStore
 import Foundation
 
 /// Prints values as JSON on standard output (sorted keys, so scripts and diffs see a stable shape).
 enum JSONOutput {
     static func print(_ value: some Encodable) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        // Field names are snake_case, from the Swift names (`storedBytesAdded` → `stored_bytes_added`);
-        // dictionary keys (metrics, paths, tensor names) are left as they are.
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        // A diverged run's NaN or infinite loss prints as the strings "NaN", "Infinity", "-Infinity".
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+        let encoder = ReportJSON.encoder(pretty: true)
         let data = try encoder.encode(value)
         Swift.print(String(decoding: data, as: UTF8.self))
     }

@@ -90,7 +90,7 @@ import Testing
             #expect(planned.dryRun && planned.deletedCheckpoints.map(\.step) == [10, 20])
             #expect(planned.kept.map(\.step) == [30, 40] && planned.kept.allSatisfy { $0.reasons.contains("keep-last 2") })
             #expect(try await store.remoteCheckpoints(remote).count == 4)
-            let json = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(planned)) as? [String: Any]
+            let json = try JSONSerialization.jsonObject(with: try ReportJSON.encoder().encode(planned)) as? [String: Any]
             #expect(Set(["dry_run", "kept", "deleted", "deleted_checkpoints", "bytes_freed"]).isSubset(of: Set(json?.keys.map { $0 } ?? [])))
             let first = try await store.collectGarbage(on: remote, grace: 1)
             #expect(first.deleted.count == 2 && first.deleted == planned.deleted)
