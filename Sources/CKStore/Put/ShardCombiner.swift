@@ -21,7 +21,10 @@ struct ShardCombiner {
                                    options: PutOptions(run: run), settings: try seams.catalogue.settings(), parent: nil)
         try session.appendManifest(bytes, digest: id.digest)
         let ids = pending.map(\.id)
-        let committed = try session.commit { (catalogue, _) throws -> Committer.Decision<CheckpointID?> in
+        // Who combined: this call (the committer then retires the shards and their records), or another
+        // process before it (only its pending rows go here; their records are retired below).
+        enum Combined: Sendable { case here(CheckpointID), elsewhere(CheckpointID), notYet }
+        let combinedBy = try session.commit { (catalogue, _) throws -> Committer.Decision<Combined> in
             if let found = try catalogue.checkpoint(run: run, step: step) {
                 guard found.content == content else {
                     throw CKStoreError(.conflict, "run \(run) already has a different checkpoint at step \(step) (\(found.id.short)) than its \(count) shards make")
@@ -29,19 +32,24 @@ struct ShardCombiner {
                 // Combined by another process: its shards go, and its record is written if that process
                 // stopped before writing it.
                 try catalogue.deletePendingShards(ids)
-                return .keep(found.id, record: CommitLog.Record(id: found.id, run: run, step: step, content: content, createdAt: combined.createdAt))
+                return .keep(.elsewhere(found.id), record: CommitLog.Record(id: found.id, run: run, step: step, content: content, createdAt: combined.createdAt))
             }
             // gc may have removed a stale shard since they were read: then the checkpoint is not complete.
             let now = try catalogue.pendingShards(run: run, step: step).filter { $0.shard.count == count }.map(\.id)
-            guard now == ids else { return .keep(nil) }
+            guard now == ids else { return .keep(.notYet) }
             let new = Catalogue.NewCheckpoint(id: id, manifest: combined, contentDigest: content,
                                               storedBytesAdded: pending.reduce(0) { $0 + $1.storedBytesAdded }, chunkUses: combined.chunkUses(id: id))
-            return .commit(.combined(new, shards: ids), id)
+            return .commit(.combined(new, shards: ids), .here(id))
         }
-        if committed != nil {
+        switch combinedBy {
+        case .here(let id):
+            return id
+        case .elsewhere(let id):
             // Best effort: the checkpoint is committed; records left behind are retired by the next gc.
             try? seams.committer.retireShardRecords(run: run, step: step)
+            return id
+        case .notYet:
+            return nil
         }
-        return committed
     }
 }
