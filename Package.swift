@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", exact: "4.5.2"),
         .package(url: "https://github.com/swift-server/async-http-client", exact: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
     ],
     targets: [
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
@@ -51,6 +52,7 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings
@@ -81,9 +83,17 @@ let package = Package(
             path: "Examples/TrainLoop",
             swiftSettings: strictSettings
         ),
+        // Fixtures, SeaweedFS, and the servers tests put where no real one can run here (instance
+        // metadata, container credentials, STS, a fault-injecting S3 proxy), on NIO's HTTP server.
         .target(
             name: "CKStoreTestSupport",
-            dependencies: ["CKStore", "CKStoreS3"],
+            dependencies: [
+                "CKStore", "CKStoreS3",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(
@@ -96,7 +106,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CKStoreTests",
-            dependencies: ["CKStore", "CKStoreReports", "CKStoreS3", "CKStoreTestSupport"],
+            dependencies: ["CKStore", "CKStoreReports", "CKStoreS3", "CKStoreTestSupport", .product(name: "NIOHTTP1", package: "swift-nio")],
             swiftSettings: strictSettings
         ),
         .testTarget(

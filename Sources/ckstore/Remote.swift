@@ -15,22 +15,35 @@ struct RemoteOption: ParsableArguments {
     @Option(help: "With a URL for --remote: the S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1).")
     var region: String?
 
-    @Flag(help: "With a URL for --remote: address the bucket in the path, as S3-compatible servers want.")
+    @Flag(help: "With a URL for --remote: address the bucket in the path (the default for endpoints other than AWS).")
     var pathStyle = false
+
+    @Flag(help: "With a URL for --remote: address the bucket in the host name (the default on AWS).")
+    var virtualHosted = false
+
+    @Flag(help: "With a URL for --remote: push even if the server ignores conditional writes (If-None-Match), so that two machines pushing one run and step could both win.")
+    var unsafeUnconditionalCommits = false
+
+    func validate() throws {
+        if pathStyle && virtualHosted { throw ValidationError("give --path-style or --virtual-hosted, not both") }
+    }
 
     /// The remote, connected; `fallback` picks one when --remote is not given.
     func connect(_ store: CheckpointStore, fallback: Bool = true) throws -> Remote {
-        try Self.connect(store, remote: remote, endpoint: endpoint, region: region, pathStyle: pathStyle, fallback: fallback)
+        try Self.connect(store, remote: remote, endpoint: endpoint, region: region, pathStyle: pathStyle, virtualHosted: virtualHosted,
+                         unsafeUnconditionalCommits: unsafeUnconditionalCommits, fallback: fallback)
     }
 
     /// The remote `remote` (a name or a URL) connected, without an option group (for `put --push NAME`).
     static func connect(_ store: CheckpointStore, remote: String?, endpoint: String? = nil, region: String? = nil,
-                        pathStyle: Bool = false, fallback: Bool = false) throws -> Remote {
+                        pathStyle: Bool = false, virtualHosted: Bool = false, unsafeUnconditionalCommits: Bool = false,
+                        fallback: Bool = false) throws -> Remote {
         let registry = try store.remotes()
         let definition: RemoteDefinition
         if let remote {
             if remote.contains("://") {
-                definition = RemoteDefinition(name: remote, url: remote, endpoint: endpoint, region: region, pathStyle: pathStyle)
+                definition = RemoteDefinition(name: remote, url: remote, endpoint: endpoint, region: region, pathStyle: pathStyle,
+                                              virtualHosted: virtualHosted, unsafeUnconditionalCommits: unsafeUnconditionalCommits)
             } else {
                 guard let named = registry.definition(named: remote) else {
                     throw CKStoreError(.notFound, "no remote named \(remote)\(registry.remotes.isEmpty ? "" : " (this store has: \(registry.remotes.map(\.name).joined(separator: ", ")))"); add it with `ckstore remote add \(remote) URL`")
@@ -44,13 +57,29 @@ struct RemoteOption: ParsableArguments {
                 ? "this store has no remote; add one with `ckstore remote add NAME URL`, or give --remote URL"
                 : "give --remote NAME (this store has: \(registry.remotes.map(\.name).joined(separator: ", ")))")
         }
-        return try Self.connect(definition)
+        return try Self.connect(definition, store: store)
     }
 
-    static func connect(_ definition: RemoteDefinition) throws -> Remote {
+    /// Connects a definition; an S3 remote starts from the bucket region this store learned before, and
+    /// records one it learns.
+    static func connect(_ definition: RemoteDefinition, store: CheckpointStore) throws -> Remote {
         switch try definition.location() {
         case .file: return try Remote.folder(definition)
-        case .s3: return Remote(name: definition.name, url: definition.url, objects: try S3ObjectStore(definition))
+        case .s3:
+            let url = definition.url
+            let objects = try S3ObjectStore(definition, knownRegion: try? store.remoteFact(url, "region"),
+                                            learnedRegion: { region in try? store.setRemoteFact(url, "region", region) })
+            return Remote(name: definition.name, url: url, objects: objects, unsafeUnconditionalCommits: definition.unsafeUnconditionalCommits)
+        }
+    }
+
+    /// Where an S3 remote's credentials would come from, without fetching them; nil for a folder.
+    static func credentialSource(_ definition: RemoteDefinition) -> String? {
+        guard case .s3? = try? definition.location() else { return nil }
+        do {
+            return try AWSCredentialChain(environment: ProcessInfo.processInfo.environment, remote: definition.name).sourceName()
+        } catch {
+            return "none (\(error))"
         }
     }
 }
@@ -71,9 +100,15 @@ struct RemoteCommand: AsyncParsableCommand {
         discussion: """
             A remote is a self-sufficient store in a bucket (s3://BUCKET/PREFIX) or a folder
             (file:///PATH): a fresh machine with only its URL and credentials can list, verify and restore.
-            Credentials are never stored: they come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-            AWS_SESSION_TOKEN, or ~/.aws/credentials with AWS_PROFILE; the region from AWS_REGION or
-            AWS_DEFAULT_REGION, the endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL unless given.
+            Credentials are never stored: they come from the AWS SDKs' chain, in its order: the
+            environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN); a profile's role
+            (role_arn with source_profile or credential_source); web identity (AWS_WEB_IDENTITY_TOKEN_FILE,
+            AWS_ROLE_ARN); the profile (AWS_PROFILE) in ~/.aws/credentials; its credential_process; its keys
+            in ~/.aws/config; the container endpoint (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI);
+            the EC2 instance's role (IMDSv2). Temporary credentials are refreshed before they expire.
+            The region: --region, AWS_REGION, AWS_DEFAULT_REGION, the profile's, the instance's; a bucket
+            in another region is found from the server's answer and remembered. The endpoint:
+            AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL unless given. AWS_CA_BUNDLE names a private CA.
             """,
         subcommands: [RemoteAdd.self, RemoteList.self, RemoteRemove.self, RemoteSet.self]
     )
@@ -90,18 +125,26 @@ struct RemoteAdd: AsyncParsableCommand {
     @Argument(help: "s3://BUCKET/PREFIX or file:///PATH.") var url: String
     @Option(help: "The S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS).") var endpoint: String?
     @Option(help: "The S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1).") var region: String?
-    @Flag(help: "Address the bucket in the path (http://host/bucket/key), as most S3-compatible servers want.") var pathStyle = false
+    @Flag(help: "Address the bucket in the path (http://host/bucket/key); the default for endpoints other than AWS.") var pathStyle = false
+    @Flag(help: "Address the bucket in the host name (https://bucket.host/key); the default on AWS.") var virtualHosted = false
+    @Flag(help: "Accept a server that ignores conditional writes (If-None-Match): two machines pushing one run and step could then both win.") var unsafeUnconditionalCommits = false
     @Flag(help: "Push every checkpoint committed to this store to this remote (put, and library saves).") var pushOnCommit = false
     @Flag(help: "Print JSON.") var json = false
 
+    func validate() throws {
+        if pathStyle && virtualHosted { throw ValidationError("give --path-style or --virtual-hosted, not both") }
+    }
+
     func run() async throws {
         let checkpointStore = try store.open(create: true)
-        let definition = RemoteDefinition(name: name, url: url, endpoint: endpoint, region: region, pathStyle: pathStyle)
+        let definition = RemoteDefinition(name: name, url: url, endpoint: endpoint, region: region, pathStyle: pathStyle,
+                                          virtualHosted: virtualHosted, unsafeUnconditionalCommits: unsafeUnconditionalCommits)
         if try checkpointStore.remotes().definition(named: name) != nil {
             throw CKStoreError(.alreadyExists, "this store already has a remote named \(name); remove it first with `ckstore remote rm \(name)`")
         }
-        let remote = try RemoteOption.connect(definition)
-        let check = try await checkpointStore.checkRemote(remote)
+        let remote = try RemoteOption.connect(definition, store: checkpointStore)
+        var check = try await checkpointStore.checkRemote(remote)
+        if let objects = remote.objects as? S3ObjectStore { check.credentials = objects.credentials.source }
         try checkpointStore.updateRemotes { registry in
             registry.remotes.append(definition)
             if pushOnCommit { registry.pushOnCommit = name }
@@ -109,7 +152,8 @@ struct RemoteAdd: AsyncParsableCommand {
         if json {
             try JSONOutput.print(check)
         } else {
-            Terminal.standardError("remote \(name) (\(url)): \(check.createdMarker ? "new, empty" : "\(check.checkpoints) checkpoints"); writes and conditional writes work")
+            let conditional = check.conditionalWrites ? "writes and conditional writes work" : "writes work; the server IGNORES conditional writes (--unsafe-unconditional-commits)"
+            Terminal.standardError("remote \(name) (\(url)): \(check.createdMarker ? "new, empty" : "\(check.checkpoints) checkpoints"); \(conditional)\(check.credentials.map { "; credentials from " + $0 } ?? "")")
         }
     }
 }
@@ -126,17 +170,26 @@ struct RemoteList: AsyncParsableCommand {
         var endpoint: String?
         var region: String?
         var pathStyle: Bool
+        var virtualHosted: Bool
         var pushOnCommit: Bool
+        var unsafeUnconditionalCommits: Bool
+        /// Where the credentials would come from now (never the secret); nil for a folder.
+        var credentials: String?
+        /// The bucket region this store learned from the server, if it learned one.
+        var learnedRegion: String?
 
         enum CodingKeys: String, CodingKey {
-            case name, url, endpoint, region, pathStyle, pushOnCommit
+            case name, url, endpoint, region, pathStyle, virtualHosted, pushOnCommit, unsafeUnconditionalCommits, credentials, learnedRegion
         }
     }
 
     func run() async throws {
-        let registry = try store.open().remotes()
+        let checkpointStore = try store.open()
+        let registry = try checkpointStore.remotes()
         let rows = registry.remotes.map {
-            Row(name: $0.name, url: $0.url, endpoint: $0.endpoint, region: $0.region, pathStyle: $0.pathStyle, pushOnCommit: registry.pushOnCommit == $0.name)
+            Row(name: $0.name, url: $0.url, endpoint: $0.endpoint, region: $0.region, pathStyle: $0.pathStyle, virtualHosted: $0.virtualHosted,
+                pushOnCommit: registry.pushOnCommit == $0.name, unsafeUnconditionalCommits: $0.unsafeUnconditionalCommits,
+                credentials: RemoteOption.credentialSource($0), learnedRegion: try? checkpointStore.remoteFact($0.url, "region"))
         }
         if json {
             try JSONOutput.print(rows)
@@ -146,8 +199,9 @@ struct RemoteList: AsyncParsableCommand {
             Terminal.standardError("no remotes; add one with `ckstore remote add NAME URL`")
             return
         }
-        print(Format.table(["NAME", "URL", "ENDPOINT", "NOTES"], rows.map {
-            [$0.name, $0.url, $0.endpoint ?? "", ($0.pushOnCommit ? ["push on commit"] : []).joined()]
+        print(Format.table(["NAME", "URL", "ENDPOINT", "CREDENTIALS", "NOTES"], rows.map {
+            [$0.name, $0.url, $0.endpoint ?? "", $0.credentials ?? "",
+             (($0.pushOnCommit ? ["push on commit"] : []) + ($0.unsafeUnconditionalCommits ? ["unconditional commits"] : [])).joined(separator: ", ")]
         }))
     }
 }
@@ -178,6 +232,7 @@ struct RemoteSet: AsyncParsableCommand {
     @Option(help: "The S3 endpoint (an empty string: from the environment).") var endpoint: String?
     @Option(help: "The S3 region (an empty string: from the environment).") var region: String?
     @Flag(inversion: .prefixedNo, help: "Address the bucket in the path.") var pathStyle: Bool?
+    @Flag(inversion: .prefixedNo, help: "Address the bucket in the host name.") var virtualHosted: Bool?
     @Flag(inversion: .prefixedNo, help: "Push every checkpoint committed to this store to this remote (one remote at most).") var pushOnCommit: Bool?
 
     func run() async throws {
@@ -186,6 +241,10 @@ struct RemoteSet: AsyncParsableCommand {
             if let endpoint { registry.remotes[index].endpoint = endpoint.isEmpty ? nil : endpoint }
             if let region { registry.remotes[index].region = region.isEmpty ? nil : region }
             if let pathStyle { registry.remotes[index].pathStyle = pathStyle }
+            if let virtualHosted { registry.remotes[index].virtualHosted = virtualHosted }
+            if registry.remotes[index].pathStyle && registry.remotes[index].virtualHosted {
+                throw CKStoreError(.invalidArgument, "remote \(name) cannot be both path-style and virtual-hosted")
+            }
             if let pushOnCommit {
                 if pushOnCommit { registry.pushOnCommit = name } else if registry.pushOnCommit == name { registry.pushOnCommit = nil }
             }

@@ -323,6 +323,9 @@ struct GC: AsyncParsableCommand {
                 print(Format.table(["ID", "RUN", "STEP", "DECISION", "KEPT BY"], rows))
                 print("")
                 print("\(report.dryRun ? "would free" : "freed") \(ByteCount(report.bytesFreed)) in \(report.deletedObjects) objects condemned at least \(RetentionPolicy.formatDuration(report.graceSeconds)) ago; \(report.dryRun ? "would condemn" : "condemned") \(report.condemnedObjects) more (\(ByteCount(report.condemnedBytes))), deleted by a gc after the grace period if still unused")
+                if report.multipartAborted + report.multipartInProgress > 0 {
+                    print("\(report.dryRun ? "would abort" : "aborted") \(report.multipartAborted) incomplete multipart uploads older than the grace period; \(report.multipartInProgress) younger left alone")
+                }
             }
             return
         }

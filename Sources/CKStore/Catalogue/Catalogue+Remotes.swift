@@ -92,7 +92,22 @@ extension Catalogue {
         for table in ["remote_frames", "remote_indexes", "remote_commits", "remote_state"] {
             try statement("DELETE FROM \(table) WHERE remote = ?").run([.text(remote)])
         }
+        let prefix = Self.remoteFactPrefix(remote)
+        try statement("DELETE FROM settings WHERE substr(key, 1, ?) = ?").run([.integer(Int64(prefix.unicodeScalars.count)), .text(prefix)])
     }
+
+    /// What this store learned of a remote's server (whether it honours conditional creates, its
+    /// bucket's region), in the settings table under `remote:URL:NAME`; a cache, like the rest.
+    func remoteFact(_ remote: String, _ name: String) throws -> String? {
+        try statement("SELECT value FROM settings WHERE key = ?").rows([.text(Self.remoteFactPrefix(remote) + name)]) { $0.text(0) }.first
+    }
+
+    func setRemoteFact(_ remote: String, _ name: String, _ value: String) throws {
+        try statement("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .run([.text(Self.remoteFactPrefix(remote) + name), .text(value)])
+    }
+
+    static func remoteFactPrefix(_ remote: String) -> String { "remote:" + remote + ":" }
 }
 
 extension Catalogue {

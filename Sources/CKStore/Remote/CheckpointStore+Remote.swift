@@ -158,15 +158,29 @@ public struct RemoteCheck: Codable, Sendable, Equatable {
     public var createdMarker: Bool
     /// Checkpoints it holds.
     public var checkpoints: Int
-    /// A second conditional create of the same key was refused, as it must be.
+    /// A second conditional create of the same key was refused, as it must be (false only for a remote
+    /// added with `--unsafe-unconditional-commits`).
     public var conditionalWrites: Bool
+    /// Where the credentials came from (`environment`, `instance-metadata (role R)`, …; never the
+    /// secret); nil for a folder.
+    public var credentials: String?
 
     enum CodingKeys: String, CodingKey {
-        case remote, url, checkpoints, createdMarker, conditionalWrites
+        case remote, url, checkpoints, createdMarker, conditionalWrites, credentials
     }
 }
 
 extension CheckpointStore {
+    /// What this store learned of a remote's server: `conditional_writes` (`honoured`, `ignored`), and
+    /// for S3 the bucket's `region`. A cache kept in the catalogue, forgotten with the remote.
+    public func remoteFact(_ remote: String, _ name: String) throws(CKStoreError) -> String? {
+        try CKStoreError.wrapping("reading what the store knows of \(remote)") { try catalogue.remoteFact(remote, name) }
+    }
+
+    public func setRemoteFact(_ remote: String, _ name: String, _ value: String) throws(CKStoreError) {
+        try CKStoreError.wrapping("recording what the store knows of \(remote)") { try catalogue.setRemoteFact(remote, name, value) }
+    }
+
     /// Checks that a remote can be read and written, and that it refuses a second conditional create of
     /// one key (without that, two machines committing the same run and step could both win); makes an
     /// empty location a ckstore remote.
@@ -177,18 +191,13 @@ extension CheckpointStore {
         try await CKStoreError.wrapping("checking remote \(remote.name)") {
             let objects = remote.objects
             let existed = try await objects.getIfPresent(RemoteLayout.marker) != nil
-            try await RemoteSession(catalogue: catalogue, remote: remote).ensureMarker(create: true)
-            let probe = "gc/probe-" + PackID.random().hex
-            guard try await objects.put(probe, Array("1".utf8), ifAbsent: true) else {
-                throw CKStoreError(.remote, "remote \(remote.name): a conditional create of a new key \(probe) was refused")
-            }
-            let second = try await objects.put(probe, Array("2".utf8), ifAbsent: true)
-            try await objects.delete(probe)
-            guard !second else {
-                throw CKStoreError(.remote, "remote \(remote.name) (\(remote.url)) does not honour conditional writes (If-None-Match: *): two machines pushing the same run and step could both win; use a server that supports them")
-            }
+            let session = RemoteSession(catalogue: catalogue, remote: remote)
+            // A remote being added is checked again even when this store once found it honest.
+            try catalogue.setRemoteFact(remote.url, "conditional_writes", "unchecked")
+            try await session.ensureMarker(create: true)
             let commits = try await objects.list(prefix: RemoteLayout.commitsPrefix)
-            return RemoteCheck(remote: remote.name, url: remote.url, createdMarker: !existed, checkpoints: commits.count, conditionalWrites: true)
+            let honoured = try catalogue.remoteFact(remote.url, "conditional_writes") == "honoured"
+            return RemoteCheck(remote: remote.name, url: remote.url, createdMarker: !existed, checkpoints: commits.count, conditionalWrites: honoured)
         }
     }
 }

@@ -48,6 +48,31 @@ public protocol ObjectStore: Sendable {
     func list(prefix: String) async throws -> [ObjectInfo]
 }
 
+/// An upload in parts that was started and never completed or aborted: its parts cost storage until
+/// it is aborted.
+public struct IncompleteUpload: Sendable, Hashable {
+    /// The key below the remote's prefix.
+    public var key: String
+    public var uploadID: String
+    /// Unix seconds.
+    public var initiated: Double
+
+    public init(key: String, uploadID: String, initiated: Double) {
+        self.key = key
+        self.uploadID = uploadID
+        self.initiated = initiated
+    }
+}
+
+/// A transport that uploads large objects in parts (S3): remote gc lists the uploads a killed push left
+/// and aborts the old ones.
+public protocol MultipartObjectStore: ObjectStore {
+    /// The incomplete multipart uploads of keys that start with `prefix`.
+    func incompleteUploads(prefix: String) async throws -> [IncompleteUpload]
+    /// Aborts one, freeing its parts; an upload that is gone already is not an error.
+    func abortUpload(_ upload: IncompleteUpload) async throws
+}
+
 extension ObjectStore {
     /// The whole object.
     public func get(_ key: String) async throws -> [UInt8] { try await get(key, range: nil) }

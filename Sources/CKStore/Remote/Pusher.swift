@@ -327,6 +327,8 @@ struct RemoteSession {
 
     /// Checks that the remote is a ckstore remote; with `create`, makes an empty location one.
     func ensureMarker(create: Bool) async throws {
+        // A writer (push, shard push, remote add) first knows that commits can be exclusive.
+        if create { try await ensureConditionalWrites() }
         if let bytes = try await objects.getIfPresent(RemoteLayout.marker) {
             let marker = try RemoteJSON.decode(RemoteMarker.self, bytes, what: "\(remote.name): \(RemoteLayout.marker)")
             guard marker.format == "ckstore-remote", marker.version == 1 else {
@@ -338,6 +340,30 @@ struct RemoteSession {
             throw CKStoreError(.notFound, "remote \(remote.name) (\(remote.url)) holds no ckstore remote (no \(RemoteLayout.marker)); push to it first")
         }
         _ = try await objects.put(RemoteLayout.marker, try RemoteJSON.encode(RemoteMarker()), ifAbsent: true)
+    }
+
+    /// Before this store first writes to a remote, whether its server refuses a second conditional
+    /// create of one key (`If-None-Match: *`), which commits rely on: without it two machines pushing the
+    /// same run and step could both win. The answer is cached with the store; a server that ignores the
+    /// header is refused unless the remote allows unconditional commits.
+    func ensureConditionalWrites() async throws {
+        if try catalogue.remoteFact(remote.url, "conditional_writes") == "honoured" { return }
+        let honoured = try await Self.honoursConditionalWrites(objects)
+        try catalogue.setRemoteFact(remote.url, "conditional_writes", honoured ? "honoured" : "ignored")
+        guard honoured || remote.unsafeUnconditionalCommits else {
+            throw CKStoreError(.remote, "\(objects.description) ignores conditional writes: a second PUT with If-None-Match: * of one key was accepted, so two machines pushing the same run and step could both win; use a server that honours If-None-Match (AWS S3, MinIO, SeaweedFS, R2), or accept the risk with --unsafe-unconditional-commits")
+        }
+    }
+
+    /// Writes a new probe key twice, conditionally: true when the second write is refused.
+    static func honoursConditionalWrites(_ objects: any ObjectStore) async throws -> Bool {
+        let probe = "gc/probe-" + PackID.random().hex
+        guard try await objects.put(probe, Array("1".utf8), ifAbsent: true) else {
+            throw CKStoreError(.remote, "\(objects.description): a conditional create of a new key \(probe) was refused")
+        }
+        let second = try await objects.put(probe, Array("2".utf8), ifAbsent: true)
+        try await objects.delete(probe)
+        return !second
     }
 
     /// What gc has condemned; none when no gc ran.

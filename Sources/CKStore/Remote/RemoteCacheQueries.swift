@@ -5,6 +5,9 @@ import Foundation
 /// is one read or one write transaction.
 protocol RemoteCacheQueries: Sendable {
     func remoteSyncTime(_ remote: String) throws -> Double?
+    /// What this store learned of the remote's server (`conditional_writes`, `region`).
+    func remoteFact(_ remote: String, _ name: String) throws -> String?
+    func setRemoteFact(_ remote: String, _ name: String, _ value: String) throws
     /// The cached commit objects' keys and bodies.
     func remoteCommitBodies(_ remote: String) throws -> [(key: String, body: String)]
     /// Records a listing: the commit objects read now, the keys gone since, and the time.
@@ -25,6 +28,14 @@ protocol RemoteRetentionQueries: RemoteCacheQueries {
 extension LockedCatalogue: RemoteRetentionQueries {
     func remoteSyncTime(_ remote: String) throws -> Double? {
         try with { try $0.remoteSyncTime(remote) }
+    }
+
+    func remoteFact(_ remote: String, _ name: String) throws -> String? {
+        try with { try $0.remoteFact(remote, name) }
+    }
+
+    func setRemoteFact(_ remote: String, _ name: String, _ value: String) throws {
+        try with { catalogue in try catalogue.write { try catalogue.setRemoteFact(remote, name, value) } }
     }
 
     func remoteCommitBodies(_ remote: String) throws -> [(key: String, body: String)] {

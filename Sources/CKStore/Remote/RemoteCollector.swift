@@ -26,9 +26,14 @@ public struct RemoteGCReport: Codable, Sendable, Equatable {
     public var pendingRemoved: [PendingCheckpoint] = []
     /// Shard objects of checkpoints whose commit object exists (it names everything they did), deleted.
     public var shardObjectsRetired: Int = 0
+    /// Incomplete multipart uploads under the remote's prefix older than the grace period (a killed
+    /// push's), aborted (with `--dry-run`: that would be).
+    public var multipartAborted: Int = 0
+    /// Younger incomplete multipart uploads, left to the pushes that may still be sending them.
+    public var multipartInProgress: Int = 0
 
     enum CodingKeys: String, CodingKey {
-        case remote, deleted, kept, seconds, pendingRemoved, shardObjectsRetired, dryRun, deletedCheckpoints
+        case remote, deleted, kept, seconds, pendingRemoved, shardObjectsRetired, dryRun, deletedCheckpoints, multipartAborted, multipartInProgress
         case condemnedObjects, condemnedBytes, deletedObjects, bytesFreed, rescuedObjects, graceSeconds
     }
 }
@@ -179,7 +184,20 @@ struct RemoteCollector {
         }
         report.condemnedObjects = condemn.count
         report.condemnedBytes = condemn.reduce(0) { $0 + (sizes[$1]?.size ?? 0) }
+
+        // Parts of uploads a failed or killed push never completed nor aborted: they are listed nowhere
+        // else and are billed until aborted. Younger ones may belong to a push still running.
+        var abandoned = [IncompleteUpload]()
+        if let multipart = objects as? any MultipartObjectStore {
+            let uploads = try await multipart.incompleteUploads(prefix: "")
+            abandoned = uploads.filter { now - $0.initiated >= grace }
+            report.multipartAborted = abandoned.count
+            report.multipartInProgress = uploads.count - abandoned.count
+        }
         guard !dryRun else { return report }
+        if let multipart = objects as? any MultipartObjectStore {
+            for upload in abandoned { try await multipart.abortUpload(upload) }
+        }
 
         for key in delete {
             try await objects.delete(key)

@@ -14,19 +14,61 @@ public struct RemoteDefinition: Codable, Sendable, Equatable {
     /// Address the bucket in the path (`http://host/bucket/key`) instead of the host name; what most
     /// S3-compatible servers need.
     public var pathStyle: Bool
+    /// Address the bucket in the host name (`https://bucket.host/key`) on a custom endpoint too.
+    public var virtualHosted: Bool
+    /// The remote's server ignores conditional creates and its pushes go ahead anyway
+    /// (`--unsafe-unconditional-commits`): two machines pushing one run and step could both win.
+    public var unsafeUnconditionalCommits: Bool
 
     enum CodingKeys: String, CodingKey {
         case name, url, endpoint, region
         case pathStyle = "path_style"
+        case virtualHosted = "virtual_hosted"
+        case unsafeUnconditionalCommits = "unsafe_unconditional_commits"
     }
 
-    public init(name: String, url: String, endpoint: String? = nil, region: String? = nil, pathStyle: Bool = false) {
+    public init(name: String, url: String, endpoint: String? = nil, region: String? = nil, pathStyle: Bool = false,
+                virtualHosted: Bool = false, unsafeUnconditionalCommits: Bool = false) {
         self.name = name
         self.url = url
         self.endpoint = endpoint
         self.region = region
         self.pathStyle = pathStyle
+        self.virtualHosted = virtualHosted
+        self.unsafeUnconditionalCommits = unsafeUnconditionalCommits
     }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        url = try container.decode(String.self, forKey: .url)
+        endpoint = try container.decodeIfPresent(String.self, forKey: .endpoint)
+        region = try container.decodeIfPresent(String.self, forKey: .region)
+        pathStyle = try container.decodeIfPresent(Bool.self, forKey: .pathStyle) ?? false
+        virtualHosted = try container.decodeIfPresent(Bool.self, forKey: .virtualHosted) ?? false
+        unsafeUnconditionalCommits = try container.decodeIfPresent(Bool.self, forKey: .unsafeUnconditionalCommits) ?? false
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(name, forKey: .name)
+        try container.encode(url, forKey: .url)
+        try container.encodeIfPresent(endpoint, forKey: .endpoint)
+        try container.encodeIfPresent(region, forKey: .region)
+        try container.encode(pathStyle, forKey: .pathStyle)
+        if virtualHosted { try container.encode(true, forKey: .virtualHosted) }
+        if unsafeUnconditionalCommits { try container.encode(true, forKey: .unsafeUnconditionalCommits) }
+    }
+
+    /// How a request names the bucket.
+    public enum Addressing: Sendable {
+        /// Virtual-hosted on AWS, in the path on other servers.
+        case automatic
+        case path
+        case virtualHosted
+    }
+
+    public var addressing: Addressing { pathStyle ? .path : virtualHosted ? .virtualHosted : .automatic }
 
     /// What the URL names.
     public enum Location: Sendable, Equatable {
@@ -131,11 +173,14 @@ public struct Remote: Sendable {
     public var url: String
     /// The transport.
     public var objects: any ObjectStore
+    /// Push even when the server ignores conditional creates (`--unsafe-unconditional-commits`).
+    public var unsafeUnconditionalCommits = false
 
-    public init(name: String, url: String, objects: any ObjectStore) {
+    public init(name: String, url: String, objects: any ObjectStore, unsafeUnconditionalCommits: Bool = false) {
         self.name = name
         self.url = url
         self.objects = objects
+        self.unsafeUnconditionalCommits = unsafeUnconditionalCommits
     }
 
     /// A remote over a folder (`file:///…`).
@@ -143,7 +188,8 @@ public struct Remote: Sendable {
         guard case .file(let path) = try definition.location() else {
             throw CKStoreError(.invalidArgument, "remote \(definition.name) (\(definition.url)) is not a file:// remote")
         }
-        return Remote(name: definition.name, url: definition.url, objects: FileObjectStore(root: path))
+        return Remote(name: definition.name, url: definition.url, objects: FileObjectStore(root: path),
+                      unsafeUnconditionalCommits: definition.unsafeUnconditionalCommits)
     }
 }
 
