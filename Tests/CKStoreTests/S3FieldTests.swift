@@ -1,0 +1,246 @@
+@testable import CKStore
+@testable import CKStoreS3
+import CKStoreTestSupport
+import Foundation
+import Testing
+
+/// S3 as it is in the field (issue 28), against SeaweedFS behind servers of the project's own that speak
+/// the documented protocols: credentials from every source of the chain, rotating while a push runs, and
+/// a proxy that fails the ways servers and networks fail.
+@Suite(.serialized) struct S3FieldTests {
+    static let bucket = "ckstore-field"
+
+    /// A store of `count` checkpoints, the folders they came from beside it.
+    static func series(_ root: String, count: Int) async throws -> CheckpointStore {
+        try await RemoteFolderTests.series(root, "a", count: count)
+    }
+
+    /// The remote `s3://bucket/prefix` through the proxy, with the environment given.
+    static func remote(_ proxy: S3FaultProxy, prefix: String, environment: [String: String], learned: (@Sendable (String) -> Void)? = nil,
+                       region: String = "us-east-1") throws -> (Remote, S3ObjectStore) {
+        let definition = RemoteDefinition(name: prefix, url: "s3://\(bucket)/\(prefix)", endpoint: proxy.endpoint, region: region, pathStyle: true)
+        var objects = try S3ObjectStore(definition, environment: environment, learnedRegion: learned)
+        objects.timeoutSeconds = 30
+        objects.retrySeconds = 30
+        // Packs go up as multipart uploads (of one part: S3 wants 5 MiB for every part but the last).
+        objects.multipartThreshold = 96 << 10
+        objects.partSize = 5 << 20
+        return (Remote(name: prefix, url: definition.url, objects: objects), objects)
+    }
+
+    static var staticKeys: [String: String] { ["AWS_ACCESS_KEY_ID": SeaweedServer.accessKey, "AWS_SECRET_ACCESS_KEY": SeaweedServer.secretKey] }
+
+    /// Restores the newest checkpoint from `remote` into a fresh store and compares it with the folder it
+    /// was made from: every byte checked.
+    static func pullsBitForBit(_ root: String, _ remote: Remote, count: Int, name: String) async throws {
+        let fresh = try CheckpointStore.open(at: root + "/fresh-\(name)", create: true)
+        let pulled = try await fresh.pull(.latestValid(run: "r"), from: remote)
+        #expect(pulled.step == Int64(count * 10))
+        try await fresh.restore(pulled.id, to: root + "/out-\(name)")
+        #expect(try Files.tree(root + "/out-\(name)") == Files.tree(root + "/a-ckpt-\(count)"))
+        #expect(try await fresh.verify(VerifyOptions(depth: .full)).ok)
+    }
+
+    static func noIncompleteUploads(_ objects: S3ObjectStore) async throws -> Bool {
+        try await objects.incompleteUploads(prefix: "").isEmpty
+    }
+
+    /// Each source of the chain gives credentials that expire every 2 s; a push that lasts several
+    /// lifetimes (the proxy delays each request) signs with fresh ones before the old expire: no request
+    /// is refused as expired, at least three keys are used, and the pull restores every byte.
+    @Test func everyCredentialSourceRefreshesAcrossExpirations() async throws {
+        try await withTemporaryDirectory { root in
+            try await SeaweedServer.with(identities: RotatingKeys.identities) { seaweed in
+                try await seaweed.createBucket(Self.bucket)
+                let proxy = try await S3FaultProxy.start(upstream: seaweed.endpoint, secrets: [SeaweedServer.accessKey: SeaweedServer.secretKey])
+                defer { proxy.stop() }
+                let keys = RotatingKeys(lifetime: 2)
+                let imds = try await InstanceMetadataServer.start(keys: keys)
+                defer { imds.stop() }
+                let container = try await ContainerCredentialsServer.start(keys: keys)
+                defer { container.stop() }
+                let sts = try await STSServer.start(keys: keys, webIdentityToken: "eks-token", baseKeys: (SeaweedServer.accessKey, SeaweedServer.secretKey))
+                defer { sts.stop() }
+                try "eks-token\n".write(toFile: root + "/token", atomically: true, encoding: .utf8)
+                // credential_process: a script that hands out keys 48, 49, … for 2 s each.
+                try "48".write(toFile: root + "/counter", atomically: true, encoding: .utf8)
+                let script = """
+                    #!/bin/sh
+                    n=$(cat \(root)/counter); echo $((n + 1)) > \(root)/counter
+                    now=$(date +%s); expires=$((now + 3))
+                    printf '{"Version": 1, "AccessKeyId": "CKROT%s", "SecretAccessKey": "rotsecret-%s", "SessionToken": "tok.%s.%s000", "Expiration": "%s"}' \
+                      "$n" "$n" "$n" "$expires" "$(date -u -d @$expires +%Y-%m-%dT%H:%M:%SZ)"
+                    """
+                try script.write(toFile: root + "/creds.sh", atomically: true, encoding: .utf8)
+                chmod(root + "/creds.sh", 0o755)
+                try """
+                    [base]
+                    aws_access_key_id = \(SeaweedServer.accessKey)
+                    aws_secret_access_key = \(SeaweedServer.secretKey)
+                    """.write(toFile: root + "/credentials", atomically: true, encoding: .utf8)
+                try """
+                    [profile ml]
+                    role_arn = arn:aws:iam::123456789012:role/ml
+                    source_profile = base
+                    [profile proc]
+                    credential_process = \(root)/creds.sh
+                    """.write(toFile: root + "/config", atomically: true, encoding: .utf8)
+                let files = ["AWS_SHARED_CREDENTIALS_FILE": root + "/credentials", "AWS_CONFIG_FILE": root + "/config", "HOME": root]
+                let noFiles = ["AWS_SHARED_CREDENTIALS_FILE": root + "/none", "AWS_CONFIG_FILE": root + "/none", "HOME": root]
+                let sources: [(name: String, environment: [String: String], expected: String)] = [
+                    ("imds", noFiles.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint]) { $1 }, "instance-metadata (role ckstore-role)"),
+                    ("container", noFiles.merging(["AWS_CONTAINER_CREDENTIALS_FULL_URI": container.fullURI,
+                                                   "AWS_CONTAINER_AUTHORIZATION_TOKEN": "Bearer ckstore-test", "AWS_EC2_METADATA_DISABLED": "true"]) { $1 }, "container"),
+                    ("web-identity", noFiles.merging(["AWS_WEB_IDENTITY_TOKEN_FILE": root + "/token", "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/eks",
+                                                      "AWS_ENDPOINT_URL_STS": sts.endpoint, "AWS_EC2_METADATA_DISABLED": "true"]) { $1 }, "web-identity"),
+                    ("assume-role", files.merging(["AWS_PROFILE": "ml", "AWS_ENDPOINT_URL_STS": sts.endpoint, "AWS_EC2_METADATA_DISABLED": "true"]) { $1 }, "assume-role (profile ml)"),
+                    ("process", files.merging(["AWS_PROFILE": "proc", "AWS_EC2_METADATA_DISABLED": "true"]) { $1 }, "credential_process (profile proc)"),
+                ]
+                let store = try await Self.series(root, count: 3)
+                proxy.latency = 0.25
+                for source in sources {
+                    let keysBefore = proxy.accessKeys
+                    let (remote, objects) = try Self.remote(proxy, prefix: source.name, environment: source.environment)
+                    let started = Date()
+                    let report = try await store.push(try store.list().map(\.id), to: remote, jobs: 1)
+                    let seconds = Date().timeIntervalSince(started)
+                    #expect(report.pushed.count == 3, "\(source.name)")
+                    #expect(seconds > 2 * keys.lifetime, "\(source.name): the push took \(seconds) s, less than two lifetimes")
+                    let used = proxy.accessKeys.subtracting(keysBefore).filter { $0.hasPrefix("CKROT") }
+                    #expect(used.count >= 3, "\(source.name): \(used.count) keys used in \(seconds) s")
+                    #expect(await objects.credentials.fetches >= 3, "\(source.name)")
+                    let fetched = try await objects.credentials.credentials().source
+                    #expect(fetched == source.expected, "\(source.name): \(fetched)")
+                    #expect(proxy.expiredRefusals == 0, "\(source.name): a request was signed with expired credentials")
+                }
+                #expect(sts.actions.contains("AssumeRoleWithWebIdentity") && sts.actions.contains("AssumeRole"))
+                #expect(imds.unauthorized == 0)
+                proxy.latency = 0
+                let (remote, _) = try Self.remote(proxy, prefix: "process", environment: sources[4].environment)
+                try await Self.pullsBitForBit(root, remote, count: 3, name: "creds")
+            }
+        }
+    }
+
+    /// Under each fault in turn, a push, pull, verify and gc through the proxy either succeed with every
+    /// byte checked or fail with the right error, and the next gc leaves no incomplete multipart upload.
+    @Test func everyFaultIsSurvivedOrNamed() async throws {
+        try await withTemporaryDirectory { root in
+            try await SeaweedServer.with { seaweed in
+                try await seaweed.createBucket(Self.bucket)
+                let proxy = try await S3FaultProxy.start(upstream: seaweed.endpoint, secrets: [SeaweedServer.accessKey: SeaweedServer.secretKey])
+                defer { proxy.stop() }
+                let store = try await Self.series(root, count: 2)
+                let ids = try store.list().map(\.id)
+                let environment = Self.staticKeys.merging(["AWS_EC2_METADATA_DISABLED": "true", "CKSTORE_S3_STALL_SECONDS": "1"]) { $1 }
+                typealias Fault = S3FaultProxy.Fault
+                typealias Match = S3FaultProxy.Match
+                let survived: [(String, Fault, Match, Int)] = [
+                    ("internal", .status(500, code: "InternalError"), .any, 3),
+                    ("slowdown", .status(503, code: "SlowDown", retryAfter: 1), .any, 2),
+                    ("throttled", .status(429, code: "TooManyRequests"), .any, 2),
+                    ("requesttimeout", .status(400, code: "RequestTimeout"), .put("packs/"), 2),
+                    ("stall", .stallBody(afterBytes: 64, seconds: 4), .get("packs/"), 1),
+                    ("truncate", .truncateBody(keepBytes: 40), .get("packs/"), 1),
+                    ("drop", .dropConnection(afterBytes: 64), .get("packs/"), 2),
+                    ("norange", .ignoreRange, .get("packs/"), 3),
+                    ("lostcomplete", .loseCompleteMultipartAnswer, .completeMultipart, 1),
+                ]
+                for (name, fault, match, times) in survived {
+                    let (remote, objects) = try Self.remote(proxy, prefix: name, environment: environment)
+                    proxy.clearFaults()
+                    proxy.inject(fault, times: times, where: match)
+                    let started = Date()
+                    let report = try await store.push(ids, to: remote)
+                    #expect(report.pushed.count == 2, "\(name)")
+                    // The pull goes through the fault too when it is a read's.
+                    proxy.inject(fault, times: times, where: match)
+                    try await Self.pullsBitForBit(root, remote, count: 2, name: name)
+                    let verified = try await store.verify(remote: remote, depth: .full)
+                    #expect(verified.ok && verified.problems.isEmpty, "\(name)")
+                    _ = try await store.collectGarbage(on: remote, grace: 1)
+                    #expect(try await Self.noIncompleteUploads(objects), "\(name)")
+                    #expect(proxy.faultsApplied.contains(fault.description), "\(name): the fault was never applied")
+                    if name == "slowdown" { #expect(Date().timeIntervalSince(started) >= 2, "Retry-After: 1 was not honoured") }
+                }
+
+                // A server that ignores If-None-Match: refused with a `remote` error naming it, unless the
+                // remote accepts the risk.
+                let (blind, _) = try Self.remote(proxy, prefix: "blind", environment: environment)
+                proxy.clearFaults()
+                proxy.inject(.ignoreIfNoneMatch, times: 1000, where: .conditionalPut)
+                do {
+                    _ = try await store.push(ids, to: blind)
+                    Issue.record("a push to a server that ignores conditional writes went ahead")
+                } catch let error as CKStoreError {
+                    #expect(error.code == .remote && error.message.contains("ignores conditional writes"))
+                }
+                var risky = blind
+                risky.unsafeUnconditionalCommits = true
+                #expect(try await store.push(ids, to: risky).pushed.count == 2)
+                proxy.clearFaults()
+
+                // A bucket in another region: the 301 teaches it, once, and the remote says so.
+                let learned = Learned()
+                let (moved, movedObjects) = try Self.remote(proxy, prefix: "moved", environment: environment, learned: { learned.set($0) })
+                proxy.bucketRegion = "eu-west-1"
+                #expect(try await store.push(ids, to: moved).pushed.count == 2)
+                #expect(movedObjects.region == "eu-west-1" && learned.value == "eu-west-1")
+                try await Self.pullsBitForBit(root, moved, count: 2, name: "moved")
+                proxy.bucketRegion = nil
+
+                // A listing cut without a continuation token: gc refuses, deleting nothing.
+                let (listed, listedObjects) = try Self.remote(proxy, prefix: "internal", environment: environment)
+                let before = try await listedObjects.list(prefix: "")
+                proxy.inject(.truncatedListingWithoutToken, times: 1000, where: .listing)
+                do {
+                    _ = try await store.collectGarbage(on: listed, grace: 1)
+                    Issue.record("gc acted on a truncated listing")
+                } catch let error as CKStoreError {
+                    #expect(error.code == .remote && error.message.contains("truncated"))
+                }
+                proxy.clearFaults()
+                #expect(try await listedObjects.list(prefix: "") == before)
+            }
+        }
+    }
+
+    /// A push whose parts cannot be sent fails within its retry budget and aborts its upload; an upload
+    /// a killed push left is aborted by the next gc after the grace period (`multipart_aborted`).
+    @Test func abandonedMultipartUploadsAreAborted() async throws {
+        try await withTemporaryDirectory { root in
+            try await SeaweedServer.with { seaweed in
+                try await seaweed.createBucket(Self.bucket)
+                let proxy = try await S3FaultProxy.start(upstream: seaweed.endpoint, secrets: [SeaweedServer.accessKey: SeaweedServer.secretKey])
+                defer { proxy.stop() }
+                let store = try await Self.series(root, count: 1)
+                let environment = Self.staticKeys.merging(["AWS_EC2_METADATA_DISABLED": "true"]) { $1 }
+                var (remote, objects) = try Self.remote(proxy, prefix: "parts", environment: environment)
+                objects.retrySeconds = 2
+                remote.objects = objects
+                proxy.inject(.status(503, code: "SlowDown"), times: 10_000, where: .uploadPart)
+                await #expect(throws: CKStoreError.self) { try await store.push(try store.list().map(\.id), to: remote) }
+                proxy.clearFaults()
+                #expect(try await Self.noIncompleteUploads(objects))
+
+                // A killed push's upload: started, never completed.
+                let started = try await objects.send("POST", key: "packs/ab/left-behind", query: [("uploads", "")])
+                #expect(started.status == 200)
+                #expect(try await objects.incompleteUploads(prefix: "").count == 1)
+                let young = try await store.collectGarbage(on: remote, grace: 3600)
+                #expect(young.multipartAborted == 0 && young.multipartInProgress == 1)
+                try await Task.sleep(nanoseconds: 1_200_000_000)
+                let report = try await store.collectGarbage(on: remote, grace: 1)
+                #expect(report.multipartAborted == 1)
+                #expect(try await Self.noIncompleteUploads(objects))
+            }
+        }
+    }
+}
+
+final class Learned: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: String?
+    var value: String? { lock.withLock { _value } }
+    func set(_ value: String) { lock.withLock { _value = value } }
+}
