@@ -35,6 +35,12 @@ struct RemoteTests {
                 let add = try Self.ckstore(["remote", "add", "origin", "s3://series/team/a", "--endpoint", server.endpoint, "--json"], store: store, server: server)
                 #expect(add.status == 0, "\(add.stderr)")
                 #expect(try Self.json(add)["conditional_writes"] as? Bool == true)
+                // Which source the credentials came from, never the secret.
+                #expect(try Self.json(add)["credentials"] as? String == "environment")
+                #expect(!add.stdout.contains(SeaweedServer.secretKey))
+                let remotes = try Self.ckstore(["remote", "ls", "--json"], store: store, server: server)
+                let row = try #require((try CLI.json(remotes.stdout) as? [[String: Any]])?.first)
+                #expect(row["credentials"] as? String == "environment" && !remotes.stdout.contains(SeaweedServer.secretKey))
                 let gen = try CLI.run([root + "/series", "--checkpoints", "4", "--parameters", "300000", "--frozen", "embed"], program: "ckstore-gen")
                 #expect(gen.status == 0, "\(gen.stderr)")
                 let folders = try FileManager.default.contentsOfDirectory(atPath: root + "/series").sorted { $0.count == $1.count ? $0 < $1 : $0.count < $1.count }
@@ -64,6 +70,10 @@ struct RemoteTests {
                 let listing = try Self.ckstore(["ls", "--remote", "origin", "--json"], store: store, server: server)
                 let remoteIDs = try #require(try CLI.json(listing.stdout) as? [[String: Any]]).compactMap { $0["id"] as? String }
                 #expect(remoteIDs == ids)
+                // gc reports the incomplete multipart uploads it aborted (none here).
+                let gc = try Self.ckstore(["gc", "--remote", "origin", "--json"], store: store, server: server)
+                #expect(gc.status == 0, "\(gc.stderr)")
+                #expect(try Self.json(gc)["multipart_aborted"] as? Int == 0)
 
                 // A machine with nothing but the URL and credentials.
                 let fresh = root + "/fresh"
@@ -79,6 +89,40 @@ struct RemoteTests {
                 #expect(try Self.json(pull)["pulled"] as? Bool == true)
                 #expect(try CheckpointStore.open(at: fresh).list().count == 2)
                 #expect(try await CheckpointStore.open(at: fresh).verify(VerifyOptions(depth: .full)).ok)
+            }
+        }
+    }
+
+    /// Through a proxy whose bucket is in another region and that ignores If-None-Match: the CLI learns
+    /// the region and keeps it with the store (`remote ls`), and a push to a URL remote on that server is
+    /// refused with `remote` unless `--unsafe-unconditional-commits` is given.
+    @Test func theRegionIsLearnedAndKeptAndUnconditionalServersAreRefused() async throws {
+        try await SeaweedServer.with { server in
+            try await withTemporaryDirectory { root in
+                try await server.createBucket("field")
+                let proxy = try await S3FaultProxy.start(upstream: server.endpoint, secrets: [SeaweedServer.accessKey: SeaweedServer.secretKey])
+                defer { proxy.stop() }
+                proxy.bucketRegion = "eu-west-1"
+                let store = root + "/store"
+                let add = try Self.ckstore(["remote", "add", "moved", "s3://field/moved", "--endpoint", proxy.endpoint, "--region", "us-east-1", "--json"], store: store, server: server)
+                #expect(add.status == 0, "\(add.stderr)")
+                let listed = try Self.ckstore(["remote", "ls", "--json"], store: store, server: server)
+                let row = try #require((try CLI.json(listed.stdout) as? [[String: Any]])?.first)
+                #expect(row["learned_region"] as? String == "eu-west-1", "\(listed.stdout)")
+                proxy.bucketRegion = nil
+
+                let gen = try CLI.run([root + "/series", "--checkpoints", "1", "--parameters", "20000"], program: "ckstore-gen")
+                #expect(gen.status == 0, "\(gen.stderr)")
+                let folder = try #require(try FileManager.default.contentsOfDirectory(atPath: root + "/series").first)
+                #expect(try Self.ckstore(["put", root + "/series/" + folder, "--run", "gpt"], store: store, server: server).status == 0)
+                proxy.inject(.ignoreIfNoneMatch, times: 1000, where: .conditionalPut)
+                let url = ["--remote", "s3://field/blind", "--endpoint", proxy.endpoint, "--json"]
+                let refused = try Self.ckstore(["push", "gpt@latest"] + url, store: store, server: server)
+                #expect(refused.status == 1 && Self.errorCode(refused) == "remote", "\(refused.stderr)")
+                #expect(refused.stderr.contains("ignores conditional writes") && refused.stderr.contains("--unsafe-unconditional-commits"))
+                let risky = try Self.ckstore(["push", "gpt@latest", "--unsafe-unconditional-commits"] + url, store: store, server: server)
+                #expect(risky.status == 0, "\(risky.stderr)")
+                #expect((try Self.json(risky)["pushed"] as? [Any])?.count == 1)
             }
         }
     }

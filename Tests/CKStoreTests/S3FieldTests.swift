@@ -88,7 +88,9 @@ import Testing
                 let files = ["AWS_SHARED_CREDENTIALS_FILE": root + "/credentials", "AWS_CONFIG_FILE": root + "/config", "HOME": root]
                 let noFiles = ["AWS_SHARED_CREDENTIALS_FILE": root + "/none", "AWS_CONFIG_FILE": root + "/none", "HOME": root]
                 let sources: [(name: String, environment: [String: String], expected: String)] = [
-                    ("imds", noFiles.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint]) { $1 }, "instance-metadata (role ckstore-role)"),
+                    // botocore's knobs for a slow metadata service: this machine may be loaded by other tests.
+                    ("imds", noFiles.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "AWS_METADATA_SERVICE_TIMEOUT": "5",
+                                              "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"]) { $1 }, "instance-metadata (role ckstore-role)"),
                     ("container", noFiles.merging(["AWS_CONTAINER_CREDENTIALS_FULL_URI": container.fullURI,
                                                    "AWS_CONTAINER_AUTHORIZATION_TOKEN": "Bearer ckstore-test", "AWS_EC2_METADATA_DISABLED": "true"]) { $1 }, "container"),
                     ("web-identity", noFiles.merging(["AWS_WEB_IDENTITY_TOKEN_FILE": root + "/token", "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/eks",
@@ -156,8 +158,10 @@ import Testing
                     // The pull goes through the fault too when it is a read's.
                     proxy.inject(fault, times: times, where: match)
                     try await Self.pullsBitForBit(root, remote, count: 2, name: name)
+                    proxy.inject(fault, times: times, where: match)
                     let verified = try await store.verify(remote: remote, depth: .full)
                     #expect(verified.ok && verified.problems.isEmpty, "\(name)")
+                    proxy.inject(fault, times: times, where: match)
                     _ = try await store.collectGarbage(on: remote, grace: 1)
                     #expect(try await Self.noIncompleteUploads(objects), "\(name)")
                     #expect(proxy.faultsApplied.contains(fault.description), "\(name): the fault was never applied")
@@ -175,10 +179,13 @@ import Testing
                 } catch let error as CKStoreError {
                     #expect(error.code == .remote && error.message.contains("ignores conditional writes"))
                 }
+                // gc's lease is a conditional create too.
+                await #expect(throws: CKStoreError.self) { try await store.collectGarbage(on: blind, grace: 1) }
                 var risky = blind
                 risky.unsafeUnconditionalCommits = true
                 #expect(try await store.push(ids, to: risky).pushed.count == 2)
                 proxy.clearFaults()
+                try await Self.pullsBitForBit(root, risky, count: 2, name: "blind")
 
                 // A bucket in another region: the 301 teaches it, once, and the remote says so.
                 let learned = Learned()
@@ -189,20 +196,49 @@ import Testing
                 try await Self.pullsBitForBit(root, moved, count: 2, name: "moved")
                 proxy.bucketRegion = nil
 
-                // A listing cut without a continuation token: gc refuses, deleting nothing.
+                // A listing cut without a continuation token: push, pull, verify and gc refuse it with a
+                // `remote` error, and nothing is deleted.
                 let (listed, listedObjects) = try Self.remote(proxy, prefix: "internal", environment: environment)
                 let before = try await listedObjects.list(prefix: "")
+                // A store that never saw this remote lists it on its first push.
+                let newcomer = try await RemoteFolderTests.series(root, "newcomer", count: 1)
                 proxy.inject(.truncatedListingWithoutToken, times: 1000, where: .listing)
-                do {
-                    _ = try await store.collectGarbage(on: listed, grace: 1)
-                    Issue.record("gc acted on a truncated listing")
-                } catch let error as CKStoreError {
-                    #expect(error.code == .remote && error.message.contains("truncated"))
+                let operations: [(String, () async throws -> Void)] = [
+                    ("push", { _ = try await newcomer.push(try newcomer.list().map(\.id), to: listed) }),
+                    ("pull", { _ = try await newcomer.pull(.latestValid(run: "r"), from: listed) }),
+                    ("verify", { _ = try await store.verify(remote: listed, depth: .quick) }),
+                    ("gc", { _ = try await store.collectGarbage(on: listed, grace: 1) }),
+                ]
+                for (operation, run) in operations {
+                    do {
+                        try await run()
+                        Issue.record("\(operation) acted on a truncated listing")
+                    } catch let error as CKStoreError {
+                        #expect(error.code == .remote && error.message.contains("truncated"), "\(operation): \(error)")
+                    }
                 }
                 proxy.clearFaults()
                 #expect(try await listedObjects.list(prefix: "") == before)
             }
         }
+    }
+
+    /// On AWS with no region configured, the instance's region (IMDSv2) is the one signed for.
+    @Test func theInstanceNamesTheRegionOnAWS() async throws {
+        let imds = try await InstanceMetadataServer.start(keys: RotatingKeys(lifetime: 60), region: "ap-southeast-2")
+        defer { imds.stop() }
+        let environment = Self.staticKeys.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "AWS_CONFIG_FILE": "/nonexistent",
+                                                   "AWS_METADATA_SERVICE_TIMEOUT": "5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"]) { $1 }
+        let objects = try S3ObjectStore(RemoteDefinition(name: "r", url: "s3://bucket"), environment: environment)
+        #expect(await objects.state.currentRegion() == "ap-southeast-2")
+        #expect(objects.address(key: "k", query: [], region: objects.region).host == "bucket.s3.ap-southeast-2.amazonaws.com")
+        // A region given wins, and IMDS is not asked.
+        let given = try S3ObjectStore(RemoteDefinition(name: "r", url: "s3://bucket", region: "us-west-2"), environment: environment)
+        #expect(await given.state.currentRegion() == "us-west-2")
+        // Off-cloud (nothing listens there), the default.
+        let offCloud = try S3ObjectStore(RemoteDefinition(name: "r", url: "s3://bucket"),
+                                         environment: Self.staticKeys.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9", "AWS_CONFIG_FILE": "/nonexistent"]) { $1 })
+        #expect(await offCloud.state.currentRegion() == "us-east-1")
     }
 
     /// A push whose parts cannot be sent fails within its retry budget and aborts its upload; an upload

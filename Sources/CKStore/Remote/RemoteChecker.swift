@@ -127,9 +127,14 @@ struct RemoteChecker {
             var iterator = toHash.makeIterator()
             func add(_ key: String) {
                 group.addTask {
-                    let bytes = try await objects.get(key)
+                    var bytes = try await objects.get(key)
+                    if SHA256Hasher.digest(bytes).hex != RemoteLayout.name(ofKey: key) {
+                        // Read again before calling it damage: a body cut short on the way (by a proxy that
+                        // fixed up its length) is not the object's fault; damage reads the same twice.
+                        bytes = try await objects.get(key)
+                    }
                     guard SHA256Hasher.digest(bytes).hex == RemoteLayout.name(ofKey: key) else {
-                        return (key, "fails its SHA-256 (the object was altered or damaged)", Int64(bytes.count))
+                        return (key, "fails its SHA-256 (the object was altered or damaged; read twice)", Int64(bytes.count))
                     }
                     let problem: String? = bytes.withUnsafeBytes { buffer in
                         let parser = PackParser(bytes: buffer, name: key)

@@ -74,6 +74,8 @@ struct RemoteCollector {
         let started = ContinuousClock.now
         let session = RemoteSession(catalogue: catalogue, remote: remote)
         try await session.ensureMarker(create: false)
+        // The lease is a conditional create: on a server that ignores them two gcs could both hold it.
+        if !dryRun { try await session.ensureConditionalWrites() }
         if !dryRun { try await acquireLease() }
         do {
             var report = try await run(session)
@@ -92,6 +94,8 @@ struct RemoteCollector {
             if try await objects.put(RemoteLayout.lease, try RemoteJSON.encode(me), ifAbsent: true) { return }
             guard let bytes = try await objects.getIfPresent(RemoteLayout.lease) else { continue }
             let other = try RemoteJSON.decode(Lease.self, bytes, what: "\(remote.name): \(RemoteLayout.lease)")
+            // A retried create whose first answer was lost finds its own lease.
+            if other.holder == me.holder, other.acquiredAt == me.acquiredAt { return }
             guard Date().timeIntervalSince1970 - other.acquiredAt > leaseTimeout else {
                 throw CKStoreError(.locked, "another gc is running on remote \(remote.name) (\(other.holder), since \(Date(timeIntervalSince1970: other.acquiredAt))); try again later")
             }
