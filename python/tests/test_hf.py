@@ -101,13 +101,62 @@ def test_a_trainer_whose_machine_is_lost_resumes_from_the_remote_on_a_fresh_one(
     crashed = train_remote(tmp_path / "machine-a", kill_at=6)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     import shutil
-    shutil.rmtree(tmp_path / "machine-a")  # the instance is gone, and its disk with it
+    # The instance is gone, and its disk with it (kept aside: it comes back below).
+    shutil.move(str(tmp_path / "machine-a"), str(tmp_path / "machine-a-detached"))
 
     resumed = train_remote(tmp_path / "machine-b", resume=True)
     assert f"resuming from {tmp_path / 'machine-b' / 'out' / 'checkpoint-4'}" in resumed.stdout, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert final_digest(resumed) == expected
     viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs)
     assert [c.step for c in viewer.ls(remote="s3://hf-spot/gpt2")] == [2, 4, 6, 8, 10]
+
+    # Machine A comes back with its disk: its store stops at step 4 (and its complete checkpoint-6 folder
+    # is stored on the way), the remote at 10. It resumes from 10, not from its own 6, and finishes
+    # without an error, with the weights of step 10.
+    shutil.move(str(tmp_path / "machine-a-detached"), str(tmp_path / "machine-a"))
+    back = train_remote(tmp_path / "machine-a", resume=True)
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'machine-a' / 'out' / 'checkpoint-10'}" in back.stdout, back.stdout[-2000:] + back.stderr[-2000:]
+    assert final_digest(back) == expected
+    # Its own step 6 differs from the remote's (another machine's): the push at the end warned instead of
+    # raising after training had finished, and the remote kept B's checkpoints.
+    assert "stored locally" in back.stderr and "different checkpoint" in back.stderr, back.stderr[-3000:]
+    assert [c.step for c in viewer.ls(remote="s3://hf-spot/gpt2")][:5] == [2, 4, 6, 8, 10]
+
+
+def test_a_conflicting_push_at_the_end_of_training_warns_and_keeps_every_local_checkpoint(tmp_path):
+    """Another machine pushed a different checkpoint at one of this run's steps: the push at the end of
+    a finished training run warns and keeps the local checkpoints; it never raises after the work."""
+    import warnings
+
+    from test_store import write_checkpoint
+
+    remote = "file://" + str(tmp_path / "remote")
+    other = ckstore.Store(str(tmp_path / "other"), create=True)
+    write_checkpoint(tmp_path / "theirs", 2, seed=1)
+    other.put(str(tmp_path / "theirs"), run="r", step=2)
+    other.push(run="r", remote=remote)
+
+    store = ckstore.Store(str(tmp_path / "store"), create=True)
+    callback = ckstore.hf.CKStoreCallback(store, "r", push=remote)
+    write_checkpoint(tmp_path / "out" / "checkpoint-2", 2, seed=2)
+
+    class State:
+        is_world_process_zero = True
+        global_step = 2
+        best_model_checkpoint = None
+
+    class Args:
+        output_dir = str(tmp_path / "out")
+        world_size = 1
+        process_index = 0
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback.on_train_end(Args(), State(), None)
+    assert any("stored locally" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert [c.step for c in store.ls("r")] == [2]
+    assert os.path.isdir(tmp_path / "out" / "checkpoint-2")
 
 
 def test_a_failing_push_warns_and_training_goes_on(tmp_path):

@@ -72,6 +72,34 @@ def test_saves_go_to_the_store_and_a_new_trainer_resumes_bit_for_bit(tmp_path):
         pytest.fail(f"the newest checkpoint is at step {newest.step}, not the end of epoch 3")
 
 
+def test_an_older_local_store_resumes_from_the_newer_remote_checkpoint(tmp_path):
+    """Machine A saved epoch 1 and pushed; machine B trained to epoch 3 and pushed; A, with its older
+    store, fits from ckstore://reg@latest-valid and resumes from B's epoch 3, ending with the weights of an
+    uninterrupted run."""
+    L.seed_everything(0, workers=True)
+    uninterrupted = Regression()
+    make_trainer(tmp_path / "u", CKStoreCheckpointIO(ckstore.Store(str(tmp_path / "u-store")), "reg"), 5).fit(uninterrupted)
+
+    remote = "file://" + str(tmp_path / "remote")
+    a = ckstore.Store(str(tmp_path / "a-store"))
+    L.seed_everything(0, workers=True)
+    make_trainer(tmp_path / "a", CKStoreCheckpointIO(a, "reg", push=remote), 1).fit(Regression())
+    b = ckstore.Store(str(tmp_path / "b-store"))
+    L.seed_everything(0, workers=True)
+    # B's step 4 differs from A's (Lightning's checkpoint names its own folder): its push warns, and
+    # training goes on.
+    with pytest.warns(UserWarning, match="stored locally but its push failed"):
+        make_trainer(tmp_path / "b", CKStoreCheckpointIO(b, "reg", push=remote), 3).fit(Regression())
+    assert [c.step for c in a.ls("reg")] == [4]
+
+    L.seed_everything(0, workers=True)
+    resumed = Regression()
+    make_trainer(tmp_path / "a2", CKStoreCheckpointIO(a, "reg", push=remote), 5).fit(resumed, ckpt_path="ckstore://reg@latest-valid")
+    for name, tensor in weights(uninterrupted).items():
+        assert torch.equal(tensor, weights(resumed)[name]), name
+    assert 12 in [c.step for c in a.ls("reg")]
+
+
 def test_a_policy_governs_retention_instead_of_top_k(tmp_path):
     store = ckstore.Store(str(tmp_path / "store"))
     store.set_policy("reg", keep_last=10)

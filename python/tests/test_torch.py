@@ -94,3 +94,31 @@ def test_load_of_a_missing_checkpoint_raises(store):
     model, _, _ = fresh()
     with pytest.raises(ckstore.CheckpointNotFound):
         ckt.load(store, "none@latest", model=model)
+
+
+def test_load_latest_valid_resumes_from_the_newer_remote_checkpoint_of_another_machine(tmp_path):
+    """Machine A saves steps 1 and 2 and pushes; machine B continues to step 3 and pushes; A, with its
+    older store, loads RUN@latest-valid with the remote and gets step 3, exactly as B saved it."""
+    remote = "file://" + str(tmp_path / "remote")
+    a = ckstore.Store(str(tmp_path / "a"), create=True)
+    model, optimizer, scheduler = fresh()
+    for step in (1, 2):
+        train(model, optimizer, scheduler, 2, seed=step)
+        ckt.save(a, "r", step, model, optimizer, scheduler, push=remote)
+
+    b = ckstore.Store(str(tmp_path / "b"), create=True)
+    model_b, optimizer_b, scheduler_b = fresh(seed=5)
+    ckt.load(b, "r@latest-valid", model_b, optimizer_b, scheduler_b, remote=remote)
+    assert_same_state(model_b.state_dict(), model.state_dict())
+    train(model_b, optimizer_b, scheduler_b, 2, seed=3)
+    ckt.save(b, "r", 3, model_b, optimizer_b, scheduler_b, extra={"step": 3}, push=remote)
+
+    model_a, optimizer_a, scheduler_a = fresh(seed=7)
+    extra = ckt.load(a, "r@latest-valid", model_a, optimizer_a, scheduler_a, remote=remote)
+    assert extra == {"step": 3}
+    assert_same_state(model_a.state_dict(), model_b.state_dict())
+    assert_same_state(optimizer_a.state_dict(), optimizer_b.state_dict())
+    assert_same_state(scheduler_a.state_dict(), scheduler_b.state_dict())
+    assert [c.step for c in a.ls("r")] == [1, 2, 3]
+    # Without the remote, A's own newest.
+    ckt.load(a, "r@latest-valid", model_a)

@@ -181,7 +181,14 @@ class CKStoreCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._sweep(args.output_dir, state)
             if self.push is not None and _stored_steps(self.store, self.run):
-                self.store.push(run=self.run, remote=self.push)
+                # The work is done and stored locally: a remote that refuses (another machine pushed a
+                # different checkpoint at one of these steps) or fails warns, and every local checkpoint
+                # stays; training never ends with an exception after it finished.
+                try:
+                    self.store.push(run=self.run, remote=self.push)
+                except CKStoreError as error:
+                    warnings.warn(f"ckstore: the checkpoints of {self.run} are stored locally in {self.store.path}, but pushing "
+                                  f"them to {self.push} failed: {error}")
 
     # The work
 
@@ -255,8 +262,9 @@ def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, 
     """Restores the run's newest valid checkpoint into ``output_dir/checkpoint-N`` and returns that path,
     for ``trainer.train(resume_from_checkpoint=path)``; None when there is no valid checkpoint.
 
-    With ``remote`` (a remote's name or URL), a store that has no checkpoint of the run (a fresh machine)
-    first pulls ``RUN@latest-valid`` from it.
+    With ``remote`` (a remote's name or URL), the newest valid checkpoint of the store and the remote
+    together: a fresh machine, or one whose store stops at an older step, pulls the remote's newer one
+    (only what the store lacks).
 
     Pass the path explicitly: transformers' ``get_last_checkpoint`` would pick the highest-numbered
     folder even when it is half-written. A folder already at ``checkpoint-N`` is replaced by the
@@ -274,21 +282,21 @@ def resume(args_or_output_dir: Union[str, "os.PathLike", object], store: Store, 
     for step, path in _checkpoint_folders(output_dir):
         if step not in stored and _is_complete(path):
             store.put(path, run=run, step=step)
-    if remote is not None and not _stored_steps(store, run):
-        try:
-            store.pull(f"{run}@latest-valid", remote=remote)
-        except CheckpointNotFound:
-            pass
+    staging = os.path.join(output_dir, ".ckstore-resume")
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(output_dir, exist_ok=True)
     try:
-        shown = store.show(f"{run}@latest-valid")
+        # The newest valid checkpoint of this store and the remote together: a machine that comes back
+        # with an older store resumes from the step another machine reached, not from its own.
+        result = store.resume(run, staging, remote=remote)
     except (CheckpointNotFound, DamagedCheckpoint):
+        shutil.rmtree(staging, ignore_errors=True)
         return None
-    step = int(shown["step"])
-    path = os.path.join(output_dir, f"checkpoint-{step}")
+    path = os.path.join(output_dir, f"checkpoint-{result.step}")
     if os.path.exists(path):
         shutil.rmtree(path)
-    os.makedirs(output_dir, exist_ok=True)
-    store.get(shown["id"], path)
+    os.replace(staging, path)
     return path
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
-from .errors import CheckpointNotFound, UsageError
+from .errors import CheckpointNotFound, CKStoreError, UsageError
 from .store import Store
 
 SCHEME = "ckstore://"
@@ -77,9 +78,16 @@ class CKStoreCheckpointIO(CheckpointIO):
         try:
             file = os.path.join(staging, name)
             torch.save(checkpoint, file)
-            result = self.store.put(staging, run=run, step=step, meta={_META_PATH: path}, push=self.push,
+            result = self.store.put(staging, run=run, step=step, meta={_META_PATH: path},
                                     epoch=float(checkpoint["epoch"]) if "epoch" in checkpoint else None)
             self._ids[path] = result.id
+            if self.push is not None:
+                # Committed locally already: a remote that fails, or holds another machine's checkpoint at
+                # this step, warns instead of ending training.
+                try:
+                    self.store.push([result.id], remote=self.push)
+                except CKStoreError as error:
+                    warnings.warn(f"ckstore: checkpoint {run}@{step} is stored locally but its push failed: {error}")
             if self.keep_local:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 shutil.copyfile(file, path)
@@ -97,7 +105,12 @@ class CKStoreCheckpointIO(CheckpointIO):
         staging = tempfile.mkdtemp(prefix="ckstore-lightning-", dir=os.environ.get("CKSTORE_STAGING") or None)
         try:
             destination = os.path.join(staging, "checkpoint")
-            self.store.get(reference, destination)
+            remote = self.push or self.store.remote
+            if remote is not None and reference.endswith("@latest-valid"):
+                # The newest valid checkpoint of the store and the remote together.
+                self.store.resume(reference[: -len("@latest-valid")], destination, remote=remote)
+            else:
+                self.store.get(reference, destination)
             files = [name for name in os.listdir(destination) if not name.startswith(".")]
             if len(files) != 1:
                 raise UsageError(f"checkpoint {reference} holds {len(files)} files ({', '.join(sorted(files))}), not one Lightning checkpoint", code="usage")

@@ -110,6 +110,24 @@ class PullResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class ResumeResult:
+    """What ``resume`` restored: the newest valid checkpoint of the run in the store and on the remote."""
+    id: str
+    run: str
+    step: int
+    #: ``"local"`` (the store had it) or ``"remote"`` (pulled now).
+    source: str
+    destination: str
+    files: int
+    bytes: int
+    remote: Optional[str] = None
+    #: The newest valid step the store had before, and the remote's newest; None for none.
+    local_step: Optional[int] = None
+    remote_step: Optional[int] = None
+    bytes_downloaded: int = 0
+
+
 def _build(cls, payload: Mapping[str, Any]):
     """A dataclass from a JSON object, ignoring fields a newer binary adds."""
     names = cls.__dataclass_fields__.keys()
@@ -207,6 +225,16 @@ class Store:
         if remote is not None:
             arguments += self._remote_arguments(remote)
         return _build(RestoreResult, self._runner.run(arguments))
+
+    def resume(self, run: str, dest: str, remote: Optional[str] = None, force: bool = False) -> ResumeResult:
+        """Restores the newest valid checkpoint of ``run`` among this store and ``remote`` (this store's
+        default remote when None) into ``dest``; a newer remote one is pulled first, fetching only what the
+        store lacks. Raises :class:`CheckpointNotFound` when neither has one."""
+        arguments = ["resume", run, os.fspath(dest)]
+        if force:
+            arguments.append("--force")
+        arguments += self._remote_arguments(remote)
+        return _build(ResumeResult, self._runner.run(arguments))
 
     # Finding checkpoints
 

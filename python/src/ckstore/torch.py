@@ -53,16 +53,19 @@ def save(store: Store, run: str, step: int, model=None, optimizer=None, schedule
 
 
 def load(store: Store, ref: str, model=None, optimizer=None, scheduler=None, map_location="cpu",
-         strict: bool = True) -> dict:
+         strict: bool = True, remote: Optional[str] = None) -> dict:
     """Restores checkpoint ``ref`` (``RUN@latest-valid``, ``RUN@STEP``, an id) into the objects given;
-    returns ``extra`` (an empty dict when none was saved)."""
+    returns ``extra`` (an empty dict when none was saved).
+
+    ``RUN@latest-valid`` with a remote (``remote``, else the store's default remote) is the newest valid
+    checkpoint of the store and the remote together, pulled when the remote's is newer."""
     torch = _torch()
     from safetensors.torch import load_model
 
     staging = tempfile.mkdtemp(prefix="ckstore-load-", dir=_staging_root(store))
     try:
         destination = os.path.join(staging, "checkpoint")
-        store.get(ref, destination)
+        _restore(store, ref, destination, remote)
         if model is not None:
             load_model(model, os.path.join(destination, MODEL_FILE), strict=strict, device=str(map_location))
         if optimizer is not None:
@@ -73,6 +76,15 @@ def load(store: Store, ref: str, model=None, optimizer=None, scheduler=None, map
         return torch.load(extra_path, map_location=map_location, weights_only=False) if os.path.exists(extra_path) else {}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _restore(store: Store, ref: str, destination: str, remote: Optional[str]) -> None:
+    """``ref`` into ``destination``; ``RUN@latest-valid`` with a remote resumes from the newest of both."""
+    remote = remote or store.remote
+    if remote is not None and ref.endswith("@latest-valid"):
+        store.resume(ref[: -len("@latest-valid")], destination, remote=remote)
+    else:
+        store.get(ref, destination)
 
 
 def _staging_root(store: Store) -> Optional[str]:
