@@ -65,24 +65,32 @@ def seaweedfs(tmp_path):
     (folder / "data").mkdir(parents=True)
     (folder / "s3.json").write_text('{"identities": [{"name": "t", "credentials": [{"accessKey": "ckstoretest", '
                                     '"secretKey": "ckstoretest-secret-key"}], "actions": ["Admin", "Read", "Write", "List"]}]}')
-    base = random.randint(20000, 45000) & ~3
-    process = subprocess.Popen(
-        [weed, "server", f"-dir={folder}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={base}",
-         f"-volume.port={base + 1}", "-filer", f"-filer.port={base + 2}", "-s3", f"-s3.port={base + 3}",
-         f"-s3.config={folder}/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-         "-master.volumeSizeLimitMB=1024", "-volume.max=0"],
-        stdout=open(folder / "weed.log", "w"), stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{base + 3}"
-    try:
+    # Random ports can be taken by another server (another test run's SeaweedFS): three tries.
+    for attempt in range(3):
+        base = random.randint(20000, 45000) & ~3
+        process = subprocess.Popen(
+            [weed, "server", f"-dir={folder}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={base}",
+             f"-volume.port={base + 1}", "-filer", f"-filer.port={base + 2}", "-s3", f"-s3.port={base + 3}",
+             f"-s3.config={folder}/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+             "-master.volumeSizeLimitMB=1024", "-volume.max=0"],
+            stdout=open(folder / "weed.log", "w"), stderr=subprocess.STDOUT)
         deadline = time.time() + 60
-        while time.time() < deadline:
+        while time.time() < deadline and process.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", base + 3), timeout=1).close()
-                break
+                time.sleep(0.5)
+                if process.poll() is None:
+                    break
             except OSError:
                 time.sleep(0.2)
-        else:
-            pytest.fail("SeaweedFS did not start: " + (folder / "weed.log").read_text()[-2000:])
+        if process.poll() is None and time.time() < deadline:
+            break
+        process.kill()
+        process.wait()
+    else:
+        pytest.fail("SeaweedFS did not start: " + (folder / "weed.log").read_text()[-2000:])
+    endpoint = f"http://127.0.0.1:{base + 3}"
+    try:
         # A bucket is a folder under /buckets of SeaweedFS's filer; made through the filer's HTTP API.
         import urllib.request
 

@@ -45,6 +45,17 @@ class KillBeforeStoring(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SlowSteps(TrainerCallback):
+    """Each step takes a while, as a real one does, so that a notice comes in the middle of training."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        import time
+        time.sleep(self.seconds)
+
+
 def weights_digest(model):
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -68,12 +79,21 @@ def main():
     # fresh machine resumes from it.
     remote = os.environ.get("CKSTORE_TEST_REMOTE")
     store = ckstore.Store(store_path, endpoint=os.environ.get("CKSTORE_TEST_ENDPOINT"))
-    callbacks = ([KillBeforeStoring(int(kill_at))] if int(kill_at) else []) + [ckstore.hf.CKStoreCallback(store, run, keep_local=1, push=remote)]
+    # With CKSTORE_TEST_PREEMPTION, the callback watches for notices (the endpoints come from the
+    # environment, as on a cloud) and each step takes CKSTORE_TEST_STEP_SECONDS.
+    preempt = None
+    if os.environ.get("CKSTORE_TEST_PREEMPTION"):
+        from ckstore import preemption
+        preempt = preemption.Watcher(poll=float(os.environ["CKSTORE_TEST_PREEMPTION"])).start()
+    callbacks = ([KillBeforeStoring(int(kill_at))] if int(kill_at) else []) + [ckstore.hf.CKStoreCallback(store, run, keep_local=1, push=remote, preemption=preempt or False)]
+    if os.environ.get("CKSTORE_TEST_STEP_SECONDS"):
+        callbacks.append(SlowSteps(float(os.environ["CKSTORE_TEST_STEP_SECONDS"])))
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
     path = ckstore.hf.resume(args, store, run, remote=remote) if resume == "1" else None
     print(f"resuming from {path}", flush=True)
     trainer.train(resume_from_checkpoint=path)
     print(f"final-weights-sha256: {weights_digest(trainer.model)}", flush=True)
+    print(f"final-step: {trainer.state.global_step}", flush=True)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,60 @@ def test_fsdp_and_deepspeed_ranks_each_put_their_own_files_as_shards_and_resume_
     assert viewer.pending("fsdp", remote=remote) == []
     assert set(tree(tmp_path / "resumed1" / "checkpoint-2")) == {
         "global_step2/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "pytorch_model_fsdp_0/__1_0.distcp", "rng_state_1.pth"}
+
+
+def test_a_preemption_notice_saves_pushes_and_stops_at_the_next_step_and_a_fresh_machine_resumes(tmp_path, seaweedfs):
+    """EC2's spot notice (IMDSv2) appears while a step runs: the next step boundary saves, the checkpoint
+    is on the remote, the process exits on its own with status 0, and a fresh machine resumes from it to
+    the weights of an uninterrupted run."""
+    import threading
+    import time
+
+    from notice_server import NoticeServer
+
+    credentials = {"AWS_ACCESS_KEY_ID": "ckstoretest", "AWS_SECRET_ACCESS_KEY": "ckstoretest-secret-key", "AWS_REGION": "us-east-1"}
+    os.environ.update(credentials)
+    remote = {"CKSTORE_TEST_REMOTE": "s3://hf-spot/notice", "CKSTORE_TEST_ENDPOINT": seaweedfs, "AWS_ENDPOINT_URL": seaweedfs}
+    server = NoticeServer()
+    out = tmp_path / "machine-a" / "out"
+    announced = {}
+
+    def announce_when_step_4_is_saved():
+        while not (out / "checkpoint-4" / "trainer_state.json").exists():
+            time.sleep(0.05)
+        time.sleep(0.2)  # inside step 5
+        server.announce()
+        announced["at"] = time.time()
+
+    thread = threading.Thread(target=announce_when_step_4_is_saved, daemon=True)
+    thread.start()
+
+    def train_on(machine, max_steps, environment, resume):
+        with open(SCRIPT) as f:
+            source = f.read()
+        return run_script(source, str(machine / "out"), str(machine / "store"), "gpt2-tiny", str(max_steps), "0", "1" if resume else "0",
+                          env={**credentials, **remote, **environment,
+                               "PYTHONPATH": os.path.dirname(SCRIPT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+    poll = 0.5
+    try:
+        preempted = train_on(tmp_path / "machine-a", 16, {**server.environment("ec2"), "CKSTORE_TEST_PREEMPTION": str(poll),
+                                                          "CKSTORE_TEST_STEP_SECONDS": "0.4"}, resume=False)
+    finally:
+        server.close()
+    assert preempted.returncode == 0, preempted.stderr[-3000:]
+    lines = [line for line in preempted.stderr.splitlines() if "durable on s3://hf-spot/notice" in line]
+    assert lines, preempted.stderr[-3000:]
+    step = int(lines[0].split("gpt2-tiny@")[1].split(" ")[0])
+    final_step = int([l for l in preempted.stdout.splitlines() if l.startswith("final-step: ")][-1].split(": ")[1])
+    # Stopped at the step it saved, long before max_steps; the notice came in step 5, and with 0.4 s steps
+    # and a 0.5 s poll the watcher saw it by the end of step 6 or 7.
+    assert final_step == step and 5 <= step <= 7, (step, preempted.stderr[-2000:])
+    viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs)
+    assert [c.step for c in viewer.ls(remote="s3://hf-spot/notice")][-1] == step
+
+    # A fresh machine resumes from it and ends where an uninterrupted run ends.
+    expected = final_digest(train(tmp_path / "reference", tmp_path / "reference-store", max_steps=16))
+    resumed = train_on(tmp_path / "machine-b", 16, {}, resume=True)
+    assert f"resuming from {tmp_path / 'machine-b' / 'out' / f'checkpoint-{step}'}" in resumed.stdout, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert final_digest(resumed) == expected

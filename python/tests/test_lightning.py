@@ -117,3 +117,45 @@ def test_strategies_that_bypass_checkpoint_io_are_refused():
     with pytest.raises(ckstore.UsageError, match="bypassing CheckpointIO"):
         CKStoreCheckpointIO.check_strategy(DeepSpeedStrategy())
     CKStoreCheckpointIO.check_strategy(object())
+
+
+def test_a_preemption_notice_saves_through_the_plugin_pushes_and_stops(tmp_path):
+    """Azure's Preempt event comes during epoch 2: the next batch boundary saves through the plugin,
+    which puts and pushes it, and training stops there; a new Trainer resumes from it."""
+    import time
+
+    from ckstore import preemption
+    from ckstore.lightning import PreemptionCallback
+    from notice_server import NoticeServer
+
+    class Announcer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                server.announce()
+                time.sleep(0.4)  # the batch runs on; the watcher (0.2 s poll) sees the event meanwhile
+
+    server = NoticeServer()
+    watcher = preemption.Watcher(poll=0.2, signals=(), env=server.environment("azure")).start()
+    remote = "file://" + str(tmp_path / "remote")
+    store = ckstore.Store(str(tmp_path / "store"))
+    callback = PreemptionCallback(watcher)
+    try:
+        L.seed_everything(0, workers=True)
+        model = Regression()
+        trainer = L.Trainer(max_epochs=5, accelerator="cpu", devices=1, deterministic=True, plugins=[CKStoreCheckpointIO(store, "reg", push=remote)],
+                            callbacks=[Announcer(), callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, default_root_dir=str(tmp_path))
+        trainer.fit(model)
+    finally:
+        watcher.stop()
+        server.close()
+    assert callback.saved_step == 6 and trainer.global_step == 6, (callback.saved_step, trainer.global_step)
+    viewer = ckstore.Store(str(tmp_path / "viewer"))
+    assert [c.step for c in viewer.ls(remote=remote)] == [6]
+    # A new Trainer on a fresh store resumes from it, through the remote.
+    fresh = ckstore.Store(str(tmp_path / "fresh"))
+    resumed = Regression()
+    L.Trainer(max_epochs=2, accelerator="cpu", devices=1, deterministic=True, plugins=[CKStoreCheckpointIO(fresh, "reg", push=remote)],
+              logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+              default_root_dir=str(tmp_path / "b")).fit(resumed, ckpt_path="ckstore://reg@latest-valid")
+    assert [c.step for c in fresh.ls("reg")] == [6]

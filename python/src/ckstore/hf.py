@@ -113,6 +113,15 @@ def _rank_shard(path: str, rank: int) -> list:
     return out
 
 
+def _log(message: str) -> None:
+    """A line for the job's log: on standard error, and through logging's ``ckstore`` logger."""
+    import logging
+    import sys
+
+    logging.getLogger("ckstore").warning(message)
+    print(f"ckstore: {message}", file=sys.stderr, flush=True)
+
+
 def _barrier() -> None:
     try:
         import torch.distributed as dist
@@ -133,7 +142,8 @@ class CKStoreCallback(TrainerCallback):
     ``store.set_policy(run, keep_last=..., keep_best=[...])`` and leave ``save_total_limit`` unset.
     """
 
-    def __init__(self, store: Store, run: str, keep_local: int = 1, push: Optional[str] = None, gc: bool = True):
+    def __init__(self, store: Store, run: str, keep_local: int = 1, push: Optional[str] = None, gc: bool = True,
+                 preemption=False, stop_on_preemption: bool = True):
         if keep_local < 0:
             raise ValueError("keep_local must be 0 or more")
         self.store = store
@@ -141,6 +151,17 @@ class CKStoreCallback(TrainerCallback):
         self.keep_local = keep_local
         self.push = push
         self.gc = gc
+        #: With ``preemption=True`` (or a :class:`ckstore.preemption.Watcher`), a preemption notice (EC2,
+        #: GCP, Azure, or SIGTERM) makes the next step boundary save, put and push a checkpoint, and then
+        #: stop training (unless ``stop_on_preemption=False``).
+        self._watcher = None
+        if preemption:
+            from . import preemption as _preemption
+            self._watcher = preemption if isinstance(preemption, _preemption.Watcher) else _preemption.watch()
+        self.stop_on_preemption = stop_on_preemption
+        #: The step saved because of a notice, and the message that said it was durable.
+        self.preempted_step: Optional[int] = None
+        self.durable_message: Optional[str] = None
         #: Steps this callback stored, newest last, for tests and logs.
         self.stored_steps: list = []
         #: Whether this job's checkpoints are sharded (each rank puts its own files).
@@ -154,6 +175,14 @@ class CKStoreCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._sweep(args.output_dir, state)
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._watcher is not None and self.preempted_step is None and self._watcher.requested():
+            # The first step boundary after the notice: save now (on_save puts and pushes), then stop.
+            self.preempted_step = state.global_step
+            control.should_save = True
+            if self.stop_on_preemption:
+                control.should_training_stop = True
+
     def on_save(self, args, state, control, **kwargs):
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if getattr(args, "world_size", 1) > 1 and _is_sharded(path):
@@ -166,7 +195,11 @@ class CKStoreCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         if _is_complete(path):
-            self._put(path, state.global_step)
+            pushed = self._put(path, state.global_step)
+            if self.preempted_step == state.global_step and self.durable_message is None:
+                from .preemption import durable_message
+                self.durable_message = durable_message(self.run, state.global_step, self.push if pushed else None, self._watcher.notice)
+                _log(self.durable_message)
         self._trim(args.output_dir, state)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -195,7 +228,8 @@ class CKStoreCallback(TrainerCallback):
     def _stored_steps(self) -> set:
         return _stored_steps(self.store, self.run)
 
-    def _put(self, path: str, step: int) -> None:
+    def _put(self, path: str, step: int) -> bool:
+        """Puts and pushes; False when the push failed (the checkpoint is then stored locally only)."""
         result = self.store.put(path, run=self.run, step=step)
         self.stored_steps.append(step)
         if self.gc:
@@ -207,6 +241,8 @@ class CKStoreCallback(TrainerCallback):
                 self.store.push([result.id], remote=self.push)
             except CKStoreError as error:
                 warnings.warn(f"ckstore: checkpoint {self.run}@{step} is stored locally but its push failed: {error}")
+                return False
+        return True
 
     def _put_shard(self, path: str, step: int, rank: int, world_size: int, state) -> None:
         """Puts what rank ``rank`` wrote of checkpoint folder ``path`` as its shard (hard links in a staging

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from typing import Any, Dict, Optional
 
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.pytorch.callbacks import Callback
 
 from .errors import CheckpointNotFound, CKStoreError, UsageError
 from .store import Store
@@ -144,3 +146,36 @@ class CKStoreCheckpointIO(CheckpointIO):
             if self.store.show(checkpoint.id).get("metadata", {}).get(_META_PATH) == path:
                 return checkpoint.id
         raise CheckpointNotFound(f"no checkpoint of run {self.run} was saved from {path}", code="not_found")
+
+
+class PreemptionCallback(Callback):
+    """Saves at the first batch boundary after a preemption notice (EC2, GCP, Azure, or SIGTERM), through
+    the trainer's checkpoint plugin (``CKStoreCheckpointIO``: put, and pushed when it has ``push``), logs
+    when it is durable, and stops training (unless ``stop=False``).
+
+    Lightning saves nothing on SIGTERM by default; with this callback the notice's two minutes are used."""
+
+    def __init__(self, watcher=None, stop: bool = True):
+        super().__init__()
+        from . import preemption
+
+        self.watcher = watcher or preemption.watch()
+        self.stop = stop
+        #: The global step saved because of the notice.
+        self.saved_step: Optional[int] = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.saved_step is not None or not self.watcher.requested():
+            return
+        from .preemption import durable_message
+
+        step = trainer.global_step
+        path = os.path.join(trainer.default_root_dir, f"preempted-step={step}.ckpt")
+        trainer.save_checkpoint(path)
+        self.saved_step = step
+        io = getattr(trainer.strategy, "checkpoint_io", None)
+        run = getattr(io, "run", "?")
+        remote = getattr(io, "push", None)
+        print(f"ckstore: {durable_message(run, step, remote, self.watcher.notice)}", file=sys.stderr, flush=True)
+        if self.stop:
+            trainer.should_stop = True

@@ -78,6 +78,25 @@ def load(store: Store, ref: str, model=None, optimizer=None, scheduler=None, map
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def save_if_preempted(store: Store, run: str, step: int, model=None, optimizer=None, scheduler=None,
+                      extra: Optional[Mapping[str, Any]] = None, push: Optional[str] = None, watcher=None) -> bool:
+    """For a plain loop, at each step boundary: when a preemption notice (EC2, GCP, Azure, SIGTERM) has
+    come, saves ``run@step`` with :func:`save`, pushes it to ``push``, logs when it is durable and returns
+    True (stop training then); else returns False at once.
+
+    ``watcher`` defaults to the process's :func:`ckstore.preemption.watch`."""
+    from . import preemption
+
+    watcher = watcher or preemption.watch()
+    if not watcher.requested():
+        return False
+    save(store, run, step, model, optimizer, scheduler, extra=extra, push=push)
+    import sys
+
+    print(f"ckstore: {preemption.durable_message(run, step, push, watcher.notice)}", file=sys.stderr, flush=True)
+    return True
+
+
 def _restore(store: Store, ref: str, destination: str, remote: Optional[str]) -> None:
     """``ref`` into ``destination``; ``RUN@latest-valid`` with a remote resumes from the newest of both."""
     remote = remote or store.remote
