@@ -8,6 +8,13 @@ enum JSONOutput {
         let data = try encoder.encode(value)
         Swift.print(String(decoding: data, as: UTF8.self))
     }
+
+    /// One JSON object on one line (JSON lines, for commands that report as they go).
+    static func printLine(_ value: some Encodable) throws {
+        let data = try ReportJSON.encoder(pretty: false).encode(value)
+        // Written at once, not buffered: a reader follows these lines as they come.
+        FileHandle.standardOutput.write(data + Data([0x0A]))
+    }
 }
 
 /// Formats for human-readable output.

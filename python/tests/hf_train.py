@@ -85,7 +85,10 @@ def main():
     if os.environ.get("CKSTORE_TEST_PREEMPTION"):
         from ckstore import preemption
         preempt = preemption.Watcher(poll=float(os.environ["CKSTORE_TEST_PREEMPTION"])).start()
-    callbacks = ([KillBeforeStoring(int(kill_at))] if int(kill_at) else []) + [ckstore.hf.CKStoreCallback(store, run, keep_local=1, push=remote, preemption=preempt or False)]
+    callbacks = ([KillBeforeStoring(int(kill_at))] if int(kill_at) else [])
+    # CKSTORE_TEST_NO_CALLBACK: a trainer that only writes its folders (`ckstore watch` stores them).
+    if not os.environ.get("CKSTORE_TEST_NO_CALLBACK"):
+        callbacks.append(ckstore.hf.CKStoreCallback(store, run, keep_local=1, push=remote, preemption=preempt or False))
     if os.environ.get("CKSTORE_TEST_STEP_SECONDS"):
         callbacks.append(SlowSteps(float(os.environ["CKSTORE_TEST_STEP_SECONDS"])))
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)

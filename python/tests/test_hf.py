@@ -1,6 +1,7 @@
 """Hugging Face Trainer with CKStoreCallback, for real: killed with SIGKILL, resumed from the store, and
 ending with the weights of an uninterrupted run, bit for bit."""
 
+import json
 import os
 import signal
 import sys
@@ -290,3 +291,63 @@ def test_a_preemption_notice_saves_pushes_and_stops_at_the_next_step_and_a_fresh
     resumed = train_on(tmp_path / "machine-b", 16, {}, resume=True)
     assert f"resuming from {tmp_path / 'machine-b' / 'out' / f'checkpoint-{step}'}" in resumed.stdout, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert final_digest(resumed) == expected
+
+
+def test_ckstore_watch_stores_and_pushes_what_a_trainer_without_a_callback_writes(tmp_path, seaweedfs):
+    """`ckstore watch` beside a Trainer that has no ckstore callback: SIGTERM in the middle of training;
+    watch finishes and exits 0, the remote holds every complete folder, and `ckstore resume` on an empty
+    machine restores the newest."""
+    import subprocess
+    import time
+
+    credentials = {"AWS_ACCESS_KEY_ID": "ckstoretest", "AWS_SECRET_ACCESS_KEY": "ckstoretest-secret-key", "AWS_REGION": "us-east-1"}
+    os.environ.update(credentials)
+    binary = os.environ["CKSTORE_BIN"]
+    out = tmp_path / "out"
+    out.mkdir()
+    remote = ["--remote", "s3://hf-spot/watch", "--endpoint", seaweedfs]
+    environment = {**os.environ, **credentials, "CKSTORE_PREEMPTION_CLOUDS": "none"}
+    watch = subprocess.Popen([binary, "watch", str(out), "--run", "gpt2-tiny", "--push", "s3://hf-spot/watch", "--endpoint", seaweedfs,
+                              "--keep-local", "2", "--interval", "0.3", "--json", "--store", str(tmp_path / "store")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    with open(SCRIPT) as f:
+        source = f.read()
+    trainer = subprocess.Popen([sys.executable, "-c", source, str(out), str(tmp_path / "unused-store"), "gpt2-tiny", "30", "0", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**environment, "CKSTORE_TEST_NO_CALLBACK": "1", "CKSTORE_TEST_STEP_SECONDS": "0.3", "PYTHONHASHSEED": "0",
+                                    "PYTHONPATH": os.path.dirname(SCRIPT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoint-8" / "trainer_state.json").exists():
+            assert time.time() < deadline and trainer.poll() is None, trainer.stderr.read()[-3000:] if trainer.poll() is not None else "timeout"
+            time.sleep(0.1)
+        watch.send_signal(signal.SIGTERM)
+        stdout, stderr = watch.communicate(timeout=180)
+        assert watch.returncode == 0, stderr[-3000:]
+        # What was complete when watch finished: Trainer's folders with their state and no JIT sentinel.
+        complete = sorted(int(p.name.split("-")[1]) for p in out.iterdir()
+                          if p.name.startswith("checkpoint-") and (p / "trainer_state.json").exists() and not (p / ckstore.hf.INCOMPLETE_SENTINEL).exists())
+    finally:
+        trainer.kill()
+        trainer.wait()
+        if watch.poll() is None:
+            watch.kill()
+    viewer = ckstore.Store(str(tmp_path / "viewer"), endpoint=seaweedfs)
+    on_remote = [c.step for c in viewer.ls(remote="s3://hf-spot/watch")]
+    assert on_remote[:4] == [2, 4, 6, 8], on_remote
+    assert set(complete) <= set(on_remote), (complete, on_remote)
+    stored = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert all(entry["pushed"] for entry in stored) and [e["step"] for e in stored] == on_remote
+    # Stored folders beyond the newest two were removed; the newest remain.
+    assert len([p for p in out.iterdir() if p.name.startswith("checkpoint-") and int(p.name.split("-")[1]) in on_remote]) <= 2
+
+    # An empty machine restores the newest.
+    resumed = subprocess.run([binary, "resume", "gpt2-tiny", str(tmp_path / "restored"), "--json", "--store", str(tmp_path / "empty")] + remote,
+                             capture_output=True, text=True, env=environment)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads(resumed.stdout)
+    assert report["step"] == max(on_remote) and report["source"] == "remote"
+    newest = out / f"checkpoint-{max(on_remote)}"
+    for name in os.listdir(newest):
+        with open(newest / name, "rb") as a, open(tmp_path / "restored" / name, "rb") as b:
+            assert a.read() == b.read(), name
