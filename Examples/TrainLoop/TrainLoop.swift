@@ -38,25 +38,37 @@ struct TrainLoop: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // The preemption notice (EC2's spot notice, GCP's, Azure's, or SIGTERM), watched from the start:
+        // it makes the loop checkpoint the current step, wait until it is committed and uploaded (with
+        // the uploads before it), and exit.
+        let preemption = PreemptionWatcher(signals: [SIGTERM])
+        preemption.start()
+        defer { preemption.stop() }
         let checkpoints = try CheckpointStore.open(at: store, create: true)
         let target = try remote.map { url -> Remote in
             let definition = RemoteDefinition(name: url, url: url, endpoint: endpoint, pathStyle: endpoint != nil)
             if case .file = try definition.location() { return try Remote.folder(definition) }
             return Remote(name: url, url: url, objects: try S3ObjectStore(definition))
         }
-        // A fresh machine: its store is empty, so the newest valid checkpoint comes from the remote.
-        if let target, try checkpoints.list(run: run).isEmpty {
-            // (A remote that cannot be read shows up at the first push, with its error.)
-            if ((try? await checkpoints.remoteCheckpoints(target, run: run)) ?? []).isEmpty {
-                print("the remote has no checkpoint yet")
-            } else {
-                let pulled = try await checkpoints.pull(.latestValid(run: run), from: target)
-                print("pulled step \(pulled.step) from \(target.name)")
+        // The newest valid checkpoint of this store and the remote together: a fresh machine pulls it, and
+        // one that comes back with an older store pulls the newer step another machine reached.
+        var resumeID: CheckpointID?
+        if let target {
+            let point: ResumePoint?
+            do {
+                point = try await checkpoints.resumePoint(run: run, remote: target)
+            } catch {
+                guard error.code == .notFound else { throw error }
+                point = nil
             }
+            resumeID = point?.id
+            if let point, point.source == "remote" { print("pulled step \(point.step) from \(target.name)") }
+            if point == nil { print("the remote has no checkpoint yet") }
         }
         let data = Dataset(seed: seed, count: 1024)
         var state: TrainingState
-        if let id = try? await checkpoints.latestValid(run: run) {
+        if resumeID == nil { resumeID = try? await checkpoints.latestValid(run: run) }
+        if let id = resumeID {
             state = try await TrainingState(loading: checkpoints.load(id))
             print("resumed from step \(state.step) (checkpoint \(id.short))")
         } else {
@@ -65,16 +77,10 @@ struct TrainLoop: AsyncParsableCommand {
         }
 
         let saver = BackgroundSaver(store: checkpoints, maxInFlight: 1, push: target)
-        // The two-minute preemption notice: on SIGTERM, checkpoint the current step, wait until it is
-        // committed and uploaded (with the uploads before it), and exit.
-        let terminated = TerminationFlag()
-        signal(SIGTERM, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGTERM)
-        source.setEventHandler { terminated.set() }
-        source.resume()
         while state.step < steps {
             let loss = state.trainStep(on: data)
-            if state.step % checkpointEvery == 0 || terminated.isSet {
+            let terminated = preemption.requested
+            if state.step % checkpointEvery == 0 || terminated {
                 let handle = await saver.save(try state.contents(run: run, loss: loss))
                 print("step \(state.step): loss \(loss), checkpoint started")
                 if let crashAfterUpload, state.step == crashAfterUpload {
@@ -83,9 +89,10 @@ struct TrainLoop: AsyncParsableCommand {
                     kill(getpid(), SIGKILL)
                 }
             }
-            if terminated.isSet {
+            if terminated, let notice = preemption.notice {
                 try await saver.finish()
                 print("terminated: step \(state.step) committed\(target == nil ? "" : " and uploaded")")
+                print(PreemptionWatcher.durableMessage(run: run, step: Int64(state.step), remote: target?.name, notice: notice))
                 return
             }
             if let crashAfterStep, state.step == crashAfterStep {
@@ -243,12 +250,3 @@ struct TrainingState {
     }
 }
 
-/// Set from the SIGTERM handler, read by the training loop.
-final class TerminationFlag: @unchecked Sendable {
-    // Written once from the signal source's queue; read by the loop between steps.
-    private let lock = NSLock()
-    private var value = false
-
-    func set() { lock.withLock { value = true } }
-    var isSet: Bool { lock.withLock { value } }
-}

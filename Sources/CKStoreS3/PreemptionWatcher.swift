@@ -36,9 +36,10 @@ public final class PreemptionWatcher: @unchecked Sendable {
     private let lock = NSLock()
     private var _notice: Notice?
     private var tasks = [Task<Void, Never>]()
+    private var detecting: Task<[Cloud], Never>?
     private var sources = [any DispatchSourceSignal]()
     private var waiters = [CheckedContinuation<Notice, Never>]()
-    /// The clouds that answered.
+    /// The clouds that answered (empty until detection is done).
     public private(set) var detected = [Cloud]()
 
     /// - Parameters:
@@ -61,9 +62,9 @@ public final class PreemptionWatcher: @unchecked Sendable {
 
     deinit { stop() }
 
-    /// Catches the signals, detects the clouds and starts watching them; returns the clouds found.
-    @discardableResult
-    public func start() async -> [Cloud] {
+    /// Catches the signals at once, then detects the clouds and watches those that answer, in the
+    /// background (``detection()`` waits for the clouds found).
+    public func start() {
         for number in signals {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number)
@@ -72,21 +73,33 @@ public final class PreemptionWatcher: @unchecked Sendable {
             source.resume()
             lock.withLock { sources.append(source) }
         }
-        let found = await withTaskGroup(of: Cloud?.self) { group in
-            for cloud in clouds { group.addTask { await self.detect(cloud) ? cloud : nil } }
-            var out = [Cloud]()
-            for await cloud in group { if let cloud { out.append(cloud) } }
-            return out
-        }
-        lock.withLock { detected = clouds.filter(found.contains) }
-        for cloud in detected {
-            let task = Task { [weak self] in
-                guard let self else { return }
-                await self.watch(cloud)
+        let clouds = self.clouds
+        let detecting = Task { [weak self] () -> [Cloud] in
+            guard let self else { return [] }
+            let found = await withTaskGroup(of: Cloud?.self) { group in
+                for cloud in clouds { group.addTask { await self.detect(cloud) ? cloud : nil } }
+                var out = [Cloud]()
+                for await cloud in group { if let cloud { out.append(cloud) } }
+                return out
             }
-            lock.withLock { tasks.append(task) }
+            let detected = clouds.filter(found.contains)
+            self.lock.withLock { self.detected = detected }
+            for cloud in detected where !Task.isCancelled {
+                let task = Task { [weak self] in
+                    guard let self else { return }
+                    await self.watch(cloud)
+                }
+                self.lock.withLock { self.tasks.append(task) }
+            }
+            return detected
         }
-        return detected
+        lock.withLock { self.detecting = detecting }
+    }
+
+    /// The clouds that answered, once detection is done (about a second at most).
+    public func detection() async -> [Cloud] {
+        guard let detecting = lock.withLock({ self.detecting }) else { return [] }
+        return await detecting.value
     }
 
     /// Stops watching and gives the signals their default action back.
@@ -96,6 +109,7 @@ public final class PreemptionWatcher: @unchecked Sendable {
             return (self.tasks, self.sources)
         }
         for task in tasks { task.cancel() }
+        lock.withLock { detecting }?.cancel()
         for source in sources { source.cancel() }
         for number in signals where !sources.isEmpty { signal(number, SIG_DFL) }
     }

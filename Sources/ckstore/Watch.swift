@@ -63,9 +63,8 @@ struct Watch: AsyncParsableCommand {
         // SIGTERM and SIGINT stop it (after the work at hand); a cloud's notice makes it scan at once.
         let stop = StopFlag(signals: [SIGTERM, SIGINT])
         let watcher = PreemptionWatcher(signals: [])
-        let clouds = once ? [] : await watcher.start()
+        if !once { watcher.start() }
         defer { watcher.stop() }
-        if !clouds.isEmpty { Terminal.standardError("watching for preemption notices of \(clouds.map(\.rawValue).joined(separator: ", "))") }
         var scanner = FolderScanner(root: directory, marker: marker, settle: settle)
         var noticeLogged = false
         while true {

@@ -382,6 +382,29 @@ struct RemoteTests {
         }
     }
 
+    /// EC2's spot notice (IMDSv2) while TrainLoop runs: the next step is checkpointed and uploaded, the
+    /// process says when it was durable and exits 0 on its own, long before the deadline.
+    @Test func aSpotNoticeCheckpointsUploadsAndExits() async throws {
+        try await SeaweedServer.with { server in
+            try await withTemporaryDirectory { root in
+                try await server.createBucket("notice")
+                let imds = try await InstanceMetadataServer.start(keys: RotatingKeys(lifetime: 600))
+                defer { imds.stop() }
+                imds.announceSpotAction(after: 1.5)
+                let run = try CLI.run(["--steps", "100000000", "--checkpoint-every", "1000000", "--hidden", "16", "--store", root + "/s",
+                                       "--remote", "s3://notice/t", "--endpoint", server.endpoint],
+                                      environment: server.environment.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "CKSTORE_PREEMPTION_CLOUDS": "ec2"]) { $1 },
+                                      program: "TrainLoop")
+                #expect(run.status == 0, "\(run.stdout) \(run.stderr)")
+                let line = try #require(run.stdout.split(separator: "\n").first { $0.contains("durable on s3://notice/t") }, "\(run.stdout)")
+                #expect(line.contains("(ec2 spot terminate)") && line.contains("before the deadline"))
+                let step = try #require(Int64(line.split(separator: "@")[1].split(separator: " ")[0]))
+                let listed = try #require(try CLI.json(try Self.ckstore(["ls", "--json", "--remote", "s3://notice/t", "--endpoint", server.endpoint], store: root + "/viewer", server: server).stdout) as? [[String: Any]])
+                #expect(listed.map { $0["step"] as? Int64 } == [step])
+            }
+        }
+    }
+
     @Test func sigtermCheckpointsAndUploadsTheCurrentStepBeforeExiting() async throws {
         try await SeaweedServer.with { server in
             try await withTemporaryDirectory { root in

@@ -196,10 +196,14 @@ public actor AWSCredentialProvider {
         }
     }
 
+    /// How many fetches a server's `ExpiredToken` forced (the refresh before expiry came too late).
+    public private(set) var reactiveFetches = 0
+
     /// New credentials after a server refused `rejected` as expired; the same ones if another request
     /// already replaced them.
     public func refresh(after rejected: AWSCredentials) async throws -> AWSCredentials {
         if let current, current.credentials != rejected { return current.credentials }
+        reactiveFetches += 1
         return try await fetch()
     }
 
