@@ -31,6 +31,7 @@ public final class PreemptionWatcher: @unchecked Sendable {
     private let environment: [String: String]
     private let clouds: [Cloud]
     private let poll: Double?
+    private let timeout: Double
     private let signals: [Int32]
     private let rebalance: Bool
     private let lock = NSLock()
@@ -44,10 +45,15 @@ public final class PreemptionWatcher: @unchecked Sendable {
 
     /// - Parameters:
     ///   - poll: seconds between polls, for every cloud (default: each cloud's own advice).
+    ///   - timeout: seconds each metadata request may take (1 by default, so that a machine off every
+    ///     cloud learns it within about a second; EC2's is `AWS_METADATA_SERVICE_TIMEOUT` when set).
     ///   - signals: signals that count as a notice (SIGTERM by default); they no longer end the process.
     public init(environment: [String: String] = ProcessInfo.processInfo.environment, clouds: [Cloud]? = nil, poll: Double? = nil,
-                signals: [Int32] = [SIGTERM], rebalance: Bool = false) {
+                timeout: Double = 1, signals: [Int32] = [SIGTERM], rebalance: Bool = false) {
+        var environment = environment
+        if environment["AWS_METADATA_SERVICE_TIMEOUT"] == nil { environment["AWS_METADATA_SERVICE_TIMEOUT"] = String(timeout) }
         self.environment = environment
+        self.timeout = max(0.1, timeout)
         if let clouds {
             self.clouds = clouds
         } else if let listed = environment["CKSTORE_PREEMPTION_CLOUDS"], !listed.isEmpty {
@@ -175,10 +181,10 @@ public final class PreemptionWatcher: @unchecked Sendable {
                 return false
             }
         case .gcp:
-            guard let answer = try? await PlainHTTP.send("GET", gcpBase + "/computeMetadata/v1/instance/preempted", headers: [("Metadata-Flavor", "Google")], timeout: 1) else { return false }
+            guard let answer = try? await PlainHTTP.send("GET", gcpBase + "/computeMetadata/v1/instance/preempted", headers: [("Metadata-Flavor", "Google")], timeout: timeout) else { return false }
             return answer.status == 200 && answer.headers.first(name: "Metadata-Flavor") == "Google"
         case .azure:
-            guard let answer = try? await PlainHTTP.send("GET", azureBase + Self.azurePath, headers: [("Metadata", "true")], timeout: 1) else { return false }
+            guard let answer = try? await PlainHTTP.send("GET", azureBase + Self.azurePath, headers: [("Metadata", "true")], timeout: timeout) else { return false }
             return answer.status == 200 && (try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])?["Events"] != nil
         }
     }
@@ -220,7 +226,7 @@ public final class PreemptionWatcher: @unchecked Sendable {
             guard answer.status == 200, answer.text.trimmingCharacters(in: .whitespacesAndNewlines).uppercased() == "TRUE" else { return nil }
             return Notice(source: "gcp preemption", seenAt: Date(), deadline: Date().addingTimeInterval(30))
         case .azure:
-            guard let answer = try? await PlainHTTP.send("GET", azureBase + Self.azurePath, headers: [("Metadata", "true")], timeout: 2), answer.status == 200,
+            guard let answer = try? await PlainHTTP.send("GET", azureBase + Self.azurePath, headers: [("Metadata", "true")], timeout: max(2, timeout)), answer.status == 200,
                   let events = (try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])?["Events"] as? [[String: Any]] else { return nil }
             guard let preempt = events.first(where: { $0["EventType"] as? String == "Preempt" }) else { return nil }
             return Notice(source: "azure preempt", seenAt: Date(), deadline: (preempt["NotBefore"] as? String).flatMap(Self.httpDate))

@@ -370,7 +370,9 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
         let budget = Duration.milliseconds(Int64(retrySeconds * 1000))
         var delay = 0.25
         var lastError: (any Error)?
-        var refreshedCredentials = false
+        // Credentials refused as expired are fetched again, a few times: on a loaded machine the new
+        // ones may themselves arrive late.
+        var expiredRefusals = 0
         var redirects = 0
         var attempt = 0
         while true {
@@ -413,8 +415,8 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
                     state.learn(learned)
                     continue
                 }
-                if !refreshedCredentials, ["ExpiredToken", "TokenRefreshRequired", "ExpiredTokenException"].contains(response.errorCode ?? "") {
-                    refreshedCredentials = true
+                if expiredRefusals < 3, ["ExpiredToken", "TokenRefreshRequired", "ExpiredTokenException"].contains(response.errorCode ?? "") {
+                    expiredRefusals += 1
                     _ = try await self.credentials.refresh(after: credentials)
                     continue
                 }

@@ -393,7 +393,7 @@ struct RemoteTests {
                 imds.announceSpotAction(after: 1.5)
                 let run = try CLI.run(["--steps", "100000000", "--checkpoint-every", "1000000", "--hidden", "16", "--store", root + "/s",
                                        "--remote", "s3://notice/t", "--endpoint", server.endpoint],
-                                      environment: server.environment.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "CKSTORE_PREEMPTION_CLOUDS": "ec2"]) { $1 },
+                                      environment: server.environment.merging(["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "CKSTORE_PREEMPTION_CLOUDS": "ec2", "AWS_METADATA_SERVICE_TIMEOUT": "5"]) { $1 },
                                       program: "TrainLoop")
                 #expect(run.status == 0, "\(run.stdout) \(run.stderr)")
                 let line = try #require(run.stdout.split(separator: "\n").first { $0.contains("durable on s3://notice/t") }, "\(run.stdout)")

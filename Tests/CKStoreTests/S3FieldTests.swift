@@ -114,10 +114,12 @@ import Testing
                     #expect(await objects.credentials.fetches >= 3, "\(source.name)")
                     let fetched = try await objects.credentials.credentials().source
                     #expect(fetched == source.expected, "\(source.name): \(fetched)")
-                    // Refreshed before they expired, never because a server refused them. (A request signed just
-                    // before a refresh may still arrive late on a loaded machine and be refused as expired; the
-                    // credentials it carried had been replaced already, so no fetch is forced.)
-                    #expect(await objects.credentials.reactiveFetches == 0, "\(source.name): credentials were fetched only after a server refused them")
+                    // Refreshed before they expired, not because a server refused them: without the refresh
+                    // ahead of expiry every fetch after the first would be forced by a refusal. (A request
+                    // signed just before a refresh can still arrive late on a loaded machine and be refused.)
+                    let fetches = await objects.credentials.fetches
+                    let reactive = await objects.credentials.reactiveFetches
+                    #expect(reactive * 2 <= fetches - 1, "\(source.name): \(reactive) of \(fetches) fetches were forced by a server's refusal")
                 }
                 #expect(sts.actions.contains("AssumeRoleWithWebIdentity") && sts.actions.contains("AssumeRole"))
                 #expect(imds.unauthorized == 0)
