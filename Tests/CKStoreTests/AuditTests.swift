@@ -221,7 +221,7 @@ import Testing
                 // Make the catalogue one written before version 3.
                 let store = try CheckpointStore.open(at: root + "/store")
                 try store.withCatalogue { catalogue in
-                    try catalogue.database.execute("DROP TABLE pending_shards; DROP TABLE shard_chunks; DROP TABLE chunk_holds; DROP TABLE chunk_inputs; DROP TABLE remote_indexes; DROP TABLE remote_frames; DROP TABLE remote_commits; DROP TABLE remote_state; DROP INDEX chunks_by_base; DROP TABLE settings; DROP TABLE checkpoint_labels; DROP TABLE labels; ALTER TABLE chunks DROP COLUMN label; PRAGMA user_version = 2;")
+                    try catalogue.database.execute("DROP TABLE checkpoint_costs; DROP TABLE pending_shards; DROP TABLE shard_chunks; DROP TABLE chunk_holds; DROP TABLE chunk_inputs; DROP TABLE remote_indexes; DROP TABLE remote_frames; DROP TABLE remote_commits; DROP TABLE remote_state; DROP INDEX chunks_by_base; DROP TABLE settings; DROP TABLE checkpoint_labels; DROP TABLE labels; ALTER TABLE chunks DROP COLUMN label; PRAGMA user_version = 2;")
                 }
             }
             let reopened = try await Self.audit(root)

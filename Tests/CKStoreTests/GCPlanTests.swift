@@ -64,7 +64,8 @@ import Testing
             #expect(again.deleted.isEmpty && again.chunksReencoded == 0 && again.chunksFreed == 0)
             _ = try await store.restore(ids[3], to: root + "/out")
             #expect(try Files.tree(root + "/out") == (try Files.tree(root + "/in-5")))
-            #expect(try await store.verify(VerifyOptions(depth: .full)).ok)
+            let report = try await store.verify(VerifyOptions(depth: .full))
+            #expect(report.ok, "\(report)")
         }
     }
 

@@ -73,6 +73,7 @@ extension Catalogue {
             try database.execute("""
                 DELETE FROM checkpoint_chunks WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM checkpoint_labels WHERE checkpoint_id IN (SELECT id FROM temp.gc_deleted);
+                DELETE FROM checkpoint_costs WHERE checkpoint IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM checkpoints WHERE id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM shard_chunks WHERE manifest_id IN (SELECT id FROM temp.gc_deleted);
                 DELETE FROM pending_shards WHERE manifest_id IN (SELECT id FROM temp.gc_deleted);

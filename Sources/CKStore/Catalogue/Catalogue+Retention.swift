@@ -77,6 +77,7 @@ extension Catalogue {
     func deleteCheckpoint(_ id: CheckpointID) throws {
         try statement("DELETE FROM checkpoint_chunks WHERE checkpoint_id = ?").run([.blob(id.digest.bytes)])
         try statement("DELETE FROM checkpoint_labels WHERE checkpoint_id = ?").run([.blob(id.digest.bytes)])
+        try statement("DELETE FROM checkpoint_costs WHERE checkpoint = ?").run([.blob(id.digest.bytes)])
         try statement("DELETE FROM checkpoints WHERE id = ?").run([.blob(id.digest.bytes)])
     }
 

@@ -14,7 +14,14 @@ extension CheckpointStore {
             var pusher = Pusher(catalogue: catalogue, layout: layout, packs: PackReaderCache(layout: layout), remote: remote)
             pusher.jobs = max(1, jobs)
             pusher.progress = progress
-            return try await pusher.push(ids)
+            let report = try await pusher.push(ids)
+            // Each pushed checkpoint's share of the push, for `advise`.
+            let now = Date().timeIntervalSince1970
+            for id in report.pushed {
+                recordCost(CheckpointCost(checkpoint: id, kind: .push, seconds: report.seconds / Double(report.pushed.count),
+                                          bytes: report.bytesUploaded / Int64(report.pushed.count), recordedAt: now))
+            }
+            return report
         }
     }
 
