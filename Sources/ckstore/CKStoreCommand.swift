@@ -29,7 +29,7 @@ struct CKStoreCommand: AsyncParsableCommand {
         subcommands: [
             Init.self, Put.self, Get.self, List.self, Show.self, Verify.self, Repair.self, Settings.self, Policy.self, Pin.self, Unpin.self,
             Tag.self, Untag.self, Remove.self, GC.self, Audit.self, DiskUsage.self, RemoteCommand.self, Push.self, Pull.self,
-            Resume.self, Watch.self, Version.self, Completion.self,
+            Resume.self, Watch.self, Advise.self, Version.self, Completion.self,
         ]
     )
 }

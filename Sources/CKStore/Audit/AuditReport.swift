@@ -121,6 +121,9 @@ public struct AuditReport: Sendable, Codable, Equatable {
             /// Observed growth on disk per checkpoint: mean bytes added by the newest 10, plus the
             /// store's non-frame bytes (pack framing, catalogue) per checkpoint.
             public var bytesPerCheckpoint: Int64
+            /// What the run holds beyond its checkpoints' usual growth: the oldest checkpoint's excess over
+            /// it (a frozen base it stored), which stays whatever the policy deletes.
+            public var baseBytes: Int64 = 0
             /// The most checkpoints its policy keeps; nil when the policy lets the run grow.
             public var keptAtSteadyState: Int?
             /// The run's size once its policy keeps at most `keptAtSteadyState` checkpoints; nil when it grows.
@@ -129,7 +132,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
             public var moreCheckpoints: Int?
 
             enum CodingKeys: String, CodingKey {
-                case run, bytesPerCheckpoint, keptAtSteadyState, steadyStateBytes, moreCheckpoints
+                case run, bytesPerCheckpoint, baseBytes, keptAtSteadyState, steadyStateBytes, moreCheckpoints
             }
 
             // "Unbounded" is an explicit null in JSON, not a missing key.
@@ -137,6 +140,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
                 var container = encoder.container(keyedBy: CodingKeys.self)
                 try container.encode(run, forKey: .run)
                 try container.encode(bytesPerCheckpoint, forKey: .bytesPerCheckpoint)
+                try container.encode(baseBytes, forKey: .baseBytes)
                 try container.encode(keptAtSteadyState, forKey: .keptAtSteadyState)
                 try container.encode(steadyStateBytes, forKey: .steadyStateBytes)
                 try container.encode(moreCheckpoints, forKey: .moreCheckpoints)

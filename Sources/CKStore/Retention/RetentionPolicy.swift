@@ -142,8 +142,29 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// on top of the rules, so it is an upper bound.
     func steadyStateCount(pinned: Int, tagged: Int) -> Int? {
         guard hasKeepRules, keepEvery == nil, keepWithin == nil else { return nil }
+        return countedRules(pinned: pinned, tagged: tagged)
+    }
+
+    /// The checkpoints kept whatever the interval: the newest, `pinned`, `tagged`, and the rules that
+    /// count (keep-last, keep-best, one per hour, day, week or month).
+    private func countedRules(pinned: Int, tagged: Int) -> Int {
         let counted = [keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly].compactMap { $0 }.reduce(0, +)
         return 1 + pinned + tagged + counted + keepBest.reduce(0) { $0 + $1.count }
+    }
+
+    /// How many checkpoints of a run this policy keeps when one is made every `intervalSteps` steps,
+    /// `intervalSeconds` apart: the steady state when the policy bounds the run (`bounded`), else what it
+    /// keeps after `seconds` of training. `keep-within` keeps as many as its window spans; `keep-every`
+    /// one per bucket the checkpoints reach; no rule, every checkpoint made. An upper bound, like
+    /// ``steadyStateCount(pinned:tagged:)``.
+    func keptCount(intervalSteps: Int64, intervalSeconds: Double, after seconds: Double, pinned: Int, tagged: Int) -> (count: Int, bounded: Bool) {
+        let made = Int((seconds / intervalSeconds).rounded(.down))
+        guard hasKeepRules else { return (made, false) }
+        var count = countedRules(pinned: pinned, tagged: tagged)
+        if let keepWithin { count += Int((keepWithin / intervalSeconds).rounded(.up)) }
+        guard let keepEvery else { return (count, true) }
+        let buckets = Double(made) * Double(intervalSteps) / Double(max(keepEvery, intervalSteps))
+        return (count + Int(buckets.rounded(.down)), false)
     }
 
     /// The part a piece of a checkpoint belongs to: the first part whose globs match its file path or
