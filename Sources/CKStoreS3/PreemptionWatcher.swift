@@ -1,3 +1,4 @@
+import CKStore
 public import Foundation
 import NIOHTTP1
 
@@ -80,7 +81,9 @@ public final class PreemptionWatcher: @unchecked Sendable {
             lock.withLock { sources.append(source) }
         }
         let clouds = self.clouds
-        let detecting = Task { [weak self] () -> [Cloud] in
+        // Polled outside the cooperative pool, so that a busy process (a put hashing on every core) does
+        // not delay a notice.
+        let detecting = Task(executorPreference: DedicatedExecutor.shared) { [weak self] () -> [Cloud] in
             guard let self else { return [] }
             let found = await withTaskGroup(of: Cloud?.self) { group in
                 for cloud in clouds { group.addTask { await self.detect(cloud) ? cloud : nil } }
@@ -91,7 +94,7 @@ public final class PreemptionWatcher: @unchecked Sendable {
             let detected = clouds.filter(found.contains)
             self.lock.withLock { self.detected = detected }
             for cloud in detected where !Task.isCancelled {
-                let task = Task { [weak self] in
+                let task = Task(executorPreference: DedicatedExecutor.shared) { [weak self] in
                     guard let self else { return }
                     await self.watch(cloud)
                 }

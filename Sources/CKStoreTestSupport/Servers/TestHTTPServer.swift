@@ -1,3 +1,4 @@
+import CKStore
 import Foundation
 public import NIOCore
 public import NIOHTTP1
@@ -132,7 +133,8 @@ public final class TestHTTPServer: @unchecked Sendable {
                 let channel = context.channel
                 let keepAlive = head.isKeepAlive
                 let handler = self.handler
-                Task {
+                // Answered outside the cooperative pool: other tests may keep it busy.
+                Task(executorPreference: DedicatedExecutor.shared) {
                     let reply = await handler(request)
                     Self.send(reply, on: channel, keepAlive: keepAlive, head: head.method == .HEAD)
                 }
