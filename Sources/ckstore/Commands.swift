@@ -105,12 +105,14 @@ struct Put: AsyncParsableCommand {
     @Flag(help: "Store symbolic links that point outside the folder as the files they point to.") var followSymlinks = false
     @Flag(help: "Print a JSON object instead of the id.") var json = false
     @Option(help: "Push the checkpoint to this remote once it is committed (default: the store's push-on-commit remote, if any).") var push: String?
+    @Option(help: "S3 endpoint for a --push URL (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS).") var endpoint: String?
     @Option(help: ArgumentHelp("Store the folder as shard I of N of the checkpoint (rank I of a world of N, from 0): it is listed, resolved and retained only once all N shards are committed, here or on the remote pushed to.", valueName: "I/N")) var shard: String?
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
         if let epoch, !epoch.isFinite { throw ValidationError("--epoch takes a finite number, not \(epoch)") }
         if let step, step < 0 { throw ValidationError("--step takes a step of 0 or more, not \(step)") }
+        if endpoint != nil && push == nil { throw ValidationError("--endpoint is the S3 endpoint of a --push URL; give --push too") }
         for pair in metrics {
             guard let (_, value) = Self.split(pair), Double(value) != nil else {
                 throw ValidationError("--metric takes KEY=NUMBER, not \(pair)")
@@ -160,7 +162,7 @@ struct Put: AsyncParsableCommand {
         var pushed: PushReport?
         let pushOnCommit = try checkpointStore.remotes().pushOnCommit
         if let name = push ?? pushOnCommit {
-            let remote = try RemoteOption.connect(checkpointStore, remote: name)
+            let remote = try RemoteOption.connect(checkpointStore, remote: name, endpoint: push == nil ? nil : endpoint)
             if let shard = result.shard {
                 pushed = try await checkpointStore.pushShard(result.id, run: run, step: result.step, shard: shard, to: remote)
             } else {

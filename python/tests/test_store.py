@@ -128,6 +128,21 @@ def test_push_and_pull_through_a_folder_remote(store, tmp_path):
     assert store.push(["r@7"], remote="file://" + str(tmp_path / "remote")).already_present == [put.id]
 
 
+def test_a_store_s_endpoint_reaches_a_put_s_push_url(tmp_path, seaweedfs, monkeypatch):
+    """Store(endpoint=…) applies to put(push=URL) as to push and pull (ckstore.torch.save pushes through put),
+    with no AWS_ENDPOINT_URL in the environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ckstoretest")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ckstoretest-secret-key")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = ckstore.Store(str(tmp_path / "s"), create=True, endpoint=seaweedfs)
+    write_checkpoint(tmp_path / "c", 3)
+    put = store.put(str(tmp_path / "c"), run="r", push="s3://hf-spot/endpoint")
+    assert put.push is not None and put.push.pushed == [put.id]
+    assert [c.step for c in store.ls(remote="s3://hf-spot/endpoint")] == [3]
+
+
 def test_shards_stay_pending_until_every_rank_put_its_own_and_a_pending_step_can_be_removed(store, tmp_path):
     for rank in (0, 1):
         folder = tmp_path / f"rank{rank}"

@@ -201,6 +201,8 @@ class Store:
             arguments += ["--meta", f"{key}={value}"]
         if push is not None:
             arguments += ["--push", push]
+            if self.endpoint and "://" in push:
+                arguments += ["--endpoint", self.endpoint]
         payload = self._runner.run(arguments)
         pushed = payload.pop("push", None)
         result = _build(PutResult, payload)
