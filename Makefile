@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv python-test test-deps test demo build release schema bench compare remote-bench real-series bench-deps fuzz clean man install uninstall torture
+.PHONY: deps venv python-test test-deps test demo build release schema bench compare remote-bench notice-bench real-series bench-deps fuzz clean man install uninstall torture
 
 deps:
 	@missing=""; \
@@ -108,6 +108,12 @@ bench: bench-deps release
 remote-bench: bench-deps venv release
 	rm -f Benchmarks/.build/release.yaml Benchmarks/.build/release/description.json
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-remote-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
+
+# Notice to durable (issue 27): a spot notice to a GPT-2-small checkpoint on SeaweedFS, beside torch.save
+# followed by rclone copy; about 8 minutes and 12 GiB of scratch on 2 cores.
+notice-bench: bench-deps venv release
+	$(VENV)/bin/pip install -q --no-deps ./python
+	CKSTORE_BIN="$$($(SWIFT) build -c release --show-bin-path)/ckstore" $(VENV)/bin/python Benchmarks/python/notice_to_durable.py --rounds 6
 
 # ckstore beside restic, borg and zstd on simulated training series (issue 6); about 15 minutes, 8 GiB of scratch.
 compare: bench-deps release
