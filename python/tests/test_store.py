@@ -163,3 +163,31 @@ def test_shards_stay_pending_until_every_rank_put_its_own_and_a_pending_step_can
     store.put(str(tmp_path / "rank1"), run="job", step=5, shard=(1, 2))
     assert [p.step for p in store.rm_pending("job", 5)] == [5]
     assert store.pending("job") == []
+
+
+def test_advise_from_what_the_store_measured(store, tmp_path):
+    """Store.advise over `ckstore advise`: the Young–Daly interval from the measured puts and steps
+    (AdviseTests checks the figures against hand-computed ones), as dataclasses."""
+    import math
+    import time
+
+    for step in (10, 20, 30):
+        write_checkpoint(tmp_path / f"c{step}", step)
+        store.put(str(tmp_path / f"c{step}"), run="r")
+        time.sleep(1.1)  # checkpoints made at different times: the rate of progress
+    advice = store.advise("r", mtbf="6h", compute_cost_per_hour=3)
+    assert isinstance(advice, ckstore.Advice) and isinstance(advice.current, ckstore.AdviceInterval)
+    assert advice.checkpoint_seconds_source == "measured" and advice.put_seconds > 0 and advice.push_seconds is None
+    assert advice.mtbf_seconds == 21600 and advice.current.steps == 10
+    assert math.isclose(advice.young_daly_seconds, math.sqrt(2 * advice.checkpoint_seconds * 21600))
+    assert advice.advised.steps == max(1, round(advice.young_daly_seconds / advice.seconds_per_step))
+    assert math.isclose(advice.current.lost_cost_per_interruption, advice.current.seconds / 2 / 3600 * 3)
+    assert advice.current.storage_cost_per_month is None and not advice.current.bounded
+    # Seconds, or interruptions a day, are the same MTBF; a given C replaces the measured one.
+    assert store.advise("r", mtbf=21600).young_daly_seconds == advice.young_daly_seconds
+    given = store.advise("r", interruptions_per_day=4, checkpoint_seconds=50)
+    assert given.checkpoint_seconds_source == "given" and math.isclose(given.young_daly_seconds, math.sqrt(2 * 50 * 21600))
+    with pytest.raises(ckstore.UsageError):
+        store.advise("r")
+    with pytest.raises(ckstore.CheckpointNotFound):
+        store.advise("nope", mtbf="1h")

@@ -14,10 +14,10 @@ from .errors import (
     RemoteError,
     UsageError,
 )
-from .store import Checkpoint, PendingCheckpoint, PullResult, PushResult, PutResult, RestoreResult, ResumeResult, Store
+from .store import Advice, AdviceInterval, Checkpoint, PendingCheckpoint, PullResult, PushResult, PutResult, RestoreResult, ResumeResult, Store
 
 __all__ = [
-    "Store", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult", "ResumeResult",
+    "Store", "Advice", "AdviceInterval", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult", "ResumeResult",
     "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
 ]
 __version__ = "0.9.0"

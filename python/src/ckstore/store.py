@@ -128,6 +128,46 @@ class ResumeResult:
     bytes_downloaded: int = 0
 
 
+@dataclass(frozen=True)
+class AdviceInterval:
+    """The figures of ``advise`` at one checkpoint interval."""
+    steps: int
+    seconds: float
+    minutes: float
+    #: Compute one interruption is expected to lose: half an interval.
+    lost_seconds_per_interruption: float
+    #: C/T + T/(2·MTBF): the share of the machine spent checkpointing or redoing work.
+    overhead_fraction: float
+    checkpoints_per_day: float
+    #: Checkpoints the run's policy keeps: at its steady state when ``bounded``, else after 30 days.
+    kept_checkpoints: int
+    bounded: bool
+    stored_bytes: int
+    #: In money, when the prices were given.
+    lost_cost_per_interruption: Optional[float] = None
+    storage_cost_per_month: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Advice:
+    """``advise``: the Young–Daly interval √(2·C·MTBF) from what the store measured, against today's."""
+    run: str
+    policy: str
+    mtbf_seconds: float
+    #: C: seconds from a save to durable (median put + median push), ``checkpoint_seconds_source``
+    #: ``"measured"`` or ``"given"``.
+    checkpoint_seconds: float
+    checkpoint_seconds_source: str
+    seconds_per_step: float
+    bytes_per_checkpoint: int
+    base_bytes: int
+    young_daly_seconds: float
+    current: AdviceInterval
+    advised: AdviceInterval
+    put_seconds: Optional[float] = None
+    push_seconds: Optional[float] = None
+
+
 def _build(cls, payload: Mapping[str, Any]):
     """A dataclass from a JSON object, ignoring fields a newer binary adds."""
     names = cls.__dataclass_fields__.keys()
@@ -355,6 +395,24 @@ class Store:
         if budget is not None:
             arguments += ["--budget", budget]
         return self._runner.run(arguments)
+
+    def advise(self, run: str, mtbf: Optional[Any] = None, interruptions_per_day: Optional[float] = None,
+               compute_cost_per_hour: Optional[float] = None, storage_cost_per_gb_month: Optional[float] = None,
+               checkpoint_seconds: Optional[float] = None) -> Advice:
+        """How often to checkpoint ``run`` (``ckstore advise``): ``mtbf`` is the mean time between
+        interruptions, in seconds or as a duration (``"6h"``); or give ``interruptions_per_day``."""
+        arguments = ["advise", run]
+        if mtbf is not None:
+            arguments += ["--mtbf", mtbf if isinstance(mtbf, str) else f"{float(mtbf)!r}s"]
+        options = {"--interruptions-per-day": interruptions_per_day, "--compute-cost-per-hour": compute_cost_per_hour,
+                   "--storage-cost-per-gb-month": storage_cost_per_gb_month, "--checkpoint-seconds": checkpoint_seconds}
+        for flag, value in options.items():
+            if value is not None:
+                arguments += [flag, repr(float(value))]
+        payload = dict(self._runner.run(arguments))
+        for key in ("current", "advised"):
+            payload[key] = _build(AdviceInterval, payload[key])
+        return _build(Advice, payload)
 
     # Remotes
 
