@@ -86,7 +86,7 @@ struct Advise: AsyncParsableCommand {
             ("lost per interruption", { duration($0.lostSecondsPerInterruption) + ($0.lostCostPerInterruption.map { String(format: " ($%.2f)", $0) } ?? "") }),
             ("overhead", { String(format: "%.1f%%", $0.overheadFraction * 100) }),
             ("kept checkpoints", { "\($0.keptCheckpoints)" + ($0.bounded ? "" : " after 30 days (grows)") }),
-            ("stored", { bytes($0.storedBytes) + ($0.storageCostPerMonth.map { String(format: ", $%.2f a month", $0) } ?? "") }),
+            ("stored", { AuditText.bytes($0.storedBytes) + ($0.storageCostPerMonth.map { String(format: ", $%.2f a month", $0) } ?? "") }),
         ]
         Swift.print("\("".padding(toLength: 24, withPad: " ", startingAt: 0))\("now".padding(toLength: 34, withPad: " ", startingAt: 0))advised (Young–Daly)")
         for (name, value) in rows {
@@ -103,5 +103,4 @@ struct Advise: AsyncParsableCommand {
         }
     }
 
-    static func bytes(_ value: Int64) -> String { String(describing: ByteCount(value)) }
 }

@@ -64,6 +64,7 @@ import Glibc
             let cases: [([String], String)] = [
                 (["put", root + "/src", "--run", "r", "--step", "-1"], "--step"),
                 (["put", root + "/src", "--run", "r", "--epoch", "nan"], "--epoch"),
+                (["put", root + "/src", "--run", "r", "--endpoint", "http://127.0.0.1:9"], "give --push too"),
                 (["policy", "set", "r", "--keep-last", "-1"], "--keep-last"),
                 (["gc", "--budget", "-5GB"], "negative"),
                 (["verify", "--sample", "-3"], "--sample"),

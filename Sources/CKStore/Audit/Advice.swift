@@ -138,7 +138,9 @@ extension CheckpointStore {
         let currentSteps = Int64(Self.median(pairs.map { Double($1.step - $0.step) }) ?? 1)
 
         // Storage: the audit's projection of the run, and the policy's count at each interval.
-        let projection = try await audit(AuditOptions(run: run, budget: Int64.max)).budget?.runs.first { $0.run == run }
+        var auditOptions = AuditOptions(run: run, budget: Int64.max)
+        auditOptions.largestTensors = 0
+        let projection = try await audit(auditOptions).budget?.runs.first { $0.run == run }
         let bytesPerCheckpoint = projection?.bytesPerCheckpoint ?? 0
         let baseBytes = projection?.baseBytes ?? 0
         let (policy, _) = try CKStoreError.wrapping("reading the policy of \(run)") { try self.policy(run: run) }

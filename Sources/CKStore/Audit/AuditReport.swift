@@ -123,7 +123,7 @@ public struct AuditReport: Sendable, Codable, Equatable {
             public var bytesPerCheckpoint: Int64
             /// What the run holds beyond its checkpoints' usual growth: the oldest checkpoint's excess over
             /// it (a frozen base it stored), which stays whatever the policy deletes.
-            public var baseBytes: Int64 = 0
+            public var baseBytes: Int64
             /// The most checkpoints its policy keeps; nil when the policy lets the run grow.
             public var keptAtSteadyState: Int?
             /// The run's size once its policy keeps at most `keptAtSteadyState` checkpoints; nil when it grows.

@@ -177,9 +177,8 @@ struct Auditor {
             let base = max(0, (mine.min { $0.createdAt < $1.createdAt }?.storedBytesAdded ?? 0) - run.averageAddedBytes)
             let steady = bound.map { Int64($0) * growth + base }
             steadyTotal = steadyTotal.flatMap { total in steady.map { total + $0 } }
-            var projection = AuditReport.Budget.RunProjection(run: run.run, bytesPerCheckpoint: growth, keptAtSteadyState: bound, steadyStateBytes: steady, moreCheckpoints: nil)
-            projection.baseBytes = base
-            projections.append(projection)
+            projections.append(AuditReport.Budget.RunProjection(run: run.run, bytesPerCheckpoint: growth, baseBytes: base, keptAtSteadyState: bound,
+                                                                steadyStateBytes: steady, moreCheckpoints: nil))
         }
         let settles = steadyTotal.map { $0 <= budget } ?? false
         for index in projections.indices {

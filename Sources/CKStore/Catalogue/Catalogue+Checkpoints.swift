@@ -75,6 +75,8 @@ extension Catalogue {
         var storedBytesAdded: Int64
         /// Every chunk the checkpoint needs, the manifest frame included, with its number of uses.
         var chunkUses: [ChunkDigest: Int]
+        /// What the put took up to its commit, recorded for `advise` (nil for pulls and repairs).
+        var putSeconds: Double? = nil
     }
 
     /// Inserts the checkpoint row and its references. Runs inside the put's transaction.
@@ -102,5 +104,8 @@ extension Catalogue {
         let metric = try statement("INSERT INTO metrics (checkpoint_id, key, value) VALUES (?, ?, ?)")
         // SQLite stores a NaN REAL as NULL; a diverged run's loss is kept as the text NaN instead.
         for (key, value) in manifest.metrics.sorted(by: { $0.key < $1.key }) { try metric.run([id, .text(key), value.isNaN ? .text("NaN") : .real(value)]) }
+        if let seconds = checkpoint.putSeconds {
+            try recordCost(CheckpointCost(checkpoint: checkpoint.id, kind: .put, seconds: seconds, bytes: checkpoint.storedBytesAdded, recordedAt: now))
+        }
     }
 }

@@ -41,7 +41,7 @@ extension Archiver {
             manifest.itemNames = session.itemNamesHeldElsewhere(than: inputs)
             return try commitShard(manifest, shard: shard, session: session, warnings: warnings, started: started, seams: seams)
         }
-        let result = try commitCheckpoint(manifest, session: session, seams: seams)
+        let result = try commitCheckpoint(manifest, session: session, seams: seams, started: started)
         trace.mark("packs sealed, catalogue committed and commit recorded")
         return PutResult(id: result.id, run: options.run, step: step, logicalBytes: manifest.logicalBytes, storedBytesAdded: session.bytesAdded,
                          chunksTotal: manifest.chunkCount, chunksNew: session.newChunkCount, seconds: (ContinuousClock.now - started) / .seconds(1),
@@ -209,7 +209,7 @@ extension Archiver {
     ///
     /// - Throws: `conflict` when the run has other content at that step, or pending shards there;
     ///   `damaged` when a commit record names a checkpoint there that the catalogue lost.
-    private static func commitCheckpoint(_ manifest: Manifest, session: Archiver, seams: PutSeams) throws -> (id: CheckpointID, alreadyStored: Bool) {
+    private static func commitCheckpoint(_ manifest: Manifest, session: Archiver, seams: PutSeams, started: ContinuousClock.Instant) throws -> (id: CheckpointID, alreadyStored: Bool) {
         let run = manifest.run, step = manifest.step
         let contentDigest = try manifest.contentDigest()
         let committer = session.committer
@@ -255,7 +255,9 @@ extension Archiver {
         try session.appendManifest(manifestBytes, digest: id.digest)
         return try session.commit { (catalogue, added) throws -> Committer.Decision<(id: CheckpointID, alreadyStored: Bool)> in
             if let id = try existing(in: catalogue) { return .keep((id: id, alreadyStored: true), record: rerecord(id)) }
-            let new = Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses)
+            // What this put took, for `advise`: recorded in its own transaction, not in one more.
+            let new = Catalogue.NewCheckpoint(id: id, manifest: manifest, contentDigest: contentDigest, storedBytesAdded: added, chunkUses: uses,
+                                              putSeconds: (ContinuousClock.now - started) / .seconds(1))
             return .commit(.checkpoint(new), (id: id, alreadyStored: false))
         }
     }

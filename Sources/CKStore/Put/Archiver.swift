@@ -76,13 +76,7 @@ extension CheckpointStore {
     /// Puts the files `inputs` as one checkpoint: the core of ``put(directory:options:)`` and of saves from
     /// memory. `what` names the checkpoint in errors.
     func put(_ inputs: [PutInput], options: PutOptions, describing what: String, defaultStep: Int64?) async throws -> PutResult {
-        let result = try await Archiver.put(inputs, options: options, describing: what, defaultStep: defaultStep, seams: putSeams())
-        if !result.alreadyStored, result.shard == nil {
-            // What this checkpoint cost, for `advise`; a measurement that cannot be recorded is only lost.
-            recordCost(CheckpointCost(checkpoint: result.id, kind: .put, seconds: result.seconds, bytes: result.storedBytesAdded,
-                                      recordedAt: Date().timeIntervalSince1970))
-        }
-        return result
+        try await Archiver.put(inputs, options: options, describing: what, defaultStep: defaultStep, seams: putSeams())
     }
 
     /// The characters a run name may hold besides letters and digits (of any script).

@@ -17,10 +17,10 @@ extension CheckpointStore {
             let report = try await pusher.push(ids)
             // Each pushed checkpoint's share of the push, for `advise`.
             let now = Date().timeIntervalSince1970
-            for id in report.pushed {
-                recordCost(CheckpointCost(checkpoint: id, kind: .push, seconds: report.seconds / Double(report.pushed.count),
-                                          bytes: report.bytesUploaded / Int64(report.pushed.count), recordedAt: now))
-            }
+            recordCosts(report.pushed.map {
+                CheckpointCost(checkpoint: $0, kind: .push, seconds: report.seconds / Double(report.pushed.count),
+                               bytes: report.bytesUploaded / Int64(report.pushed.count), recordedAt: now)
+            })
             return report
         }
     }

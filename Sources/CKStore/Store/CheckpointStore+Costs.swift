@@ -1,9 +1,11 @@
 import Foundation
 
 extension CheckpointStore {
-    /// Records what a put or a push cost; a measurement the catalogue cannot take is dropped.
-    func recordCost(_ cost: CheckpointCost) {
-        try? withCatalogue { catalogue in try catalogue.write { try catalogue.recordCost(cost) } }
+    /// Records what pushes cost, in one transaction; measurements the catalogue cannot take are dropped
+    /// (they are a cache for `advise`, never worth failing a push for).
+    func recordCosts(_ costs: [CheckpointCost]) {
+        guard !costs.isEmpty else { return }
+        try? withCatalogue { catalogue in try catalogue.write { for cost in costs { try catalogue.recordCost(cost) } } }
     }
 
     /// The recorded put and push costs of a run's checkpoints, oldest first.
