@@ -25,11 +25,9 @@ struct Audit: AsyncParsableCommand {
 
     func validate() throws {
         guard top >= 0 else { throw ValidationError("--top may not be negative") }
-        do {
+        try asValidation {
             _ = try budget.map { try ByteCount(parsing: $0) }
             _ = try whatIf.map { try RetentionPolicy(parsingRules: $0) }
-        } catch let error as CKStoreError {
-            throw ValidationError(error.message)
         }
     }
 
@@ -68,10 +66,6 @@ struct DiskUsage: AsyncParsableCommand {
         var diskBytes: Int64
         var deadBytes: Int64
         var runs: [AuditReport.Run]
-
-        enum CodingKeys: String, CodingKey {
-            case runs, logicalBytes, storedBytes, diskBytes, deadBytes
-        }
     }
 
     func run() async throws {

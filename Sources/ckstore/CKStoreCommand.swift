@@ -120,3 +120,13 @@ enum Terminal {
     }
     static func warning(_ text: String) { standardError("ckstore: warning: " + text) }
 }
+
+/// Runs a check of an option's value in `validate()`, so that a value the library refuses is reported as
+/// a usage error (exit 2, with the command's usage) rather than a failure of the command.
+func asValidation<T>(_ check: () throws -> T) throws -> T {
+    do {
+        return try check()
+    } catch let error as CKStoreError {
+        throw ValidationError(error.message)
+    }
+}

@@ -262,19 +262,10 @@ struct List: AsyncParsableCommand {
             let list = remote.remote != nil
                 ? try await checkpointStore.remotePendingCheckpoints(try remote.connect(checkpointStore), run: run)
                 : try checkpointStore.pendingCheckpoints(run: run)
-            if json {
-                try JSONOutput.print(list)
-                return
-            }
-            if list.isEmpty {
-                Terminal.standardError(run.map { "no pending checkpoints in run \($0)" } ?? "no pending checkpoints")
-                return
-            }
-            let rows = list.map {
+            try show(list, what: "pending checkpoints", ["RUN", "STEP", "SHARDS", "MISSING", "FIRST SHARD", "SIZE"]) {
                 [$0.run, String($0.step), "\($0.shards.count)/\($0.shardCount)", $0.missing.map(String.init).joined(separator: ","),
                  Format.date($0.createdAt), ByteCount($0.logicalBytes).description]
             }
-            print(Format.table(["RUN", "STEP", "SHARDS", "MISSING", "FIRST SHARD", "SIZE"], rows))
             return
         }
         let checkpoints: [CheckpointSummary]
@@ -284,20 +275,22 @@ struct List: AsyncParsableCommand {
         } else {
             checkpoints = try store.open().list(run: run)
         }
-        if json {
-            try JSONOutput.print(checkpoints)
-            return
-        }
-        if checkpoints.isEmpty {
-            Terminal.standardError(run.map { "no checkpoints in run \($0)" } ?? "no checkpoints")
-            return
-        }
-        let rows = checkpoints.map {
+        try show(checkpoints, what: "checkpoints", ["ID", "RUN", "STEP", "CREATED", "SIZE", "METRICS", "TAGS", "NOTES"]) {
             let notes = ($0.pinned ? ["pinned"] : []) + $0.droppedParts.map { "\($0) dropped" }
             return [$0.id.short, $0.run, String($0.step), Format.date($0.createdAt), ByteCount($0.logicalBytes).description,
                     Format.metrics($0.metrics), $0.tags.joined(separator: ","), notes.joined(separator: ", ")]
         }
-        print(Format.table(["ID", "RUN", "STEP", "CREATED", "SIZE", "METRICS", "TAGS", "NOTES"], rows))
+    }
+
+    /// Prints `items` as JSON or as a table, or says on stderr that there are none.
+    private func show<Item: Encodable>(_ items: [Item], what: String, _ header: [String], row: (Item) -> [String]) throws {
+        if json {
+            try JSONOutput.print(items)
+        } else if items.isEmpty {
+            Terminal.standardError(run.map { "no \(what) in run \($0)" } ?? "no \(what)")
+        } else {
+            print(Format.table(header, items.map(row)))
+        }
     }
 }
 

@@ -25,11 +25,7 @@ struct Verify: AsyncParsableCommand {
     func validate() throws {
         if full && sample != nil { throw ValidationError("--full and --sample exclude each other") }
         if let sample, !(sample > 0 && sample <= 100) { throw ValidationError("--sample takes a percentage above 0 and at most 100") }
-        do {
-            _ = try RetentionPolicy.parseDuration(pendingAge)
-        } catch let error as CKStoreError {
-            throw ValidationError(error.message)
-        }
+        _ = try asValidation { try RetentionPolicy.parseDuration(pendingAge) }
     }
 
     func run() async throws {

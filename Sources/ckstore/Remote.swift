@@ -177,10 +177,6 @@ struct RemoteList: AsyncParsableCommand {
         var credentials: String?
         /// The bucket region this store learned from the server, if it learned one.
         var learnedRegion: String?
-
-        enum CodingKeys: String, CodingKey {
-            case name, url, endpoint, region, pathStyle, virtualHosted, pushOnCommit, unsafeUnconditionalCommits, credentials, learnedRegion
-        }
     }
 
     func run() async throws {

@@ -39,37 +39,27 @@ struct PolicySet: AsyncParsableCommand {
 
     func validate() throws {
         guard (run != nil) != isDefault else { throw ValidationError("give a RUN or --default") }
-        let counts: [(String, Int?)] = [("--keep-last", keepLast), ("--keep-hourly", keepHourly), ("--keep-daily", keepDaily), ("--keep-weekly", keepWeekly),
-                                         ("--keep-monthly", keepMonthly), ("--drop-optimizer-after", dropOptimizerAfter)]
-        for (flag, value) in counts {
-            if let value, value < 0 { throw ValidationError("\(flag) takes a count of 0 or more, not \(value)") }
-        }
-        if let keepEvery, keepEvery <= 0 { throw ValidationError("--keep-every takes a positive step count") }
-        for spec in part where !spec.contains("=") { throw ValidationError("--part takes NAME=GLOB, not \(spec)") }
         do {
-            _ = try keepBest.map { try RetentionPolicy.Best(parsing: $0) }
-            _ = try keepWithin.map { try RetentionPolicy.parseDuration($0) }
+            _ = try policy()
         } catch let error as CKStoreError {
-            throw ValidationError(error.message)
+            // The rules' parser names a rule as `audit --what-if` spells it (keep-last); here it is a flag.
+            throw ValidationError(error.message.hasPrefix("unknown") ? error.message : "--" + error.message)
         }
     }
 
+    /// The policy the flags set, read by the rules' one parser.
+    private func policy() throws -> RetentionPolicy {
+        let single: [(String, String?)] = [
+            ("keep-last", keepLast.map(String.init)), ("keep-every", keepEvery.map(String.init)), ("keep-within", keepWithin),
+            ("keep-hourly", keepHourly.map(String.init)), ("keep-daily", keepDaily.map(String.init)), ("keep-weekly", keepWeekly.map(String.init)),
+            ("keep-monthly", keepMonthly.map(String.init)), ("drop-optimizer-after", dropOptimizerAfter.map(String.init)),
+        ]
+        let repeated = keepBest.map { ("keep-best", $0) } + keepTag.map { ("keep-tag", $0) } + part.map { ("part", $0) }
+        return try RetentionPolicy(rules: single.compactMap { key, value in value.map { (key, $0) } } + repeated)
+    }
+
     func run() async throws {
-        var policy = RetentionPolicy()
-        policy.keepLast = keepLast
-        policy.keepBest = try keepBest.map { try RetentionPolicy.Best(parsing: $0) }
-        policy.keepEvery = keepEvery
-        policy.keepWithin = try keepWithin.map { try RetentionPolicy.parseDuration($0) }
-        policy.keepHourly = keepHourly
-        policy.keepDaily = keepDaily
-        policy.keepWeekly = keepWeekly
-        policy.keepMonthly = keepMonthly
-        policy.keepTags = keepTag
-        policy.dropOptimizerAfter = dropOptimizerAfter
-        for spec in part {
-            let name = String(spec.prefix { $0 != "=" }), glob = String(spec.drop { $0 != "=" }.dropFirst())
-            policy.parts[name, default: []].append(glob)
-        }
+        let policy = try policy()
         let checkpointStore = try store.open(create: true)
         try checkpointStore.setPolicy(policy, run: run)
         if json {
@@ -148,54 +138,47 @@ struct PolicyClear: AsyncParsableCommand {
     }
 }
 
-struct Pin: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Pin a checkpoint: no retention rule deletes it, and rm needs --force.")
+/// The checkpoint that pin, unpin, tag and untag change.
+struct MarkedCheckpoint: ParsableArguments {
     @OptionGroup var store: StoreOptions
     @Argument(help: "The checkpoint.") var reference: String
 
-    func run() async throws {
+    /// Makes `change` to the checkpoint and says `done` with its short id and `detail`.
+    func change(_ done: String, _ detail: String = "", _ change: (CheckpointStore, CheckpointID) throws -> Void) async throws {
         let (checkpointStore, id) = try await store.resolve(reference)
-        try checkpointStore.setPinned(id, true)
-        print("pinned \(id.short)")
+        try change(checkpointStore, id)
+        print("\(done) \(id.short)\(detail)")
     }
+}
+
+struct Pin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Pin a checkpoint: no retention rule deletes it, and rm needs --force.")
+    @OptionGroup var checkpoint: MarkedCheckpoint
+
+    func run() async throws { try await checkpoint.change("pinned") { try $0.setPinned($1, true) } }
 }
 
 struct Unpin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Unpin a checkpoint.")
-    @OptionGroup var store: StoreOptions
-    @Argument(help: "The checkpoint.") var reference: String
+    @OptionGroup var checkpoint: MarkedCheckpoint
 
-    func run() async throws {
-        let (checkpointStore, id) = try await store.resolve(reference)
-        try checkpointStore.setPinned(id, false)
-        print("unpinned \(id.short)")
-    }
+    func run() async throws { try await checkpoint.change("unpinned") { try $0.setPinned($1, false) } }
 }
 
 struct Tag: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Add a tag to a checkpoint.")
-    @OptionGroup var store: StoreOptions
-    @Argument(help: "The checkpoint.") var reference: String
+    @OptionGroup var checkpoint: MarkedCheckpoint
     @Argument(help: "The tag.") var tag: String
 
-    func run() async throws {
-        let (checkpointStore, id) = try await store.resolve(reference)
-        try checkpointStore.setTag(id, tag, present: true)
-        print("tagged \(id.short) \(tag)")
-    }
+    func run() async throws { try await checkpoint.change("tagged", " \(tag)") { try $0.setTag($1, tag, present: true) } }
 }
 
 struct Untag: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Remove a tag from a checkpoint.")
-    @OptionGroup var store: StoreOptions
-    @Argument(help: "The checkpoint.") var reference: String
+    @OptionGroup var checkpoint: MarkedCheckpoint
     @Argument(help: "The tag.") var tag: String
 
-    func run() async throws {
-        let (checkpointStore, id) = try await store.resolve(reference)
-        try checkpointStore.setTag(id, tag, present: false)
-        print("untagged \(id.short) \(tag)")
-    }
+    func run() async throws { try await checkpoint.change("untagged", " \(tag)") { try $0.setTag($1, tag, present: false) } }
 }
 
 struct Remove: AsyncParsableCommand {
@@ -219,10 +202,6 @@ struct Remove: AsyncParsableCommand {
         var chunksFreed: Int?
         var packsDeleted: Int?
         var packsRewritten: Int?
-
-        enum CodingKeys: String, CodingKey {
-            case removed, pending, dryRun, bytesFreed, chunksFreed, packsDeleted, packsRewritten
-        }
     }
 
     func validate() throws {
@@ -268,7 +247,7 @@ struct Remove: AsyncParsableCommand {
         let summaries = try ids.map { try checkpointStore.summary(of: $0) }
         try checkpointStore.remove(ids, force: force)
         if json {
-            try JSONOutput.print(Report(dryRun: false, removed: summaries.map { GCReport.Deleted(id: $0.id, run: $0.run, step: $0.step) }))
+            try JSONOutput.print(Report(dryRun: false, removed: summaries.map(GCReport.Deleted.init)))
             return
         }
         print("removed \(ids.map(\.short).joined(separator: ", ")); run `ckstore gc` to free their bytes")
@@ -300,12 +279,10 @@ struct GC: AsyncParsableCommand {
 
     func validate() throws {
         guard repackThreshold >= 0 && repackThreshold <= 1 else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
-        do {
+        try asValidation {
             _ = try budget.map { try ByteCount(parsing: $0) }
             _ = try RetentionPolicy.parseDuration(grace)
             _ = try RetentionPolicy.parseDuration(pendingAge)
-        } catch let error as CKStoreError {
-            throw ValidationError(error.message)
         }
     }
 

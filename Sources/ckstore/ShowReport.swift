@@ -25,10 +25,6 @@ struct ShowReport: Encodable {
         var optimizer: OptimizerSummary?
         /// In a checkpoint put as shards: the shards (ranks) that wrote this file.
         var shards: [Int]?
-
-        enum CodingKeys: String, CodingKey {
-            case path, format, size, mode, sha256, digest, chunks, tensors, optimizer, shards, linkTarget
-        }
     }
 
     var id: String
@@ -49,11 +45,6 @@ struct ShowReport: Encodable {
     var droppedFiles: [String]
     /// In a checkpoint put as shards: how many.
     var shardCount: Int?
-
-    enum CodingKeys: String, CodingKey {
-        case id, run, step, epoch, parent, metrics, tags, metadata, files, shardCount, createdAt, logicalBytes
-        case storedBytesAdded, chunkCount, modelConfig, pinned, droppedFiles
-    }
 
     init(id: CheckpointID, manifest: Manifest, summary: CheckpointSummary, dropped: [String: String]) {
         pinned = summary.pinned

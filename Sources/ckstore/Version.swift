@@ -17,10 +17,6 @@ struct Version: AsyncParsableCommand {
         var manifestFormat = CKStoreVersion.manifestFormat
         var catalogueSchema = CKStoreVersion.catalogueSchema
         var frameEncodings = CKStoreVersion.frameEncodings
-
-        enum CodingKeys: String, CodingKey {
-            case version, packFormat, manifestFormat, catalogueSchema, frameEncodings
-        }
     }
 
     func run() async throws {

@@ -49,10 +49,6 @@ struct Watch: AsyncParsableCommand {
         var alreadyStored: Bool
         var pushed: Bool
         var seconds: Double
-
-        enum CodingKeys: String, CodingKey {
-            case folder, id, run, step, alreadyStored, pushed, seconds
-        }
     }
 
     func run() async throws {

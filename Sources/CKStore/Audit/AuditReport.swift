@@ -45,11 +45,6 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var averageAddedBytes: Int64
         /// `storedBytes` over the store's stored bytes (shared frames count for every run needing them).
         public var share: Double
-
-        enum CodingKeys: String, CodingKey {
-            case run, checkpoints, policy, share, logicalBytes, storedBytes, exclusiveBytes, addedBytes
-            case keptByPolicy, averageAddedBytes
-        }
     }
 
     /// What one checkpoint costs.
@@ -74,10 +69,6 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var pinned: Bool
         /// Its metrics.
         public var metrics: [String: Double]
-
-        enum CodingKeys: String, CodingKey {
-            case id, run, step, pinned, metrics, createdAt, logicalBytes, addedBytes, exclusiveBytes, sharedBytes
-        }
     }
 
     /// Bytes of one part: weights, optimizer or other.
@@ -88,10 +79,6 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var logicalBytes: Int64
         /// Frames of the part's chunks.
         public var storedBytes: Int64
-
-        enum CodingKeys: String, CodingKey {
-            case part, logicalBytes, storedBytes
-        }
     }
 
     /// A tensor and what its chunks take in the store.
@@ -106,10 +93,6 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var storedBytes: Int64
         /// Its size summed over the checkpoints that have it.
         public var logicalBytes: Int64
-
-        enum CodingKeys: String, CodingKey {
-            case run, file, tensor, storedBytes, logicalBytes
-        }
     }
 
     /// Headroom under a budget and where the policies take the store.
@@ -125,26 +108,11 @@ public struct AuditReport: Sendable, Codable, Equatable {
             /// it (a frozen base it stored), which stays whatever the policy deletes.
             public var baseBytes: Int64
             /// The most checkpoints its policy keeps; nil when the policy lets the run grow.
-            public var keptAtSteadyState: Int?
+            @NullWhenNil public var keptAtSteadyState: Int?
             /// The run's size once its policy keeps at most `keptAtSteadyState` checkpoints; nil when it grows.
-            public var steadyStateBytes: Int64?
+            @NullWhenNil public var steadyStateBytes: Int64?
             /// Further checkpoints of this run that fit; nil when its policy keeps it under the budget.
-            public var moreCheckpoints: Int?
-
-            enum CodingKeys: String, CodingKey {
-                case run, bytesPerCheckpoint, baseBytes, keptAtSteadyState, steadyStateBytes, moreCheckpoints
-            }
-
-            // "Unbounded" is an explicit null in JSON, not a missing key.
-            public func encode(to encoder: any Encoder) throws {
-                var container = encoder.container(keyedBy: CodingKeys.self)
-                try container.encode(run, forKey: .run)
-                try container.encode(bytesPerCheckpoint, forKey: .bytesPerCheckpoint)
-                try container.encode(baseBytes, forKey: .baseBytes)
-                try container.encode(keptAtSteadyState, forKey: .keptAtSteadyState)
-                try container.encode(steadyStateBytes, forKey: .steadyStateBytes)
-                try container.encode(moreCheckpoints, forKey: .moreCheckpoints)
-            }
+            @NullWhenNil public var moreCheckpoints: Int?
         }
 
         /// The budget.
@@ -157,26 +125,11 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var fits: Bool
         /// The store's size once every run's policy has reached its steady state; nil when some run grows
         /// without bound.
-        public var steadyStateBytes: Int64?
+        @NullWhenNil public var steadyStateBytes: Int64?
         /// Checkpoints, of any growing run, that fit before the budget is exceeded; nil for no limit.
-        public var moreCheckpoints: Int?
+        @NullWhenNil public var moreCheckpoints: Int?
         /// Per run.
         public var runs: [RunProjection]
-
-        enum CodingKeys: String, CodingKey {
-            case fits, runs, budgetBytes, diskBytes, headroomBytes, steadyStateBytes, moreCheckpoints
-        }
-
-        public func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(budgetBytes, forKey: .budgetBytes)
-            try container.encode(diskBytes, forKey: .diskBytes)
-            try container.encode(headroomBytes, forKey: .headroomBytes)
-            try container.encode(fits, forKey: .fits)
-            try container.encode(steadyStateBytes, forKey: .steadyStateBytes)
-            try container.encode(moreCheckpoints, forKey: .moreCheckpoints)
-            try container.encode(runs, forKey: .runs)
-        }
     }
 
     /// A policy simulated on the store.
@@ -193,10 +146,6 @@ public struct AuditReport: Sendable, Codable, Equatable {
         public var storedBytesFreed: Int64
         /// Bytes on disk it would free (packs below the repack threshold keep their dead frames).
         public var diskBytesFreed: Int64
-
-        enum CodingKeys: String, CodingKey {
-            case policy, run, deleted, slimmed, storedBytesFreed, diskBytesFreed
-        }
     }
 
     /// When the audit ran (seconds since 1970).
@@ -250,11 +199,4 @@ public struct AuditReport: Sendable, Codable, Equatable {
     public var budget: Budget?
     /// The simulated policy, when one was given.
     public var whatIf: WhatIf?
-
-    enum CodingKeys: String, CodingKey {
-        case store, run, runs, checkpoints, parts, budget, generatedAt, logicalBytes, storedBytes, diskBytes
-        case packBytes, catalogueBytes, deadBytes, pendingBytes, annotationBytes, uniqueBytes, dedupRatio
-        case compressionRatio, runCount, checkpointCount, chunkCount, packCount, missingReferences, largestTensors
-        case whatIf
-    }
 }

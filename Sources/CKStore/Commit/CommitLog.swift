@@ -31,11 +31,6 @@ struct CommitLog {
         var createdAt: Double
         /// A shard record's shard (its id is then the shard manifest's).
         var shard: ShardSpec?
-
-        enum CodingKeys: String, CodingKey {
-            case id, run, step, content, shard
-            case createdAt = "created_at"
-        }
     }
 
     /// The records of committed shards whose checkpoint is pending: `shards/<run key>/<step>/<I>-of-<N>`,
@@ -110,7 +105,7 @@ struct CommitLog {
         }
         let bytes = try file.read(count: Int(try file.size()), at: 0)
         do {
-            return try JSONDecoder().decode(Record.self, from: Data(bytes))
+            return try StoredJSON.decoder().decode(Record.self, from: Data(bytes))
         } catch {
             throw CKStoreError(.damaged, "commit record \(path) cannot be read: \(error); run `ckstore repair`")
         }

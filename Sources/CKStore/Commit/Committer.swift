@@ -326,11 +326,9 @@ extension CommitLog {
         if let existing = try read(final) { return existing }
         try FileSystem.createDirectory(folder)
         let temporary = layout.temporaryRoot + "/commit-" + PackID.random().hex
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
         let file = try SystemFile.createNew(temporary)
         defer { try? FileSystem.removeFile(temporary) }
-        try file.write(Array(try encoder.encode(record)), at: 0)
+        try file.write(Array(try StoredJSON.encoder().encode(record)), at: 0)
         try file.sync()
         guard try FileSystem.linkExclusively(temporary, final) else {
             return try read(final) ?? record

@@ -56,13 +56,6 @@ public struct GCReport: Sendable, Codable, Equatable {
         public var run: String
         /// Its step.
         public var step: Int64
-
-        /// A checkpoint, named by id, run and step.
-        public init(id: CheckpointID, run: String, step: Int64) {
-            self.id = id
-            self.run = run
-            self.step = step
-        }
     }
 
     /// Whether nothing was changed.
@@ -104,14 +97,12 @@ public struct GCReport: Sendable, Codable, Equatable {
         public var diskBytesAfter: Int64
         /// Checkpoints deleted beyond the policies to fit, oldest first.
         public var deletedForBudget: [Deleted]
-
-        enum CodingKeys: String, CodingKey {
-            case budgetBytes, diskBytesBefore, diskBytesAfter, deletedForBudget
-        }
     }
+}
 
-    enum CodingKeys: String, CodingKey {
-        case kept, deleted, budget, dryRun, deletedCheckpoints, bytesFreed, bytesUnreferenced, chunksFreed
-        case packsDeleted, packsRewritten, orphansRemoved, chunksReencoded, pendingRemoved
+extension GCReport.Deleted {
+    /// The checkpoint `summary` lists, deleted.
+    public init(_ summary: CheckpointSummary) {
+        self.init(id: summary.id, run: summary.run, step: summary.step)
     }
 }

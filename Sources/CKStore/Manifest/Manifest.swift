@@ -141,15 +141,10 @@ public struct FileEntry: Codable, Sendable, Equatable {
     /// An entry as manifests before ckstore 0.7 wrote it, with the whole file's SHA-256.
     public init(path: String, mode: UInt32, size: Int64, sha256: ChunkDigest, format: FileFormat, linkTarget: String?,
                 chunks: [ChunkRef], tensors: [TensorEntry]?, optimizer: OptimizerSummary? = nil) {
-        self.path = path
-        self.mode = mode
-        self.size = size
+        self.init(path: path, mode: mode, size: size, chunks: chunks, format: format, tensors: tensors, optimizer: optimizer)
         self.sha256 = sha256
-        self.format = format
+        self.digest = nil
         self.linkTarget = linkTarget
-        self.chunks = chunks
-        self.tensors = tensors
-        self.optimizer = optimizer
     }
 
     /// A regular file's entry as a put writes it: its digest over `chunks`, and its SHA-256 when that is

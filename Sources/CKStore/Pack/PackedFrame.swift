@@ -1,7 +1,7 @@
 /// A frame as a pack's index lists it: where it is in its pack and what it is, enough to fetch it with a
 /// ranged read and to know its delta base and inputs before reading anything. Remote index objects list
-/// frames so (``RemoteFrame``, their wire form), and the catalogue caches them.
-struct PackedFrame: Sendable, Equatable {
+/// frames so (``RemoteFrame``: one-letter keys, `i` absent when empty), and the catalogue caches them.
+struct PackedFrame: Codable, Sendable, Equatable {
     var digest: ChunkDigest
     /// Offset of the frame header in the pack.
     var offset: Int64
@@ -11,29 +11,18 @@ struct PackedFrame: Sendable, Equatable {
     var encoding: UInt8
     var kind: UInt8
     var base: ChunkDigest?
-    /// What a predicted frame decodes from besides its base.
-    var inputs: [ChunkDigest] = []
+    /// What a predicted frame decodes from besides its base (absent from an index object when empty).
+    @OmittedWhenEmpty var inputs: [ChunkDigest] = []
 
-    init(_ header: FrameHeader, offset: Int64) {
-        self.digest = header.digest
-        self.offset = offset
-        self.storedLength = header.storedLength
-        self.rawLength = header.rawLength
-        self.encoding = header.encoding.rawValue
-        self.kind = header.kind.rawValue
-        self.base = header.base
-        self.inputs = header.inputs
+    enum CodingKeys: String, CodingKey {
+        case digest = "d", offset = "o", storedLength = "s", rawLength = "r", encoding = "e", kind = "k", base = "b", inputs = "i"
     }
+}
 
-    init(digest: ChunkDigest, offset: Int64, storedLength: Int, rawLength: Int, encoding: UInt8, kind: UInt8, base: ChunkDigest?, inputs: [ChunkDigest] = []) {
-        self.digest = digest
-        self.offset = offset
-        self.storedLength = storedLength
-        self.rawLength = rawLength
-        self.encoding = encoding
-        self.kind = kind
-        self.base = base
-        self.inputs = inputs
+extension PackedFrame {
+    init(_ header: FrameHeader, offset: Int64) {
+        self.init(digest: header.digest, offset: offset, storedLength: header.storedLength, rawLength: header.rawLength,
+                  encoding: header.encoding.rawValue, kind: header.kind.rawValue, base: header.base, inputs: header.inputs)
     }
 
     /// The bytes of the frame in its pack, header included.

@@ -1,5 +1,5 @@
 /// What to record with a checkpoint and how to store it.
-public struct PutOptions: Sendable {
+public struct PutOptions: Sendable, BoundsBytesInFlight {
     /// The run the checkpoint belongs to.
     public var run: String
     /// The training step; when nil, taken from `trainer_state.json` (`global_step`) or a
@@ -24,12 +24,6 @@ public struct PutOptions: Sendable {
     /// bounds a put's memory (at about three times this); every core works while it allows a few chunks
     /// per core (1 MiB each for tensors).
     public var maxBytesInFlight = PutOptions.defaultBytesInFlight
-    /// The bound before 0.7, in chunks of 1 MiB.
-    @available(*, deprecated, renamed: "maxBytesInFlight", message: "work in flight is bounded by bytes since 0.7")
-    public var maxChunksInFlight: Int {
-        get { maxBytesInFlight >> 20 }
-        set { maxBytesInFlight = max(1, newValue) << 20 }
-    }
     /// The default of ``maxBytesInFlight`` and of restores' and verifies' windows: 64 MiB.
     public static let defaultBytesInFlight = 64 << 20
     /// Told how many of the checkpoint's bytes have been read and stored, as the put goes.
@@ -74,9 +68,18 @@ public struct PutResult: Sendable, Codable, Equatable {
     public var checkpoint: CheckpointID?
     /// For a shard's put: the shards still missing (empty once the checkpoint is complete).
     public var missingShards: [Int]?
+}
 
-    enum CodingKeys: String, CodingKey {
-        case id, run, step, seconds, warnings, shard, checkpoint, missingShards, logicalBytes, storedBytesAdded
-        case chunksTotal, chunksNew, alreadyStored
+/// Options that bound the bytes of chunks in flight, which bounds an operation's memory (puts, restores).
+public protocol BoundsBytesInFlight {
+    var maxBytesInFlight: Int { get set }
+}
+
+extension BoundsBytesInFlight {
+    /// The bound before 0.7, in chunks of 1 MiB.
+    @available(*, deprecated, renamed: "maxBytesInFlight", message: "work in flight is bounded by bytes since 0.7")
+    public var maxChunksInFlight: Int {
+        get { maxBytesInFlight >> 20 }
+        set { maxBytesInFlight = max(1, newValue) << 20 }
     }
 }

@@ -171,10 +171,6 @@ public struct RemoteCheck: Codable, Sendable, Equatable {
     /// Where the credentials came from (`environment`, `instance-metadata (role R)`, …; never the
     /// secret); nil for a folder.
     public var credentials: String?
-
-    enum CodingKeys: String, CodingKey {
-        case remote, url, checkpoints, createdMarker, conditionalWrites, credentials
-    }
 }
 
 extension CheckpointStore {

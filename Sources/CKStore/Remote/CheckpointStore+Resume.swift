@@ -15,10 +15,6 @@ public struct ResumePoint: Codable, Sendable, Equatable {
     public var remoteStep: Int64?
     /// Bytes the pull downloaded (0 when the local copy was newest).
     public var bytesDownloaded: Int64 = 0
-
-    enum CodingKeys: String, CodingKey {
-        case id, run, step, source, remote, localStep, remoteStep, bytesDownloaded
-    }
 }
 
 extension CheckpointStore {

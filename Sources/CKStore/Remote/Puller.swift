@@ -18,10 +18,6 @@ public struct PullReport: Codable, Sendable, Equatable {
     /// True for a pull of some files only (`get --remote --shard` or `--file`): their chunks are in the
     /// store, held from gc for an hour, but the checkpoint is not recorded.
     public var partial: Bool?
-
-    enum CodingKeys: String, CodingKey {
-        case remote, id, run, step, pulled, requests, seconds, partial, bytesDownloaded, framesAdded
-    }
 }
 
 /// Brings checkpoints from a remote into the local store: the commit object, the index objects it names,

@@ -24,11 +24,6 @@ public struct PushReport: Codable, Sendable, Equatable {
     public var checkpoint: CheckpointID?
     /// For a shard's push: the shards the remote still lacks.
     public var missingShards: [Int]?
-
-    enum CodingKeys: String, CodingKey {
-        case remote, pushed, seconds, shard, checkpoint, missingShards, alreadyPresent, bytesUploaded
-        case objectsUploaded, framesUploaded, frameBytesUploaded
-    }
 }
 
 extension PushReport {
@@ -110,12 +105,8 @@ struct Pusher {
         guard let content else { throw CKStoreError(.notFound, "checkpoint \(summary.id.short) was removed while it was being pushed") }
         let shards = try reader.manifest(of: summary.id).shards
         let outcome = try await commitObject(key: key, closure: closure, report: &report) { indexes in
-            try RemoteJSON.encode(RemoteCommit(
-                id: summary.id, run: summary.run, step: summary.step, epoch: summary.epoch, createdAt: summary.createdAt,
-                content: content, metrics: summary.metrics, tags: summary.tags, logicalBytes: summary.logicalBytes,
-                storedBytesAdded: summary.storedBytesAdded, chunkCount: summary.chunkCount, fileCount: summary.fileCount,
-                tensorCount: summary.tensorCount, parent: summary.parent, indexes: indexes, droppedFiles: dropped.files,
-                droppedTensors: dropped.tensors.mapValues { $0.sorted() }, shards: shards))
+            try RemoteJSON.encode(RemoteCommit(summary, content: content, indexes: indexes, droppedFiles: dropped.files,
+                                               droppedTensors: dropped.tensors.mapValues { $0.sorted() }, shards: shards))
         }
         switch outcome {
         case .written(let body):

@@ -27,10 +27,6 @@ public struct RemoteVerifyReport: Codable, Sendable, Equatable {
     /// the pending age: a rank never pushed its shard. Not damage; the next `gc --remote` removes them.
     public var stalePending: [PendingCheckpoint] = []
 
-    enum CodingKeys: String, CodingKey {
-        case remote, mode, checkpoints, packs, problems, seconds, ok, stalePending, objectsHashed, bytesHashed
-    }
-
     init(remote: String, mode: String, checkpoints: Int) {
         self.remote = remote
         self.mode = mode

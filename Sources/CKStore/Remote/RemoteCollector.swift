@@ -31,11 +31,6 @@ public struct RemoteGCReport: Codable, Sendable, Equatable {
     public var multipartAborted: Int = 0
     /// Younger incomplete multipart uploads, left to the pushes that may still be sending them.
     public var multipartInProgress: Int = 0
-
-    enum CodingKeys: String, CodingKey {
-        case remote, deleted, kept, seconds, pendingRemoved, shardObjectsRetired, dryRun, deletedCheckpoints, multipartAborted, multipartInProgress
-        case condemnedObjects, condemnedBytes, deletedObjects, bytesFreed, rescuedObjects, graceSeconds
-    }
 }
 
 /// Remote garbage collection, in two phases with a grace period and no lock that pushes wait for.
@@ -63,11 +58,6 @@ struct RemoteCollector {
     struct Lease: Codable {
         var holder: String
         var acquiredAt: Double
-
-        enum CodingKeys: String, CodingKey {
-            case holder
-            case acquiredAt = "acquired_at"
-        }
     }
 
     func collect() async throws -> RemoteGCReport {

@@ -13,19 +13,12 @@ public struct RemoteDefinition: Codable, Sendable, Equatable {
     public var region: String?
     /// Address the bucket in the path (`http://host/bucket/key`) instead of the host name; what most
     /// S3-compatible servers need.
-    public var pathStyle: Bool
+    @DefaultWhenMissing public var pathStyle: Bool
     /// Address the bucket in the host name (`https://bucket.host/key`) on a custom endpoint too.
-    public var virtualHosted: Bool
+    @OmittedWhenEmpty public var virtualHosted: Bool
     /// The remote's server ignores conditional creates and its pushes go ahead anyway
     /// (`--unsafe-unconditional-commits`): two machines pushing one run and step could both win.
-    public var unsafeUnconditionalCommits: Bool
-
-    enum CodingKeys: String, CodingKey {
-        case name, url, endpoint, region
-        case pathStyle = "path_style"
-        case virtualHosted = "virtual_hosted"
-        case unsafeUnconditionalCommits = "unsafe_unconditional_commits"
-    }
+    @OmittedWhenEmpty public var unsafeUnconditionalCommits: Bool
 
     public init(name: String, url: String, endpoint: String? = nil, region: String? = nil, pathStyle: Bool = false,
                 virtualHosted: Bool = false, unsafeUnconditionalCommits: Bool = false) {
@@ -36,28 +29,6 @@ public struct RemoteDefinition: Codable, Sendable, Equatable {
         self.pathStyle = pathStyle
         self.virtualHosted = virtualHosted
         self.unsafeUnconditionalCommits = unsafeUnconditionalCommits
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        name = try container.decode(String.self, forKey: .name)
-        url = try container.decode(String.self, forKey: .url)
-        endpoint = try container.decodeIfPresent(String.self, forKey: .endpoint)
-        region = try container.decodeIfPresent(String.self, forKey: .region)
-        pathStyle = try container.decodeIfPresent(Bool.self, forKey: .pathStyle) ?? false
-        virtualHosted = try container.decodeIfPresent(Bool.self, forKey: .virtualHosted) ?? false
-        unsafeUnconditionalCommits = try container.decodeIfPresent(Bool.self, forKey: .unsafeUnconditionalCommits) ?? false
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(name, forKey: .name)
-        try container.encode(url, forKey: .url)
-        try container.encodeIfPresent(endpoint, forKey: .endpoint)
-        try container.encodeIfPresent(region, forKey: .region)
-        try container.encode(pathStyle, forKey: .pathStyle)
-        if virtualHosted { try container.encode(true, forKey: .virtualHosted) }
-        if unsafeUnconditionalCommits { try container.encode(true, forKey: .unsafeUnconditionalCommits) }
     }
 
     /// How a request names the bucket.
@@ -129,11 +100,6 @@ public struct RemoteRegistry: Codable, Sendable, Equatable {
     /// The remote every `put` (and library save) pushes its checkpoint to once it is committed.
     public var pushOnCommit: String?
 
-    enum CodingKeys: String, CodingKey {
-        case remotes
-        case pushOnCommit = "push_on_commit"
-    }
-
     public init() {}
 
     static func path(_ layout: StoreLayout) -> String { layout.root + "/remotes.json" }
@@ -146,9 +112,7 @@ public struct RemoteRegistry: Codable, Sendable, Equatable {
 
     /// Writes the registry: to a temporary file, fsynced, renamed into place.
     func save(_ layout: StoreLayout) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        let bytes = Array(try encoder.encode(self)) + [0x0A]
+        let bytes = Array(try StoredJSON.encoder(pretty: true).encode(self)) + [0x0A]
         let temporary = layout.temporaryRoot + "/remotes-" + PackID.random().hex
         let file = try SystemFile.createNew(temporary)
         do {

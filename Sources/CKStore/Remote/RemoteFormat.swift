@@ -45,36 +45,6 @@ struct RemoteMarker: Codable, Equatable {
 /// One frame as an index object lists it, in its wire form: one-letter keys, `i` absent when empty.
 typealias RemoteFrame = PackedFrame
 
-extension PackedFrame: Codable {
-    enum CodingKeys: String, CodingKey {
-        case digest = "d", offset = "o", storedLength = "s", rawLength = "r", encoding = "e", kind = "k", base = "b", inputs = "i"
-    }
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        digest = try container.decode(ChunkDigest.self, forKey: .digest)
-        offset = try container.decode(Int64.self, forKey: .offset)
-        storedLength = try container.decode(Int.self, forKey: .storedLength)
-        rawLength = try container.decode(Int.self, forKey: .rawLength)
-        encoding = try container.decode(UInt8.self, forKey: .encoding)
-        kind = try container.decode(UInt8.self, forKey: .kind)
-        base = try container.decodeIfPresent(ChunkDigest.self, forKey: .base)
-        inputs = try container.decodeIfPresent([ChunkDigest].self, forKey: .inputs) ?? []
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(digest, forKey: .digest)
-        try container.encode(offset, forKey: .offset)
-        try container.encode(storedLength, forKey: .storedLength)
-        try container.encode(rawLength, forKey: .rawLength)
-        try container.encode(encoding, forKey: .encoding)
-        try container.encode(kind, forKey: .kind)
-        try container.encodeIfPresent(base, forKey: .base)
-        if !inputs.isEmpty { try container.encode(inputs, forKey: .inputs) }
-    }
-}
-
 /// An index object: the frames of the packs one push uploaded. Its name is the SHA-256 of its bytes.
 struct RemoteIndex: Codable, Sendable {
     struct Pack: Codable, Sendable {
@@ -92,26 +62,17 @@ struct RemoteIndex: Codable, Sendable {
 
 /// A commit object, `commits/<run key>/<step>`: a checkpoint is on the remote when this exists. It names
 /// the index objects that locate every frame the checkpoint needs (its manifest, chunks and their delta
-/// bases), and carries what `ls` and remote retention need without reading the manifest.
+/// bases), and carries what `ls` and remote retention need without reading the manifest: the checkpoint
+/// as the store it was put into lists it, its fields written beside the object's own in one JSON object.
+/// Those fields read through the commit (`commit.run`).
+@dynamicMemberLookup
 public struct RemoteCommit: Codable, Sendable, Equatable {
     public var format = 1
-    public var id: CheckpointID
-    public var run: String
-    public var step: Int64
-    public var epoch: Double?
-    public var createdAt: Double
+    /// The checkpoint as the store it was pushed from listed it, not pinned, its dropped parts those below.
+    public var checkpoint: CheckpointSummary
     /// The manifest's digest without its time: two commits of one run and step hold the same checkpoint
     /// when these agree.
     public var content: ChunkDigest
-    public var metrics: [String: Double]
-    public var tags: [String]
-    public var logicalBytes: Int64
-    /// What the checkpoint's put added to the store it was put into, and its counts, as `ls` shows them.
-    public var storedBytesAdded: Int64
-    public var chunkCount: Int
-    public var fileCount: Int
-    public var tensorCount: Int
-    public var parent: CheckpointID?
     /// Index objects that together locate every frame of the closure.
     var indexes: [String]
     /// Files and tensors a part rule dropped before the push (path → part; path → tensor names).
@@ -121,29 +82,57 @@ public struct RemoteCommit: Codable, Sendable, Equatable {
     /// when its content agrees).
     public var shards: [ShardContent]?
 
-    enum CodingKeys: String, CodingKey {
-        case format, id, run, step, epoch, content, metrics, tags, parent, indexes, shards
-        case createdAt = "created_at"
-        case logicalBytes = "logical_bytes"
-        case storedBytesAdded = "stored_bytes_added"
-        case chunkCount = "chunk_count"
-        case fileCount = "file_count"
-        case tensorCount = "tensor_count"
-        case droppedFiles = "dropped_files"
-        case droppedTensors = "dropped_tensors"
+    public subscript<T>(dynamicMember field: KeyPath<CheckpointSummary, T>) -> T { checkpoint[keyPath: field] }
+
+    /// The checkpoint as `ls` lists it.
+    public var summary: CheckpointSummary { checkpoint }
+
+    private enum CodingKeys: String, CodingKey {
+        case format, content, indexes, droppedFiles, droppedTensors, shards
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try checkpoint.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(format, forKey: .format)
+        try container.encode(content, forKey: .content)
+        try container.encode(indexes, forKey: .indexes)
+        try container.encode(droppedFiles, forKey: .droppedFiles)
+        try container.encode(droppedTensors, forKey: .droppedTensors)
+        try container.encodeIfPresent(shards, forKey: .shards)
+    }
+}
+
+extension RemoteCommit {
+    /// The commit of `checkpoint`, which it records unpinned and with the parts `droppedFiles` and
+    /// `droppedTensors` name as dropped.
+    init(_ checkpoint: CheckpointSummary, content: ChunkDigest, indexes: [String], droppedFiles: [String: String] = [:],
+         droppedTensors: [String: [String]] = [:], shards: [ShardContent]?) {
+        var checkpoint = checkpoint
+        checkpoint.pinned = false
+        checkpoint.droppedParts = Array(Set(droppedFiles.values).union(droppedTensors.isEmpty ? [] : [CheckpointPart.optimizer.rawValue])).sorted()
+        self.init(checkpoint: checkpoint, content: content, indexes: indexes, droppedFiles: droppedFiles, droppedTensors: droppedTensors, shards: shards)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(try CheckpointSummary(from: decoder), content: try container.decode(ChunkDigest.self, forKey: .content),
+                  indexes: try container.decode([String].self, forKey: .indexes),
+                  droppedFiles: try container.decode([String: String].self, forKey: .droppedFiles),
+                  droppedTensors: try container.decode([String: [String]].self, forKey: .droppedTensors),
+                  shards: try container.decodeIfPresent([ShardContent].self, forKey: .shards))
+        format = try container.decode(Int.self, forKey: .format)
     }
 }
 
 enum RemoteJSON {
     static func encode(_ value: some Encodable) throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return Array(try encoder.encode(value))
+        Array(try StoredJSON.encoder().encode(value))
     }
 
     static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], what: String) throws -> T {
         do {
-            return try JSONDecoder().decode(type, from: Data(bytes))
+            return try StoredJSON.decoder().decode(type, from: Data(bytes))
         } catch {
             throw CKStoreError(.damaged, "\(what) is not a valid ckstore object: \(error)")
         }
@@ -180,17 +169,5 @@ struct PackImage {
     /// The finished pack: frames, trailer and footer.
     func sealed() -> [UInt8] {
         bytes + PackFormat.trailerAndFooter(headers, trailerOffset: Int64(bytes.count))
-    }
-}
-
-extension RemoteCommit {
-    /// The checkpoint as `ls` lists it.
-    public var summary: CheckpointSummary {
-        var summary = CheckpointSummary(
-            id: id, run: run, step: step, epoch: epoch, createdAt: createdAt, logicalBytes: logicalBytes,
-            storedBytesAdded: storedBytesAdded, chunkCount: chunkCount, fileCount: fileCount, tensorCount: tensorCount,
-            parent: parent, metrics: metrics, tags: tags)
-        summary.droppedParts = Array(Set(droppedFiles.values).union(droppedTensors.isEmpty ? [] : [CheckpointPart.optimizer.rawValue])).sorted()
-        return summary
     }
 }

@@ -189,12 +189,12 @@ extension Pusher {
         guard condemned.isEmpty, gone.isEmpty, (ContinuousClock.now - checked) / .seconds(1) < pending.grace / 2 else {
             throw CKStoreError(.conflict, "remote \(remote.name): objects the shards of \(run)@\(step) need are condemned or gone (\((condemned + gone).prefix(3).joined(separator: ", "))); put and push the shards again")
         }
-        let commit = RemoteCommit(
-            id: id, run: run, step: step, epoch: combined.epoch, createdAt: combined.createdAt, content: content,
-            metrics: combined.metrics, tags: combined.tags, logicalBytes: combined.logicalBytes,
+        let checkpoint = CheckpointSummary(
+            id: id, run: run, step: step, epoch: combined.epoch, createdAt: combined.createdAt, logicalBytes: combined.logicalBytes,
             storedBytesAdded: ordered.reduce(0) { $0 + $1.storedBytesAdded }, chunkCount: combined.chunkCount,
-            fileCount: combined.files.count, tensorCount: combined.tensorCount, parent: combined.parent, indexes: indexes.sorted(),
-            droppedFiles: [:], droppedTensors: [:], shards: combined.shards)
+            fileCount: combined.files.count, tensorCount: combined.tensorCount, parent: combined.parent, metrics: combined.metrics,
+            tags: combined.tags)
+        let commit = RemoteCommit(checkpoint, content: content, indexes: indexes.sorted(), shards: combined.shards)
         let body = try RemoteJSON.encode(commit)
         if try await objects.put(key, body, ifAbsent: true) {
             report.bytesUploaded += Int64(body.count)

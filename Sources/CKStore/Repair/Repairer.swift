@@ -30,12 +30,6 @@ public struct RepairReport: Sendable, Codable, Equatable {
     public var skippedManifests: [String]
     /// Committed checkpoints the catalogue had lost and that were brought back from their manifests.
     public var importedCheckpoints: [CheckpointID] = []
-
-    enum CodingKeys: String, CodingKey {
-        case checkpoints, dryRun, catalogueRebuilt, catalogueProblem, damagedCatalogueMovedTo, packsScanned
-        case framesIntact, droppedChunks, salvagedFrames, quarantinedPacks, incompleteCheckpoints
-        case skippedManifests, importedCheckpoints
-    }
 }
 
 extension CheckpointStore {

@@ -1,5 +1,5 @@
 /// What to restore and how.
-public struct RestoreOptions: Sendable {
+public struct RestoreOptions: Sendable, BoundsBytesInFlight {
     /// Restore only these files (paths as in the manifest); empty restores every file.
     public var files: [String] = []
     /// Write, for each safetensors file holding matching tensors, a safetensors file with only the
@@ -10,12 +10,6 @@ public struct RestoreOptions: Sendable {
     /// How many bytes of chunks may be read and decoded at once: this, not the number of cores, bounds a
     /// restore's memory.
     public var maxBytesInFlight = PutOptions.defaultBytesInFlight
-    /// The bound before 0.7, in chunks of 1 MiB.
-    @available(*, deprecated, renamed: "maxBytesInFlight", message: "work in flight is bounded by bytes since 0.7")
-    public var maxChunksInFlight: Int {
-        get { maxBytesInFlight >> 20 }
-        set { maxBytesInFlight = max(1, newValue) << 20 }
-    }
     /// Restore setuid, setgid and sticky bits as stored; without this only the permission bits (0o777)
     /// are applied, so that a crafted manifest cannot make a restored file setuid.
     public var keepSpecialModeBits = false

@@ -34,7 +34,7 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
         public init(parsing text: String) throws {
             let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
             guard parts.count == 3, let count = Int(parts[0]), count > 0, !parts[1].isEmpty, let order = Order(rawValue: parts[2]) else {
-                throw CKStoreError(.invalidArgument, "--keep-best takes N:METRIC:min or N:METRIC:max (for example 1:loss:min), not \(text)")
+                throw CKStoreError(.invalidArgument, "keep-best takes N:METRIC:min or N:METRIC:max (for example 1:loss:min), not \(text)")
             }
             self.init(count: count, metric: parts[1], order: order)
         }
@@ -45,7 +45,7 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// Keep the newest N checkpoints.
     public var keepLast: Int?
     /// Keep the best N by a metric (several rules may be given).
-    public var keepBest: [Best] = []
+    @DefaultWhenMissing public var keepBest: [Best] = []
     /// One checkpoint per step bucket `floor(step / keepEvery)`: the newest in each.
     public var keepEvery: Int64?
     /// Seconds, measured back from the run's newest checkpoint.
@@ -59,12 +59,12 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// The same by month.
     public var keepMonthly: Int?
     /// Keep checkpoints with any of these tags.
-    public var keepTags: [String] = []
+    @DefaultWhenMissing public var keepTags: [String] = []
     /// Drop the optimizer part of every kept checkpoint but the newest N, keeping weights and metadata.
     public var dropOptimizerAfter: Int?
     /// Glob patterns of the files, or of the tensors inside safetensors files, that make up a part, beyond
     /// the built-in `optimizer*.pt` files for "optimizer".
-    public var parts: [String: [String]] = [:]
+    @DefaultWhenMissing public var parts: [String: [String]] = [:]
 
     /// The empty policy: keeps everything.
     public init() {}
@@ -83,56 +83,55 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
         case dropOptimizerAfter = "drop_optimizer_after"
     }
 
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        keepLast = try container.decodeIfPresent(Int.self, forKey: .keepLast)
-        keepBest = try container.decodeIfPresent([Best].self, forKey: .keepBest) ?? []
-        keepEvery = try container.decodeIfPresent(Int64.self, forKey: .keepEvery)
-        keepWithin = try container.decodeIfPresent(Double.self, forKey: .keepWithin)
-        keepHourly = try container.decodeIfPresent(Int.self, forKey: .keepHourly)
-        keepDaily = try container.decodeIfPresent(Int.self, forKey: .keepDaily)
-        keepWeekly = try container.decodeIfPresent(Int.self, forKey: .keepWeekly)
-        keepMonthly = try container.decodeIfPresent(Int.self, forKey: .keepMonthly)
-        keepTags = try container.decodeIfPresent([String].self, forKey: .keepTags) ?? []
-        dropOptimizerAfter = try container.decodeIfPresent(Int.self, forKey: .dropOptimizerAfter)
-        parts = try container.decodeIfPresent([String: [String]].self, forKey: .parts) ?? [:]
-    }
-
     /// Parses rules written as the flags of `ckstore policy set`, without dashes in front and joined by
     /// commas: `keep-last=2,keep-best=1:loss:min,drop-optimizer-after=1` (what `audit --what-if` takes).
     public init(parsingRules text: String) throws {
-        self.init()
-        func count(_ key: String, _ value: String) throws -> Int {
-            guard let number = Int(value), number >= 0 else { throw CKStoreError(.invalidArgument, "\(key) takes a count, not \(value)") }
-            return number
-        }
+        var rules = [(key: String, value: String)]()
         for rule in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !rule.isEmpty {
             let key = String(rule.prefix { $0 != "=" }), value = String(rule.drop { $0 != "=" }.dropFirst())
             guard rule.contains("="), !value.isEmpty else {
                 throw CKStoreError(.invalidArgument, "a policy rule is NAME=VALUE (keep-last=2), not \(rule)")
             }
-            switch key {
-            case "keep-last": keepLast = try count(key, value)
-            case "keep-best": keepBest.append(try Best(parsing: value))
-            case "keep-every":
-                guard let every = Int64(value), every > 0 else { throw CKStoreError(.invalidArgument, "keep-every takes a positive step count, not \(value)") }
-                keepEvery = every
-            case "keep-within": keepWithin = try Self.parseDuration(value)
-            case "keep-hourly": keepHourly = try count(key, value)
-            case "keep-daily": keepDaily = try count(key, value)
-            case "keep-weekly": keepWeekly = try count(key, value)
-            case "keep-monthly": keepMonthly = try count(key, value)
-            case "keep-tag": keepTags.append(value)
-            case "drop-optimizer-after": dropOptimizerAfter = try count(key, value)
-            case "part":
-                let name = String(value.prefix { $0 != "=" }), glob = String(value.drop { $0 != "=" }.dropFirst())
-                guard !name.isEmpty, !glob.isEmpty else { throw CKStoreError(.invalidArgument, "part takes NAME=GLOB, not \(value)") }
-                parts[name, default: []].append(glob)
-            default:
-                throw CKStoreError(
-                    .invalidArgument,
-                    "unknown policy rule \(key); the rules are keep-last, keep-best, keep-every, keep-within, keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-tag, drop-optimizer-after, part"
-                )
+            rules.append((key, value))
+        }
+        try self.init(rules: rules)
+    }
+
+    /// A policy from rules named as the flags of `ckstore policy set` without their dashes (`keep-last`,
+    /// `part`), each with its value as the flag takes it: the one place that reads and checks a rule.
+    public init(rules: [(key: String, value: String)]) throws {
+        self.init()
+        func count(_ key: String, _ value: String) throws -> Int {
+            guard let number = Int(value), number >= 0 else { throw CKStoreError(.invalidArgument, "\(key) takes a count of 0 or more, not \(value)") }
+            return number
+        }
+        for (key, value) in rules {
+            do {
+                switch key {
+                case "keep-last": keepLast = try count(key, value)
+                case "keep-best": keepBest.append(try Best(parsing: value))
+                case "keep-every":
+                    guard let every = Int64(value), every > 0 else { throw CKStoreError(.invalidArgument, "keep-every takes a positive step count, not \(value)") }
+                    keepEvery = every
+                case "keep-within": keepWithin = try Self.parseDuration(value)
+                case "keep-hourly": keepHourly = try count(key, value)
+                case "keep-daily": keepDaily = try count(key, value)
+                case "keep-weekly": keepWeekly = try count(key, value)
+                case "keep-monthly": keepMonthly = try count(key, value)
+                case "keep-tag": keepTags.append(value)
+                case "drop-optimizer-after": dropOptimizerAfter = try count(key, value)
+                case "part":
+                    let name = String(value.prefix { $0 != "=" }), glob = String(value.drop { $0 != "=" }.dropFirst())
+                    guard !name.isEmpty, !glob.isEmpty else { throw CKStoreError(.invalidArgument, "part takes NAME=GLOB, not \(value)") }
+                    parts[name, default: []].append(glob)
+                default:
+                    throw CKStoreError(
+                        .invalidArgument,
+                        "unknown policy rule \(key); the rules are keep-last, keep-best, keep-every, keep-within, keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-tag, drop-optimizer-after, part"
+                    )
+                }
+            } catch let error as CKStoreError where !error.message.hasPrefix(key) && !error.message.hasPrefix("unknown policy rule") {
+                throw CKStoreError(.invalidArgument, "\(key): \(error.message)")
             }
         }
     }

@@ -27,12 +27,7 @@ public struct CheckpointSummary: Sendable, Equatable, Codable {
     /// Its tags.
     public var tags: [String]
     /// Parts a retention rule dropped (`optimizer`); their files are no longer stored.
-    public var droppedParts: [String] = []
+    @DefaultWhenMissing public var droppedParts: [String] = []
     /// Pinned checkpoints are never deleted by a retention rule.
-    public var pinned = false
-
-    enum CodingKeys: String, CodingKey {
-        case id, run, step, epoch, parent, metrics, tags, pinned, droppedParts, createdAt, logicalBytes
-        case storedBytesAdded, chunkCount, fileCount, tensorCount
-    }
+    @DefaultWhenMissing public var pinned = false
 }

@@ -12,13 +12,6 @@ public struct PendingShard: Codable, Sendable, Equatable {
     public var logicalBytes: Int64
     /// Frame bytes the shard's put added to the store.
     public var storedBytesAdded: Int64
-
-    enum CodingKeys: String, CodingKey {
-        case id, run, step, shard, content
-        case createdAt = "created_at"
-        case logicalBytes = "logical_bytes"
-        case storedBytesAdded = "stored_bytes_added"
-    }
 }
 
 /// A checkpoint some of whose shards are committed: `ls --pending` lists these. It is never listed,
@@ -35,10 +28,6 @@ public struct PendingCheckpoint: Codable, Sendable, Equatable {
     /// When its oldest shard was committed: what `verify` and `gc` measure its age by.
     public var createdAt: Double
     public var logicalBytes: Int64
-
-    enum CodingKeys: String, CodingKey {
-        case run, step, shards, missing, shardCount, createdAt, logicalBytes
-    }
 
     /// How old a pending checkpoint may get before `verify` reports it and `gc` removes it: 24 hours.
     public static let defaultMaximumAge: Double = 24 * 3600

@@ -10,13 +10,6 @@ public struct ProgressEvent: Sendable, Equatable {
     public var bytesDone: Int64
     /// Bytes the operation will do in all, as known when it started.
     public var bytesTotal: Int64
-
-    /// An event.
-    public init(operation: String, bytesDone: Int64, bytesTotal: Int64) {
-        self.operation = operation
-        self.bytesDone = bytesDone
-        self.bytesTotal = bytesTotal
-    }
 }
 
 /// Receives progress events, possibly from several tasks at once; it should return quickly.

@@ -22,3 +22,22 @@ public enum ReportJSON {
         return encoder
     }
 }
+
+/// How ckstore writes the small JSON objects it keeps (commit records, remote objects, `remotes.json`):
+/// keys sorted, and snake_case field names taken from the Swift names, as the reports have them, so that a
+/// type names its fields only in Swift. Dictionary keys (metrics, object keys) are written and read as
+/// they are.
+enum StoredJSON {
+    static func encoder(pretty: Bool = false) -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted] : [.sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return encoder
+    }
+
+    static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return decoder
+    }
+}

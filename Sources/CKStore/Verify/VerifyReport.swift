@@ -106,9 +106,4 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     /// rest never came (a rank died, or its put failed). Not damage, so `ok` does not count them; the next
     /// `gc` removes them.
     public var stalePending: [PendingCheckpoint] = []
-
-    enum CodingKeys: String, CodingKey {
-        case ok, mode, problems, damage, seconds, stalePending, packsChecked, chunksChecked, storedBytesChecked
-        case logicalBytesChecked, damagedChunks, missingChunks, affectedCheckpoints
-    }
 }
