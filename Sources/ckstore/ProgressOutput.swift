@@ -59,6 +59,10 @@ final class ProgressRenderer: Sendable {
     private func report(_ event: ProgressEvent) {
         let now = ContinuousClock.now
         let text: String? = state.withLock { state in
+            // Events of one operation come from many tasks, each counting its bytes atomically and then
+            // reporting: a task that counted first can report last. The bytes done only grow, so an event
+            // behind the newest one is old news (the final line must say everything was done).
+            if let last = state.last, last.operation == event.operation, last.bytesDone > event.bytesDone { return nil }
             state.last = event
             let interval: Duration = style == .line ? .milliseconds(100) : .milliseconds(200)
             if let drawn = state.drawn, now - drawn < interval { return nil }
