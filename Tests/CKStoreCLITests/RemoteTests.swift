@@ -326,8 +326,9 @@ struct RemoteTests {
                     #expect(output.status == 0, "\(output.stderr)")
                     if output.status == 0 { reports.append(try Self.json(output)) }
                 }
-                // Two more rounds, a grace period apart, delete whatever was condemned.
-                for _ in 0..<2 {
+                // Four more rounds, a grace period apart, delete whatever was condemned: index objects
+                // first, then (condemned once no index names them) their packs.
+                for _ in 0..<4 {
                     try await Task.sleep(nanoseconds: 1_200_000_000)
                     let gc = try Self.ckstore(["gc", "--grace", "1s", "--json"] + url, store: root + "/c", server: server)
                     #expect(gc.status == 0, "\(gc.stderr)")

@@ -439,10 +439,10 @@ struct RemoteShardTests {
                 let gc = try ShardTests.json(try Self.ckstore(["gc", "--pending-age", "0s", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server))
                 #expect((gc["pending_removed"] as? [Any])?.count == 1, "\(gc)")
                 #expect(try ShardTests.jsonList(try Self.ckstore(["ls", "--pending", "--json"] + remote, store: root + "/b", server: server)).isEmpty)
-                // Its packs and index objects are condemned once older than the grace, then deleted by a
-                // later gc (which one depends on how long the upload took).
+                // Its index objects are condemned once older than the grace, then deleted by a later gc
+                // (which one depends on how long the upload took), and then their packs the same way.
                 var freed = (gc["bytes_freed"] as? Int) ?? 0
-                for _ in 0..<4 where freed <= 3 << 20 {
+                for _ in 0..<8 where freed <= 3 << 20 {
                     try await Task.sleep(for: .seconds(1.2))
                     freed += try ShardTests.json(try Self.ckstore(["gc", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server))["bytes_freed"] as? Int ?? 0
                 }

@@ -371,21 +371,37 @@ struct RemoteSession {
         try await loadIndexes(Array(Set(commits.flatMap(\.commit.indexes))).sorted())
     }
 
-    /// Lists the remote's commit objects and reads the ones the cache lacks; forgets cached ones that are
-    /// gone. Returns every commit object.
+    /// How many small objects (commit and index objects) a session reads at once: their time is mostly a
+    /// round trip, so a fresh machine's first listing of a remote with many checkpoints is bounded by
+    /// bandwidth, not by latency times their number.
+    static let metadataJobs = 16
+    /// Index objects read before their frames go into the cache: bounds the memory of a first listing.
+    static let indexBatch = 64
+
+    /// Lists the remote's commit objects and reads the ones the cache lacks (``metadataJobs`` at once);
+    /// forgets cached ones that are gone. Returns every commit object.
     @discardableResult
     func sync() async throws -> [(key: String, commit: RemoteCommit)] {
         let now = Date().timeIntervalSince1970
         let listed = try await objects.list(prefix: RemoteLayout.commitsPrefix).map(\.key)
         let cached = Dictionary(try catalogue.remoteCommitBodies(remote.url).map { ($0.key, $0.body) }, uniquingKeysWith: { a, _ in a })
+        var known = [String: RemoteCommit]()
+        for key in listed {
+            if let body = cached[key], let commit = try? RemoteJSON.decode(RemoteCommit.self, Array(body.utf8), what: key) { known[key] = commit }
+        }
+        let objects = self.objects
+        let read = try await listed.filter { known[$0] == nil }.concurrentMap(limit: Self.metadataJobs) { key in
+            (key, try await objects.getIfPresent(key))
+        }
+        let bodies = Dictionary(read.compactMap { key, bytes in bytes.map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var out = [(key: String, commit: RemoteCommit)]()
         var fresh = [(String, RemoteCommit, String)]()
         for key in listed {
-            if let body = cached[key], let commit = try? RemoteJSON.decode(RemoteCommit.self, Array(body.utf8), what: key) {
+            if let commit = known[key] {
                 out.append((key, commit))
                 continue
             }
-            guard let bytes = try await objects.getIfPresent(key) else { continue }
+            guard let bytes = bodies[key] else { continue }
             let commit = try RemoteJSON.decode(RemoteCommit.self, bytes, what: "\(remote.name): \(key)")
             guard key == RemoteLayout.commit(run: commit.run, step: commit.step) else {
                 throw CKStoreError(.damaged, "remote \(remote.name): commit object \(key) names run \(commit.run) step \(commit.step), which belong elsewhere")
@@ -398,19 +414,34 @@ struct RemoteSession {
         return out
     }
 
-    /// Makes sure the cache holds the index objects `names`, reading (and checking) the ones it lacks.
-    func loadIndexes(_ names: [String]) async throws {
+    /// Makes sure the cache holds the index objects `names`, reading (and checking) the ones it lacks,
+    /// ``metadataJobs`` at once and at most ``indexBatch`` held before they are cached. With
+    /// `skippingUnreadable`, an index object that is gone or damaged is left out instead of failing the
+    /// call (what gc does with the index objects no commit names).
+    func loadIndexes(_ names: [String], skippingUnreadable: Bool = false) async throws {
         let known = try catalogue.knownRemoteIndexes(remote.url)
-        for name in names where !known.contains(name) {
-            let key = RemoteLayout.index(name)
-            guard let bytes = try await objects.getIfPresent(key) else {
-                throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) is missing")
+        let wanted = names.filter { !known.contains($0) }
+        let objects = self.objects
+        for start in stride(from: 0, to: wanted.count, by: Self.indexBatch) {
+            let batch = wanted[start..<min(start + Self.indexBatch, wanted.count)]
+            let read = try await batch.concurrentMap(limit: Self.metadataJobs) { name in
+                (name, try await objects.getIfPresent(RemoteLayout.index(name)))
             }
-            guard SHA256Hasher.digest(bytes).hex == name else {
-                throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) fails its SHA-256 (it was altered or damaged)")
+            for (name, bytes) in read {
+                let key = RemoteLayout.index(name)
+                do {
+                    guard let bytes else {
+                        throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) is missing")
+                    }
+                    guard SHA256Hasher.digest(bytes).hex == name else {
+                        throw CKStoreError(.damaged, "remote \(remote.name): index object \(key) fails its SHA-256 (it was altered or damaged)")
+                    }
+                    let index = try RemoteJSON.decode(RemoteIndex.self, bytes, what: "\(remote.name): \(key)")
+                    try catalogue.insertRemoteIndex(remote.url, name: name, packs: index.frames)
+                } catch let error as CKStoreError where skippingUnreadable && error.code == .damaged {
+                    continue
+                }
             }
-            let index = try RemoteJSON.decode(RemoteIndex.self, bytes, what: "\(remote.name): \(key)")
-            try catalogue.insertRemoteIndex(remote.url, name: name, packs: index.frames)
         }
     }
 }

@@ -153,13 +153,24 @@ struct RemoteCollector {
         }
         let listed = try await objects.list(prefix: RemoteLayout.indexPrefix) + objects.list(prefix: RemoteLayout.packsPrefix)
         let sizes = Dictionary(listed.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        // An index object keeps every pack it names until the index itself is deleted: a push checks that
+        // the index objects it reuses exist and takes their packs as there, and an index can be
+        // younger than its packs (a push slowed or killed between uploading its packs and its index). So a
+        // pack that an existing index names, referenced or not, is neither condemned nor deleted; once the
+        // index is deleted (condemned first, a grace period before), a later run judges its packs.
+        let existingIndexes = listed.map(\.key).filter { $0.hasPrefix(RemoteLayout.indexPrefix) }.map(RemoteLayout.name(ofKey:))
+        try await session.loadIndexes(existingIndexes.filter { !referencedIndexes.contains($0) }, skippingUnreadable: true)
+        let packsOfExistingIndexes = try catalogue.remotePacks(remote.url, indexes: existingIndexes.sorted())
+        func kept(_ key: String) -> Bool {
+            referenced(key) || (key.hasPrefix(RemoteLayout.packsPrefix) && packsOfExistingIndexes.contains(RemoteLayout.name(ofKey: key)))
+        }
         var pending = try await RemoteSession.pending(objects)
         pending.grace = grace
 
         // Phase two: condemned at least a grace period ago and still needed by no commit: deleted.
         var delete = [String]()
         for (key, condemnedAt) in pending.condemned {
-            if sizes[key] == nil || referenced(key) {
+            if sizes[key] == nil || kept(key) {
                 if sizes[key] != nil { report.rescuedObjects += 1 }
                 pending.condemned[key] = nil
             } else if now - condemnedAt >= grace {
@@ -173,7 +184,7 @@ struct RemoteCollector {
 
         // Phase one: unreferenced and older than the grace period (a push in progress is younger).
         var condemn = [String]()
-        for object in listed where !referenced(object.key) && pending.condemned[object.key] == nil && now - object.lastModified >= grace {
+        for object in listed where !kept(object.key) && pending.condemned[object.key] == nil && now - object.lastModified >= grace {
             condemn.append(object.key)
         }
         report.condemnedObjects = condemn.count
