@@ -23,7 +23,7 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-# `make wheel`: python/dist/ckstore-VERSION-py3-none-manylinux_2_34_ARCH.whl, the Python package with a release
+# `make wheel`: python/dist/ckstore-VERSION-py3-none-manylinux_2_28_ARCH.whl, the Python package with a release
 # ckstore inside that needs no Swift toolchain, libzstd or libsqlite3 on the machine (`pip install` it).
 wheel: deps
 	scripts/static-ckstore.sh release >/dev/null

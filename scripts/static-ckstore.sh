@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # scripts/static-ckstore.sh [debug|release]: links the ckstore binary so that it needs no Swift runtime,
-# libzstd, libsqlite3 or libstdc++ on the machine that runs it, and no glibc newer than 2.34; prints its path.
+# libzstd, libsqlite3 or libstdc++ on the machine that runs it, and no glibc newer than 2.28; prints its path.
 # What `make wheel` ships, and what `make test` tests (a relink of the objects already built, seconds).
 #
 # - The Swift standard library and Foundation: SwiftPM's --static-swift-stdlib. The toolchain's static
 #   Foundation does not name the archives it needs itself (CoreFoundation, its ICU, shims, collections), so
-#   they are named here, and lld resolves them whatever their order.
+#   they are named here (zig's lld resolves them whatever their order).
 # - zstd and SQLite: pkg-config files of our own point the system-library targets at a folder holding
 #   only the static archives, which the linker then finds before the shared libraries.
 # - libstdc++ (which Foundation's ICU needs) from the same folder, statically: GCC 12's carries symbol
 #   versions (GLIBCXX_3.4.30) that older distributions lack.
-# - scripts/wheel/glibc-compat.c wraps the three glibc symbols newer than 2.34 that the static libraries
-#   reference (hypot, hypotf, arc4random).
+# - glibc 2.28: `zig cc` (ziglang from PyPI) links against that release's symbol versions, as the linker
+#   driver swiftc runs (scripts/wheel/link-with-zig, through -tools-directory); scripts/wheel/glibc-compat.c
+#   wraps or defines the few newer symbols the static libraries reference.
 set -euo pipefail
 
 config=${1:-release}
@@ -41,10 +42,21 @@ done
 clang=$(dirname "$(readlink -f "$(command -v "$SWIFT")")")/clang
 [ -x "$clang" ] || clang=clang
 "$clang" -c -O2 -fPIC -Wall -Werror scripts/wheel/glibc-compat.c -o "$static/glibc-compat.o"
+"$clang" -c -O2 -fPIC -Wall -Werror scripts/wheel/main.c -o "$static/main.o"
 
+tools="$root/.build/wheel-tools"
+if [ ! -x "$tools/bin/python" ] || ! "$tools/bin/python" -c "import ziglang" 2>/dev/null; then
+    "${PYTHON:-python3}" -m venv "$tools" >&2
+    "$tools/bin/pip" install -q ziglang==0.17.0 >&2
+fi
+mkdir -p "$static/driver"
+ln -sf "$root/scripts/wheel/link-with-zig" "$static/driver/clang"
+
+CKSTORE_STATIC="$static" CKSTORE_ZIG="$tools/bin/python -m ziglang" CKSTORE_GLIBC_FLOOR=2.28 \
 PKG_CONFIG_PATH="$static/pkgconfig" "$SWIFT" build -c "$config" --product ckstore --static-swift-stdlib \
-    -Xswiftc -use-ld=lld \
+    -Xswiftc -tools-directory -Xswiftc "$static/driver" \
     -Xlinker -lCoreFoundation -Xlinker -l_FoundationICU -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections \
-    -Xlinker --wrap=hypot -Xlinker --wrap=hypotf -Xlinker --wrap=arc4random -Xlinker "$static/glibc-compat.o" >&2
+    -Xlinker --wrap=hypot -Xlinker --wrap=hypotf -Xlinker --wrap=arc4random \
+    -Xlinker --wrap=posix_spawn_file_actions_addchdir_np -Xlinker "$static/glibc-compat.o" >&2
 
 echo "$("$SWIFT" build -c "$config" --show-bin-path)/ckstore"
