@@ -53,7 +53,7 @@ test-deps: deps venv
 
 # The man page is generated before the tests run: InstallTests installs it (the plugin cannot run while
 # `swift test` holds the build folder). Then the binary is relinked self-contained, as the wheel ships it
-# (scripts/static-ckstore.sh, seconds), so that every test runs what users install.
+# (scripts/static-ckstore.sh, about 30 s), so that every test runs what users install.
 test: test-deps
 	$(SWIFT) build --build-tests
 	$(MAKE) man MAN_CONFIG=debug

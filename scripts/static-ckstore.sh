@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/static-ckstore.sh [debug|release]: links the ckstore binary so that it needs no Swift runtime,
 # libzstd, libsqlite3 or libstdc++ on the machine that runs it, and no glibc newer than 2.28; prints its path.
-# What `make wheel` ships, and what `make test` tests (a relink of the objects already built, seconds).
+# What `make wheel` ships, and what `make test` tests (swiftc emits the modules again for the changed linker flags and relinks: about 30 s, no full rebuild).
 #
 # - The Swift standard library and Foundation: SwiftPM's --static-swift-stdlib. The toolchain's static
 #   Foundation does not name the archives it needs itself (CoreFoundation, its ICU, shims, collections), so

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from typing import Any, Optional, Sequence
 
 from .errors import BinaryNotFound, CKStoreError, error_for
@@ -77,8 +78,6 @@ def binary_info() -> dict:
 def main() -> None:
     """The ``ckstore`` command a pip install puts on ``PATH``: runs the binary :func:`find_binary` finds, with
     this command's arguments, in this process (so signals and the exit status are the binary's own)."""
-    import sys
-
     try:
         binary = find_binary()
     except BinaryNotFound as error:
