@@ -63,7 +63,66 @@ final class ChunkReader: Sendable {
     /// The frames a predicted frame's tree of bases and inputs decodes, each once: the tree of a predicted
     /// chunk at depth 3 names its parents' moments several times over.
     private final class DecodeMemo {
-        var bytes = [ChunkDigest: ChunkBytes]()
+        var bytes: [ChunkDigest: ChunkBytes]
+
+        init(_ bytes: [ChunkDigest: ChunkBytes] = [:]) { self.bytes = bytes }
+    }
+
+    /// Checks a set of frames that were just written (a pull's), each decoded once and hashed against its
+    /// digest, every frame's checksum with it.
+    ///
+    /// The frames form trees: `roots` are those whose base is outside the set (or that have none), and
+    /// `builtOn` gives for each frame the frames of the set whose base it is. Each tree is walked depth
+    /// first, a frame's decoded bytes kept while the frames built on it are checked and dropped after, so a
+    /// delta chain costs one decode per frame and memory holds one chain per worker. A predicted frame's
+    /// inputs are read like any other base. Trees are checked `workers` at once.
+    ///
+    /// - Returns: how many frames were checked; a frame that no root reaches (a cycle of bases) is not.
+    func check(roots: [ChunkLocation], builtOn: [ChunkDigest: [ChunkLocation]], workers: Int, what: @escaping @Sendable (ChunkDigest) -> String) async throws -> Int {
+        @Sendable func walk(_ location: ChunkLocation, memo: DecodeMemo?, depth: Int) throws -> Int {
+            guard depth < Self.hardChainLimit else {
+                throw CKStoreError(.damaged, "\(what(location.digest)): its chain of bases is longer than \(Self.hardChainLimit) frames (a cycle?)")
+            }
+            let bytes: ChunkBytes
+            do {
+                // Decoded from its own frame and hashed, even when a sibling read it as an input.
+                memo?.bytes[location.digest] = nil
+                bytes = try decode(at: location, checks: .all, hops: 0, memo: memo)
+            } catch {
+                let wrapped = CKStoreError.wrap(error)
+                let code: CKStoreError.Code = [.ioFailure, .noSpace, .cancelled].contains(wrapped.code) ? wrapped.code : .damaged
+                throw CKStoreError(code, "\(what(location.digest)): \(wrapped.message)", cause: wrapped)
+            }
+            // A raw frame's bytes are its pack's mapped pages: let them go once used, as a restore does.
+            defer { bytes.releaseMapping() }
+            guard let children = builtOn[location.digest], !children.isEmpty else { return 1 }
+            // The frames built on this one find its bytes here; what their inputs decode stays for their
+            // siblings (the same moments) and goes with this level.
+            let level = DecodeMemo([location.digest: bytes])
+            var count = 1
+            for child in children { count += try walk(child, memo: level, depth: depth + 1) }
+            return count
+        }
+        return try await withThrowingTaskGroup(of: Int.self) { group in
+            var iterator = roots.makeIterator()
+            for _ in 0..<max(1, workers) {
+                guard let root = iterator.next() else { break }
+                group.addTask { try walk(root, memo: nil, depth: 0) }
+            }
+            var total = 0
+            while let count = try await group.next() {
+                total += count
+                if let root = iterator.next() { group.addTask { try walk(root, memo: nil, depth: 0) } }
+            }
+            return total
+        }
+    }
+
+    /// Decodes one frame on its own, its bases and inputs taken as zeros: for fuzzing the codec on frames
+    /// of no store. Damage throws; what it decodes to means nothing.
+    static func decodeDetached(_ header: FrameHeader, payload: ChunkBytes) throws {
+        let zeros = ChunkBytes([UInt8](repeating: 0, count: header.rawLength))
+        _ = try FrameCodec(level: .default).decode(payload, encoding: header.encoding, rawLength: header.rawLength) { zeros } input: { _ in zeros }
     }
 
     private func decode(at location: ChunkLocation, checks: ChunkChecks, hops: Int, memo known: DecodeMemo?) throws -> ChunkBytes {

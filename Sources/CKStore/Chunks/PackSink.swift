@@ -87,6 +87,20 @@ final class PackSink: @unchecked Sendable {
         return ChunkLocation(frame.header, pack: writer.id, offset: frame.offset)
     }
 
+    /// Gives up: the open packs are dropped (their temporary files removed) and the packs sealed since the
+    /// last call are returned, for the caller to remove once it knows nothing records them. Call it once no
+    /// append is running.
+    func abandon() -> [SealedPack] {
+        state.withLock { state in
+            defer {
+                state.open.removeAll()
+                state.current = state.current.map { _ in nil }
+                state.sealed.removeAll()
+            }
+            return state.sealed
+        }
+    }
+
     /// Seals the open packs, if any, and returns every pack sealed since the last call. Call it once no
     /// append is running.
     func seal() throws -> [SealedPack] {

@@ -69,8 +69,7 @@ public enum FormatValidation {
                 let (header, payload) = try parser.frame(at: frame.offset, storedLength: frame.header.storedLength, expected: frame.header.digest, checkChecksum: true)
                 // Every frame small enough decodes or throws; bases and inputs are zeros of its length.
                 guard header.rawLength <= 16 << 20 else { continue }
-                let zeros = ChunkBytes([UInt8](repeating: 0, count: header.rawLength))
-                _ = try? FrameCodec(level: .default).decode(ChunkBytes(Array(buffer[payload])), encoding: header.encoding, rawLength: header.rawLength) { zeros } input: { _ in zeros }
+                try? ChunkReader.decodeDetached(header, payload: ChunkBytes(Array(buffer[payload])))
             }
             _ = try parser.walkFrames()
             return frames.count

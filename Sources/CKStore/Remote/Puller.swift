@@ -22,9 +22,11 @@ public struct PullReport: Codable, Sendable, Equatable {
 
 /// Brings checkpoints from a remote into the local store: the commit object, the index objects it names,
 /// the manifest frame, then every frame of the closure the local store lacks, by ranged GETs of the packs
-/// (neighbouring frames in one request). Frames are written as stored into local packs; every one is
-/// checked (checksum, then decoded and hashed against its SHA-256, its delta bases with it) before one
-/// transaction records the checkpoint (rule 6, and I-5 locally).
+/// (neighbouring frames in one request, `jobs` at once). Each range is written as it arrives, frames as
+/// stored, into local packs (its frames' checksums checked on the way); then every new frame is decoded
+/// and hashed against its SHA-256 through the ``ChunkReader``, and only then does one transaction record
+/// the checkpoint (rule 6, and I-5 locally). Memory is bounded by `jobs` ranges and one delta chain per
+/// checking worker, never by the checkpoint (I-13).
 struct Puller {
     let catalogue: LockedCatalogue
     let layout: StoreLayout
@@ -33,8 +35,8 @@ struct Puller {
     var progress: ProgressHandler?
     /// Ranges closer than this are fetched in one request, the gap included.
     var coalesceGap: Int64 = 1 << 20
-    /// The most one request fetches.
-    var maxRequest: Int64 = 32 << 20
+    /// The most one request fetches: with `jobs`, what a pull holds in memory at once.
+    var maxRequest: Int64 = 8 << 20
 
     private var objects: any ObjectStore { remote.objects }
 
@@ -85,18 +87,22 @@ struct Puller {
             frontier += row.frame.inputs
         }
         let meter = ProgressMeter("pull", total: wanted.reduce(0) { $0 + Int64($1.frame.range.count) }, handler: progress)
-        let fetched = try await fetch(wanted, report: &report, meter: meter)
 
-        // Checked (decoded from memory and hashed) while they are written as stored into local packs;
-        // nothing is recorded until both are done.
-        async let verified: Void = verify(fetched)
+        // Streamed into local packs as the ranges arrive (each frame's checksum checked on the way), then
+        // every new frame decoded and hashed through the chunk reader; nothing is recorded until both are
+        // done. Memory holds `jobs` ranges and a delta chain per checking worker, whatever the size.
         let sink = PackSink(layout: layout)
-        let needManifest = try !catalogue.with { try $0.containsChunk(commit.id.digest) }
-        let written = (needManifest ? [manifestFrame] : []) + fetched
-        for frame in written { try sink.append(frame.chunk, kind: frame.kind) }
-        let sealed = try sink.seal()
+        var sealed = [SealedPack]()
+        var framesAdded = 0
         do {
-            try await verified
+            if try !catalogue.with({ try $0.containsChunk(commit.id.digest) }) {
+                try sink.append(manifestFrame.chunk, kind: manifestFrame.kind)
+                framesAdded += 1
+            }
+            let arrived = try await stream(wanted, into: sink, report: &report, meter: meter)
+            framesAdded += arrived.count
+            sealed = try sink.seal()
+            try await check(arrived)
             let contentDigest = try manifest.contentDigest()
             var drops = commit.droppedFiles.sorted { $0.key < $1.key }.map { path, part in
                 Committer.PartDrop(paths: [path], part: CheckpointPart(rawValue: part))
@@ -125,6 +131,7 @@ struct Puller {
             }
         } catch {
             // Nothing refers to the new packs: removed now rather than left to gc's grace period.
+            sealed += sink.abandon()
             let recorded = Set(try catalogue.with { try $0.packRows().map(\.id) })
             for pack in sealed where !recorded.contains(pack.id) {
                 try? FileSystem.removeFile(layout.packPath(pack.id))
@@ -132,7 +139,7 @@ struct Puller {
             throw error
         }
         report.pulled = true
-        report.framesAdded = written.count
+        report.framesAdded = framesAdded
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
         return report
     }
@@ -162,120 +169,54 @@ struct Puller {
         return (try Manifest.decode(bytes, id: id), frame)
     }
 
-    /// Decodes every fetched frame and checks it against its SHA-256, before anything is recorded (rule
-    /// 6). Frames are decoded from memory along their delta chains, each base once, the chains in parallel;
-    /// a base this store already had is read (and checked) from the local store.
-    func verify(_ fetched: [FetchedFrame]) async throws {
-        let fetchedDigests = Set(fetched.map(\.chunk.digest))
-        // Predicted frames, and the frames built on them, decode from several fetched frames: they are
-        // checked after the trees of single bases, each through ``checkPredicted``.
-        let byDigest = Dictionary(fetched.map { ($0.chunk.digest, $0) }, uniquingKeysWith: { first, _ in first })
-        var deferred = Set<ChunkDigest>()
-        func isDeferred(_ frame: FetchedFrame, depth: Int = 0) -> Bool {
-            if !frame.chunk.inputs.isEmpty { return true }
-            guard depth < ChunkReader.hardChainLimit, let base = frame.chunk.base, let parent = byDigest[base] else { return false }
-            return isDeferred(parent, depth: depth + 1)
-        }
-        var children = [ChunkDigest: [FetchedFrame]]()
-        var roots = [FetchedFrame]()
-        for frame in fetched {
-            if isDeferred(frame) {
-                deferred.insert(frame.chunk.digest)
-            } else if let base = frame.chunk.base, fetchedDigests.contains(base) {
-                children[base, default: []].append(frame)
-            } else {
-                roots.append(frame)
-            }
-        }
-        let local = ChunkReader(index: ChunkIndex(catalogue: catalogue), packs: PackReaderCache(layout: layout))
-        let codec = FrameCodec(level: .default)
-        let remoteName = remote.name
-        let tree = children
-        /// Checks `frame` (its base's bytes given when it was fetched too) and everything built on it;
-        /// returns how many frames it checked.
-        @Sendable func check(_ frame: FetchedFrame, base: ChunkBytes?) throws -> Int {
-            let chunk = frame.chunk
-            let bytes = try codec.decode(ChunkBytes(chunk.payload), encoding: chunk.encoding, rawLength: chunk.rawLength) {
-                if let base { return base }
-                guard let digest = chunk.base else { throw CKStoreError(.damaged, "a delta frame names no base") }
-                return try local.read(digest, checks: .all, what: "chunk \(digest), the base of \(chunk.digest)")
-            }
-            guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == chunk.digest else {
-                throw CKStoreError(.damaged, "remote \(remoteName): chunk \(chunk.digest) does not decode to bytes with that SHA-256 (the pack object is damaged)")
-            }
-            var count = 1
-            for child in tree[chunk.digest] ?? [] { count += try check(child, base: bytes) }
-            return count
-        }
-        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
-        let checked = try await withThrowingTaskGroup(of: Int.self) { group in
-            var iterator = roots.makeIterator()
-            for _ in 0..<workers {
-                guard let root = iterator.next() else { break }
-                group.addTask { try check(root, base: nil) }
-            }
-            var total = 0
-            while let count = try await group.next() {
-                total += count
-                if let root = iterator.next() { group.addTask { try check(root, base: nil) } }
-            }
-            return total
-        }
-        let checkedPredicted = try checkPredicted(deferred, fetched: byDigest, local: local)
-        guard checked + checkedPredicted == fetched.count else {
-            throw CKStoreError(.damaged, "remote \(remoteName): \(fetched.count - checked - checkedPredicted) fetched frames form a cycle of delta bases")
-        }
-    }
-
-    /// Checks the fetched predicted frames and the frames built on them: each is decoded from its base and
-    /// inputs, fetched ones decoded (and checked) from memory on the way, the others read from the local
-    /// store. Returns how many frames it checked.
-    private func checkPredicted(_ digests: Set<ChunkDigest>, fetched: [ChunkDigest: FetchedFrame], local: ChunkReader) throws -> Int {
-        guard !digests.isEmpty else { return 0 }
-        let codec = FrameCodec(level: .default)
-        let remoteName = remote.name
-        // Decoded fetched frames that a predicted frame needs more than once stay for this check only.
-        var decoded = [ChunkDigest: ChunkBytes]()
-        func resolve(_ digest: ChunkDigest, hops: Int) throws -> ChunkBytes {
-            if let known = decoded[digest] { return known }
-            guard let frame = fetched[digest] else {
-                return try local.read(digest, checks: .all, what: "chunk \(digest), a base or input of a fetched chunk")
-            }
-            guard hops < ChunkReader.hardChainLimit else {
-                throw CKStoreError(.damaged, "remote \(remoteName): chunk \(digest): its chain of bases and inputs is longer than \(ChunkReader.hardChainLimit) frames (a cycle?)")
-            }
-            let chunk = frame.chunk
-            let bytes = try codec.decode(ChunkBytes(chunk.payload), encoding: chunk.encoding, rawLength: chunk.rawLength) {
-                guard let base = chunk.base else { throw CKStoreError(.damaged, "a delta frame names no base") }
-                return try resolve(base, hops: hops + 1)
-            } input: { try resolve($0, hops: hops + 1) }
-            guard bytes.withUnsafeBytes({ SHA256Hasher.digest($0) }) == digest else {
-                throw CKStoreError(.damaged, "remote \(remoteName): chunk \(digest) does not decode to bytes with that SHA-256 (the pack object is damaged)")
-            }
-            // Only what predicted frames read is kept: their bases and inputs, not the frames themselves.
-            if !digests.contains(digest) || hops > 0 { decoded[digest] = bytes }
-            return bytes
-        }
-        for digest in digests.sorted() {
-            _ = try resolve(digest, hops: 0)
-            // Frames of one checkpoint's tensor share their parents' moments; at most 32 decoded chunks
-            // (32 MiB) are kept for the next frames, so that a pull's memory does not grow with its size.
-            if decoded.count > 32 { decoded.removeAll(keepingCapacity: true) }
-        }
-        return digests.count
-    }
-
     /// A frame fetched from the remote, checked against its checksum and the digest the index gave.
     struct FetchedFrame: Sendable {
         var chunk: EncodedChunk
         var kind: FrameKind
     }
 
-    /// Fetches frames by ranged GETs, neighbours in one request, at most `jobs` requests at once.
-    private func fetch(_ rows: [Catalogue.RemoteFrameRow], report: inout PullReport, meter: ProgressMeter? = nil) async throws -> [FetchedFrame] {
-        // Requests: runs of frames of one pack whose gaps are small.
-        var requests = [(pack: String, range: Range<Int64>, frames: [RemoteFrame])]()
-        for (pack, frames) in Dictionary(grouping: rows, by: \.pack) {
+    /// A frame a pull wrote into this store's new packs: where it is, and the frame it is a delta of.
+    struct ArrivedFrame: Sendable {
+        var location: ChunkLocation
+        var base: ChunkDigest?
+    }
+
+    /// Decodes every arrived frame and checks it against its SHA-256 (rule 6) through the chunk reader,
+    /// which finds them in the new packs and the rest in the store: each delta tree is decoded from its
+    /// root once, a base's bytes kept while the frames built on it are checked.
+    private func check(_ arrived: [ChunkDigest: ArrivedFrame]) async throws {
+        var builtOn = [ChunkDigest: [ChunkLocation]]()
+        var roots = [ChunkLocation]()
+        for frame in arrived.values {
+            if let base = frame.base, arrived[base] != nil {
+                builtOn[base, default: []].append(frame.location)
+            } else {
+                roots.append(frame.location)
+            }
+        }
+        let locating = ArrivedFrames(arrived: arrived.mapValues(\.location), index: ChunkIndex(catalogue: catalogue))
+        let reader = ChunkReader(index: locating, packs: PackReaderCache(layout: layout))
+        let remoteName = remote.name
+        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+        let checked = try await reader.check(roots: roots, builtOn: builtOn, workers: workers) {
+            "remote \(remoteName): chunk \($0) (the pack object is damaged)"
+        }
+        guard checked == arrived.count else {
+            throw CKStoreError(.damaged, "remote \(remoteName): \(arrived.count - checked) fetched frames form a cycle of delta bases")
+        }
+    }
+
+    /// One ranged GET: a run of frames of one pack whose gaps are small.
+    private struct Request: Sendable {
+        var pack: String
+        var range: Range<Int64>
+        var frames: [RemoteFrame]
+    }
+
+    /// The requests that fetch `rows`: neighbours in one request, none over ``maxRequest``.
+    private func requests(_ rows: [Catalogue.RemoteFrameRow]) -> [Request] {
+        var requests = [Request]()
+        for (pack, frames) in Dictionary(grouping: rows, by: \.pack).sorted(by: { $0.key < $1.key }) {
             for frame in frames.map(\.frame).sorted(by: { $0.offset < $1.offset }) {
                 if var last = requests.last, last.pack == pack, frame.range.lowerBound - last.range.upperBound <= coalesceGap,
                    frame.range.upperBound - last.range.lowerBound <= maxRequest, frame.range.lowerBound >= last.range.upperBound {
@@ -283,51 +224,91 @@ struct Puller {
                     last.frames.append(frame)
                     requests[requests.count - 1] = last
                 } else {
-                    requests.append((pack, frame.range, [frame]))
+                    requests.append(Request(pack: pack, range: frame.range, frames: [frame]))
                 }
             }
         }
-        let objects = self.objects, remoteName = remote.name
+        return requests
+    }
+
+    /// Fetches one request and parses its frames, each checked against its checksum and the digest the
+    /// index gave.
+    private static func get(_ request: Request, from objects: any ObjectStore, remoteName: String) async throws -> [FetchedFrame] {
+        let key = RemoteLayout.pack(request.pack)
+        let bytes: [UInt8]
+        do {
+            bytes = try await objects.get(key, range: request.range)
+        } catch let error as CKStoreError where error.code == .notFound {
+            throw CKStoreError(.damaged, "remote \(remoteName): pack \(key) is missing", cause: error)
+        }
+        guard bytes.count == request.range.count else {
+            throw CKStoreError(.damaged, "remote \(remoteName): pack \(key) is shorter than its index says")
+        }
+        return try bytes.withUnsafeBytes { (buffer) throws -> [FetchedFrame] in
+            let parser = PackParser(bytes: buffer, name: key)
+            return try request.frames.map { (frame) throws -> FetchedFrame in
+                let (header, payload) = try parser.frame(at: frame.offset - request.range.lowerBound, storedLength: frame.storedLength, expected: frame.digest, checkChecksum: true)
+                return FetchedFrame(
+                    chunk: EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: Array(buffer[payload]), base: header.base, inputs: header.inputs),
+                    kind: header.kind)
+            }
+        }
+    }
+
+    /// Fetches frames into memory (a manifest), neighbours in one request, at most `jobs` at once.
+    private func fetch(_ rows: [Catalogue.RemoteFrameRow], report: inout PullReport) async throws -> [FetchedFrame] {
         var out = [FetchedFrame]()
-        out.reserveCapacity(rows.count)
-        try await withThrowingTaskGroup(of: ([FetchedFrame], Int64).self) { group in
+        try await run(requests(rows), report: &report, each: { $0 }, deliver: { out += $0 })
+        return out
+    }
+
+    /// Fetches frames into `sink` as they arrive, `jobs` requests at once (each task writes what it
+    /// fetched, so no range waits in memory for another); returns where each frame is.
+    private func stream(_ rows: [Catalogue.RemoteFrameRow], into sink: PackSink, report: inout PullReport, meter: ProgressMeter) async throws -> [ChunkDigest: ArrivedFrame] {
+        var arrived = [ChunkDigest: ArrivedFrame]()
+        arrived.reserveCapacity(rows.count)
+        try await run(requests(rows), report: &report, each: { (frames) throws -> [ArrivedFrame] in
+            let written = try frames.map { ArrivedFrame(location: try sink.append($0.chunk, kind: $0.kind), base: $0.chunk.base) }
+            meter.add(frames.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.chunk.payload.count) })
+            return written
+        }, deliver: { frames in
+            for frame in frames { arrived[frame.location.digest] = frame }
+        })
+        return arrived
+    }
+
+    /// Runs `requests`, `jobs` at once: each one's frames go through `each` in the task that fetched
+    /// them, and what it returns to `deliver`, in completion order.
+    private func run<T: Sendable>(_ requests: [Request], report: inout PullReport, each: @escaping @Sendable ([FetchedFrame]) throws -> T,
+                                  deliver: (T) throws -> Void) async throws {
+        let objects = self.objects, remoteName = remote.name
+        try await withThrowingTaskGroup(of: (T, Int64).self) { group in
             var iterator = requests.makeIterator()
-            func add(_ request: (pack: String, range: Range<Int64>, frames: [RemoteFrame])) {
-                group.addTask {
-                    let key = RemoteLayout.pack(request.pack)
-                    let bytes: [UInt8]
-                    do {
-                        bytes = try await objects.get(key, range: request.range)
-                    } catch let error as CKStoreError where error.code == .notFound {
-                        throw CKStoreError(.damaged, "remote \(remoteName): pack \(key) is missing", cause: error)
-                    }
-                    guard bytes.count == request.range.count else {
-                        throw CKStoreError(.damaged, "remote \(remoteName): pack \(key) is shorter than its index says")
-                    }
-                    let frames = try bytes.withUnsafeBytes { (buffer) throws -> [FetchedFrame] in
-                        let parser = PackParser(bytes: buffer, name: key)
-                        return try request.frames.map { (frame) throws -> FetchedFrame in
-                            let (header, payload) = try parser.frame(at: frame.offset - request.range.lowerBound, storedLength: frame.storedLength, expected: frame.digest, checkChecksum: true)
-                            return FetchedFrame(
-                                chunk: EncodedChunk(digest: header.digest, encoding: header.encoding, rawLength: header.rawLength, payload: Array(buffer[payload]), base: header.base, inputs: header.inputs),
-                                kind: header.kind)
-                        }
-                    }
-                    meter?.add(Int64(bytes.count))
-                    return (frames, Int64(bytes.count))
-                }
+            func add(_ request: Request) {
+                group.addTask { (try each(try await Self.get(request, from: objects, remoteName: remoteName)), Int64(request.range.count)) }
             }
             for _ in 0..<max(1, jobs) {
                 guard let request = iterator.next() else { break }
                 add(request)
             }
-            while let (frames, bytes) = try await group.next() {
-                out += frames
+            while let (value, bytes) = try await group.next() {
+                if let request = iterator.next() { add(request) }
+                try deliver(value)
                 report.bytesDownloaded += bytes
                 report.requests += 1
-                if let request = iterator.next() { add(request) }
             }
         }
-        return out
+    }
+}
+
+/// Where a pull finds frames while it checks them: those it wrote into its new packs (not recorded yet),
+/// then the store's.
+struct ArrivedFrames: ChunkLocating {
+    let arrived: [ChunkDigest: ChunkLocation]
+    let index: any ChunkLocating
+
+    func location(of digest: ChunkDigest) throws -> ChunkLocation? {
+        if let location = arrived[digest] { return location }
+        return try index.location(of: digest)
     }
 }
