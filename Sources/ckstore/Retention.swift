@@ -270,7 +270,7 @@ struct GC: AsyncParsableCommand {
     @Option(help: "Apply only this run's policy.") var run: String?
     @Flag(help: "Decide and report; change nothing.") var dryRun = false
     @Option(parsing: .unconditional, help: "Rewrite packs whose dead share exceeds this fraction.") var repackThreshold = 0.3
-    @Option(parsing: .unconditional, help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d).") var grace = "1h"
+    @Option(parsing: .unconditional, help: "Remove orphan packs and temporary files older than this (90m, 1h, 2d); with --remote, how long an object stays condemned before it is deleted (at least 1m).") var grace = "1h"
     @Option(parsing: .unconditional, help: "Then delete the oldest checkpoints no rule protects until packs and catalogue fit in SIZE (500GiB, 2TB); rewrites every pack with a dead frame.") var budget: String?
     @Option(parsing: .unconditional, help: "Remove pending checkpoints (some shards committed, not all) whose oldest shard is older than this (90m, 24h, 2d; 0 removes every pending one).") var pendingAge = "24h"
     @Flag(help: "Print JSON.") var json = false

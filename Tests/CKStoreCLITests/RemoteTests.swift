@@ -20,6 +20,16 @@ struct RemoteTests {
         try #require(try CLI.json(output.stdout) as? [String: Any], "not a JSON object: \(output.stdout) \(output.stderr)")
     }
 
+    /// `gc --remote URL --grace GRACE` with store `store`, run in this process: the CLI holds a remote
+    /// gc's grace to 60 s or more, and only the library's internal call, which tests reach, goes lower.
+    static func remoteGC(_ url: String, store: String, server: SeaweedServer, grace: Double = 1,
+                         pendingAge: Double = PendingCheckpoint.defaultMaximumAge) async throws -> RemoteGCReport {
+        let path = try #require(url.hasPrefix("s3://") ? String(url.dropFirst(5)) : nil)
+        let bucket = String(path.prefix { $0 != "/" }), prefix = String(path.drop { $0 != "/" }.dropFirst())
+        let remote = Remote(name: url, url: url, objects: try server.objects(bucket: bucket, prefix: prefix))
+        return try await CheckpointStore.open(at: store, create: true).collectGarbage(on: remote, grace: grace, pendingAge: pendingAge, minimumGrace: 0)
+    }
+
     static func errorCode(_ output: CLI.Output) -> String? {
         guard let line = output.stderr.split(separator: "\n").last,
               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
@@ -259,6 +269,53 @@ struct RemoteTests {
         }
     }
 
+    /// Issue 29: a pull streams. A fresh machine restores a 600 MiB checkpoint from the bucket with its
+    /// data segment (`RLIMIT_DATA`: the heap and every private writable mapping, thread stacks included)
+    /// held to 160 MiB: what arrives is written as it arrives and checked from the local packs, so memory
+    /// does not grow with the checkpoint. A pull that gathered every frame first needs 600 MiB of heap.
+    @Test func aFreshMachinePullsACheckpointMuchLargerThanItsMemoryLimit() async throws {
+        let limit = 160 << 20
+        func limited(_ arguments: [String], environment: [String: String]) throws -> CLI.Output {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+            process.arguments = ["--data=\(limit)", "--"] + arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            let err = Pipe()
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = err
+            try process.run()
+            let stderr = err.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return CLI.Output(status: process.terminationStatus, stdout: "", stderr: String(decoding: stderr, as: UTF8.self), killed: process.terminationReason == .uncaughtSignal)
+        }
+        // The limit binds here: a process that allocates 300 MiB under it fails.
+        let greedy = try limited(["/usr/bin/python3", "-c", "bytearray(300 << 20)"], environment: [:])
+        #expect(greedy.status != 0, "RLIMIT_DATA is not enforced on this machine; the test would prove nothing")
+
+        try await SeaweedServer.with { server in
+            try await withTemporaryDirectory { root in
+                try await server.createBucket("big")
+                try FileManager.default.createDirectory(atPath: root + "/ckpt", withIntermediateDirectories: true)
+                // Incompressible: every byte of the 600 MiB crosses the wire and lands in a pack.
+                let random = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+                FileManager.default.createFile(atPath: root + "/ckpt/model.bin", contents: nil)
+                let file = try FileHandle(forWritingTo: URL(fileURLWithPath: root + "/ckpt/model.bin"))
+                for _ in 0..<75 { try file.write(contentsOf: try #require(try random.read(upToCount: 8 << 20))) }
+                try file.close()
+                let remote = ["--remote", "s3://big/r", "--endpoint", server.endpoint]
+                #expect(try Self.ckstore(["put", root + "/ckpt", "--run", "big", "--step", "1"], store: root + "/store", server: server).status == 0)
+                let push = try Self.ckstore(["push", "big@1"] + remote, store: root + "/store", server: server)
+                #expect(push.status == 0, "\(push.stderr)")
+
+                let get = try limited([CLI.binary, "get", "big@latest-valid", root + "/out", "--store", root + "/fresh"] + remote, environment: server.environment)
+                #expect(get.status == 0 && !get.killed, "\(get.stderr)")
+                #expect(FileManager.default.contentsEqual(atPath: root + "/out/model.bin", andPath: root + "/ckpt/model.bin"))
+                let stored = try CheckpointStore.open(at: root + "/fresh").list()
+                #expect(stored.map(\.step) == [1], "the pulled checkpoint is recorded in the fresh store")
+            }
+        }
+    }
+
     @Test func twoStoresPushingOneRunAndStepAtOnceHaveExactlyOneWinner() async throws {
         try await SeaweedServer.with { server in
             try await withTemporaryDirectory { root in
@@ -312,31 +369,25 @@ struct RemoteTests {
                         }
                     }
                 }
-                let collector = Task.detached { () throws -> [CLI.Output] in
-                    var outputs = [CLI.Output]()
+                let collector = Task.detached { () throws -> [RemoteGCReport] in
+                    var reports = [RemoteGCReport]()
                     for _ in 0..<8 {
-                        outputs.append(try Self.ckstore(["gc", "--grace", "1s", "--json"] + url, store: root + "/c", server: server))
+                        reports.append(try await Self.remoteGC("s3://busy/x", store: root + "/c", server: server))
                         try await Task.sleep(nanoseconds: 300_000_000)
                     }
-                    return outputs
+                    return reports
                 }
                 for pusher in pushers { #expect(try await pusher.value == Array(repeating: 0, count: steps)) }
-                var reports = [[String: Any]]()
-                for output in try await collector.value {
-                    #expect(output.status == 0, "\(output.stderr)")
-                    if output.status == 0 { reports.append(try Self.json(output)) }
-                }
+                var reports = try await collector.value
                 // Four more rounds, a grace period apart, delete whatever was condemned: index objects
                 // first, then (condemned once no index names them) their packs.
                 for _ in 0..<4 {
                     try await Task.sleep(nanoseconds: 1_200_000_000)
-                    let gc = try Self.ckstore(["gc", "--grace", "1s", "--json"] + url, store: root + "/c", server: server)
-                    #expect(gc.status == 0, "\(gc.stderr)")
-                    if gc.status == 0 { reports.append(try Self.json(gc)) }
+                    reports.append(try await Self.remoteGC("s3://busy/x", store: root + "/c", server: server))
                 }
                 // Retention removed the four oldest of each run, and their packs went in the second phase.
-                let deleted = reports.reduce(0) { $0 + (($1["deleted"] as? [String])?.count ?? 0) }
-                let objects = reports.reduce(0) { $0 + (($1["deleted_objects"] as? Int) ?? 0) }
+                let deleted = reports.reduce(0) { $0 + $1.deleted.count }
+                let objects = reports.reduce(0) { $0 + $1.deletedObjects }
                 #expect(deleted == 2 * (steps - 2), "gc deleted \(deleted) checkpoints")
                 #expect(objects >= 2 * (steps - 2), "gc deleted \(objects) objects")
                 let verify = try Self.ckstore(["verify", "--full", "--json"] + url, store: root + "/c", server: server)

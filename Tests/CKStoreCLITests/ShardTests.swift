@@ -354,9 +354,8 @@ struct RemoteShardTests {
                 // A remote gc with a short grace condemns and deletes nothing a pending shard needs; it
                 // retires the shard objects of step 10, whose commit object names all they did.
                 for round in 0..<2 {
-                    let gc = try ck(["gc", "--grace", "1s", "--json"] + remote, "collector")
-                    #expect(gc.status == 0, "\(gc.stderr)")
-                    #expect(try ShardTests.json(gc)["shard_objects_retired"] as? Int == (round == 0 ? 2 : 0))
+                    let gc = try await RemoteTests.remoteGC("s3://ranks/job", store: root + "/collector", server: server)
+                    #expect(gc.shardObjectsRetired == (round == 0 ? 2 : 0))
                     try await Task.sleep(for: .seconds(1.2))
                 }
                 // Rank 1's push, late: the checkpoint completes, and restores whole on a fresh machine.
@@ -436,15 +435,15 @@ struct RemoteShardTests {
                 let verify = try ShardTests.json(try Self.ckstore(["verify", "--pending-age", "0s", "--json"] + remote, store: root + "/b", server: server))
                 #expect((verify["stale_pending"] as? [[String: Any]])?.first?["step"] as? Int == 5, "\(verify)")
                 #expect(verify["ok"] as? Bool == true)
-                let gc = try ShardTests.json(try Self.ckstore(["gc", "--pending-age", "0s", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server))
-                #expect((gc["pending_removed"] as? [Any])?.count == 1, "\(gc)")
+                let gc = try await RemoteTests.remoteGC("s3://stale/job", store: root + "/b", server: server, pendingAge: 0)
+                #expect(gc.pendingRemoved.count == 1, "\(gc)")
                 #expect(try ShardTests.jsonList(try Self.ckstore(["ls", "--pending", "--json"] + remote, store: root + "/b", server: server)).isEmpty)
                 // Its index objects are condemned once older than the grace, then deleted by a later gc
                 // (which one depends on how long the upload took), and then their packs the same way.
-                var freed = (gc["bytes_freed"] as? Int) ?? 0
+                var freed = gc.bytesFreed
                 for _ in 0..<8 where freed <= 3 << 20 {
                     try await Task.sleep(for: .seconds(1.2))
-                    freed += try ShardTests.json(try Self.ckstore(["gc", "--grace", "1s", "--json"] + remote, store: root + "/b", server: server))["bytes_freed"] as? Int ?? 0
+                    freed += try await RemoteTests.remoteGC("s3://stale/job", store: root + "/b", server: server).bytesFreed
                 }
                 #expect(freed > 3 << 20, "freed \(freed)")
             }

@@ -150,6 +150,46 @@ import Testing
         #expect(offenders.isEmpty, "\(offenders.joined(separator: "\n"))")
     }
 
+    /// Issue 29: one decoder of delta chains. Only ``ChunkReader`` hands the codec a frame's base or inputs
+    /// (a decode given a trailing closure or the `base:`/`input:` arguments), so that a fix to chain
+    /// decoding, its checks or its limits, cannot be missed in a copy. A decode of a self-contained frame
+    /// (a manifest, an annotation) may happen elsewhere: the codec refuses a delta there.
+    @Test func deltaChainsAreDecodedOnlyByTheChunkReader() throws {
+        let chainDecode = try NSRegularExpression(pattern: #"\.decode\([^\n]*encoding:[^\n]*\)\s*\{|\.decode\([^\n]*encoding:[^\n]*\b(base|input):"#)
+        let allowed: Set<String> = ["Chunks/ChunkReader.swift", "Codec/FrameCodec.swift"]
+        var offenders = [String]()
+        var decoders = 0
+        let enumerator = try #require(FileManager.default.enumerator(atPath: Self.sources))
+        for case let path as String in enumerator where path.hasSuffix(".swift") {
+            let text = try String(contentsOfFile: Self.sources + "/" + path, encoding: .utf8)
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let code = String(line).trimmingCharacters(in: .whitespaces)
+                guard !code.hasPrefix("//"),
+                      chainDecode.firstMatch(in: code, range: NSRange(code.startIndex..., in: code)) != nil else { continue }
+                if allowed.contains(path) { decoders += 1 } else { offenders.append("\(path):\(number + 1): \(code)") }
+            }
+        }
+        // The pattern finds the reader's own chain decode, so it would find a copy.
+        #expect(decoders >= 1, "the chunk reader's chain decode no longer matches the pattern; fix the test")
+        #expect(offenders.isEmpty, "\(offenders.joined(separator: "\n"))")
+    }
+
+    /// Issue 29: a remote gc's grace has a floor (60 s) that only tests lower: no source but the
+    /// collector's own file passes a floor, so neither the CLI nor the Python package can.
+    @Test func onlyTestsLowerTheRemoteGraceFloor() throws {
+        let root = URL(fileURLWithPath: Self.sources).deletingLastPathComponent().path
+        var offenders = [String]()
+        var declared = false
+        let enumerator = try #require(FileManager.default.enumerator(atPath: root))
+        for case let path as String in enumerator where path.hasSuffix(".swift") {
+            let text = try String(contentsOfFile: root + "/" + path, encoding: .utf8)
+            guard text.contains("minimumGrace:") else { continue }
+            if path == "CKStore/Remote/RemoteCollector.swift" { declared = true } else { offenders.append(path) }
+        }
+        #expect(declared, "the collector no longer takes a floor; fix the test")
+        #expect(offenders.isEmpty, "\(offenders)")
+    }
+
     /// Issue 32: the folders of `Sources/CKStore` are layers. A folder uses a folder when it names a type
     /// declared at the top level of one of its files; no folder may use, directly or through others, a
     /// folder that uses it back. The first cycle found is reported with a use on each of its edges.

@@ -159,7 +159,9 @@ import Testing
             #expect(try Files.tree(root + "/out") == Files.tree(root + "/a-ckpt-3"))
             // An older one brings only what the store lacks: its frozen embedding is there already.
             let older = try await fresh.pull(.step(run: "r", step: 10), from: remote)
-            #expect(older.bytesDownloaded < (try store.summary(of: older.id)).storedBytesAdded)
+            // (Counted in frames: bytes downloaded include the gaps that ranged GETs of neighbours span.)
+            let alone = try await CheckpointStore.open(at: root + "/alone", create: true).pull(.step(run: "r", step: 10), from: remote)
+            #expect(older.pulled && older.framesAdded < alone.framesAdded, "\(older.framesAdded) frames added, \(alone.framesAdded) into an empty store")
             #expect(try await fresh.verify(VerifyOptions(depth: .full)).ok)
             // The same content from another store at the same run and step is no conflict; other content is.
             let twin = try await Self.series(root, "twin", count: 1)
@@ -183,25 +185,25 @@ import Testing
             try store.setPolicy(policy, run: "r")
             try await Task.sleep(nanoseconds: 1_100_000_000)
             // A dry run decides the same and changes nothing; the report has local gc's retention fields.
-            let planned = try await store.collectGarbage(on: remote, grace: 1, dryRun: true)
+            let planned = try await store.collectGarbage(on: remote, grace: 1, dryRun: true, minimumGrace: 0)
             #expect(planned.dryRun && planned.deletedCheckpoints.map(\.step) == [10, 20])
             #expect(planned.kept.map(\.step) == [30, 40] && planned.kept.allSatisfy { $0.reasons.contains("keep-last 2") })
             #expect(try await store.remoteCheckpoints(remote).count == 4)
             let json = try JSONSerialization.jsonObject(with: try ReportJSON.encoder().encode(planned)) as? [String: Any]
             #expect(Set(["dry_run", "kept", "deleted", "deleted_checkpoints", "bytes_freed"]).isSubset(of: Set(json?.keys.map { $0 } ?? [])))
-            let first = try await store.collectGarbage(on: remote, grace: 1)
+            let first = try await store.collectGarbage(on: remote, grace: 1, minimumGrace: 0)
             #expect(first.deleted.count == 2 && first.deleted == planned.deleted)
             // Phase one only condemns, and only index objects while they still name their packs.
             #expect(first.condemnedObjects >= 1 && first.deletedObjects == 0, "\(first)")
             #expect(try await store.remoteCheckpoints(remote).map(\.step) == [30, 40])
             try await Task.sleep(nanoseconds: 1_100_000_000)
-            let second = try await store.collectGarbage(on: remote, grace: 1)
+            let second = try await store.collectGarbage(on: remote, grace: 1, minimumGrace: 0)
             #expect(second.deletedObjects == first.condemnedObjects && second.bytesFreed > 0)
             // The packs those index objects named are judged once the index objects are gone.
-            let third = try await store.collectGarbage(on: remote, grace: 1)
+            let third = try await store.collectGarbage(on: remote, grace: 1, minimumGrace: 0)
             #expect(third.condemnedObjects >= 1 && third.deletedObjects == 0, "\(third)")
             try await Task.sleep(nanoseconds: 1_100_000_000)
-            let fourth = try await store.collectGarbage(on: remote, grace: 1)
+            let fourth = try await store.collectGarbage(on: remote, grace: 1, minimumGrace: 0)
             #expect(fourth.deletedObjects == third.condemnedObjects && fourth.bytesFreed > 0)
             #expect(try await store.verify(remote: remote, depth: .full).ok)
             let fresh = try CheckpointStore.open(at: root + "/fresh", create: true)
@@ -210,7 +212,12 @@ import Testing
                 try await fresh.restore(pulled.id, to: root + "/out-\(step)")
                 #expect(try Files.tree(root + "/out-\(step)") == Files.tree(root + "/a-ckpt-\(step / 10)"))
             }
-            await #expect(throws: CKStoreError.self) { try await store.collectGarbage(on: remote, grace: 0) }
+            // The grace has a floor of a minute that only tests (through the internal call) go below.
+            for grace in [0, 1, 59.5] {
+                let refused = await #expect(throws: CKStoreError.self) { try await store.collectGarbage(on: remote, grace: grace) }
+                #expect(refused?.code == .invalidArgument && refused?.message.contains("at least 60 s") == true, "\(String(describing: refused))")
+            }
+            #expect(try await store.collectGarbage(on: remote, grace: 60, dryRun: true).graceSeconds == 60)
         }
     }
 

@@ -168,7 +168,7 @@ import Testing
                     let verified = try await store.verify(remote: remote, depth: .full)
                     #expect(verified.ok && verified.problems.isEmpty, "\(name)")
                     proxy.inject(fault, times: times, where: match)
-                    _ = try await store.collectGarbage(on: remote, grace: 1)
+                    _ = try await store.collectGarbage(on: remote, grace: 1, minimumGrace: 0)
                     #expect(try await Self.noIncompleteUploads(objects), "\(name)")
                     #expect(proxy.faultsApplied.contains(fault.description), "\(name): the fault was never applied")
                     if name == "slowdown" { #expect(Date().timeIntervalSince(started) >= 2, "Retry-After: 1 was not honoured") }
@@ -186,7 +186,7 @@ import Testing
                     #expect(error.code == .remote && error.message.contains("ignores conditional writes"))
                 }
                 // gc's lease is a conditional create too.
-                await #expect(throws: CKStoreError.self) { try await store.collectGarbage(on: blind, grace: 1) }
+                await #expect(throws: CKStoreError.self) { try await store.collectGarbage(on: blind, grace: 1, minimumGrace: 0) }
                 var risky = blind
                 risky.unsafeUnconditionalCommits = true
                 #expect(try await store.push(ids, to: risky).pushed.count == 2)
@@ -213,7 +213,7 @@ import Testing
                     ("push", { _ = try await newcomer.push(try newcomer.list().map(\.id), to: listed) }),
                     ("pull", { _ = try await newcomer.pull(.latestValid(run: "r"), from: listed) }),
                     ("verify", { _ = try await store.verify(remote: listed, depth: .quick) }),
-                    ("gc", { _ = try await store.collectGarbage(on: listed, grace: 1) }),
+                    ("gc", { _ = try await store.collectGarbage(on: listed, grace: 1, minimumGrace: 0) }),
                 ]
                 for (operation, run) in operations {
                     do {
@@ -272,7 +272,7 @@ import Testing
                 let young = try await store.collectGarbage(on: remote, grace: 3600)
                 #expect(young.multipartAborted == 0 && young.multipartInProgress == 1)
                 try await Task.sleep(nanoseconds: 1_200_000_000)
-                let report = try await store.collectGarbage(on: remote, grace: 1)
+                let report = try await store.collectGarbage(on: remote, grace: 1, minimumGrace: 0)
                 #expect(report.multipartAborted == 1)
                 #expect(try await Self.noIncompleteUploads(objects))
             }

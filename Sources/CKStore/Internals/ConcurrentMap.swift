@@ -25,3 +25,24 @@ extension Collection where Element: Sendable {
         return results.map { $0! }
     }
 }
+
+/// Runs `body` until `deadline`: its result, or nil when the deadline came first, in which case `body`'s
+/// task is cancelled (a transport's request is abandoned; one already sent may still complete, which the
+/// caller's protocol allows for). A push's commit uses it: a commit that cannot be written within half the
+/// grace period of its check is given up and checked again, never written late.
+func untilDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            return nil
+        }
+        defer { group.cancelAll() }
+        while let result = try await group.next() {
+            if let result { return result }
+            // The sleep ended: the deadline passed, unless it was cancelled because the body returned.
+            if ContinuousClock.now >= deadline { return nil }
+        }
+        return nil
+    }
+}

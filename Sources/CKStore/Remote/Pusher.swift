@@ -42,10 +42,27 @@ extension PushReport {
 /// What remote gc condemned and when (`gc/pending`): the first of its two phases. A push never commits a
 /// checkpoint that needs a condemned object; gc deletes an object only when it was condemned at least
 /// `grace` seconds before and no commit object names it then.
+///
+/// A condemnation is written twice: first without a time (`unstamped`), then, once that write has
+/// returned, stamped with a time taken after it. So every push that did not see the condemnation read
+/// `gc/pending` before its stamp, and commits within half the grace period of that read, before any gc can
+/// delete the object (`docs/design.md`, remote gc).
 struct RemotePending: Codable, Sendable {
     var grace: Double
-    /// Object key → unix time it was condemned.
+    /// Object key → unix time its condemnation was known to every reader of this object.
     var condemned: [String: Double]
+    /// Condemned objects whose condemnation has no time yet: pushes avoid them, no gc deletes them; the
+    /// gc that wrote them stamps them, or the next one does if it died first.
+    @OmittedWhenEmpty var unstamped: [String] = []
+
+    init(grace: Double, condemned: [String: Double], unstamped: [String] = []) {
+        self.grace = grace
+        self.condemned = condemned
+        self.unstamped = unstamped
+    }
+
+    /// Whether `key` is condemned, stamped or not.
+    func isCondemned(_ key: String) -> Bool { condemned[key] != nil || unstamped.contains(key) }
 }
 
 /// Pushes checkpoints to a remote: uploads exactly the frames the remote lacks, as stored, in new packs,
@@ -164,8 +181,8 @@ struct Pusher {
             let pending = try await RemoteSession.pending(objects)
             var unusable = try catalogue.with { catalogue in
                 Set(try needed.filter { (name) throws -> Bool in
-                    if pending.condemned[RemoteLayout.index(name)] != nil { return true }
-                    return try catalogue.remotePacks(remote.url, indexes: [name]).contains { pending.condemned[RemoteLayout.pack($0)] != nil }
+                    if pending.isCondemned(RemoteLayout.index(name)) { return true }
+                    return try catalogue.remotePacks(remote.url, indexes: [name]).contains { pending.isCondemned(RemoteLayout.pack($0)) }
                 })
             }
             let others = needed.subtracting(created).subtracting(unusable)
@@ -176,10 +193,15 @@ struct Pusher {
                 continue
             }
             // The check holds for half the grace period: a gc's deletion comes at least a grace period
-            // after it condemned, so a commit written within half of it after the check is seen by that gc.
-            guard (ContinuousClock.now - checked) / .seconds(1) < pending.grace / 2 else { continue }
+            // after it stamped its condemnation, so a commit written within half of it after the check is
+            // seen by that gc. A commit that cannot be written by then (a slow server, retries) is given up
+            // and checked again, never written late.
             let bytes = try body(needed.sorted())
-            if try await objects.put(key, bytes, ifAbsent: true) {
+            let objects = self.objects
+            guard let created = try await untilDeadline(checked + .seconds(pending.grace / 2), { try await objects.put(key, bytes, ifAbsent: true) }) else {
+                continue
+            }
+            if created {
                 report.bytesUploaded += Int64(bytes.count)
                 report.objectsUploaded += 1
                 return .written(bytes)

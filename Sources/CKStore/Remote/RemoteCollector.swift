@@ -50,6 +50,9 @@ struct RemoteCollector {
     var dryRun = false
     /// Pending checkpoints whose oldest shard object is older than this are removed.
     var pendingAge = PendingCheckpoint.defaultMaximumAge
+    /// The shortest grace period a gc may use: a push commits within half of it after its check, and
+    /// a busy machine or a slow server must be able to. Only tests go lower.
+    static let minimumGrace: Double = 60
     /// A lease older than this is taken to be left by a gc that died.
     var leaseTimeout: Double = 3600
 
@@ -166,8 +169,15 @@ struct RemoteCollector {
         }
         var pending = try await RemoteSession.pending(objects)
         pending.grace = grace
+        // Condemnations a gc wrote and died before stamping: this run stamps those still unused.
+        pending.unstamped.removeAll { key in
+            guard sizes[key] == nil || kept(key) else { return false }
+            if sizes[key] != nil { report.rescuedObjects += 1 }
+            return true
+        }
 
-        // Phase two: condemned at least a grace period ago and still needed by no commit: deleted.
+        // Phase two: condemned (and stamped) at least a grace period ago and still needed by no commit:
+        // deleted.
         var delete = [String]()
         for (key, condemnedAt) in pending.condemned {
             if sizes[key] == nil || kept(key) {
@@ -184,7 +194,7 @@ struct RemoteCollector {
 
         // Phase one: unreferenced and older than the grace period (a push in progress is younger).
         var condemn = [String]()
-        for object in listed where !kept(object.key) && pending.condemned[object.key] == nil && now - object.lastModified >= grace {
+        for object in listed where !kept(object.key) && !pending.isCondemned(object.key) && now - object.lastModified >= grace {
             condemn.append(object.key)
         }
         report.condemnedObjects = condemn.count
@@ -210,7 +220,15 @@ struct RemoteCollector {
         }
         let deletedIndexes = delete.filter { $0.hasPrefix(RemoteLayout.indexPrefix) }.map(RemoteLayout.name(ofKey:))
         try catalogue.forgetRemoteIndexes(remote.url, names: Array(deletedIndexes))
-        for key in condemn { pending.condemned[key] = now }
+        // Condemned in two writes: unstamped first, then stamped with a time taken after that write
+        // returned, so that a push that read `gc/pending` without seeing a condemnation read it before
+        // the stamp (the invariant in docs/design.md).
+        pending.unstamped = (pending.unstamped + condemn).sorted()
+        _ = try await objects.put(RemoteLayout.pending, try RemoteJSON.encode(pending), ifAbsent: false)
+        guard !pending.unstamped.isEmpty else { return report }
+        let stamp = Date().timeIntervalSince1970
+        for key in pending.unstamped { pending.condemned[key] = stamp }
+        pending.unstamped = []
         _ = try await objects.put(RemoteLayout.pending, try RemoteJSON.encode(pending), ifAbsent: false)
         return report
     }
@@ -219,10 +237,19 @@ struct RemoteCollector {
 extension CheckpointStore {
     /// Garbage collection of a remote: this store's retention policies and pins applied to the remote's
     /// runs, then the two phases that delete what no commit needs (see ``RemoteCollector``).
+    ///
+    /// - Throws: `invalidArgument` for a grace period under ``RemoteCollector/minimumGrace`` (60 s).
     public func collectGarbage(on remote: Remote, grace: Double = 3600, dryRun: Bool = false, pendingAge: Double = PendingCheckpoint.defaultMaximumAge) async throws(CKStoreError) -> RemoteGCReport {
+        try await collectGarbage(on: remote, grace: grace, dryRun: dryRun, pendingAge: pendingAge, minimumGrace: RemoteCollector.minimumGrace)
+    }
+
+    /// As the public call, with the floor of the grace period lowered: for tests, which cannot wait a
+    /// minute per phase. Nothing else in the tree passes a floor (a test checks that).
+    func collectGarbage(on remote: Remote, grace: Double, dryRun: Bool = false, pendingAge: Double = PendingCheckpoint.defaultMaximumAge, minimumGrace: Double) async throws(CKStoreError) -> RemoteGCReport {
         try await CKStoreError.wrapping("gc of remote \(remote.name)") {
-            // Pushes commit within half the grace period of their check; below a second that cannot be kept.
-            guard grace >= 1, grace.isFinite else { throw CKStoreError(.invalidArgument, "a remote gc's grace period must be at least 1 second (it bounds how long a push may take from its last check to its commit)") }
+            guard grace >= minimumGrace, grace.isFinite else {
+                throw CKStoreError(.invalidArgument, "a remote gc's grace period must be at least \(Int(minimumGrace)) s: pushes have half of it from their last check to their commit, and a commit that takes longer is given up")
+            }
             var collector = RemoteCollector(catalogue: catalogue, remote: remote)
             collector.grace = grace
             collector.dryRun = dryRun

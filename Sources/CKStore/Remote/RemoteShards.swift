@@ -184,9 +184,9 @@ extension Pusher {
         let pending = try await RemoteSession.pending(objects)
         let packs = try catalogue.with { try $0.remotePacks(remote.url, indexes: indexes.sorted()) }
         let keys: [String] = indexes.sorted().map(RemoteLayout.index) + packs.sorted().map(RemoteLayout.pack)
-        let condemned: [String] = keys.filter { pending.condemned[$0] != nil }
+        let condemned: [String] = keys.filter { pending.isCondemned($0) }
         let gone: [String] = try await missingObjects(keys)
-        guard condemned.isEmpty, gone.isEmpty, (ContinuousClock.now - checked) / .seconds(1) < pending.grace / 2 else {
+        guard condemned.isEmpty, gone.isEmpty else {
             throw CKStoreError(.conflict, "remote \(remote.name): objects the shards of \(run)@\(step) need are condemned or gone (\((condemned + gone).prefix(3).joined(separator: ", "))); put and push the shards again")
         }
         let checkpoint = CheckpointSummary(
@@ -196,7 +196,12 @@ extension Pusher {
             tags: combined.tags)
         let commit = RemoteCommit(checkpoint, content: content, indexes: indexes.sorted(), shards: combined.shards)
         let body = try RemoteJSON.encode(commit)
-        if try await objects.put(key, body, ifAbsent: true) {
+        // Written within half the grace period of the check, or not at all (as a push's commit).
+        let objects = self.objects
+        guard let created = try await untilDeadline(checked + .seconds(pending.grace / 2), { try await objects.put(key, body, ifAbsent: true) }) else {
+            throw CKStoreError(.conflict, "remote \(remote.name): the commit object of \(run)@\(step) could not be written within half of gc's grace period (\(Int(pending.grace / 2)) s) of the check; push again")
+        }
+        if created {
             report.bytesUploaded += Int64(body.count)
             report.objectsUploaded += 1
             try catalogue.with { catalogue in try catalogue.write { try catalogue.setRemoteCommit(remote.url, key: key, id: id, body: String(decoding: body, as: UTF8.self)) } }
