@@ -63,6 +63,11 @@ struct RemotePending: Codable, Sendable {
 
     /// Whether `key` is condemned, stamped or not.
     func isCondemned(_ key: String) -> Bool { condemned[key] != nil || unstamped.contains(key) }
+
+    /// How long after its check a push may write a commit: half the grace. Not of the grace recorded
+    /// here alone (the next gc may use a shorter one, and a remote no gc ran on records none), but of the
+    /// shortest any gc may use, the floor, when that is shorter.
+    var commitWindow: Duration { .seconds(min(grace, RemoteCollector.minimumGrace) / 2) }
 }
 
 /// Pushes checkpoints to a remote: uploads exactly the frames the remote lacks, as stored, in new packs,
@@ -187,6 +192,13 @@ struct Pusher {
             }
             let others = needed.subtracting(created).subtracting(unusable)
             unusable.formUnion(try await missingObjects(others.map(RemoteLayout.index)).map(RemoteLayout.name(ofKey:)))
+            // An index this push wrote may name a pack that a gc deleted after the index's HEAD of it and
+            // before the index landed (the gc listed the indexes first, and no index then named that orphan
+            // pack), so its packs are checked too; a reused index keeps its packs, as gc holds.
+            for name in needed.intersection(created).subtracting(unusable) {
+                let packs = try catalogue.with { try $0.remotePacks(remote.url, indexes: [name]) }
+                if try await !missingObjects(packs.sorted().map(RemoteLayout.pack)).isEmpty { unusable.insert(name) }
+            }
             if !unusable.isEmpty {
                 try catalogue.with { catalogue in try catalogue.write { try catalogue.forgetRemoteIndexes(remote.url, unusable) } }
                 created.subtract(unusable)
@@ -198,7 +210,7 @@ struct Pusher {
             // and checked again, never written late.
             let bytes = try body(needed.sorted())
             let objects = self.objects
-            guard let created = try await untilDeadline(checked + .seconds(pending.grace / 2), { try await objects.put(key, bytes, ifAbsent: true) }) else {
+            guard let created = try await untilDeadline(checked + pending.commitWindow, { try await objects.put(key, bytes, ifAbsent: true) }) else {
                 continue
             }
             if created {

@@ -198,8 +198,8 @@ extension Pusher {
         let body = try RemoteJSON.encode(commit)
         // Written within half the grace period of the check, or not at all (as a push's commit).
         let objects = self.objects
-        guard let created = try await untilDeadline(checked + .seconds(pending.grace / 2), { try await objects.put(key, body, ifAbsent: true) }) else {
-            throw CKStoreError(.conflict, "remote \(remote.name): the commit object of \(run)@\(step) could not be written within half of gc's grace period (\(Int(pending.grace / 2)) s) of the check; push again")
+        guard let created = try await untilDeadline(checked + pending.commitWindow, { try await objects.put(key, body, ifAbsent: true) }) else {
+            throw CKStoreError(.conflict, "remote \(remote.name): the commit object of \(run)@\(step) could not be written within \(pending.commitWindow) of the check (half of gc's grace period); push again")
         }
         if created {
             report.bytesUploaded += Int64(body.count)
