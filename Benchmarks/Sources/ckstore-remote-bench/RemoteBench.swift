@@ -25,6 +25,7 @@ struct RemoteBench: AsyncParsableCommand {
     @Option(help: "Series kind: fp32, bf16 or frozen (ckstore-gen --series).") var series = "fp32"
     @Option(help: "Restores of the newest checkpoint per tool (the median is reported).") var restores = 3
     @Option(help: "Parallel uploads and downloads for ckstore (--jobs).") var jobs = 4
+    @Option(help: "Also restore with ckstore at these --jobs values, for its peak memory (comma-separated; empty for none).", transform: { $0.split(separator: ",").compactMap { Int($0) } }) var jobsScan: [Int] = [1, 4, 8]
     @Option(help: "ckstore's delta chain bound for the puts (default: the store's, 3); 0 stores every chunk in full, so a restore needs no older frames.") var maxDeltaDepth: Int?
 
     func run() async throws {
@@ -89,20 +90,32 @@ struct RemoteBench: AsyncParsableCommand {
 
         // Restore the newest checkpoint on an empty machine, each tool from its bucket.
         let newest = URL(fileURLWithPath: folders.last!).lastPathComponent
-        var restoreSeconds: [String: [Double]] = [:]
+        var restoreSeconds: [String: [Double]] = [:], restorePeakKiB: [String: [Int]] = [:]
+        func restore(_ tool: String, _ arguments: [String]) throws {
+            try dropCaches()
+            let measured = try Command.measure(arguments)
+            restoreSeconds[tool, default: []].append(measured.seconds)
+            restorePeakKiB[tool, default: []].append(measured.peakKiB)
+        }
         for attempt in 0..<restores {
             let target = work + "/run/restore-\(attempt)"
-            try dropCaches()
-            restoreSeconds["ckstore", default: []].append(try Command.measure([ckstore, "get", "bench@latest-valid", target + "/ckstore", "--store", target + "/empty-store", "--jobs", String(jobs)] + remote).seconds)
-            try dropCaches()
-            restoreSeconds["restic", default: []].append(try Command.measure(["restic", "-r", "s3:\(server.endpoint)/restic", "--cache-dir", target + "/restic-cache", "restore", "latest", "--target", target + "/restic"]).seconds)
-            try dropCaches()
-            restoreSeconds["rclone", default: []].append(try Command.measure(["rclone", "copy", "sw:rclone/\(newest)", target + "/rclone", "--transfers", String(jobs)]).seconds)
+            try restore("ckstore", [ckstore, "get", "bench@latest-valid", target + "/ckstore", "--store", target + "/empty-store", "--jobs", String(jobs)] + remote)
+            try restore("restic", ["restic", "-r", "s3:\(server.endpoint)/restic", "--cache-dir", target + "/restic-cache", "restore", "latest", "--target", target + "/restic"])
+            try restore("rclone", ["rclone", "copy", "sw:rclone/\(newest)", target + "/rclone", "--transfers", String(jobs)])
             let expected = try Command.output(["/bin/sh", "-c", "cd '\(folders.last!)' && sha256sum * | sort"])
             for restored in [target + "/ckstore", target + "/restic" + folders.last!, target + "/rclone"] {
                 let actual = try Command.output(["/bin/sh", "-c", "cd '\(restored)' && sha256sum * | sort"])
                 guard actual == expected else { throw BenchError("\(restored) differs from \(folders.last!)") }
             }
+            try? FileManager.default.removeItem(atPath: target)
+        }
+        // How ckstore's peak memory scales with --jobs (each range is at most 8 MiB).
+        var peakByJobs = [(jobs: Int, seconds: Double, peakKiB: Int)]()
+        for scanJobs in jobsScan {
+            let target = work + "/run/restore-jobs-\(scanJobs)"
+            try dropCaches()
+            let measured = try Command.measure([ckstore, "get", "bench@latest-valid", target + "/ckstore", "--store", target + "/empty-store", "--jobs", String(scanJobs)] + remote)
+            peakByJobs.append((scanJobs, measured.seconds, measured.peakKiB))
             try? FileManager.default.removeItem(atPath: target)
         }
 
@@ -123,6 +136,30 @@ struct RemoteBench: AsyncParsableCommand {
         print("bytes uploaded: \(Self.f(bytesRatio))× restic's (target ≤ 0.75×: \(bytesRatio <= 0.75 ? "met" : "MISSED"))")
         print("push: \(Self.f(pushRatio))× faster than restic's backup (target ≥ 2×: \(pushRatio >= 2 ? "met" : "MISSED")); put + push: \(Self.f(storeRatio))×")
         print("restore on an empty machine: \(Self.f(restoreRatio))× faster than restic's (target ≥ 2×: \(restoreRatio >= 2 ? "met" : "MISSED"))")
+
+        // Issue 29's targets: at least as fast as rclone copy of the raw folder, the bucket at most 0.85 of
+        // the logical bytes (fp32), and get --remote under 256 MiB for a checkpoint of 2.5 GB or more.
+        let newestBytes = folderSize(folders.last!)
+        print("")
+        print("newest checkpoint: \(Self.mb(newestBytes)) MB; restore on an empty machine, median of \(restores), peak resident memory (max of \(restores)):")
+        print("")
+        print("| tool | restore (s) | peak RSS (MiB) |")
+        print("| --- | --- | --- |")
+        for tool in ["ckstore", "restic", "rclone"] {
+            print("| \(tool == "ckstore" ? "ckstore get --remote --jobs \(jobs)" : tool == "restic" ? "restic restore" : "rclone copy --transfers \(jobs)") | \(Self.f(restoreMedian[tool]!)) | \(Self.f(Double(restorePeakKiB[tool]!.max()!) / 1024)) |")
+        }
+        if !peakByJobs.isEmpty {
+            print("")
+            print("| ckstore get --remote --jobs | restore (s) | peak RSS (MiB) |")
+            print("| --- | --- | --- |")
+            for row in peakByJobs { print("| \(row.jobs) | \(Self.f(row.seconds)) | \(Self.f(Double(row.peakKiB) / 1024)) |") }
+        }
+        let rcloneRatio = restoreMedian["rclone"]! / restoreMedian["ckstore"]!
+        let share = Double(ckstoreBytes) / Double(logical)
+        print("")
+        print("restore vs rclone copy of the raw folder: \(Self.f(rcloneRatio))× (target ≥ 1×: \(rcloneRatio >= 1 ? "met" : "MISSED")); bucket \(Self.f(share)) of logical (target ≤ 0.85 on fp32: \(share <= 0.85 ? "met" : "MISSED"))")
+        let peakMiB = Double(restorePeakKiB["ckstore"]!.max()!) / 1024
+        print("ckstore get --remote peak: \(Self.f(peakMiB)) MiB for \(Self.mb(newestBytes)) MB (target < 256 MiB\(newestBytes >= 2_500_000_000 ? "" : ", stated for 2.5 GB or more"): \(peakMiB < 256 ? "met" : "MISSED"))")
     }
 
     /// Drops the page cache where the machine lets us, so each tool reads its input from disk.
