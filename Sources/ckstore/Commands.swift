@@ -215,6 +215,20 @@ struct Get: AsyncParsableCommand {
 
     func run() async throws {
         let checkpointStore: CheckpointStore, id: CheckpointID
+        var options = RestoreOptions(files: files, tensors: tensors, force: force)
+        options.keepSpecialModeBits = keepSpecialBits
+        options.shard = try shard.map { try ShardSpec(parsing: $0) }
+        if remote.remote != nil, options.isWhole {
+            // The whole checkpoint: pulled and restored in one pass over what arrives.
+            checkpointStore = try store.open(create: true)
+            let source = try remote.connect(checkpointStore)
+            let renderer = progress.renderer()
+            options.progress = renderer?.handler
+            let result = try await checkpointStore.pull(try CheckpointReference(parsing: reference), from: source, restoringTo: destination, options: options,
+                                                        jobs: transfers.jobs, progress: renderer?.handler).restored
+            renderer?.finish()
+            return try report(result, id: result.id)
+        }
         if remote.remote != nil {
             // From a remote, through this store as its cache (created when it does not exist yet).
             checkpointStore = try store.open(create: true)
@@ -232,13 +246,14 @@ struct Get: AsyncParsableCommand {
         } else {
             (checkpointStore, id) = try await store.resolve(reference)
         }
-        var options = RestoreOptions(files: files, tensors: tensors, force: force)
-        options.keepSpecialModeBits = keepSpecialBits
-        options.shard = try shard.map { try ShardSpec(parsing: $0) }
         let renderer = progress.renderer()
         options.progress = renderer?.handler
         let result = try await checkpointStore.restore(id, to: destination, options: options)
         renderer?.finish()
+        try report(result, id: id)
+    }
+
+    private func report(_ result: RestoreResult, id: CheckpointID) throws {
         if json {
             try JSONOutput.print(result)
         } else {

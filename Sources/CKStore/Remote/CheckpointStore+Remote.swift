@@ -93,6 +93,24 @@ extension CheckpointStore {
     /// Brings a remote checkpoint and every frame it needs into this store, checking each against its
     /// SHA-256; for `RUN@latest-valid`, the newest that arrives whole.
     public func pull(_ reference: CheckpointReference, from remote: Remote, jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> PullReport {
+        try await pull(reference, from: remote, jobs: jobs, progress: progress, restoringTo: nil).report
+    }
+
+    /// Brings a remote checkpoint into this store and restores it into `destination` (`get --remote`):
+    /// the restore runs over the frames just fetched, and is the check they need, before the checkpoint is
+    /// recorded (``Puller``), so every chain is decoded once. When the store held the checkpoint already,
+    /// or `options` choose some files or tensors, it is restored from the store after the pull.
+    ///
+    /// - Throws: as ``pull(_:from:jobs:progress:)`` and ``restore(_:to:options:)``.
+    public func pull(_ reference: CheckpointReference, from remote: Remote, restoringTo destination: String, options: RestoreOptions = RestoreOptions(),
+                     jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> (report: PullReport, restored: RestoreResult) {
+        let (report, restored) = try await pull(reference, from: remote, jobs: jobs, progress: progress, restoringTo: (destination, options))
+        if let restored { return (report, restored) }
+        return (report, try await restore(report.id, to: destination, options: options))
+    }
+
+    private func pull(_ reference: CheckpointReference, from remote: Remote, jobs: Int, progress: ProgressHandler?,
+                      restoringTo restore: (destination: String, options: RestoreOptions)?) async throws(CKStoreError) -> (report: PullReport, restored: RestoreResult?) {
         var candidates: [RemoteCommit]
         if case .latestValid(let run) = reference {
             candidates = try await remoteCheckpoints(remote, run: run).reversed()
@@ -107,7 +125,7 @@ extension CheckpointStore {
                     var puller = Puller(catalogue: catalogue, layout: layout, remote: remote)
                     puller.jobs = max(1, jobs)
                     puller.progress = progress
-                    return try await puller.pull(commit)
+                    return try await puller.pull(commit, restoringTo: restore)
                 }
             } catch where error.code == .damaged && candidates.count > 1 {
                 // latest-valid: a damaged checkpoint is passed over for the one before it.

@@ -47,7 +47,21 @@ struct Puller {
     /// pull: their chunks and delta bases, held from gc for ``holdSeconds`` for the restore that follows,
     /// with no checkpoint recorded, since this store does not have all of it).
     func pull(_ commit: RemoteCommit, select: (@Sendable (Manifest) throws -> [String])? = nil) async throws -> PullReport {
+        try await pull(commit, select: select, restoringTo: nil).report
+    }
+
+    /// Pulls checkpoint `commit` and, when `restoringTo` is given and the checkpoint was not in the store
+    /// already, restores it whole into that folder over the frames just written, before recording it: the
+    /// restore decodes every chunk the checkpoint uses and checks it against its SHA-256, and every
+    /// new frame is one of those chunks or a base or input decoded on the way to one (a wrong bit of it would
+    /// be a wrong bit of that chunk), so it is the check the pull needs, and the chains are decoded once
+    /// instead of twice. A restore of some files or tensors only, or a checkpoint with predicted frames
+    /// (whose prediction need not depend on every bit of its inputs), is checked frame by frame first.
+    /// `restored` is nil when nothing was restored; the caller restores from the store then.
+    func pull(_ commit: RemoteCommit, select: (@Sendable (Manifest) throws -> [String])? = nil,
+              restoringTo restore: (destination: String, options: RestoreOptions)?) async throws -> (report: PullReport, restored: RestoreResult?) {
         let started = ContinuousClock.now
+        var restored: RestoreResult?
         var report = PullReport(remote: remote.name, id: commit.id, run: commit.run, step: commit.step, pulled: false)
         try CheckpointStore.validateRunName(commit.run)
         let lock = try StoreLock(path: layout.lockPath, mode: .shared)
@@ -57,7 +71,7 @@ struct Puller {
                 throw CKStoreError(.conflict, "this store already has a different checkpoint of run \(commit.run) at step \(commit.step) (\(local.id.short)) than remote \(remote.name) (\(commit.id.short))")
             }
             report.id = local.id
-            return report
+            return (report, nil)
         }
         // The manifest first: its SHA-256 is the checkpoint id.
         let (manifest, manifestFrame) = try await manifest(of: commit, report: &report)
@@ -102,7 +116,16 @@ struct Puller {
             let arrived = try await stream(wanted, into: sink, report: &report, meter: meter)
             framesAdded += arrived.count
             sealed = try sink.seal()
-            try await check(arrived)
+            if let restore, select == nil, restore.options.isWhole, !arrived.values.contains(where: \.predicted) {
+                let queries = ArrivedRestoreQueries(arrived: arrived.mapValues(\.location), catalogue: catalogue,
+                                                    dropped: (commit.droppedFiles, droppedTensors))
+                let reader = ChunkReader(index: ArrivedFrames(arrived: queries.arrived, index: ChunkIndex(catalogue: catalogue)), packs: PackReaderCache(layout: layout))
+                var restorer = Restorer(catalogue: queries, layout: layout, reader: reader, maxBytesInFlight: restore.options.maxBytesInFlight)
+                restorer.progress = restore.options.progress
+                restored = try await restorer.restore(commit.id, manifest: manifest, to: restore.destination, options: restore.options, started: ContinuousClock.now)
+            } else {
+                try await check(arrived)
+            }
             let contentDigest = try manifest.contentDigest()
             var drops = commit.droppedFiles.sorted { $0.key < $1.key }.map { path, part in
                 Committer.PartDrop(paths: [path], part: CheckpointPart(rawValue: part))
@@ -141,7 +164,7 @@ struct Puller {
         report.pulled = true
         report.framesAdded = framesAdded
         report.seconds = (ContinuousClock.now - started) / .seconds(1)
-        return report
+        return (report, restored)
     }
 
     /// The manifest of a remote checkpoint, read from the remote and checked against its id and its
@@ -175,10 +198,12 @@ struct Puller {
         var kind: FrameKind
     }
 
-    /// A frame a pull wrote into this store's new packs: where it is, and the frame it is a delta of.
+    /// A frame a pull wrote into this store's new packs: where it is, the frame it is a delta of, and
+    /// whether it is predicted from inputs.
     struct ArrivedFrame: Sendable {
         var location: ChunkLocation
         var base: ChunkDigest?
+        var predicted: Bool
     }
 
     /// Decodes every arrived frame and checks it against its SHA-256 (rule 6) through the chunk reader,
@@ -268,7 +293,7 @@ struct Puller {
         var arrived = [ChunkDigest: ArrivedFrame]()
         arrived.reserveCapacity(rows.count)
         try await run(requests(rows), report: &report, each: { (frames) throws -> [ArrivedFrame] in
-            let written = try frames.map { ArrivedFrame(location: try sink.append($0.chunk, kind: $0.kind), base: $0.chunk.base) }
+            let written = try frames.map { ArrivedFrame(location: try sink.append($0.chunk, kind: $0.kind), base: $0.chunk.base, predicted: !$0.chunk.inputs.isEmpty) }
             meter.add(frames.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.chunk.payload.count) })
             return written
         }, deliver: { frames in
@@ -311,4 +336,21 @@ struct ArrivedFrames: ChunkLocating {
         if let location = arrived[digest] { return location }
         return try index.location(of: digest)
     }
+}
+
+/// What a restore over a pull's new frames asks: their locations first, then the store's; the parts the
+/// commit object says were dropped.
+struct ArrivedRestoreQueries: RestoreQueries {
+    let arrived: [ChunkDigest: ChunkLocation]
+    let catalogue: LockedCatalogue
+    let dropped: (files: [String: String], tensors: [String: Set<String>])
+
+    func locations(of digests: [ChunkDigest]) throws -> [ChunkLocation?] {
+        let missing = digests.filter { arrived[$0] == nil }
+        let found = Dictionary(zip(missing, try catalogue.locations(of: missing)).compactMap { digest, location in location.map { (digest, $0) } },
+                               uniquingKeysWith: { first, _ in first })
+        return digests.map { arrived[$0] ?? found[$0] }
+    }
+
+    func droppedParts(of id: CheckpointID) throws -> (files: [String: String], tensors: [String: Set<String>]) { dropped }
 }

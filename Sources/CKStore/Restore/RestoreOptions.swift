@@ -18,6 +18,9 @@ public struct RestoreOptions: Sendable, BoundsBytesInFlight {
     /// Only the files this shard of a checkpoint put as shards holds (`get --shard I/N`): what rank I wrote.
     public var shard: ShardSpec?
 
+    /// Whether the whole checkpoint is restored: no file, tensor or shard chosen.
+    public var isWhole: Bool { files.isEmpty && tensors.isEmpty && shard == nil }
+
     /// Restore only `files`, or a safetensors file of only `tensors` (globs); `force` allows a non-empty target.
     public init(files: [String] = [], tensors: [String] = [], force: Bool = false) {
         self.files = files

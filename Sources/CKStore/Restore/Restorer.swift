@@ -210,23 +210,32 @@ extension CheckpointStore {
             var restorer = restorer(maxBytesInFlight: options.maxBytesInFlight)
             restorer.progress = options.progress
             return try await restorer.locked {
-                var manifest = try restorer.manifest(of: id)
-                try manifest.checkRestorable(id: id)
-                if let shard = options.shard {
-                    // What rank `shard.index` wrote, so that each rank of a resuming job fetches its own files.
-                    guard let shards = manifest.shards else {
-                        throw CKStoreError(.invalidArgument, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) was not put as shards; restore it without --shard")
-                    }
-                    guard shards.count == shard.count else {
-                        throw CKStoreError(.invalidArgument, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has \(shards.count) shards, not \(shard.count); restore it whole (the framework reshards on load) or with --shard I/\(shards.count)")
-                    }
-                    manifest.files = manifest.files(ofShard: shard.index)
-                }
-                let plan = try RestorePlan.files(of: manifest, id: id, dropped: try restorer.dropped(of: id), files: options.files, tensors: options.tensors, reader: restorer.reader)
-                let bytes = try await RestoreDestination(destination, force: options.force, keepSpecialModeBits: options.keepSpecialModeBits).write(plan, with: restorer)
-                return RestoreResult(id: id, files: plan.paths, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
+                try await restorer.restore(id, manifest: try restorer.manifest(of: id), to: destination, options: options, started: started)
             }
         }
+    }
+}
+
+extension Restorer {
+    /// Restores checkpoint `id`, whose checked manifest is `manifest`, into `destination` as `options`
+    /// say: what ``CheckpointStore/restore(_:to:options:)`` does under the store's lock, and what a pull
+    /// into a folder does over the frames it has just written (``Puller``).
+    func restore(_ id: CheckpointID, manifest: Manifest, to destination: String, options: RestoreOptions, started: ContinuousClock.Instant) async throws -> RestoreResult {
+        var manifest = manifest
+        try manifest.checkRestorable(id: id)
+        if let shard = options.shard {
+            // What rank `shard.index` wrote, so that each rank of a resuming job fetches its own files.
+            guard let shards = manifest.shards else {
+                throw CKStoreError(.invalidArgument, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) was not put as shards; restore it without --shard")
+            }
+            guard shards.count == shard.count else {
+                throw CKStoreError(.invalidArgument, "checkpoint \(id.short) (\(manifest.run)@\(manifest.step)) has \(shards.count) shards, not \(shard.count); restore it whole (the framework reshards on load) or with --shard I/\(shards.count)")
+            }
+            manifest.files = manifest.files(ofShard: shard.index)
+        }
+        let plan = try RestorePlan.files(of: manifest, id: id, dropped: try dropped(of: id), files: options.files, tensors: options.tensors, reader: reader)
+        let bytes = try await RestoreDestination(destination, force: options.force, keepSpecialModeBits: options.keepSpecialModeBits).write(plan, with: self)
+        return RestoreResult(id: id, files: plan.paths, bytes: bytes, seconds: (ContinuousClock.now - started) / .seconds(1))
     }
 }
 
