@@ -1,5 +1,3 @@
-public import Foundation
-
 /// A named tensor: its element type, shape and bytes (little-endian elements in row-major order, as
 /// safetensors stores them).
 ///
