@@ -63,6 +63,38 @@ import Testing
         func list(prefix: String) async throws -> [ObjectInfo] { try await base.list(prefix: prefix) }
     }
 
+    /// Issue 29: a pull into a folder restores over the frames it has just fetched, and that restore is
+    /// its check: the checkpoint is recorded, restores again from the store, and verifies. A folder the
+    /// restore would refuse is refused before anything is downloaded.
+    @Test func aPullIntoAFolderRestoresWhatItFetchedAndRefusesABadFolderFirst() async throws {
+        try await withTemporaryDirectory { root in
+            let store = try await Self.series(root, "a", count: 3)
+            let counting = ObservedObjectStore(root: root + "/remote")
+            let remote = Remote(name: "folder", url: "file://" + root + "/remote", objects: counting)
+            _ = try await store.push(try store.list().map(\.id), to: remote)
+            let fresh = try CheckpointStore.open(at: root + "/fresh", create: true)
+            try Files.write(Array("notes".utf8), to: root + "/busy/notes.txt")
+            let readsBefore = counting.reads
+            let refused = await #expect(throws: CKStoreError.self) {
+                try await fresh.pull(.latestValid(run: "r"), from: remote, restoringTo: root + "/busy")
+            }
+            #expect(refused?.code == .alreadyExists, "\(String(describing: refused))")
+            #expect(counting.reads == readsBefore, "the remote was read before the destination was checked")
+
+            let (report, restored) = try await fresh.pull(.latestValid(run: "r"), from: remote, restoringTo: root + "/out")
+            #expect(report.pulled && report.step == 30 && restored.id == report.id)
+            #expect(try Files.tree(root + "/out") == Files.tree(root + "/a-ckpt-3"))
+            #expect(try fresh.list().map(\.id) == [report.id])
+            _ = try await fresh.restore(report.id, to: root + "/again")
+            #expect(try Files.tree(root + "/again") == Files.tree(root + "/a-ckpt-3"))
+            #expect(try await fresh.verify(VerifyOptions(depth: .full)).ok)
+            // Held already: restored from the store, nothing fetched.
+            let (second, _) = try await fresh.pull(.latestValid(run: "r"), from: remote, restoringTo: root + "/third")
+            #expect(!second.pulled && second.bytesDownloaded == 0)
+            #expect(try Files.tree(root + "/third") == Files.tree(root + "/a-ckpt-3"))
+        }
+    }
+
     /// Issue 29: a fresh machine's first listing reads the remote's commit and index objects many at once,
     /// not one round trip after another, and learns every checkpoint.
     @Test func aFreshMachineReadsCommitAndIndexObjectsManyAtOnce() async throws {

@@ -104,6 +104,10 @@ extension CheckpointStore {
     /// - Throws: as ``pull(_:from:jobs:progress:)`` and ``restore(_:to:options:)``.
     public func pull(_ reference: CheckpointReference, from remote: Remote, restoringTo destination: String, options: RestoreOptions = RestoreOptions(),
                      jobs: Int = 4, progress: ProgressHandler? = nil) async throws(CKStoreError) -> (report: PullReport, restored: RestoreResult) {
+        // A destination the restore would refuse is refused before anything is downloaded.
+        try CKStoreError.wrapping("restore into \(destination)") {
+            try RestoreDestination(destination, force: options.force, keepSpecialModeBits: options.keepSpecialModeBits).checkUsable()
+        }
         let (report, restored) = try await pull(reference, from: remote, jobs: jobs, progress: progress, restoringTo: (destination, options))
         if let restored { return (report, restored) }
         return (report, try await restore(report.id, to: destination, options: options))

@@ -82,15 +82,22 @@ struct RestoreDestination {
             try FileSystem.createDirectory(Self.parentFolder(of: path))
             return true
         }
+        try checkUsable()
+        Self.removeStaleStaging(in: path)
+        return false
+    }
+
+    /// Throws what a restore would refuse this destination for, changing nothing: a pull into a folder
+    /// checks it before it downloads anything.
+    func checkUsable() throws {
+        guard FileSystem.exists(path) else { return }
         guard FileSystem.isDirectory(path) else {
             throw CKStoreError(.alreadyExists, "\(path) exists and is not a folder")
         }
-        Self.removeStaleStaging(in: path)
         let contents = try FileSystem.contents(of: path).filter { !$0.hasPrefix(Self.stagingPrefix) }
         guard contents.isEmpty || force else {
             throw CKStoreError(.alreadyExists, "\(path) is not empty; restore into an empty folder or pass --force to replace files in it")
         }
-        return false
     }
 
     /// Renames `staging/name` to `destination/name`, creating real folders on the way and refusing to
