@@ -44,11 +44,16 @@ final class ChunkReader: Sendable {
         do {
             return try decode(at: location, checks: checks)
         } catch {
-            // Failing I/O stays what it is (the data may be fine); everything else is damage.
-            let wrapped = CKStoreError.wrap(error)
-            let code: CKStoreError.Code = [.ioFailure, .noSpace, .cancelled].contains(wrapped.code) ? wrapped.code : .damaged
-            throw CKStoreError(code, "\(what()): \(wrapped.message)", cause: wrapped)
+            throw Self.failure(error, what: what())
         }
+    }
+
+    /// A read's error as reported: failing I/O stays what it is (the data may be fine); everything else
+    /// is damage; both name `what` was read.
+    private static func failure(_ error: any Error, what: String) -> CKStoreError {
+        let wrapped = CKStoreError.wrap(error)
+        let code: CKStoreError.Code = [.ioFailure, .noSpace, .cancelled].contains(wrapped.code) ? wrapped.code : .damaged
+        return CKStoreError(code, "\(what): \(wrapped.message)", cause: wrapped)
     }
 
     /// Reads, checks and decodes one chunk, decoding its delta base first when it has one.
@@ -89,9 +94,7 @@ final class ChunkReader: Sendable {
                 memo?.bytes[location.digest] = nil
                 bytes = try decode(at: location, checks: .all, hops: 0, memo: memo)
             } catch {
-                let wrapped = CKStoreError.wrap(error)
-                let code: CKStoreError.Code = [.ioFailure, .noSpace, .cancelled].contains(wrapped.code) ? wrapped.code : .damaged
-                throw CKStoreError(code, "\(what(location.digest)): \(wrapped.message)", cause: wrapped)
+                throw Self.failure(error, what: what(location.digest))
             }
             // A raw frame's bytes are its pack's mapped pages: let them go once used, as a restore does.
             defer { bytes.releaseMapping() }
@@ -103,19 +106,7 @@ final class ChunkReader: Sendable {
             for child in children { count += try walk(child, memo: level, depth: depth + 1) }
             return count
         }
-        return try await withThrowingTaskGroup(of: Int.self) { group in
-            var iterator = roots.makeIterator()
-            for _ in 0..<max(1, workers) {
-                guard let root = iterator.next() else { break }
-                group.addTask { try walk(root, memo: nil, depth: 0) }
-            }
-            var total = 0
-            while let count = try await group.next() {
-                total += count
-                if let root = iterator.next() { group.addTask { try walk(root, memo: nil, depth: 0) } }
-            }
-            return total
-        }
+        return try await roots.concurrentMap(limit: workers) { try walk($0, memo: nil, depth: 0) }.reduce(0, +)
     }
 
     /// Decodes one frame on its own, its bases and inputs taken as zeros: for fuzzing the codec on frames

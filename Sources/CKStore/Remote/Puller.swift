@@ -117,9 +117,9 @@ struct Puller {
             framesAdded += arrived.count
             sealed = try sink.seal()
             if let restore, select == nil, restore.options.isWhole, !arrived.values.contains(where: \.predicted) {
-                let queries = ArrivedRestoreQueries(arrived: arrived.mapValues(\.location), catalogue: catalogue,
-                                                    dropped: (commit.droppedFiles, droppedTensors))
-                let reader = ChunkReader(index: ArrivedFrames(arrived: queries.arrived, index: ChunkIndex(catalogue: catalogue)), packs: PackReaderCache(layout: layout))
+                let frames = arrivedFrames(arrived)
+                let queries = ArrivedRestoreQueries(frames: frames, dropped: (commit.droppedFiles, droppedTensors))
+                let reader = ChunkReader(index: frames, packs: PackReaderCache(layout: layout))
                 var restorer = Restorer(catalogue: queries, layout: layout, reader: reader, maxBytesInFlight: restore.options.maxBytesInFlight)
                 restorer.progress = restore.options.progress
                 restored = try await restorer.restore(commit.id, manifest: manifest, to: restore.destination, options: restore.options, started: ContinuousClock.now)
@@ -219,8 +219,7 @@ struct Puller {
                 roots.append(frame.location)
             }
         }
-        let locating = ArrivedFrames(arrived: arrived.mapValues(\.location), index: ChunkIndex(catalogue: catalogue))
-        let reader = ChunkReader(index: locating, packs: PackReaderCache(layout: layout))
+        let reader = ChunkReader(index: arrivedFrames(arrived), packs: PackReaderCache(layout: layout))
         let remoteName = remote.name
         let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
         let checked = try await reader.check(roots: roots, builtOn: builtOn, workers: workers) {
@@ -229,6 +228,11 @@ struct Puller {
         guard checked == arrived.count else {
             throw CKStoreError(.damaged, "remote \(remoteName): \(arrived.count - checked) fetched frames form a cycle of delta bases")
         }
+    }
+
+    /// Where the arrived frames are, the store's frames behind them.
+    private func arrivedFrames(_ arrived: [ChunkDigest: ArrivedFrame]) -> ArrivedFrames {
+        ArrivedFrames(arrived: arrived.mapValues(\.location), index: ChunkIndex(catalogue: catalogue))
     }
 
     /// One ranged GET: a run of frames of one pack whose gaps are small.
@@ -338,19 +342,13 @@ struct ArrivedFrames: ChunkLocating {
     }
 }
 
-/// What a restore over a pull's new frames asks: their locations first, then the store's; the parts the
+/// What a restore over a pull's new frames asks: where chunks are (``ArrivedFrames``), and the parts the
 /// commit object says were dropped.
 struct ArrivedRestoreQueries: RestoreQueries {
-    let arrived: [ChunkDigest: ChunkLocation]
-    let catalogue: LockedCatalogue
+    let frames: ArrivedFrames
     let dropped: (files: [String: String], tensors: [String: Set<String>])
 
-    func locations(of digests: [ChunkDigest]) throws -> [ChunkLocation?] {
-        let missing = digests.filter { arrived[$0] == nil }
-        let found = Dictionary(zip(missing, try catalogue.locations(of: missing)).compactMap { digest, location in location.map { (digest, $0) } },
-                               uniquingKeysWith: { first, _ in first })
-        return digests.map { arrived[$0] ?? found[$0] }
-    }
+    func locations(of digests: [ChunkDigest]) throws -> [ChunkLocation?] { try digests.map { try frames.location(of: $0) } }
 
     func droppedParts(of id: CheckpointID) throws -> (files: [String: String], tensors: [String: Set<String>]) { dropped }
 }
