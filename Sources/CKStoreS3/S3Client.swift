@@ -34,8 +34,9 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
     /// A transfer that receives nothing for this long is a stall, retried: `$CKSTORE_S3_STALL_SECONDS`,
     /// else 60.
     public var stallSeconds: Int64 = 60
-    /// Objects this large or larger are uploaded as a multipart upload.
-    public var multipartThreshold = 32 << 20
+    /// Objects this large or larger are uploaded as a multipart upload: AWS advises parts from about
+    /// 100 MB. A push's packs (64 MiB) go up in one PUT each, signed with the SHA-256 that names them.
+    public var multipartThreshold = 100 << 20
     public var partSize = 16 << 20
     /// The deadline of one request, in seconds.
     public var timeoutSeconds: Int64 = 300
@@ -146,9 +147,19 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
     }
 
     public func put(_ key: String, _ body: [UInt8], ifAbsent: Bool) async throws -> Bool {
+        try await put(key, body, ifAbsent: ifAbsent, payloadHash: nil)
+    }
+
+    /// A pack's name is the SHA-256 of its bytes, which SigV4 sends as `x-amz-content-sha256`: the
+    /// server still checks the body against it, and the body is not hashed a second time here.
+    public func put(_ key: String, _ body: [UInt8], sha256: String) async throws {
+        _ = try await put(key, body, ifAbsent: false, payloadHash: sha256)
+    }
+
+    private func put(_ key: String, _ body: [UInt8], ifAbsent: Bool, payloadHash: String?) async throws -> Bool {
         if !ifAbsent, body.count >= multipartThreshold { return try await putMultipart(key, body) }
         let headers = ifAbsent ? [("If-None-Match", "*")] : []
-        let response = try await send("PUT", key: key, headers: headers, body: body)
+        let response = try await send("PUT", key: key, headers: headers, body: body[...], payloadHash: payloadHash)
         switch response.status {
         case 200: return true
         case 412 where ifAbsent: return false
@@ -248,7 +259,7 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
             while start < body.count {
                 let end = min(body.count, start + partSize)
                 let number = parts.count + 1
-                let response = try await send("PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], body: Array(body[start..<end]))
+                let response = try await send("PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], body: body[start..<end])
                 guard response.status == 200, let etag = response.headers.first(name: "etag") else { throw failure("PUT (part \(number))", key, response) }
                 parts.append((number, etag))
                 start = end
@@ -256,7 +267,7 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
             let xml = "<CompleteMultipartUpload>" + parts.map { "<Part><PartNumber>\($0.0)</PartNumber><ETag>\(XMLScan.escape($0.1))</ETag></Part>" }.joined() + "</CompleteMultipartUpload>"
             let completed: Response
             do {
-                completed = try await send("POST", key: key, query: [("uploadId", uploadID)], body: Array(xml.utf8))
+                completed = try await send("POST", key: key, query: [("uploadId", uploadID)], body: Array(xml.utf8)[...])
             } catch let error as CKStoreError where error.code == .remote {
                 // Every answer was lost: the upload may have completed all the same.
                 if try await completedUpload(key, size: body.count, parts: parts.count) { return true }
@@ -381,8 +392,8 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
     }
 
     /// Sends a signed request, retrying what a retry can help within ``retrySeconds``.
-    func send(_ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [], body: [UInt8] = [], retrying: Bool = true) async throws -> Response {
-        let payloadHash = SigV4Signer.payloadHash(body)
+    func send(_ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [], body: ArraySlice<UInt8> = [], payloadHash knownHash: String? = nil, retrying: Bool = true) async throws -> Response {
+        let payloadHash = knownHash ?? SigV4Signer.payloadHash(body)
         let started = ContinuousClock.now
         let budget = Duration.milliseconds(Int64(retrySeconds * 1000))
         var delay = 0.25
@@ -408,7 +419,8 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
             for (name, value) in headers { request.headers.add(name: name, value: value) }
             request.headers.add(name: "Authorization", value: signature.authorization)
             if !body.isEmpty || method == "PUT" || method == "POST" {
-                request.body = .bytes(ByteBuffer(bytes: body))
+                // Sent in 4 MiB pieces copied as the connection takes them, not in one copy of the body.
+                request.body = .bytes(body, length: .known(Int64(body.count)))
                 request.headers.replaceOrAdd(name: "Content-Length", value: String(body.count))
             }
             var wait: Double?

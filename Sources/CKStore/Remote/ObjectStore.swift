@@ -38,6 +38,10 @@ public protocol ObjectStore: Sendable {
     /// - Returns: false only when `ifAbsent` is set and the key exists already (nothing was written).
     func put(_ key: String, _ body: [UInt8], ifAbsent: Bool) async throws -> Bool
 
+    /// Writes an object whose SHA-256 (lowercase hex) the caller has computed: a transport that sends a
+    /// body's digest (S3's `x-amz-content-sha256`) uses it instead of hashing the body again. Unconditional.
+    func put(_ key: String, _ body: [UInt8], sha256: String) async throws
+
     /// The object's size and time, or nil when it does not exist.
     func head(_ key: String) async throws -> ObjectInfo?
 
@@ -76,6 +80,11 @@ public protocol MultipartObjectStore: ObjectStore {
 extension ObjectStore {
     /// The whole object.
     public func get(_ key: String) async throws -> [UInt8] { try await get(key, range: nil) }
+
+    /// A transport that sends no digest has no use for it.
+    public func put(_ key: String, _ body: [UInt8], sha256: String) async throws {
+        _ = try await put(key, body, ifAbsent: false)
+    }
 
     /// The object, or nil when it does not exist.
     func getIfPresent(_ key: String, range: Range<Int64>? = nil) async throws -> [UInt8]? {

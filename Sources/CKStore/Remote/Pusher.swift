@@ -295,31 +295,35 @@ struct Pusher {
         var packsOut = [RemoteIndex.Pack]()
         var uploaded: Int64 = 0
         var objectsOut = 0
-        try await withThrowingTaskGroup(of: (RemoteIndex.Pack, Int64).self) { group in
+        try await withThrowingTaskGroup(of: (RemoteIndex.Pack, [UInt8]).self) { group in
             var inFlight = 0
+            // Buffers of uploaded packs, filled again: at most jobs + 1 packs' memory for the whole push.
+            var spare = [[UInt8]]()
             func collect() async throws {
                 guard let (pack, bytes) = try await group.next() else { return }
                 packsOut.append(pack)
-                uploaded += bytes
+                uploaded += Int64(bytes.count)
                 objectsOut += 1
                 inFlight -= 1
+                spare.append(bytes)
             }
-            var image = PackImage(capacity: packSize + (1 << 20))
-            func ship(_ finished: PackImage) async throws {
+            func newImage() -> PackImage { PackImage(reusing: spare.popLast() ?? [], capacity: packSize + (1 << 20)) }
+            var image = newImage()
+            func ship(_ finished: inout PackImage) async throws {
                 while inFlight >= jobs { try await collect() }
-                let bytes = finished.sealed()
-                let name = SHA256Hasher.digest(bytes).hex
                 let frames = finished.frames
+                let bytes = finished.seal()
+                let name = SHA256Hasher.digest(bytes).hex
                 inFlight += 1
                 let catalogue = self.catalogue, url = remote.url
                 group.addTask {
-                    _ = try await objects.put(RemoteLayout.pack(name), bytes, ifAbsent: false)
+                    try await objects.put(RemoteLayout.pack(name), bytes, sha256: name)
                     let pack = RemoteIndex.Pack(name: name, size: Int64(bytes.count), frames: frames)
                     try catalogue.with { catalogue in
                         try catalogue.write { try catalogue.insertRemoteIndex(url, name: Self.pendingName(name), packs: RemoteIndex(packs: [pack]).frames) }
                     }
                     meter.add(frames.reduce(0) { $0 + Int64(PackFormat.frameHeaderSize + $1.storedLength) })
-                    return (pack, Int64(bytes.count))
+                    return (pack, bytes)
                 }
             }
             for location in ordered {
@@ -327,14 +331,14 @@ struct Pusher {
                 let reader = try packs.reader(for: location.pack)
                 let (header, payload) = try reader.readFrame(at: location.offset, storedLength: location.storedLength, expected: location.digest)
                 if !image.isEmpty, image.count + PackFormat.frameHeaderSize + header.storedLength > packSize {
-                    try await ship(image)
-                    image = PackImage(capacity: packSize + (1 << 20))
+                    try await ship(&image)
+                    image = newImage()
                 }
                 payload.withUnsafeBytes { image.append(header: header, payload: $0) }
                 report.framesUploaded += 1
                 report.frameBytesUploaded += location.frameBytes
             }
-            if !image.isEmpty { try await ship(image) }
+            if !image.isEmpty { try await ship(&image) }
             while inFlight > 0 { try await collect() }
         }
         report.bytesUploaded += uploaded

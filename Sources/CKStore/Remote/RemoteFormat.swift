@@ -145,13 +145,17 @@ struct PackImage {
     private(set) var frames: [RemoteFrame] = []
     private var headers: [PackWriter.WrittenFrame] = []
 
-    init(capacity: Int) {
-        bytes = PackFormat.fileHeader()
+    /// An empty pack in `storage`'s memory (a finished pack's, once uploaded), which then holds at least
+    /// `capacity` bytes: a push reuses a few buffers instead of faulting in fresh pages for every pack.
+    init(reusing storage: [UInt8] = [], capacity: Int) {
+        bytes = storage
+        bytes.removeAll(keepingCapacity: true)
+        bytes.reserveCapacity(capacity)
+        bytes += PackFormat.fileHeader()
         // The reserved word of the header gets random bits: two pushes of the same frames make different
         // packs, so a pack remote gc condemned is never re-uploaded under its old name.
         let salt = UInt32.random(in: 0...UInt32.max)
         bytes.replaceSubrange(12..<16, with: withUnsafeBytes(of: salt.littleEndian, Array.init))
-        bytes.reserveCapacity(capacity)
     }
 
     var count: Int { bytes.count }
@@ -166,8 +170,11 @@ struct PackImage {
         headers.append(PackWriter.WrittenFrame(offset: offset, header: header))
     }
 
-    /// The finished pack: frames, trailer and footer.
-    func sealed() -> [UInt8] {
-        bytes + PackFormat.trailerAndFooter(headers, trailerOffset: Int64(bytes.count))
+    /// The finished pack (frames, trailer and footer), in this image's memory, not a copy of it; the image
+    /// is empty afterwards.
+    mutating func seal() -> [UInt8] {
+        bytes += PackFormat.trailerAndFooter(headers, trailerOffset: Int64(bytes.count))
+        defer { bytes = [] }
+        return bytes
     }
 }

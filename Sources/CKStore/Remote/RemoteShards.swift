@@ -166,10 +166,11 @@ extension Pusher {
         let chunk = try FrameCodec(level: .default).encode(bytes, digest: id.digest)
         var image = PackImage(capacity: chunk.payload.count + 4096)
         chunk.payload.withUnsafeBytes { image.append(header: FrameHeader(kind: .manifest, chunk: chunk), payload: $0) }
-        let pack = image.sealed()
+        let frames = image.frames
+        let pack = image.seal()
         let packName = SHA256Hasher.digest(pack).hex
-        _ = try await objects.put(RemoteLayout.pack(packName), pack, ifAbsent: false)
-        let index = RemoteIndex(packs: [RemoteIndex.Pack(name: packName, size: Int64(pack.count), frames: image.frames)])
+        try await objects.put(RemoteLayout.pack(packName), pack, sha256: packName)
+        let index = RemoteIndex(packs: [RemoteIndex.Pack(name: packName, size: Int64(pack.count), frames: frames)])
         let indexBody = try RemoteJSON.encode(index)
         let indexName = SHA256Hasher.digest(indexBody).hex
         _ = try await objects.put(RemoteLayout.index(indexName), indexBody, ifAbsent: false)
