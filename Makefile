@@ -118,7 +118,7 @@ remote-bench: bench-deps venv release
 	cd Benchmarks && $(SWIFT) build -c release && $(SWIFT) run -c release ckstore-remote-bench --bin "$$(cd .. && $(SWIFT) build -c release --show-bin-path)"
 
 # Notice to durable (issue 27): a spot notice to a GPT-2-small checkpoint on SeaweedFS, beside torch.save
-# followed by rclone copy; about 8 minutes and 12 GiB of scratch on 2 cores.
+# followed by rclone copy; about 8 minutes and 36 GiB of scratch on 2 cores.
 notice-bench: bench-deps venv release
 	$(VENV)/bin/pip install -q --no-deps ./python
 	CKSTORE_BIN="$$($(SWIFT) build -c release --show-bin-path)/ckstore" $(VENV)/bin/python Benchmarks/python/notice_to_durable.py --rounds 6

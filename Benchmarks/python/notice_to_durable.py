@@ -20,7 +20,8 @@ durable is the notice's appearance to the step boundary, plus 3.
 Prints every round and the medians; --json writes them.
 
 usage: python notice_to_durable.py [--rounds 3] [--steps-before-notice 3] [--json FILE]
-Run with the project's .venv (make venv) and CKSTORE_BIN pointing at a release build; rclone on PATH
+Scratch: about 6 GiB per round (SeaweedFS keeps every push and copy). Run with the project's .venv (make venv) and
+CKSTORE_BIN pointing at a release build; rclone on PATH
 (make bench-deps).
 """
 
@@ -68,7 +69,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps-before-notice", type=int, default=3, help="training steps between the periodic checkpoint and the notice")
     parser.add_argument("--tokens", type=int, default=64, help="sequence length of the one-row batches")
-    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one); needs about 12 GiB")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one); needs about 6 GiB a round")
     parser.add_argument("--layers", type=int, default=12, help="GPT-2 small's 12 (fewer for a quick try)")
     parser.add_argument("--width", type=int, default=768, help="GPT-2 small's 768")
     parser.add_argument("--json", default=None)
