@@ -1,14 +1,18 @@
-"""A series of large real checkpoints for the many-core measurements (issue 18).
+"""A series of large real checkpoints for the many-core measurements (issue 18), and, with `--format dcp`,
+the DCP series of `make compare-previous` (issue 33).
 
 Trains a GPT-2-shaped model built from a small config (no hub access: weights start random) with AdamW
 on the text of the Python files installed beside torch, and writes a checkpoint folder every `--every`
 optimizer steps, as a Hugging Face Trainer would: model.safetensors, optimizer.pt (torch.save of the
 optimizer's state dict), trainer_state.json and config.json. The defaults give about 1 GB per checkpoint
-(86 M parameters: 344 MB of fp32 weights and 688 MB of Adam moments).
+(86 M parameters: 344 MB of fp32 weights and 688 MB of Adam moments). With `--format dcp` each checkpoint
+is what a sharded trainer writes instead: `torch.distributed.checkpoint.save` of the model's and the
+optimizer's state dicts (`.metadata` and `__0_0.distcp`), saved without a process group as a world of
+one, the layout of one rank's file of a larger job.
 
 Runs on a GPU where there is one, else on the CPU (slowly; use --layers 2 there).
 
-    python gpt_series.py OUT [--checkpoints 4] [--every 5] [--layers 8] [--width 768] [--vocab 32000]
+    python gpt_series.py OUT [--checkpoints 4] [--every 5] [--layers 8] [--width 768] [--vocab 32000] [--format hf|dcp]
 """
 
 import argparse
@@ -40,6 +44,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--format", choices=["hf", "dcp"], default="hf", help="a Trainer's folder, or torch.distributed.checkpoint's")
     args = parser.parse_args()
 
     import torch
@@ -66,6 +71,14 @@ def main():
             optimizer.zero_grad(set_to_none=True)
             step += 1
         folder = out / f"checkpoint-{step}"
+        if args.format == "dcp":
+            import warnings
+            import torch.distributed.checkpoint as dcp
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # no process group: DCP saves as a world of one
+                dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint_id=str(folder))
+            print(f"{folder}: loss {loss.item():.3f}", flush=True)
+            continue
         folder.mkdir(exist_ok=True)
         save_model(model, str(folder / "model.safetensors"))
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")

@@ -28,6 +28,8 @@ struct Compare: ParsableCommand {
     @Option(help: "Maximum delta depth for ckstore's puts (default: the store's).") var maxDeltaDepth: Int?
     @Option(parsing: .upToNextOption, help: "Tools to run (default: ckstore and every peer installed).") var tools: [String] = []
     @Flag(help: "Also run ckstore with weights predicted from the optimizer (`init --predict-weights on`), as the tool ckstore+predict.") var predictWeights = false
+    @Option(help: "An earlier ckstore binary to put every series with beside this one (`make compare-previous REV=…`): reports bytes added per checkpoint and put and restore times as ratios.") var previous: String?
+    @Option(help: "What to call the --previous binary in tables (its revision).") var previousLabel = "previous"
     @Option(parsing: .upToNextOption, help: ArgumentHelp("Folders of checkpoint-N folders (a real trainer's output) to measure instead of generated series.", discussion: "Each is labelled by its folder name and held to the stored-bytes target of fp32, bf16 or frozen when its name contains one.")) var folders: [String] = []
 
     /// One tool's way of storing and restoring a checkpoint folder.
@@ -57,6 +59,13 @@ struct Compare: ParsableCommand {
                 ([ckstore, "get", "bench@latest", destination, "--store", repository], destination)
             }),
         ]
+        if let previous {
+            available.append(Tool(name: "ckstore@" + previousLabel, warmUp: [previous, "--help"], setUp: { _ in }, put: { repository, folder, _ in
+                [previous, "put", folder, "--store", repository, "--run", "bench"] + extra
+            }, restore: { repository, _, _, destination in
+                ([previous, "get", "bench@latest", destination, "--store", repository], destination)
+            }))
+        }
         if predictWeights {
             available.append(Tool(name: "ckstore+predict", warmUp: [ckstore, "--help"], setUp: { repository in
                 _ = try Command.measure([ckstore, "init", "--store", repository, "--predict-weights", "on"])
@@ -150,6 +159,8 @@ struct Compare: ParsableCommand {
             var name: String
             var stored: Int64 = 0
             var puts: [BenchSupport.Measurement] = []
+            /// The repository's growth with each put.
+            var added: [Int64] = []
             var restores: [BenchSupport.Measurement] = []
             var peakKiB: Int { (puts + restores).map(\.peakKiB).max() ?? 0 }
         }
@@ -160,10 +171,14 @@ struct Compare: ParsableCommand {
             try? FileManager.default.removeItem(atPath: work + "/borg-home")
             try tool.setUp(repository)
             var result = Result(name: tool.name)
+            var before = folderSize(repository)
             for (index, path) in paths.enumerated() {
                 try settle(warming: [path], tool: tool)
                 let measured = try Command.measure(tool.put(repository, path, index))
                 result.puts.append(measured)
+                let after = folderSize(repository)
+                result.added.append(after - before)
+                before = after
                 print(String(format: "  %-12@ put %@: %6.2f s  %6.0f MB/s  peak %6.1f MiB", tool.name as NSString, folders[index] as NSString, measured.seconds, sizes[index] / measured.seconds / 1e6, Double(measured.peakKiB) / 1024))
             }
             _ = try Command.measure(["sync"])
@@ -199,7 +214,12 @@ struct Compare: ParsableCommand {
             lines.append(String(format: "| %@ | %.1f | %.3f | %.2f | %.0f | %.2f | %.0f | %.0f |", result.name as NSString, Double(result.stored) / 1_048_576,
                                 Double(result.stored) / logical, put, logical / Double(paths.count) / put / 1e6, restore, newestBytes / restore / 1e6, Double(result.peakKiB) / 1024))
         }
-        for ours in results where ours.name.hasPrefix("ckstore") {
+        if let head = results.first(where: { $0.name == "ckstore" }), let earlier = results.first(where: { $0.name == "ckstore@" + previousLabel }) {
+            lines += [""] + Self.sideBySide(head: (head.added, head.puts.map(\.seconds), head.restores.map(\.seconds)),
+                                            earlier: (earlier.added, earlier.puts.map(\.seconds), earlier.restores.map(\.seconds)),
+                                            label: previousLabel, folders: folders)
+        }
+        for ours in results where ours.name == "ckstore" || ours.name == "ckstore+predict" {
             let storedTarget = target.flatMap { ["fp32": 0.65, "bf16": 0.8, "frozen": 0.4][$0] }
             lines.append("")
             if target == "fp32" {
@@ -231,7 +251,34 @@ struct Compare: ParsableCommand {
             lines.append("- \(ours.name) peak memory \(String(format: "%.0f", peak)) MiB (target < 512 MiB: \(peak < 512 ? "met" : "NOT met"))")
         }
         let table = lines.joined(separator: "\n")
+        if previous != nil {
+            // Bytes added per checkpoint, as the side-by-side table gives them, for the record of a change.
+            let rows = results.map { "\($0.name)\t" + $0.added.map(String.init).joined(separator: "\t") }
+            try rows.joined(separator: "\n").write(toFile: "\(work)/added-\(variant).tsv", atomically: true, encoding: .utf8)
+        }
         print("\n" + table)
         return table
+    }
+
+    /// This build beside an earlier one on one series: bytes each checkpoint added, HEAD ÷ earlier, and
+    /// the ratio of the medians of put and restore times (above 1: HEAD is slower).
+    static func sideBySide(head: (added: [Int64], puts: [Double], restores: [Double]), earlier: (added: [Int64], puts: [Double], restores: [Double]),
+                           label: String, folders: [String]) -> [String] {
+        var lines = [
+            "| checkpoint | MB added, HEAD | MB added, \(label) | HEAD ÷ \(label) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for (index, folder) in folders.enumerated() where index < head.added.count && index < earlier.added.count {
+            let ours = Double(head.added[index]), theirs = Double(earlier.added[index])
+            lines.append(String(format: "| %@ | %.1f | %.1f | %.4f |", folder as NSString, ours / 1e6, theirs / 1e6, theirs > 0 ? ours / theirs : .nan))
+        }
+        let ours = Double(head.added.reduce(0, +)), theirs = Double(earlier.added.reduce(0, +))
+        lines.append(String(format: "| all | %.1f | %.1f | %.4f |", ours / 1e6, theirs / 1e6, theirs > 0 ? ours / theirs : .nan))
+        lines.append("")
+        lines.append(String(format: "- put time, median per checkpoint: HEAD ÷ %@ = %.3f (%.2f s against %.2f s)", label as NSString,
+                            median(head.puts) / median(earlier.puts), median(head.puts), median(earlier.puts)))
+        lines.append(String(format: "- restore of the newest, median: HEAD ÷ %@ = %.3f (%.2f s against %.2f s)", label as NSString,
+                            median(head.restores) / median(earlier.restores), median(head.restores), median(earlier.restores)))
+        return lines
     }
 }
