@@ -150,8 +150,8 @@ public struct S3ObjectStore: ObjectStore, MultipartObjectStore {
         try await put(key, body, ifAbsent: ifAbsent, payloadHash: nil)
     }
 
-    /// A pack's name is the SHA-256 of its bytes, which SigV4 sends as `x-amz-content-sha256`: the
-    /// server still checks the body against it, and the body is not hashed a second time here.
+    /// A pack's name is the SHA-256 of its bytes, which SigV4 sends as `x-amz-content-sha256`: AWS checks
+    /// the body against it, and the body is not hashed a second time here.
     public func put(_ key: String, _ body: [UInt8], sha256: String) async throws {
         _ = try await put(key, body, ifAbsent: false, payloadHash: sha256)
     }

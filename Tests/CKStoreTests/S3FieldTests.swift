@@ -45,6 +45,28 @@ import Testing
         try await objects.incompleteUploads(prefix: "").isEmpty
     }
 
+    /// A push signs each pack with the SHA-256 that names it (`x-amz-content-sha256`) instead of hashing
+    /// the body again. AWS checks the body against that digest (the proxy does as AWS does; SeaweedFS
+    /// 4.48 does not check it), so the digest given is the one sent: bytes sent with another digest are
+    /// refused and not stored.
+    @Test func aBodyThatDoesNotMatchTheDigestItIsSentWithIsRefused() async throws {
+        try await SeaweedServer.with { seaweed in
+            try await seaweed.createBucket(Self.bucket)
+            let proxy = try await S3FaultProxy.start(upstream: seaweed.endpoint, secrets: [SeaweedServer.accessKey: SeaweedServer.secretKey])
+            defer { proxy.stop() }
+            var (_, objects) = try Self.remote(proxy, prefix: "digest", environment: Self.staticKeys)
+            objects.retrySeconds = 5
+            // Below the multipart threshold: one PUT, signed with the digest given.
+            let body = Array(repeating: UInt8(7), count: 64 << 10)
+            let name = SHA256Hasher.digest(body).hex
+            try await objects.put("packs/" + name, body, sha256: name)
+            #expect(try await objects.get("packs/" + name) == body)
+            let other = SHA256Hasher.digest(Array(body.dropLast())).hex
+            await #expect(throws: CKStoreError.self) { try await objects.put("packs/" + other, body, sha256: other) }
+            #expect(try await objects.head("packs/" + other) == nil)
+        }
+    }
+
     /// Each source of the chain gives credentials that expire every 2 s; a push that lasts several
     /// lifetimes (the proxy delays each request) signs with fresh ones fetched before the old expire (the
     /// proxy refuses expired ones as AWS does), at least three keys are used, and the pull restores every

@@ -212,6 +212,11 @@ public final class S3FaultProxy: @unchecked Sendable {
         if let problem = SigV4Check.verify(request, parsed: parsed, secret: secret) {
             return Self.error(403, problem, "The request signature we calculated does not match the signature you provided.")
         }
+        // AWS checks the body against the SHA-256 it was signed with (a 64-digit hex value; not
+        // UNSIGNED-PAYLOAD or a streaming mode).
+        if let declared = request.header("x-amz-content-sha256"), declared.count == 64, declared != SigV4Signer.payloadHash(request.body) {
+            return Self.error(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.")
+        }
         lock.withLock { _ = keysSeen.insert(parsed.accessKey) }
         if let region = bucketRegion, parsed.region != region {
             return Self.error(301, "PermanentRedirect", "The bucket you are attempting to access must be addressed using the specified endpoint.",
