@@ -253,11 +253,6 @@ struct Compare: ParsableCommand {
             lines.append("- \(ours.name) peak memory \(String(format: "%.0f", peak)) MiB (target < 512 MiB: \(peak < 512 ? "met" : "NOT met"))")
         }
         let table = lines.joined(separator: "\n")
-        if previous != nil {
-            // Bytes added per checkpoint, as the side-by-side table gives them, for the record of a change.
-            let rows = results.map { "\($0.name)\t" + $0.added.map(String.init).joined(separator: "\t") }
-            try rows.joined(separator: "\n").write(toFile: "\(work)/added-\(variant).tsv", atomically: true, encoding: .utf8)
-        }
         print("\n" + table)
         return table
     }
