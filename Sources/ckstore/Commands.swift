@@ -93,7 +93,8 @@ struct Put: AsyncParsableCommand {
     )
 
     @OptionGroup var store: StoreOptions
-    @Argument(help: "The checkpoint folder.") var directory: String
+    @Argument(help: "The checkpoint folder.") var directory: String?
+    @Option(help: ArgumentHelp("Store the files a JSON layout describes, as ranges of one source file (- reads it from standard input), instead of a folder: what the Python package's saves hand over without writing the files first.", valueName: "FILE")) var layout: String?
     @Option(help: "The run this checkpoint belongs to.") var run: String
     @Option(parsing: .unconditional, help: "The training step.") var step: Int64?
     @Option(parsing: .unconditional, help: "The epoch.") var epoch: Double?
@@ -110,6 +111,9 @@ struct Put: AsyncParsableCommand {
     @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
+        if (directory == nil) == (layout == nil) {
+            throw ValidationError(directory == nil ? "give the checkpoint folder, or --layout FILE" : "give the checkpoint folder or --layout, not both")
+        }
         if let epoch, !epoch.isFinite { throw ValidationError("--epoch takes a finite number, not \(epoch)") }
         if let step, step < 0 { throw ValidationError("--step takes a step of 0 or more, not \(step)") }
         if endpoint != nil && push == nil { throw ValidationError("--endpoint is the S3 endpoint of a --push URL; give --push too") }
@@ -155,7 +159,18 @@ struct Put: AsyncParsableCommand {
         options.shard = try shard.map { try ShardSpec(parsing: $0) }
         let renderer = progress.renderer()
         options.progress = renderer?.handler
-        let result = try await checkpointStore.put(directory: directory, options: options)
+        let result: PutResult
+        if let layout {
+            let json: [UInt8]
+            do {
+                json = layout == "-" ? Array(FileHandle.standardInput.readDataToEndOfFile()) : Array(try Data(contentsOf: URL(fileURLWithPath: layout)))
+            } catch {
+                throw CKStoreError(.invalidArgument, "cannot read the layout \(layout): \(error.localizedDescription)")
+            }
+            result = try await checkpointStore.put(layout: try PutLayout.decode(json), options: options)
+        } else {
+            result = try await checkpointStore.put(directory: directory ?? ".", options: options)
+        }
         renderer?.finish()
         for warning in result.warnings { Terminal.warning(warning) }
         // Committed locally first; then uploaded, when a remote is named or set to receive every commit.

@@ -45,8 +45,8 @@ extension CheckpointStore {
         enum Content: Sendable {
             /// A regular file to read from disk.
             case file(String)
-            /// Bytes in memory.
-            case memory(MemoryFile)
+            /// Bytes in memory, or ranges of a mapped file (``PutLayout``).
+            case memory(any PutSource)
             case symlink(target: String)
         }
 
@@ -58,7 +58,7 @@ extension CheckpointStore {
         var size: Int64 {
             switch content {
             case .file(let source): FileSystem.size(of: source)
-            case .memory(let file): file.size()
+            case .memory(let file): (try? file.size()) ?? 0
             case .symlink: 0
             }
         }
@@ -67,7 +67,9 @@ extension CheckpointStore {
         func smallContents() throws -> [UInt8]? {
             switch content {
             case .file(let source): return try CheckpointStore.readSmallFile(source)
-            case .memory(let file): return file.size() <= 64 << 20 ? try file.read(count: Int(file.size()), at: 0) : []
+            case .memory(let file):
+                let size = try file.size()
+                return size <= 64 << 20 ? try file.read(count: Int(size), at: 0) : []
             case .symlink: return nil
             }
         }

@@ -19,17 +19,14 @@ extension SharedFile: PutSource {
 /// them as they were when the save began, whatever the caller does with its own copies.
 struct MemoryFile: PutSource {
     let pieces: [[UInt8]]
-    /// `starts[i]` is the offset of `pieces[i]`; `starts.last` is the size.
-    private let starts: [Int64]
+    private let starts: PieceStarts
 
     init(pieces: [[UInt8]]) {
         self.pieces = pieces.filter { !$0.isEmpty }
-        var starts = [Int64(0)]
-        for piece in self.pieces { starts.append((starts.last ?? 0) + Int64(piece.count)) }
-        self.starts = starts
+        starts = PieceStarts(self.pieces.map(\.count))
     }
 
-    func size() -> Int64 { starts.last ?? 0 }
+    func size() -> Int64 { starts.size }
 
     func identity() -> FileIdentity? { nil }
 
@@ -40,26 +37,10 @@ struct MemoryFile: PutSource {
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
-        guard offset >= 0, offset + Int64(buffer.count) <= size() else {
-            throw CKStoreError(.invalidArgument, "read of \(buffer.count) bytes at \(offset) runs past the end of a \(size())-byte file in memory")
-        }
-        // The last piece starting at or before `offset`.
-        var low = 0, high = starts.count - 2
-        while low < high {
-            let middle = (low + high + 1) / 2
-            if starts[middle] <= offset { low = middle } else { high = middle - 1 }
-        }
-        var written = 0, piece = low, position = offset
-        while written < buffer.count {
-            let inPiece = Int(position - starts[piece])
-            let count = min(pieces[piece].count - inPiece, buffer.count - written)
+        try starts.copy(into: buffer, at: offset, what: "file in memory") { piece, inPiece, target in
             pieces[piece].withUnsafeBytes { source in
-                UnsafeMutableRawBufferPointer(rebasing: buffer[written..<(written + count)])
-                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[inPiece..<(inPiece + count)]))
+                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[inPiece..<(inPiece + target.count)]))
             }
-            written += count
-            position += Int64(count)
-            piece += 1
         }
     }
 }

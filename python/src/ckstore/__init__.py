@@ -6,6 +6,7 @@ build on it. Nothing here imports torch, transformers or lightning until those m
 """
 
 from .errors import (
+    BackgroundSaveError,
     BinaryNotFound,
     CheckpointNotFound,
     CKStoreError,
@@ -20,5 +21,6 @@ from .store import Advice, AdviceInterval, Checkpoint, PendingCheckpoint, PullRe
 __all__ = [
     "Store", "Advice", "AdviceInterval", "Checkpoint", "PendingCheckpoint", "PutResult", "RestoreResult", "PushResult", "PullResult", "ResumeResult",
     "binary_info", "CKStoreError", "BinaryNotFound", "CheckpointNotFound", "DamagedCheckpoint", "Conflict", "UsageError", "RemoteError",
+    "BackgroundSaveError",
 ]
 __version__ = "0.9.0"

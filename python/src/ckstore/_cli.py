@@ -118,17 +118,19 @@ class Runner:
         self.env = dict(os.environ if env is None else env)
 
     def run(self, arguments: Sequence[str], json_output: bool = True, timeout: Optional[float] = None,
-            report_on_failure: bool = False) -> Any:
+            report_on_failure: bool = False, input: Optional[str] = None, pass_fds: Sequence[int] = ()) -> Any:
         """Runs ``ckstore ARGUMENTS --store STORE --json``; returns the parsed output.
 
         With ``report_on_failure``, exit status 1 with a JSON report on standard output (``verify`` that
-        found damage) returns the report instead of raising."""
+        found damage) returns the report instead of raising. ``input`` goes to its standard input;
+        ``pass_fds`` are descriptors it inherits under the same numbers."""
         command = [self.binary, *arguments]
         if self.store is not None:
             command += ["--store", self.store]
         if json_output:
             command.append("--json")
-        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout, input=input,
+                              pass_fds=tuple(pass_fds))
         if done.returncode == 1 and report_on_failure and done.stdout.strip().startswith("{"):
             return json.loads(done.stdout)
         if done.returncode != 0:

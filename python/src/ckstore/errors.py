@@ -42,6 +42,18 @@ class RemoteError(CKStoreError):
     """A remote refused a request or could not be reached (``remote``)."""
 
 
+class BackgroundSaveError(CKStoreError):
+    """A save that ran in the background failed (``ckstore.torch.save(..., background=True)``): raised by
+    the next save or ``finish()``. ``cause`` is what the save raised (a :class:`RemoteError` for a refused
+    push, say); ``code`` is its code."""
+
+    def __init__(self, message: str, cause: BaseException, run: str, step: int):
+        super().__init__(message, code=getattr(cause, "code", "internal"), exit_code=getattr(cause, "exit_code", 1))
+        self.cause = cause
+        self.run = run
+        self.step = step
+
+
 _BY_CODE = {
     "not_found": CheckpointNotFound,
     "damaged": DamagedCheckpoint,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -226,7 +227,21 @@ class Store:
         With ``shard=(rank, world_size)`` the folder is that rank's part of checkpoint ``run@step``: the
         checkpoint is listed and resolved only once every rank's shard is committed (here, or on the remote
         pushed to)."""
-        arguments = ["put", os.fspath(folder), "--run", run]
+        arguments = ["put", os.fspath(folder)] + self._put_options(run, step, epoch, metrics, tags, meta, push, shard)
+        return self._put_result(self._runner.run(arguments))
+
+    def put_layout(self, layout: Mapping[str, Any], run: str, step: Optional[int] = None, epoch: Optional[float] = None,
+                   metrics: Optional[Mapping[str, float]] = None, tags: Iterable[str] = (), meta: Optional[Mapping[str, str]] = None,
+                   push: Optional[str] = None, shard: Optional[Tuple[int, int]] = None, pass_fds: Sequence[int] = ()) -> PutResult:
+        """Stores the files ``layout`` lays out as ranges of one source file (``ckstore put --layout``:
+        ``{"source": PATH, "files": [{"path", "pieces": [[OFFSET, LENGTH], …]}]}``) as a checkpoint, the
+        same checkpoint a put of a folder holding those files makes. ``pass_fds``: descriptors the source
+        path names (``/proc/self/fd/N``)."""
+        arguments = ["put", "--layout", "-"] + self._put_options(run, step, epoch, metrics, tags, meta, push, shard)
+        return self._put_result(self._runner.run(arguments, input=json.dumps(dict(layout)), pass_fds=pass_fds))
+
+    def _put_options(self, run, step, epoch, metrics, tags, meta, push, shard) -> List[str]:
+        arguments = ["--run", run]
         if shard is not None:
             arguments += ["--shard", f"{int(shard[0])}/{int(shard[1])}"]
         if step is not None:
@@ -243,7 +258,11 @@ class Store:
             arguments += ["--push", push]
             if self.endpoint and "://" in push:
                 arguments += ["--endpoint", self.endpoint]
-        payload = self._runner.run(arguments)
+        return arguments
+
+    @staticmethod
+    def _put_result(payload: Dict[str, Any]) -> PutResult:
+        payload = dict(payload)
         pushed = payload.pop("push", None)
         result = _build(PutResult, payload)
         if pushed is not None:

@@ -10,11 +10,15 @@ unchanged weights and optimizer state cost nothing the next time.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from .errors import BackgroundSaveError
 from .store import PutResult, Store
 
 MODEL_FILE = "model.safetensors"
@@ -30,26 +34,219 @@ def _torch():
 
 
 def save(store: Store, run: str, step: int, model=None, optimizer=None, scheduler=None, extra: Optional[Mapping[str, Any]] = None,
-         metrics: Optional[Mapping[str, float]] = None, tags=(), push: Optional[str] = None) -> PutResult:
-    """Writes the model (safetensors), optimizer and scheduler state (``torch.save``) and ``extra`` into a
-    staging folder and puts it as checkpoint ``run@step``; the folder is removed afterwards."""
-    torch = _torch()
-    from safetensors.torch import save_model
+         metrics: Optional[Mapping[str, float]] = None, tags=(), push: Optional[str] = None, *, background: bool = False,
+         max_in_flight: int = 1):
+    """Saves the model (``model.safetensors``, as safetensors' ``save_model`` writes it), the optimizer and
+    scheduler state and ``extra`` (``optimizer.pt``, ``scheduler.pt``, ``extra.pt``, as ``torch.save``
+    writes them to a file) as checkpoint ``run@step``, pushed to ``push`` when given.
 
-    staging = tempfile.mkdtemp(prefix=f"ckstore-{run}-{step}-", dir=_staging_root(store))
-    try:
-        if model is not None:
-            # safetensors' own writer for modules: tied weights are saved once and re-tied on load.
-            save_model(model, os.path.join(staging, MODEL_FILE), metadata={"format": "pt"}, force_contiguous=True)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), os.path.join(staging, OPTIMIZER_FILE))
-        if scheduler is not None:
-            torch.save(scheduler.state_dict(), os.path.join(staging, SCHEDULER_FILE))
-        if extra is not None:
-            torch.save(dict(extra), os.path.join(staging, EXTRA_FILE))
-        return store.put(staging, run=run, step=step, metrics=metrics, tags=tags, push=push)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    No file is written outside the store: the state is snapshotted into memory (tensors copied from the
+    GPU if they are there, into reused pinned buffers) and the store reads the files from the snapshot
+    (see :mod:`ckstore._snapshot`); it receives exactly what a put of a folder of those files would.
+
+    Without ``background``, returns the :class:`PutResult` (with ``push`` set when pushed) once the
+    checkpoint is committed and pushed. With ``background=True``, returns a :class:`SaveHandle` as soon
+    as the snapshot is taken, and training may change the model at once; the put and push run in the
+    background, in order. At most ``max_in_flight`` saves hold snapshots: a further save waits for one to
+    be committed. A background failure raises from the next ``save`` or :func:`finish`, unless its
+    handle's ``committed()`` or ``uploaded()`` raised it first."""
+    state = {}
+    safetensors_metadata = None
+    if model is not None:
+        from ._snapshot import safetensors_state
+
+        state["model"], safetensors_metadata = safetensors_state(model)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if extra is not None:
+        state["extra"] = dict(extra)
+    handle = _SAVER.save(store, run, step, state, safetensors_metadata, metrics=metrics, tags=tuple(tags), push=push,
+                         max_in_flight=max_in_flight)
+    if background:
+        return handle
+    result = handle.committed()
+    pushed = handle.uploaded()
+    return result if pushed is None else PutResult(**{**result.__dict__, "push": pushed})
+
+
+def finish(release: bool = True) -> None:
+    """Waits for every save in flight to be committed and pushed; raises the first background failure
+    not raised yet. With ``release``, frees the snapshot buffers (the next save allocates them again)."""
+    _SAVER.finish(release=release)
+
+
+class SaveHandle:
+    """A save in flight: ``committed()`` returns its :class:`PutResult` once it is in the store,
+    ``uploaded()`` its :class:`PushResult` once it is on the remote (None when it is not pushed); both
+    wait, and raise what the save raised."""
+
+    def __init__(self, run: str, step: int, push: Optional[str]):
+        self.run = run
+        self.step = step
+        self.push = push
+        self._put: Future = Future()
+        self._pushed: Future = Future()
+        self._delivered = False
+
+    def committed(self, timeout: Optional[float] = None) -> PutResult:
+        try:
+            return self._put.result(timeout)
+        except BaseException:
+            self._delivered = True
+            raise
+
+    def uploaded(self, timeout: Optional[float] = None):
+        try:
+            return self._pushed.result(timeout)
+        except BaseException:
+            self._delivered = True
+            raise
+
+    def done(self) -> bool:
+        """Whether it is committed and, when pushed, uploaded (or failed)."""
+        return self._put.done() and self._pushed.done()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else ("committed" if self._put.done() else "in flight")
+        return f"<ckstore.torch.SaveHandle {self.run}@{self.step} {state}>"
+
+
+class _Saver:
+    """The process's saves: snapshots in at most ``max_in_flight`` reused arenas, puts in order on one
+    thread, pushes in order on another (a push never holds a snapshot)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._limit = 0
+        self._slots: "queue.Queue" = queue.Queue()
+        self._arenas: list = []
+        self._handles: list = []
+        self._putter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckstore-put")
+        self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckstore-push")
+        self.in_flight = 0
+        #: The most snapshots held at once since the process started (what ``max_in_flight`` bounds).
+        self.peak_in_flight = 0
+
+    def _resize(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_in_flight is at least 1, not {limit}")
+        if limit == self._limit:
+            return
+        self._wait()
+        self._release()
+        self._limit = limit
+        self._slots = queue.Queue()
+        for _ in range(limit):
+            self._slots.put(None)
+
+    def save(self, store: Store, run: str, step: int, state, safetensors_metadata, metrics, tags, push, max_in_flight: int) -> SaveHandle:
+        from ._snapshot import Arena, snapshot
+
+        self._raise_undelivered()
+        self._resize(int(max_in_flight))
+        arena = self._slots.get() or Arena()
+        try:
+            taken = snapshot(state, arena)
+        except BaseException:
+            self._slots.put(arena)
+            raise
+        with self._lock:
+            if arena not in self._arenas:
+                self._arenas.append(arena)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        handle = SaveHandle(run, step, push)
+        self._handles.append(handle)
+        self._putter.submit(self._persist, handle, store, taken, safetensors_metadata, dict(metrics or {}), tags, push)
+        return handle
+
+    def _persist(self, handle: SaveHandle, store: Store, taken, safetensors_metadata, metrics, tags, push) -> None:
+        from ._snapshot import LayoutBuilder
+
+        arena = taken.arena
+        try:
+            layout = LayoutBuilder(taken)
+            state = taken.state
+            if "model" in state:
+                layout.add_safetensors(MODEL_FILE, state["model"], safetensors_metadata)
+            for key, name in (("optimizer", OPTIMIZER_FILE), ("scheduler", SCHEDULER_FILE), ("extra", EXTRA_FILE)):
+                if key in state:
+                    layout.add_torch_save(name, state[key])
+            del state
+            result = store.put_layout(layout.layout(), run=handle.run, step=handle.step, metrics=metrics, tags=tags,
+                                      pass_fds=arena.pass_fds)
+        except BaseException as error:
+            handle._put.set_exception(error)
+            handle._pushed.set_exception(error)
+            return
+        else:
+            # Committed (or failed) before the snapshot is given back: a save waiting for it sees this one done.
+            handle._put.set_result(result)
+        finally:
+            del taken
+            with self._lock:
+                self.in_flight -= 1
+            self._slots.put(arena)
+        if push is None:
+            handle._pushed.set_result(None)
+        else:
+            self._pusher.submit(self._upload, handle, store, result.id, push)
+
+    @staticmethod
+    def _upload(handle: SaveHandle, store: Store, checkpoint: str, push: str) -> None:
+        try:
+            handle._pushed.set_result(store.push([checkpoint], remote=push))
+        except BaseException as error:
+            handle._pushed.set_exception(error)
+
+    def _wait(self) -> None:
+        for handle in list(self._handles):
+            for future in (handle._put, handle._pushed):
+                try:
+                    future.result()
+                except BaseException:
+                    pass
+
+    def _raise_undelivered(self) -> None:
+        failed = []
+        for handle in self._handles:
+            if not handle.done():
+                continue
+            for future in (handle._put, handle._pushed):
+                error = future.exception()
+                if error is not None and not handle._delivered:
+                    failed.append((handle, error))
+                    break
+        self._handles = [handle for handle in self._handles if not handle.done()]
+        if failed:
+            handle, error = failed[0]
+            handle._delivered = True
+            more = f" (and {len(failed) - 1} later saves failed too)" if len(failed) > 1 else ""
+            raise BackgroundSaveError(f"the background save of {handle.run}@{handle.step} failed{more}: {error}", error,
+                                      handle.run, handle.step) from error
+
+    def _release(self) -> None:
+        with self._lock:
+            for arena in self._arenas:
+                arena.close()
+            self._arenas = []
+
+    def finish(self, release: bool) -> None:
+        self._wait()
+        try:
+            self._raise_undelivered()
+        finally:
+            if release:
+                limit = self._limit
+                self._release()
+                self._limit = 0
+                if limit:
+                    self._resize(limit)
+
+
+_SAVER = _Saver()
 
 
 def load(store: Store, ref: str, model=None, optimizer=None, scheduler=None, map_location="cpu",
