@@ -248,3 +248,35 @@ def test_max_in_flight_bounds_the_snapshots_held(store):
     # Committed in the order saved.
     assert [c.step for c in store.ls("bounded")] == list(range(1, 10))
     assert [h.committed().step for h in handles] == list(range(1, 10))
+
+
+def test_a_sharded_save_writes_what_dcp_writes_and_loads_back(tmp_path, store):
+    """save_sharded with no staging folder: DCP's own writer into the snapshot. The rank's data file is
+    the one dcp.save writes to a folder, byte for byte; .metadata names the same items in the same places
+    (DCP puts a random save id and the folder's path in it, so no two saves' are the same bytes)."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    model, optimizer, scheduler = fresh()
+    train(model, optimizer, scheduler, steps=3, seed=4)
+    state = {"model": model.state_dict(), "step": torch.tensor(3)}
+    handle = ckt.save_sharded(store, "dcp", 3, state, background=True)
+    train(model, optimizer, scheduler, steps=2, seed=5)  # the snapshot is already taken
+    saved = handle.committed()
+    assert saved.checkpoint is not None and saved.shard == {"index": 0, "count": 1}
+
+    folder = tmp_path / "folder"
+    restored = tmp_path / "restored"
+    store.get("dcp@3", str(restored))
+    expected = {"model": {k: v.clone() for k, v in fresh()[0].state_dict().items()}, "step": torch.tensor(0)}
+    again, again_optimizer, again_scheduler = fresh()
+    train(again, again_optimizer, again_scheduler, steps=3, seed=4)
+    dcp.save({"model": again.state_dict(), "step": torch.tensor(3)}, checkpoint_id=str(folder))
+    assert sorted(os.listdir(restored)) == sorted(os.listdir(folder))
+    assert (restored / "__0_0.distcp").read_bytes() == (folder / "__0_0.distcp").read_bytes()
+    ours, theirs = (pickle.loads((p / ".metadata").read_bytes()) for p in (restored, folder))
+    assert ours.state_dict_metadata == theirs.state_dict_metadata and ours.storage_data == theirs.storage_data
+
+    ckt.load_sharded(store, "dcp@latest-valid", expected)
+    assert_same_state(expected, {"model": again.state_dict(), "step": torch.tensor(3)})

@@ -159,3 +159,33 @@ def test_a_preemption_notice_saves_through_the_plugin_pushes_and_stops(tmp_path)
               logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
               default_root_dir=str(tmp_path / "b")).fit(resumed, ckpt_path="ckstore://reg@latest-valid")
     assert [c.step for c in fresh.ls("reg")] == [6]
+
+
+def test_background_saves_store_every_checkpoint_and_resume_bit_for_bit(tmp_path):
+    """CKStoreCheckpointIO(background=True), Lightning's AsyncCheckpointIO done without a staging file:
+    saves return after the snapshot; teardown at the end of fit waits for them; the run resumes from them
+    exactly, and keep_local writes the stored file at Lightning's path."""
+    L.seed_everything(0, workers=True)
+    uninterrupted = Regression()
+    make_trainer(tmp_path / "a", CKStoreCheckpointIO(ckstore.Store(str(tmp_path / "a-store")), "reg"), 5).fit(uninterrupted)
+
+    store = ckstore.Store(str(tmp_path / "store"))
+    L.seed_everything(0, workers=True)
+    first = Regression()
+    io = CKStoreCheckpointIO(store, "reg", keep_local=True, background=True)
+    make_trainer(tmp_path / "b", io, 3).fit(first)
+    steps = [c.step for c in store.ls("reg")]
+    assert len(steps) == 2 and max(steps) == 12
+    kept = sorted(os.listdir(tmp_path / "b" / "ckpts"))
+    assert len(kept) == 2
+    for name in kept:
+        stored = store.ls("reg")[[store.show(c.id)["metadata"]["lightning_path"] for c in store.ls("reg")].index(str(tmp_path / "b" / "ckpts" / name))]
+        out = tmp_path / "out" / name
+        store.get(stored.id, str(out))
+        assert (out / name).read_bytes() == (tmp_path / "b" / "ckpts" / name).read_bytes()
+
+    L.seed_everything(0, workers=True)
+    resumed = Regression()
+    make_trainer(tmp_path / "c", CKStoreCheckpointIO(store, "reg", background=True), 5).fit(resumed, ckpt_path="ckstore://reg@latest-valid")
+    for name, tensor in weights(uninterrupted).items():
+        assert torch.equal(tensor, weights(resumed)[name]), name

@@ -258,6 +258,7 @@ class Recorder:
         self._layout = layout
         self.pieces: List[List[int]] = []
         self._pending = bytearray()
+        self._position = 0
 
     def write(self, data) -> int:
         address, length = _buffer_address(data)
@@ -266,19 +267,31 @@ class Recorder:
         found = self._layout.snapshot.arena_range(address, length)
         if found is None:
             self._pending += data
+            self._position += length
         else:
             self.reference(*found)
         return length
 
     def inline(self, data: bytes) -> None:
         self._pending += data
+        self._position += len(data)
 
     def reference(self, offset: int, length: int) -> None:
         self._flush()
         self._add(offset, length)
+        self._position += length
+
+    def tell(self) -> int:
+        return self._position
+
+    def writable(self) -> bool:
+        return True
 
     def flush(self) -> None:
         pass
+
+    def close(self) -> None:
+        pass  # what is written stays; ``finish`` ends the file
 
     def _flush(self) -> None:
         if self._pending:
@@ -291,7 +304,7 @@ class Recorder:
         else:
             self.pieces.append([offset, length])
 
-    def close(self) -> List[List[int]]:
+    def finish(self) -> List[List[int]]:
         self._flush()
         return self.pieces
 
@@ -318,7 +331,7 @@ class LayoutBuilder:
         torch = _torch()
         recorder = Recorder(self)
         torch.save(obj, recorder)
-        self.files.append({"path": path, "pieces": recorder.close()})
+        self.files.append({"path": path, "pieces": recorder.finish()})
 
     def add_safetensors(self, path: str, tensors: Dict[str, Any], metadata: Optional[Dict[str, str]]) -> None:
         """``path`` as safetensors' ``save_file(tensors, path, metadata)`` writes it: the header
@@ -335,10 +348,75 @@ class LayoutBuilder:
                 recorder.inline(_tensor_bytes(tensor))
             else:
                 recorder.reference(*found)
-        self.files.append({"path": path, "pieces": recorder.close()})
+        self.files.append({"path": path, "pieces": recorder.finish()})
+
+    def add_dcp(self, state: Any, process_group=None) -> None:
+        """The files ``torch.distributed.checkpoint.save(state)`` writes for this rank (its
+        ``__<rank>_0.distcp`` and, on the coordinator, ``.metadata``), by DCP's own file system writer
+        over a file system whose files are recorders (:func:`dcp_writer`)."""
+        import torch.distributed.checkpoint as dcp
+
+        writer, files = dcp_writer(self)
+        dcp.save(state, storage_writer=writer, process_group=process_group)
+        for name in sorted(files):
+            self.files.append({"path": name, "pieces": files[name].finish()})
 
     def layout(self) -> Dict[str, Any]:
         return {"source": self.snapshot.arena.source, "files": self.files}
+
+
+def dcp_writer(layout: "LayoutBuilder"):
+    """DCP's ``FileSystemWriter`` over files that are :class:`Recorder`\ s; returns the writer and the
+    files it wrote by name (DCP renames ``.metadata.tmp`` to ``.metadata`` at the end, as on disk).
+    ``sync_files`` is off: the store makes the checkpoint durable."""
+    from contextlib import contextmanager
+
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.filesystem import FileSystemBase
+
+    root = "ckstore-layout"
+    files: Dict[str, Recorder] = {}
+
+    def name(path) -> str:
+        text = str(path)
+        if not text.startswith(root + "/"):
+            raise ValueError(f"DCP wrote {text} outside its checkpoint folder")
+        return text[len(root) + 1:]
+
+    class Files(FileSystemBase):
+        @contextmanager
+        def create_stream(self, path, mode):
+            if "w" not in mode:
+                raise ValueError(f"a save does not read ({path}, mode {mode})")
+            recorder = files[name(path)] = Recorder(layout)
+            yield recorder
+
+        def concat_path(self, path, suffix):
+            return f"{path}/{suffix}"
+
+        def rename(self, path, new_path):
+            files[name(new_path)] = files.pop(name(path))
+
+        def init_path(self, path):
+            return str(path)
+
+        def mkdir(self, path):
+            pass
+
+        @classmethod
+        def validate_checkpoint_id(cls, checkpoint_id):
+            return True
+
+        def exists(self, path):
+            return name(path) in files
+
+        def rm_file(self, path):
+            files.pop(name(path), None)
+
+    writer = FileSystemWriter(root, sync_files=False)
+    writer.fs = Files()
+    writer.path = root
+    return writer, files
 
 
 def _tensor_bytes(tensor) -> bytes:

@@ -2,8 +2,11 @@
 Lightning saves in a ckstore store, and loads ``ckstore://RUN@latest-valid`` (or any reference).
 
 ``Trainer(plugins=[CKStoreCheckpointIO(store, run)])``: ``ModelCheckpoint`` decides when to save and
-what to keep as usual; each save is written as ``torch.save`` would write it into a staging folder and
-put under the checkpoint's ``global_step``. ``trainer.fit(model, ckpt_path="ckstore://RUN@latest-valid")``
+what to keep as usual; each save is stored as the file ``torch.save`` would write, under the
+checkpoint's ``global_step``, from a snapshot in memory and with no staging file (see
+``ckstore.torch.save``). With ``background=True`` the plugin is asynchronous, as Lightning's
+``AsyncCheckpointIO``: a save returns once the snapshot is taken, and a failure raises from the next save
+or from ``teardown`` at the end of ``fit``. ``trainer.fit(model, ckpt_path="ckstore://RUN@latest-valid")``
 resumes from the newest checkpoint that verifies.
 
 Strategies that write checkpoints themselves bypass ``CheckpointIO``: DeepSpeed, and FSDP with sharded
@@ -20,14 +23,14 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from typing import Any, Dict, Optional
 
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from .errors import CheckpointNotFound, CKStoreError, UsageError
+from . import torch as ckstore_torch
+from .errors import CheckpointNotFound, UsageError
 from .store import Store
 
 SCHEME = "ckstore://"
@@ -44,13 +47,17 @@ class CKStoreCheckpointIO(CheckpointIO):
     which then decides on the next ``gc``.
     """
 
-    def __init__(self, store: Store, run: str, keep_local: bool = False, push: Optional[str] = None):
+    def __init__(self, store: Store, run: str, keep_local: bool = False, push: Optional[str] = None, *,
+                 background: bool = False, max_in_flight: int = 1):
         super().__init__()
         self.store = store
         self.run = run
         self.keep_local = keep_local
         self.push = push
+        self.background = background
+        self.max_in_flight = max_in_flight
         self._ids: Dict[str, str] = {}
+        self._in_flight: Dict[str, Any] = {}
 
     # Checking the strategy
 
@@ -76,28 +83,36 @@ class CKStoreCheckpointIO(CheckpointIO):
         name = os.path.basename(path) or "checkpoint.ckpt"
         # `last.ckpt` is saved at the same step as a top-k file with other callback state: its own run.
         run = self.run + "-last" if name.startswith("last") else self.run
-        staging = tempfile.mkdtemp(prefix="ckstore-lightning-", dir=os.environ.get("CKSTORE_STAGING") or None)
-        try:
-            file = os.path.join(staging, name)
-            torch.save(checkpoint, file)
-            result = self.store.put(staging, run=run, step=step, meta={_META_PATH: path},
-                                    epoch=float(checkpoint["epoch"]) if "epoch" in checkpoint else None)
+
+        def committed(result, states) -> None:
             self._ids[path] = result.id
-            if self.push is not None:
-                # Committed locally already: a remote that fails, or holds another machine's checkpoint at
-                # this step, warns instead of ending training.
-                try:
-                    self.store.push([result.id], remote=self.push)
-                except CKStoreError as error:
-                    warnings.warn(f"ckstore: checkpoint {run}@{step} is stored locally but its push failed: {error}")
             if self.keep_local:
+                # The stored file, from the snapshot, at Lightning's path (as TorchCheckpointIO writes it).
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                shutil.copyfile(file, path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                with open(path + ".ckstore-partial", "wb") as file:
+                    torch.save(states[name], file)
+                os.replace(path + ".ckstore-partial", path)
+
+        # Written as torch.save writes it, from a snapshot and with no staging file (ckstore.torch.save);
+        # a push that fails warns: the checkpoint is committed locally.
+        handle = ckstore_torch._SAVER.save(self.store, run, step, [ckstore_torch.SavedFile(name, checkpoint)],
+                                           meta={_META_PATH: path}, push=self.push, max_in_flight=self.max_in_flight,
+                                           epoch=float(checkpoint["epoch"]) if "epoch" in checkpoint else None,
+                                           on_committed=committed, warn_on_push_failure=True)
+        if not self.background:
+            handle.committed()
+            handle.uploaded()
+            return
+        self._in_flight[path] = handle
+
+    def teardown(self) -> None:
+        """Waits for the saves in flight (``background=True``) and raises a failure among them."""
+        self._in_flight.clear()
+        ckstore_torch.finish(release=True)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
         path = os.fspath(path)
+        ckstore_torch.finish(release=False)  # what this process saved is in the store first
         if not path.startswith(SCHEME) and os.path.isdir(path):
             raise UsageError(f"{path} is a folder of shards, written by a strategy that bypasses CheckpointIO (DeepSpeed, "
                              "sharded FSDP); CKStoreCheckpointIO neither stored nor can load it", code="usage")
@@ -122,6 +137,9 @@ class CKStoreCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path) -> None:
         path = os.fspath(path)
+        handle = self._in_flight.pop(path, None)
+        if handle is not None:
+            handle.committed()
         if self.keep_local and os.path.isfile(path):
             os.remove(path)
         if self._policy_governs():

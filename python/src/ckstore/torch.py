@@ -14,11 +14,12 @@ import queue
 import shutil
 import tempfile
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from .errors import BackgroundSaveError
+from .errors import BackgroundSaveError, CKStoreError
 from .store import PutResult, Store
 
 MODEL_FILE = "model.safetensors"
@@ -50,20 +51,19 @@ def save(store: Store, run: str, step: int, model=None, optimizer=None, schedule
     background, in order. At most ``max_in_flight`` saves hold snapshots: a further save waits for one to
     be committed. A background failure raises from the next ``save`` or :func:`finish`, unless its
     handle's ``committed()`` or ``uploaded()`` raised it first."""
-    state = {}
-    safetensors_metadata = None
+    files = []
     if model is not None:
         from ._snapshot import safetensors_state
 
-        state["model"], safetensors_metadata = safetensors_state(model)
+        tensors, metadata = safetensors_state(model)
+        files.append(SavedFile(MODEL_FILE, tensors, "safetensors", metadata))
     if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
+        files.append(SavedFile(OPTIMIZER_FILE, optimizer.state_dict()))
     if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
+        files.append(SavedFile(SCHEDULER_FILE, scheduler.state_dict()))
     if extra is not None:
-        state["extra"] = dict(extra)
-    handle = _SAVER.save(store, run, step, state, safetensors_metadata, metrics=metrics, tags=tuple(tags), push=push,
-                         max_in_flight=max_in_flight)
+        files.append(SavedFile(EXTRA_FILE, dict(extra)))
+    handle = _SAVER.save(store, run, step, files, metrics=metrics, tags=tuple(tags), push=push, max_in_flight=max_in_flight)
     if background:
         return handle
     result = handle.committed()
@@ -75,6 +75,16 @@ def finish(release: bool = True) -> None:
     """Waits for every save in flight to be committed and pushed; raises the first background failure
     not raised yet. With ``release``, frees the snapshot buffers (the next save allocates them again)."""
     _SAVER.finish(release=release)
+
+
+@dataclass
+class SavedFile:
+    """One file of a save: ``state`` as ``torch.save`` writes it (``kind="torch"``), or a dict of tensors as
+    safetensors writes it (``kind="safetensors"``, with ``metadata``)."""
+    path: str
+    state: Any
+    kind: str = "torch"
+    metadata: Optional[Mapping[str, str]] = None
 
 
 class SaveHandle:
@@ -141,14 +151,23 @@ class _Saver:
         for _ in range(limit):
             self._slots.put(None)
 
-    def save(self, store: Store, run: str, step: int, state, safetensors_metadata, metrics, tags, push, max_in_flight: int) -> SaveHandle:
-        from ._snapshot import Arena, snapshot
+    def save(self, store: Store, run: str, step: int, files, *, metrics=None, tags=(), meta=None, epoch=None, push=None,
+             max_in_flight: int = 1, on_committed=None, warn_on_push_failure: bool = False, shard=None,
+             serialize_now: bool = False) -> SaveHandle:
+        """Snapshots the files' states and queues their put (and push). ``on_committed(result, states)``
+        runs on the put's thread once committed, while the snapshot (``states``, by file) is still held.
+        ``serialize_now``: the files are serialized here rather than on the put's thread (DCP, whose
+        planning is collective). A shard (``shard=(rank, world_size)``) is pushed by its put."""
+        from ._snapshot import Arena, LayoutBuilder, snapshot
 
         self._raise_undelivered()
         self._resize(int(max_in_flight))
         arena = self._slots.get() or Arena()
         try:
-            taken = snapshot(state, arena)
+            taken = snapshot([saved.state for saved in files], arena)
+            layout = LayoutBuilder(taken)
+            if serialize_now:
+                self._serialize(layout, files, taken.state)
         except BaseException:
             self._slots.put(arena)
             raise
@@ -159,24 +178,32 @@ class _Saver:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         handle = SaveHandle(run, step, push)
         self._handles.append(handle)
-        self._putter.submit(self._persist, handle, store, taken, safetensors_metadata, dict(metrics or {}), tags, push)
+        options = {"metrics": dict(metrics or {}), "tags": tuple(tags), "meta": dict(meta or {}), "epoch": epoch, "shard": shard}
+        if shard is not None:
+            options["push"] = push
+        self._putter.submit(self._persist, handle, store, taken, layout, files, options, None if shard is not None else push,
+                            on_committed, warn_on_push_failure, serialize_now)
         return handle
 
-    def _persist(self, handle: SaveHandle, store: Store, taken, safetensors_metadata, metrics, tags, push) -> None:
-        from ._snapshot import LayoutBuilder
+    @staticmethod
+    def _serialize(layout, files, states) -> None:
+        for saved, state in zip(files, states):
+            if saved.kind == "safetensors":
+                layout.add_safetensors(saved.path, state, dict(saved.metadata) if saved.metadata else None)
+            elif saved.kind == "dcp":
+                layout.add_dcp(state, process_group=(saved.metadata or {}).get("process_group"))
+            else:
+                layout.add_torch_save(saved.path, state)
 
+    def _persist(self, handle: SaveHandle, store: Store, taken, layout, files, options, push, on_committed, warn_on_push_failure,
+                 serialized: bool) -> None:
         arena = taken.arena
         try:
-            layout = LayoutBuilder(taken)
-            state = taken.state
-            if "model" in state:
-                layout.add_safetensors(MODEL_FILE, state["model"], safetensors_metadata)
-            for key, name in (("optimizer", OPTIMIZER_FILE), ("scheduler", SCHEDULER_FILE), ("extra", EXTRA_FILE)):
-                if key in state:
-                    layout.add_torch_save(name, state[key])
-            del state
-            result = store.put_layout(layout.layout(), run=handle.run, step=handle.step, metrics=metrics, tags=tags,
-                                      pass_fds=arena.pass_fds)
+            if not serialized:
+                self._serialize(layout, files, taken.state)
+            result = store.put_layout(layout.layout(), run=handle.run, step=handle.step, pass_fds=arena.pass_fds, **options)
+            if on_committed is not None:
+                on_committed(result, {saved.path: state for saved, state in zip(files, taken.state)})
         except BaseException as error:
             handle._put.set_exception(error)
             handle._pushed.set_exception(error)
@@ -185,19 +212,29 @@ class _Saver:
             # Committed (or failed) before the snapshot is given back: a save waiting for it sees this one done.
             handle._put.set_result(result)
         finally:
-            del taken
+            del taken, layout
             with self._lock:
                 self.in_flight -= 1
             self._slots.put(arena)
-        if push is None:
-            handle._pushed.set_result(None)
+        if push is not None:
+            self._pusher.submit(self._upload, handle, store, result.id, push, warn_on_push_failure)
+        elif result.push is not None and "push" in options:
+            handle._pushed.set_result(result.push)
         else:
-            self._pusher.submit(self._upload, handle, store, result.id, push)
+            handle._pushed.set_result(None)
 
     @staticmethod
-    def _upload(handle: SaveHandle, store: Store, checkpoint: str, push: str) -> None:
+    def _upload(handle: SaveHandle, store: Store, checkpoint: str, push: str, warn: bool) -> None:
         try:
             handle._pushed.set_result(store.push([checkpoint], remote=push))
+        except CKStoreError as error:
+            if not warn:
+                handle._pushed.set_exception(error)
+                return
+            # Committed locally already: a remote that fails, or holds another machine's checkpoint at this
+            # step, warns instead of ending training.
+            warnings.warn(f"ckstore: checkpoint {handle.run}@{handle.step} is stored locally but its push failed: {error}")
+            handle._pushed.set_result(None)
         except BaseException as error:
             handle._pushed.set_exception(error)
 
@@ -331,27 +368,33 @@ def _distributed(process_group):
 
 def save_sharded(store: Store, run: str, step: int, state_dict: Mapping[str, Any], *, push: Optional[str] = None,
                  metrics: Optional[Mapping[str, float]] = None, tags=(), process_group=None,
-                 rank: Optional[int] = None, world_size: Optional[int] = None) -> PutResult:
-    """Saves this rank's part of ``state_dict`` with ``torch.distributed.checkpoint.save`` into a staging
-    folder of its own and puts it as shard ``rank/world_size`` of checkpoint ``run@step`` (pushed to
-    ``push`` when given). Every rank of the process group calls it, as it calls ``dcp.save``.
+                 rank: Optional[int] = None, world_size: Optional[int] = None, background: bool = False,
+                 max_in_flight: int = 1):
+    """Saves this rank's part of ``state_dict`` as ``torch.distributed.checkpoint.save`` writes it and puts
+    it as shard ``rank/world_size`` of checkpoint ``run@step`` (pushed to ``push`` when given). Every rank
+    of the process group calls it, as it calls ``dcp.save``.
 
     DCP writes each rank's ``__<rank>_0.distcp`` and, on the coordinator (rank 0), the ``.metadata`` that
     names every item; ranks need no shared file system. The checkpoint becomes visible (``ls``,
     ``RUN@latest-valid``) only once every rank's shard is committed, in one store or on the remote, so a
     rank that dies before its put or push leaves it pending, never half-visible. No barrier is needed for
-    that: whichever rank commits the last shard writes the checkpoint."""
-    import torch.distributed.checkpoint as dcp
+    that: whichever rank commits the last shard writes the checkpoint.
 
+    As in :func:`save`, nothing is written outside the store: the state is snapshotted into memory and
+    DCP's own writer writes the files into the snapshot's layout. DCP's planning is collective, so it
+    runs in the caller, on every rank in the same order; with ``background=True`` only the put (and push)
+    runs in the background, and a :class:`SaveHandle` is returned."""
     found_rank, found_world = _distributed(process_group)
     rank = found_rank if rank is None else rank
     world_size = found_world if world_size is None else world_size
-    staging = tempfile.mkdtemp(prefix=f"ckstore-{run}-{step}-rank{rank}-", dir=_staging_root(store))
-    try:
-        dcp.save(dict(state_dict), storage_writer=dcp.FileSystemWriter(staging), process_group=process_group)
-        return store.put(staging, run=run, step=step, metrics=metrics, tags=tags, push=push, shard=(rank, world_size))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    handle = _SAVER.save(store, run, step, [SavedFile("", dict(state_dict), "dcp", {"process_group": process_group})],
+                         metrics=metrics, tags=tuple(tags), push=push, max_in_flight=max_in_flight, shard=(rank, world_size),
+                         serialize_now=True)
+    if background:
+        return handle
+    result = handle.committed()
+    pushed = handle.uploaded()
+    return result if pushed is None else PutResult(**{**result.__dict__, "push": pushed})
 
 
 def load_sharded(store: Store, ref: str, state_dict: Mapping[str, Any], *, remote: Optional[str] = None,
