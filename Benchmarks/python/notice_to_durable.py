@@ -10,8 +10,9 @@ Each round:
   1. a periodic checkpoint is saved and pushed (ckstore.torch.save(push=…), what CKStoreCallback or a loop's
      every-N-steps save does), then training goes on;
   2. the notice appears at a random moment; the loop asks `requested()` at each step boundary;
-  3. at the first boundary after it is seen, what ckstore.torch.save(push=…) does, timed apart: stage
-     (safetensors of the model, torch.save of the optimizer), put, push;
+  3. at the first boundary after it is seen, what ckstore.torch.save(push=…) does, timed apart through its
+     handle: the snapshot into memory, the put (which reads the files from the snapshot: nothing is
+     staged on disk since issue 31), the push;
   4. from the same state, the baseline: torch.save of the same two files into a folder, and `rclone copy`
      of the folder to the same SeaweedFS (4 transfers, its default).
 3 and 4 alternate which goes first (ckstore in odd rounds). Dirty pages are written out (sync, untimed)
@@ -133,18 +134,16 @@ def main():
             server.close()
 
             def ckstore_path():
-                """What ckstore.torch.save(push=…) does, timed apart: (stage, put, push) seconds, results."""
-                staging = os.path.join(work, f"staging-{step}")
+                """ckstore.torch.save(push=…), timed apart through its handle: (snapshot, put, push) seconds.
+                Nothing is staged: the put reads the files from the snapshot (issue 31)."""
                 t0 = time.perf_counter()
-                stage(staging, model, optimizer)
+                handle = ckstore.torch.save(store, RUN, step, model, optimizer, push=remote, background=True)
                 t1 = time.perf_counter()
-                put = store.put(staging, run=RUN, step=step)
+                put = handle.committed()
                 t2 = time.perf_counter()
-                pushed = store.push([put.id], remote=remote)
+                pushed = handle.uploaded()
                 t3 = time.perf_counter()
-                logical = folder_bytes(staging)
-                shutil.rmtree(staging)
-                return (t1 - t0, t2 - t1, t3 - t2), put, pushed, logical
+                return (t1 - t0, t2 - t1, t3 - t2), put, pushed, put.logical_bytes
 
             def baseline():
                 """torch.save of the same files into a folder, then rclone copy of it: (save, copy) seconds."""
@@ -174,7 +173,7 @@ def main():
                 "round": number + 1, "step": step, "periodic_step": periodic_step, "logical_bytes": logical,
                 "periodic_save_seconds": periodic, "train_step_seconds": step_seconds,
                 "notice_to_seen": notice.seen_at - appeared, "seen_to_boundary": boundary - notice.seen_at,
-                "stage": save, "put": put_seconds, "push": push_seconds,
+                "snapshot": save, "put": put_seconds, "push": push_seconds,
                 "notice_to_durable": boundary - appeared + boundary_to_durable, "boundary_to_durable": boundary_to_durable,
                 "stored_bytes_added": put.stored_bytes_added, "bytes_uploaded": pushed.bytes_uploaded,
                 "baseline_torch_save": torch_save, "baseline_rclone_copy": rclone_copy, "baseline_total": torch_save + rclone_copy,

@@ -3,7 +3,8 @@ until the checkpoint is durable, and the peak memory it adds, in one run.
 
 GPT-2 small (124 M parameters, GPT2Config()'s defaults, built from the config, nothing from a hub) with
 AdamW: weights and the two moments, 1.5 GB of state (1.4 GiB). Trained on generated tokens on the CPU
-(or on the GPU with --device cuda); two training steps between checkpoints.
+(or on the GPU with --device cuda); two training steps after each checkpoint (--steps; with 0, nothing
+competes with a save for the CPU, as on a GPU machine whose training leaves the CPU idle).
 
 The ways, each in a process of its own (so that each one's memory is its own), one after the other in
 one run:
@@ -18,14 +19,17 @@ and, in the background process before each save, `snapshot`: a copy of every sta
 allocated once, the least a snapshot can cost.
 
 Stall: from the call until training may go on. Durable: from the call until the checkpoint is on disk
-(fsync, or committed by the store). Peak extra memory: the most resident memory (VmRSS) of the process
-and its children above what the process held before its first save, sampled every 10 ms; the page cache
-is not counted. Step: the median time of the two training steps after each save (the background save's
+(fsync, or committed by the store; for the asynchronous ways, the moment their future completes, while
+training goes on). Peak extra memory: the most resident memory of the process and its children (the
+children's anonymous memory only: their shared pages are the trainer's snapshot, counted once, and their
+file pages the page cache of mapped packs) above what the process held at the peak of two training steps
+before its first save, sampled every 10 ms from each save's call through the steps after it (gc, run
+between rounds to keep only the newest checkpoint, is left out); the page cache is not counted. Step: the median time of the two training steps after each save (the background save's
 persist runs during them). Medians over the checkpoints; the first checkpoint of each way is reported
 apart (buffers are allocated then) and left out of the medians.
 
 usage: python training_stall.py [--checkpoints 10] [--ways torch.save,staged,ckstore,background,dcp-async]
-                                 [--device cpu] [--json FILE] [--work DIR]
+                                 [--steps 2] [--device cpu] [--json FILE] [--work DIR]
 Run with the project's .venv (make venv) and CKSTORE_BIN pointing at a release build. Scratch: about
 3 GB per way (each keeps only its newest checkpoint).
 """
@@ -52,18 +56,24 @@ class Sampler(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.peak = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     @staticmethod
-    def rss(pid) -> int:
+    def rss(pid, shared: bool = True) -> int:
+        """Resident memory from /proc/PID/status (counters, cheap: smaps_rollup walks the page tables of
+        the snapshot's mapping, and read every 10 ms it slowed the put it measured). Without ``shared``,
+        only anonymous memory: a child's shared pages are the trainer's snapshot, counted there, and its
+        file pages are the page cache of the packs it maps."""
+        fields = ("RssAnon:",) + (("RssFile:", "RssShmem:") if shared else ())
+        total = 0
         try:
             with open(f"/proc/{pid}/status") as status:
                 for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
+                    if line.startswith(fields):
+                        total += int(line.split()[1]) * 1024
         except OSError:
             pass
-        return 0
+        return total
 
     @staticmethod
     def children(pid):
@@ -76,21 +86,42 @@ class Sampler(threading.Thread):
             pass
         return found
 
+    @staticmethod
+    def command(pid) -> str:
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                return comm.read().strip()
+        except OSError:
+            return ""
+
     def tree(self) -> int:
-        pending, total = [os.getpid()], 0
+        total = self.rss(os.getpid())
+        own = self.command(os.getpid())
+        pending = self.children(os.getpid())
         while pending:
             pid = pending.pop()
-            total += self.rss(pid)
+            # A child between fork and exec shows the trainer's whole memory (shared copy-on-write): it is
+            # counted once it runs its own program.
+            if self.command(pid) != own:
+                total += self.rss(pid, shared=False)
             pending += self.children(pid)
         return total
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak = max(self.peak, self.tree())
             time.sleep(0.01)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
+
+
+def completed(done_at) -> float:
+    """When a future completed: its done-callback's time (callbacks run just after a waiter wakes)."""
+    deadline = time.perf_counter() + 5
+    while not done_at and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    return done_at[0]
 
 
 def worker(way, options):
@@ -142,18 +173,29 @@ def worker(way, options):
         os.environ.setdefault("MASTER_PORT", str(options.port))
         dist.init_process_group("gloo", rank=0, world_size=1)
     snapshot_buffers = None
+    if way == "background":
+        # For the snapshot alone (below): allocated before the base is taken, so not counted as the save's.
+        tensors = [t for t in model.state_dict().values()] + [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        snapshot_buffers = [torch.empty_like(t, device="cpu", pin_memory=device.type == "cuda") for t in tensors]
+        for target, source in zip(snapshot_buffers, tensors):
+            target.copy_(source)  # touched, so that they are resident before the base is taken
+    # What training alone holds at its peak (activations, gradients): the base the ways add to.
     sampler = Sampler()
-    base = sampler.tree()
     sampler.start()
+    train_step()
+    train_step()
+    base = sampler.peak
     rounds = []
     for number in range(options.checkpoints):
-        # The state changes between checkpoints as training changes it.
+        # The state changes between checkpoints as training changes it (with --steps 0, by a step taken
+        # before the save, so that nothing runs beside it).
+        if options.steps == 0 and number > 0:
+            train_step()
         row = {"checkpoint": number + 1, "step": step}
+        sampler.peak = 0  # this save's window: from its call through the steps after it, gc left out
         if way == "background" and number > 0:
             # The least a snapshot can cost: every state tensor copied into buffers allocated once.
             tensors = [t for t in model.state_dict().values()] + [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-            if snapshot_buffers is None:
-                snapshot_buffers = [torch.empty_like(t, device="cpu", pin_memory=device.type == "cuda") for t in tensors]
             started = time.perf_counter()
             for target, source in zip(snapshot_buffers, tensors):
                 target.copy_(source, non_blocking=device.type == "cuda")
@@ -181,6 +223,8 @@ def worker(way, options):
         elif way == "background":
             handle = ckstore.torch.save(store, RUN, step, model=model, optimizer=optimizer, background=True)
             row["stall"] = time.perf_counter() - started
+            done_at = []
+            handle._put.add_done_callback(lambda _: done_at.append(time.perf_counter()))
         elif way == "dcp-async":
             model_state, optimizer_state = get_state_dict(model, optimizer)
             folder = os.path.join(work, f"dcp-{step}")
@@ -191,29 +235,33 @@ def worker(way, options):
             else:
                 future = response
             row["stall"] = time.perf_counter() - started
+            done_at = []
+            future.add_done_callback(lambda _: done_at.append(time.perf_counter()))
         # Training goes on (during the background persist, for the asynchronous ways).
-        steps = [train_step(), train_step()]
+        steps = [train_step() for _ in range(options.steps)]
         if way == "background":
             handle.committed()
-            row["durable"] = time.perf_counter() - started
+            row["durable"] = completed(done_at) - started
         elif way == "dcp-async":
             future.result()
-            row["durable"] = time.perf_counter() - started
+            row["durable"] = completed(done_at) - started
             for name in os.listdir(work):
                 if name.startswith("dcp-") and name != os.path.basename(folder):
                     shutil.rmtree(os.path.join(work, name))
-        row["step_seconds"] = statistics.median(steps)
+        if steps:
+            row["step_seconds"] = statistics.median(steps)
+        row["peak_extra"] = max(0, sampler.peak - base)
         if store is not None:
             store.gc()
         rounds.append(row)
         print(f"  {way} #{number + 1}: stall {row['stall']:.2f} s, durable {row['durable']:.2f} s, "
-              f"steps {row['step_seconds']:.2f} s" + (f", snapshot {row['snapshot']:.2f} s" if "snapshot" in row else ""),
+              + (f"steps {row['step_seconds']:.2f} s" if steps else "no steps") + (f", snapshot {row['snapshot']:.2f} s" if "snapshot" in row else ""),
               file=sys.stderr, flush=True)
     if way in ("ckstore", "background"):
         ckstore.torch.finish()
     sampler.stop()
     sampler.join()
-    print(json.dumps({"way": way, "state_bytes": state_bytes, "base_rss": base, "peak_extra": max(0, sampler.peak - base), "rounds": rounds}))
+    print(json.dumps({"way": way, "state_bytes": state_bytes, "base_rss": base, "peak_extra": max(row["peak_extra"] for row in rounds), "rounds": rounds}))
 
 
 def median(rounds, key):
@@ -227,6 +275,7 @@ def main():
     parser.add_argument("--ways", default=",".join(WAYS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2, help="training steps after each save (0: the CPU is free for the save, as on a GPU machine)")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--work", default=None)
@@ -243,7 +292,7 @@ def main():
         if way not in WAYS:
             sys.exit(f"unknown way {way}; the ways are {', '.join(WAYS)}")
         command = [sys.executable, __file__, "--worker", way, "--work", work] + [
-            f"--{name}={getattr(options, name)}" for name in ("checkpoints", "device", "tokens", "layers", "width", "port")]
+            f"--{name}={getattr(options, name)}" for name in ("checkpoints", "device", "tokens", "layers", "width", "port", "steps")]
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
         if done.returncode != 0:
             sys.exit(f"{way} failed ({done.returncode})")
@@ -262,8 +311,9 @@ def main():
         ratio = stall / median(base["rounds"], "stall") if base else None
         summary[result["way"]] = {"stall": stall, "durable": durable, "step_seconds": steps, "first_stall": rounds[0]["stall"],
                                   "peak_extra_bytes": result["peak_extra"], "snapshot": median(rounds, "snapshot")}
-        print(f"{result['way']:<12} {stall:>7.2f}s {rounds[0]['stall']:>7.2f}s {durable:>8.2f}s {steps:>6.2f}s "
-              f"{result['peak_extra'] / 2**30:>8.2f} GiB {ratio:>18.2f}x" if ratio else "")
+        print(f"{result['way']:<12} {stall:>7.2f}s {rounds[0]['stall']:>7.2f}s {durable:>8.2f}s "
+              + (f"{steps:>6.2f}s " if steps is not None else "     - ")
+              + f"{result['peak_extra'] / 2**30:>8.2f} GiB " + (f"{ratio:>18.2f}x" if ratio else ""))
     if "background" in summary and summary["background"]["snapshot"]:
         background = summary["background"]
         print(f"\nbackground stall / snapshot alone: {background['stall'] / background['snapshot']:.2f}x "
