@@ -3,8 +3,10 @@
 
 The checkpoint is the folder a Hugging Face Trainer would write: ``model.safetensors`` (the model's state
 dict, through safetensors), ``optimizer.pt``, ``scheduler.pt`` and ``extra.pt`` (as ``torch.save``
-writes them), put into the store in one step. ckstore chunks the tensors inside both formats, so
-unchanged weights and optimizer state cost nothing the next time.
+writes them), put into the store in one step without being written anywhere else: the state is
+snapshotted into memory and the store reads the files from the snapshot (``ckstore._snapshot``), in the
+foreground or, with ``background=True``, while training goes on. ckstore chunks the tensors inside both
+formats, so unchanged weights and optimizer state cost nothing the next time.
 """
 
 from __future__ import annotations
