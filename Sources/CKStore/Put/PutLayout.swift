@@ -113,12 +113,6 @@ struct MappedPiecesFile: PutSource {
 
     func identity() -> FileIdentity? { nil }
 
-    func read(count: Int, at offset: Int64) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        try out.withUnsafeMutableBytes { try read(into: $0, at: offset) }
-        return out
-    }
-
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
         try starts.copy(into: buffer, at: offset, what: "mapped file") { piece, inPiece, target in
             let start = ranges[piece].lowerBound + inPiece

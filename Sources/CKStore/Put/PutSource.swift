@@ -10,6 +10,15 @@ protocol PutSource: ByteSource, Sendable {
     func identity() throws -> FileIdentity?
 }
 
+extension PutSource {
+    /// `count` bytes at `offset`, read through ``read(into:at:)``.
+    func read(count: Int, at offset: Int64) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        return out
+    }
+}
+
 extension SharedFile: PutSource {
     func identity() throws -> FileIdentity? { try FileIdentity(self) }
 }
@@ -29,12 +38,6 @@ struct MemoryFile: PutSource {
     func size() -> Int64 { starts.size }
 
     func identity() -> FileIdentity? { nil }
-
-    func read(count: Int, at offset: Int64) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        try out.withUnsafeMutableBytes { try read(into: $0, at: offset) }
-        return out
-    }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
         try starts.copy(into: buffer, at: offset, what: "file in memory") { piece, inPiece, target in
