@@ -40,14 +40,20 @@ def make_trainer(tmp_path, io, max_epochs):
                      logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
 
 
+def uninterrupted_run(folder):
+    """The model after 5 epochs without interruption, saved through the plugin into a store of its own."""
+    L.seed_everything(0, workers=True)
+    model = Regression()
+    make_trainer(folder, CKStoreCheckpointIO(ckstore.Store(str(folder) + "-store"), "reg"), 5).fit(model)
+    return model
+
+
 def weights(model):
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
 def test_saves_go_to_the_store_and_a_new_trainer_resumes_bit_for_bit(tmp_path):
-    L.seed_everything(0, workers=True)
-    uninterrupted = Regression()
-    make_trainer(tmp_path / "a", CKStoreCheckpointIO(ckstore.Store(str(tmp_path / "a-store")), "reg"), 5).fit(uninterrupted)
+    uninterrupted = uninterrupted_run(tmp_path / "a")
 
     store = ckstore.Store(str(tmp_path / "store"))
     L.seed_everything(0, workers=True)
@@ -76,9 +82,7 @@ def test_an_older_local_store_resumes_from_the_newer_remote_checkpoint(tmp_path)
     """Machine A saved epoch 1 and pushed; machine B trained to epoch 3 and pushed; A, with its older
     store, fits from ckstore://reg@latest-valid and resumes from B's epoch 3, ending with the weights of an
     uninterrupted run."""
-    L.seed_everything(0, workers=True)
-    uninterrupted = Regression()
-    make_trainer(tmp_path / "u", CKStoreCheckpointIO(ckstore.Store(str(tmp_path / "u-store")), "reg"), 5).fit(uninterrupted)
+    uninterrupted = uninterrupted_run(tmp_path / "u")
 
     remote = "file://" + str(tmp_path / "remote")
     a = ckstore.Store(str(tmp_path / "a-store"))
@@ -165,9 +169,7 @@ def test_background_saves_store_every_checkpoint_and_resume_bit_for_bit(tmp_path
     """CKStoreCheckpointIO(background=True), Lightning's AsyncCheckpointIO done without a staging file:
     saves return after the snapshot; teardown at the end of fit waits for them; the run resumes from them
     exactly, and keep_local writes the stored file at Lightning's path."""
-    L.seed_everything(0, workers=True)
-    uninterrupted = Regression()
-    make_trainer(tmp_path / "a", CKStoreCheckpointIO(ckstore.Store(str(tmp_path / "a-store")), "reg"), 5).fit(uninterrupted)
+    uninterrupted = uninterrupted_run(tmp_path / "a")
 
     store = ckstore.Store(str(tmp_path / "store"))
     L.seed_everything(0, workers=True)
@@ -178,10 +180,10 @@ def test_background_saves_store_every_checkpoint_and_resume_bit_for_bit(tmp_path
     assert len(steps) == 2 and max(steps) == 12
     kept = sorted(os.listdir(tmp_path / "b" / "ckpts"))
     assert len(kept) == 2
+    saved_from = {store.show(c.id)["metadata"]["lightning_path"]: c.id for c in store.ls("reg")}
     for name in kept:
-        stored = store.ls("reg")[[store.show(c.id)["metadata"]["lightning_path"] for c in store.ls("reg")].index(str(tmp_path / "b" / "ckpts" / name))]
         out = tmp_path / "out" / name
-        store.get(stored.id, str(out))
+        store.get(saved_from[str(tmp_path / "b" / "ckpts" / name)], str(out))
         assert (out / name).read_bytes() == (tmp_path / "b" / "ckpts" / name).read_bytes()
 
     L.seed_everything(0, workers=True)

@@ -25,7 +25,6 @@ import json
 import mmap
 import os
 import pickle
-import sys
 import tempfile
 import threading
 from typing import Any, Dict, List, Optional, Tuple
